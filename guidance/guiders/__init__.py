@@ -1,0 +1,41 @@
+"""Guidance methods behind one interface, and a registry that builds them by name."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from guidance.guiders.base import Guidance, GuidanceCost, Prediction, StepInfo, split_output
+from guidance.guiders.cfg import ClassifierFreeGuidance
+from guidance.guiders.classifier import ClassifierGuidance
+from guidance.guiders.clip import CLIPGuidance
+from guidance.guiders.none import NoGuidance
+
+# name -> (class, guiding model it needs or None)
+REGISTRY: dict[str, tuple[type[Guidance], str | None]] = {
+    "none": (NoGuidance, None),
+    "cfg": (ClassifierFreeGuidance, None),
+    "classifier": (ClassifierGuidance, "classifier"),
+    "clip": (CLIPGuidance, "clip"),
+}
+
+
+def available_guidance() -> dict[str, str]:
+    """Registered method names with a one-line description each."""
+    return {name: (cls.__doc__ or "").strip().splitlines()[0] for name, (cls, _) in REGISTRY.items()}
+
+
+def make_guidance(name: str, scale: float, models: Mapping[str, Any] | None = None, **options: Any) -> Guidance:
+    """Build a registered guidance method; `models` supplies guiding networks ("classifier", "clip")."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown guidance {name!r}; valid: {', '.join(REGISTRY)}")
+    cls, needs = REGISTRY[name]
+    if needs is None:
+        return cls(scale=scale, **options)
+    if not models or models.get(needs) is None:
+        raise ValueError(f"guidance {name!r} needs a {needs} model; the loaded model set has none")
+    return cls(models[needs], scale=scale, **options)
+
+
+__all__ = ["Guidance", "GuidanceCost", "Prediction", "StepInfo", "split_output", "REGISTRY",
+           "available_guidance", "make_guidance", "NoGuidance", "ClassifierFreeGuidance",
+           "ClassifierGuidance", "CLIPGuidance"]

@@ -1,0 +1,117 @@
+"""The one interface every guidance method implements.
+
+Two kinds of guidance exist and one class covers both (as diffusers' guiders do for the first):
+*combining* methods run the denoiser on several conditions and mix the predictions (CFG and its
+descendants); *gradient* methods add the gradient of a guiding model's log-probability, which the
+sampler applies as Dhariwal & Nichol do (a mean shift Sigma * g for ancestral steps, a score
+correction -sqrt(1 - abar) * g for DDIM). A method may do both.
+"""
+
+from __future__ import annotations
+
+from abc import ABC
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import torch
+from torch import Tensor
+
+from guidance.diffusion import GaussianDiffusion
+from guidance.protocols import Conditions, Denoiser
+
+ScaleFn = Callable[[float], float]
+
+
+@dataclass(frozen=True)
+class GuidanceCost:
+    """Work per image per sampling step, for throughput reports."""
+
+    network_passes: float  # denoiser forward passes
+    guide_passes: float = 0.0  # forward passes of a guiding model (classifier, CLIP)
+    backward_passes: float = 0.0  # backward passes through a guiding model
+
+    def __add__(self, other: "GuidanceCost") -> "GuidanceCost":
+        return GuidanceCost(self.network_passes + other.network_passes, self.guide_passes + other.guide_passes,
+                            self.backward_passes + other.backward_passes)
+
+
+@dataclass
+class StepInfo:
+    """Where the sampler is: process step index (respaced), model timestep and noise level."""
+
+    index: Tensor  # [B] process step indices
+    t: Tensor  # [B] timesteps the networks see
+    sigma: float  # sqrt((1 - abar) / abar), the noise level; schedules are functions of it
+    diffusion: GaussianDiffusion
+
+
+@dataclass
+class Prediction:
+    """A (possibly combined) denoiser prediction: eps, and v for learned-variance models."""
+
+    eps: Tensor
+    var_values: Tensor | None = None
+
+
+def split_output(out: Tensor, channels: int, learned_variance: bool) -> Prediction:
+    if learned_variance:
+        if out.shape[1] != 2 * channels:
+            raise ValueError(f"learned-variance model must output {2 * channels} channels, got {out.shape[1]}")
+        return Prediction(out[:, :channels], out[:, channels:])
+    if out.shape[1] != channels:
+        raise ValueError(f"model must output {channels} channels, got {out.shape[1]}; "
+                         f"set learned_variance=True if it also predicts a variance")
+    return Prediction(out, None)
+
+
+class Guidance(ABC):
+    """Base class: by default one conditional pass and no gradient (i.e. no guidance).
+
+    `scale` is a number or a function of sigma (the noise level), so a schedule does not depend on
+    the number of sampling steps. Subclasses override `predict`, `gradient` and `cost`.
+    """
+
+    name: ClassVar[str] = "base"
+    space: ClassVar[str] = "eps"  # where predictions are combined: "eps" or "x0"
+    identity_scale: ClassVar[float] = 0.0  # the scale that means "no guidance"
+    reference: ClassVar[str] = ""
+
+    def __init__(self, scale: float | ScaleFn = 0.0) -> None:
+        if not callable(scale) and not torch.isfinite(torch.tensor(float(scale))):
+            raise ValueError(f"guidance scale must be finite, got {scale}")
+        self.scale = scale
+
+    def scale_at(self, step: StepInfo) -> float:
+        return float(self.scale(step.sigma)) if callable(self.scale) else float(self.scale)
+
+    def reset(self) -> None:
+        """Forget per-trajectory state (momentum buffers) before a new batch."""
+
+    def predict(self, model: Denoiser, x: Tensor, step: StepInfo, cond: Conditions) -> Prediction:
+        return split_output(model(x, step.t, cond.model), x.shape[1], model.learned_variance)
+
+    def gradient(self, x: Tensor, step: StepInfo, cond: Conditions) -> Tensor | None:
+        """Scaled gradient of a log-density w.r.t. x_t, or None for combining methods."""
+        return None
+
+    def cost(self, sigma: float | None = None) -> GuidanceCost:
+        """Cost per image per step at noise level sigma (None: the cost where guidance is active)."""
+        return GuidanceCost(network_passes=1)
+
+    def __repr__(self) -> str:
+        scale = "schedule" if callable(self.scale) else self.scale
+        return f"{type(self).__name__}(scale={scale})"
+
+
+def at_least_fp32(x: Tensor) -> Tensor:
+    """Upcast half-precision outputs for log-softmax and norms; keep float64 as it is."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def input_gradient(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """d fn(x).sum() / dx, backpropagating through the guiding model only (x is detached)."""
+    with torch.enable_grad():
+        x_in = x.detach().requires_grad_(True)
+        value = fn(x_in)
+        (grad,) = torch.autograd.grad(value.sum(), x_in)
+    return grad

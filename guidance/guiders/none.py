@@ -1,0 +1,10 @@
+"""No guidance: the conditional model alone, one network pass per step."""
+
+from __future__ import annotations
+
+from guidance.guiders.base import Guidance
+
+
+class NoGuidance(Guidance):
+    name = "none"
+    reference = "The conditional model's own prediction; the baseline every method is compared with."

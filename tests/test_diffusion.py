@@ -1,0 +1,131 @@
+"""The process, respacing and per-sample determinism."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from guidance.analytic import GaussianMixture, MixtureDenoiser
+from guidance.diffusion import GaussianDiffusion, cosine_betas, linear_betas, space_timesteps
+from guidance.guiders import ClassifierFreeGuidance
+from guidance.protocols import Conditions
+from guidance.sampling import NonFiniteSampleError, sample
+
+
+def test_linear_schedule_endpoints_and_cosine_alphabar():
+    betas = linear_betas(1000)
+    assert float(betas[0]) == pytest.approx(1e-4) and float(betas[-1]) == pytest.approx(0.02)
+    abar = torch.cumprod(1 - cosine_betas(1000), 0)
+    f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    for t in [0, 100, 500, 900]:
+        assert float(abar[t]) == pytest.approx(f((t + 1) / 1000) / f(0), rel=1e-9)
+
+
+@pytest.mark.parametrize("spec,count", [("50", 50), ("10,10,3,2,2", 27), ("ddim50", 50), ("ddim25", 25), ("1000", 1000)])
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_respacing_keeps_alphabar_exactly(spec, count, schedule):
+    base = GaussianDiffusion.from_schedule(schedule, 1000)
+    respaced = base.respace(spec)
+    assert respaced.num_timesteps == count
+    kept = respaced.timestep_map
+    assert torch.equal(respaced.alphas_cumprod, base.alphas_cumprod[kept])
+    # betas of the respaced process chain back to the same alphabar
+    torch.testing.assert_close(torch.cumprod(1 - respaced.betas, 0), base.alphas_cumprod[kept], rtol=1e-6, atol=0)
+
+
+def test_space_timesteps_matches_known_values():
+    assert space_timesteps(100, "ddim10") == list(range(0, 100, 10))
+    assert space_timesteps(100, "4") == [0, 33, 66, 99]
+    assert space_timesteps(10, [2, 1]) == [0, 4, 5]
+    with pytest.raises(ValueError, match="each count"):
+        space_timesteps(10, "6,6,6")
+    with pytest.raises(ValueError, match="fixed stride"):
+        space_timesteps(1000, "ddim999")
+    with pytest.raises(ValueError, match="bad timestep respacing"):
+        space_timesteps(1000, "fifty")
+
+
+def test_parameter_conversions_round_trip():
+    d = GaussianDiffusion.from_schedule("cosine", 1000)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(6, 3, 4, 4, generator=g, dtype=torch.float64), torch.randn(6, 3, 4, 4, generator=g, dtype=torch.float64)
+    idx = torch.tensor([0, 1, 10, 400, 900, 999])
+    x_t = d.q_sample(x0, idx, eps)
+    torch.testing.assert_close(d.x0_from_eps(x_t, idx, eps), x0)
+    torch.testing.assert_close(d.eps_from_x0(x_t, idx, x0), eps)
+    v = d.v_from_eps(x0, idx, eps)
+    torch.testing.assert_close(d.eps_from_v(x_t, idx, v), eps)
+    torch.testing.assert_close(d.x0_from_v(x_t, idx, v), x0)
+
+
+def test_posterior_matches_bayes_rule_closed_form():
+    d = GaussianDiffusion.from_schedule("linear", 1000)
+    t = 500
+    beta, abar, abar_prev = d.betas[t], d.alphas_cumprod[t], d.alphas_cumprod_prev[t]
+    x0, x_t = torch.tensor([[0.3]], dtype=torch.float64), torch.tensor([[-0.7]], dtype=torch.float64)
+    # q(x_{t-1}|x0) = N(sqrt(abar_prev) x0, 1-abar_prev); q(x_t|x_{t-1}) = N(sqrt(1-beta) x_{t-1}, beta)
+    prec = 1 / (1 - abar_prev) + (1 - beta) / beta
+    mean_expected = (abar_prev.sqrt() * x0 / (1 - abar_prev) + (1 - beta).sqrt() * x_t / beta) / prec
+    mean, var, _ = d.q_posterior(x0, x_t, torch.tensor([t]))
+    torch.testing.assert_close(mean, mean_expected)
+    torch.testing.assert_close(var.squeeze(), 1 / prec)
+
+
+def test_learned_variance_interpolates_log_beta_and_log_beta_tilde():
+    d = GaussianDiffusion.from_schedule("cosine", 1000, learned_variance=True)
+    idx = torch.tensor([100])
+    like = torch.zeros(1, 1)
+    hi = d.model_log_variance(idx, like, torch.ones(1, 1))
+    lo = d.model_log_variance(idx, like, -torch.ones(1, 1))
+    assert float(hi) == pytest.approx(math.log(float(d.betas[100])))
+    assert float(lo) == pytest.approx(float(d.posterior_log_variance_clipped[100]))
+
+
+@pytest.fixture(scope="module")
+def mixture_model():
+    base = GaussianDiffusion.from_schedule("linear", 1000)
+    means = torch.tensor([[1.0, 0.0], [-1.0, 0.5]])
+    mixture = GaussianMixture(means, torch.tensor([0.3, 0.4]), torch.tensor([0.5, 0.5]), base.alphas_cumprod)
+    return base.respace("20"), MixtureDenoiser(mixture)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_same_seed_bit_identical_across_batch_sizes(mixture_model, sampler):
+    diffusion, model = mixture_model
+    n = 32
+    labels = torch.arange(n) % 2
+
+    def run(batch_size: int) -> torch.Tensor:
+        parts = []
+        for start in range(0, n, batch_size):
+            idx = list(range(start, min(n, start + batch_size)))
+            parts.append(sample(model, diffusion, ClassifierFreeGuidance(2.0), Conditions(model=labels[idx]),
+                                shape=(2,), sample_indices=idx, seed=7, sampler=sampler, eta=1.0, clip_denoised=False))
+        return torch.cat(parts)
+
+    full = run(32)
+    for bs in (1, 7):
+        assert torch.equal(run(bs), full), f"batch size {bs} changed the samples"
+    # a different seed changes them
+    other = sample(model, diffusion, ClassifierFreeGuidance(2.0), Conditions(model=labels), shape=(2,),
+                   sample_indices=range(n), seed=8, sampler=sampler, eta=1.0, clip_denoised=False)
+    assert not torch.equal(other, full)
+
+
+def test_explicit_initial_noise_is_used(mixture_model):
+    diffusion, model = mixture_model
+    labels = torch.zeros(4, dtype=torch.long)
+    x_T = torch.randn(4, 2)
+    a = sample(model, diffusion, ClassifierFreeGuidance(1.0), Conditions(model=labels), (2,), range(4), seed=0, x_T=x_T)
+    b = sample(model, diffusion, ClassifierFreeGuidance(1.0), Conditions(model=labels), (2,), range(4), seed=99, x_T=x_T)
+    assert torch.equal(a, b)  # DDIM eta=0 is deterministic given x_T
+
+
+def test_non_finite_samples_name_guidance_scale_and_step(mixture_model):
+    diffusion, model = mixture_model
+    labels = torch.zeros(4, dtype=torch.long)
+    x_T = torch.full((4, 2), float("nan"))
+    with pytest.raises(NonFiniteSampleError, match=r"'cfg' at scale 3.0, first at step 19"):
+        sample(model, diffusion, ClassifierFreeGuidance(3.0), Conditions(model=labels), (2,), range(4), x_T=x_T)
