@@ -1,0 +1,68 @@
+"""Saving and loading zoo models: safetensors (no pickle) with the config in the file's metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+FORMAT_VERSION = "1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, truncated, of the wrong kind or does not fit its architecture."""
+
+
+def save_model(model: nn.Module, path: str | os.PathLike, kind: str, config: dict, info: dict | None = None,
+               half: bool = True) -> None:
+    """Write weights (floating tensors in fp16 when `half`) plus kind, config and training info."""
+    tensors = {}
+    for name, value in model.state_dict().items():
+        value = value.detach().cpu()
+        if half and value.is_floating_point():
+            value = value.half()
+        tensors[name] = value.contiguous()
+    meta = {"format": FORMAT_VERSION, "kind": kind, "config": json.dumps(config), "info": json.dumps(info or {})}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(str(path) + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """kind, config and info of a zoo checkpoint, without loading its tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}; pass an existing .safetensors file "
+                              f"(or run `invoke train` to rebuild the embedded zoo)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}; the file is truncated or not safetensors") from err
+    if "kind" not in meta:
+        raise CheckpointError(f"{path} has no zoo metadata (kind/config); it was not written by guidance.zoo")
+    return {"kind": meta["kind"], "config": json.loads(meta.get("config", "{}")), "info": json.loads(meta.get("info", "{}"))}
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a safetensors file into `model` strictly, with a clear error on any mismatch."""
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}; the file is truncated or not safetensors") from err
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        raise CheckpointError(f"checkpoint {path} does not match the architecture: missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}, shape mismatch {wrong[:3]}; check the config")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    return model

@@ -1,0 +1,363 @@
+"""Train the embedded zoo on the emoji dataset: `python -m guidance.zoo.train` (what `invoke train` runs).
+
+Five models: the text-conditional diffusion UNet ("unet"), the noise-aware classifier
+("classifier"), the noised CLIP ("noised_clip"), and the clean-image evaluation models
+("eval_clip", an open_clip model, and "eval_classifier"). Each trains for at most `--steps` steps or
+`--budget` seconds, checkpoints periodically under `--run-dir` and resumes from there after an
+interruption, then exports fp16 safetensors with its config and training record to `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from guidance.diffusion import GaussianDiffusion
+from guidance.zoo.emoji_data import EmojiDataset
+from guidance.zoo.encoders import (EVAL_CLIP_PREPROCESS, EncoderConfig, EvalClassifier, NoiseAwareClassifier,
+                                   NoisedCLIPModel, eval_clip_config)
+from guidance.zoo.losses import hybrid_loss
+from guidance.zoo.store import save_model
+from guidance.zoo.text import CaptionTokenizer, bpe_tokenize, build_vocab
+from guidance.zoo.unet import TextUNet, UNetConfig
+
+MODELS = ("unet", "classifier", "noised_clip", "eval_clip", "eval_classifier")
+SCHEDULE, NUM_TIMESTEPS = "cosine", 1000
+EVAL_AUGMENT_SEED = 12345  # held-out augmentations: the evaluation renders differ from every training draw
+
+
+@dataclass
+class Data:
+    """The dataset as device tensors, with both tokenisations of the captions."""
+
+    images: Tensor  # [N, 3, H, W] in [-1, 1]
+    identity: Tensor
+    subgroup: Tensor
+    tokens: Tensor  # packed compact tokens (zoo text towers)
+    bpe: Tensor  # open_clip BPE ids (evaluation CLIP)
+    by_identity: Tensor  # [num_identities, num_styles] image index per identity and style
+    vocab: Tensor
+    null_tokens: Tensor
+    dataset: EmojiDataset
+
+    @classmethod
+    def load(cls, dataset: EmojiDataset, device: torch.device) -> "Data":
+        images = torch.from_numpy(dataset.images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+        vocab = build_vocab(dataset.captions)
+        tokenizer = CaptionTokenizer(vocab)
+        ids = torch.from_numpy(dataset.identity).long()
+        styles = torch.from_numpy(dataset.style).long()
+        table = torch.full((len(dataset.identity_names), len(dataset.style_names)), -1, dtype=torch.long)
+        table[ids, styles] = torch.arange(len(ids))
+        for s in range(table.shape[1]):  # an identity missing a style falls back to one it has
+            table[:, s] = torch.where(table[:, s] < 0, table.max(dim=1).values, table[:, s])
+        return cls(images.to(device).contiguous(memory_format=torch.channels_last), ids.to(device),
+                   torch.from_numpy(dataset.subgroup).long().to(device), tokenizer(dataset.captions).to(device),
+                   bpe_tokenize(dataset.captions).to(device), table.to(device), vocab, tokenizer([""])[0], dataset)
+
+    def random_batch(self, n: int, g: torch.Generator) -> Tensor:
+        return torch.randint(0, len(self.images), (n,), generator=g, device=self.images.device)
+
+    def unique_identity_batch(self, n: int, g: torch.Generator) -> Tensor:
+        """n distinct identities, one random style each: contrastive batches with no duplicate caption."""
+        ids = torch.randperm(self.by_identity.shape[0], generator=g, device=self.images.device)[:n]
+        style = torch.randint(0, self.by_identity.shape[1], (len(ids),), generator=g, device=self.images.device)
+        return self.by_identity[ids, style]
+
+
+def augment(x: Tensor, g: torch.Generator, strength: float = 1.0) -> Tensor:
+    """Random scale (0.8-1.05), shift (+-10%) and brightness: renders the classifiers never saw."""
+    n = len(x)
+    r = torch.rand(n, 4, generator=g, device=x.device)
+    scale = 1.0 / (0.8 + 0.25 * r[:, 0] * strength + (1 - strength) * 0.2)
+    theta = torch.zeros(n, 2, 3, device=x.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = scale
+    theta[:, :, 2] = (r[:, 1:3] - 0.5) * 0.2 * strength
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)  # borders are white
+    brightness = 1 + (r[:, 3:4, None, None] - 0.5) * 0.2 * strength
+    return ((out + 1) * brightness - 1).clamp(-1, 1)
+
+
+@dataclass
+class Job:
+    """One model's training: how to build it, one step's loss, and what to export."""
+
+    name: str
+    model: nn.Module
+    loss: Callable[[torch.Generator], tuple[Tensor, dict[str, Tensor]]]
+    config: dict
+    lr: float
+    ema_decay: float | None = None
+    evaluate: Callable[[nn.Module], dict] | None = None
+    extra_info: dict = field(default_factory=dict)
+
+
+def autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+
+def make_job(name: str, data: Data, batch: int, device: torch.device, small: bool) -> Job:
+    diffusion = GaussianDiffusion.from_schedule(SCHEDULE, NUM_TIMESTEPS, learned_variance=True)
+    n_id, n_sub = len(data.dataset.identity_names), len(data.dataset.subgroup_names)
+    enc = EncoderConfig(channels=16 if small else 64, num_classes=n_id, num_subgroups=n_sub,
+                        vocab_size=len(data.vocab) + 2, text_width=32 if small else 192, text_layers=1 if small else 3)
+
+    def noised(x0: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        t = torch.randint(0, NUM_TIMESTEPS, (len(x0),), generator=g, device=device)
+        noise = torch.randn(x0.shape, generator=g, device=device)
+        return diffusion.q_sample(x0, t, noise), t, noise
+
+    if name == "unet":
+        cfg = UNetConfig(channels=16 if small else 64, vocab_size=len(data.vocab) + 2, dropout=0.0,
+                         text_width=32 if small else 192, text_layers=1 if small else 3,
+                         extra={"schedule": SCHEDULE, "num_timesteps": NUM_TIMESTEPS, "p_uncond": 0.15})
+        model = TextUNet(cfg)
+        model.vocab.copy_(data.vocab)
+        model.null_tokens.copy_(data.null_tokens)
+
+        def unet_loss(g: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+            idx = data.random_batch(batch, g)
+            x0, tokens = data.images[idx], data.tokens[idx]
+            drop = torch.rand(len(idx), generator=g, device=device) < cfg.extra["p_uncond"]
+            tokens = torch.where(drop[:, None], model.null_tokens.to(device)[None], tokens)
+            x_t, t, noise = noised(x0, g)
+            with autocast(device):
+                out = model(x_t, t, tokens)
+            return hybrid_loss(diffusion, out, x0, x_t, t, noise)
+
+        return Job(name, model, unet_loss, cfg.to_dict(), lr=3e-4, ema_decay=0.999)
+
+    if name in ("classifier", "eval_classifier"):
+        noisy = name == "classifier"
+        model = NoiseAwareClassifier(enc) if noisy else EvalClassifier(enc)
+
+        def clf_loss(g: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+            idx = data.random_batch(batch, g)
+            x = augment(data.images[idx], g)
+            with autocast(device):
+                if noisy:
+                    x_t, t, _ = noised(x, g)
+                    logits, sub = model.heads(x_t, t)
+                else:
+                    logits, sub = model.heads(x)
+            ce = F.cross_entropy(logits.float(), data.identity[idx])
+            loss = ce + 0.5 * F.cross_entropy(sub.float(), data.subgroup[idx])
+            return loss, {"ce": ce.detach(), "acc": (logits.argmax(-1) == data.identity[idx]).float().mean()}
+
+        evaluate = (lambda m: classifier_report(m, data, diffusion, noisy, device))
+        return Job(name, model, clf_loss, enc.to_dict(), lr=1e-3 if not small else 3e-3, evaluate=evaluate)
+
+    if name == "noised_clip":
+        model = NoisedCLIPModel(enc)
+        model.vocab.copy_(data.vocab)
+
+        def nclip_loss(g: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+            idx = data.unique_identity_batch(batch, g)
+            x_t, t, _ = noised(augment(data.images[idx], g, 0.5), g)
+            with autocast(device):
+                zi, zt = model.encode_image(x_t, t), model.encode_text(data.tokens[idx])
+            return clip_loss(zi, zt, model.logit_scale)
+
+        return Job(name, model, nclip_loss, enc.to_dict(), lr=5e-4,
+                   evaluate=lambda m: retrieval_report(m, data, device, noised_model=True))
+
+    if name == "eval_clip":
+        import open_clip
+
+        cfg = eval_clip_config()
+        if small:
+            cfg["vision_cfg"].update(layers=1, width=48, head_width=24)
+            cfg["text_cfg"].update(width=32, layers=1)
+        torch.manual_seed(1)  # a different initialisation from the guiding CLIP
+        model = open_clip.model.CLIP(**cfg)
+
+        def eclip_loss(g: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+            idx = data.unique_identity_batch(batch, g)
+            x = augment(data.images[idx], g)
+            with autocast(device):
+                zi, zt = model.encode_image(x), model.encode_text(data.bpe[idx])
+            return clip_loss(zi, zt, model.logit_scale)
+
+        return Job(name, model, eclip_loss, {"model_cfg": cfg, "preprocess_cfg": EVAL_CLIP_PREPROCESS}, lr=5e-4,
+                   evaluate=lambda m: retrieval_report(m, data, device, noised_model=False))
+    raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
+
+
+def clip_loss(zi: Tensor, zt: Tensor, logit_scale: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    zi, zt = F.normalize(zi.float(), dim=-1), F.normalize(zt.float(), dim=-1)
+    logits = logit_scale.clamp(max=math.log(100)).exp() * zi @ zt.T
+    target = torch.arange(len(zi), device=zi.device)
+    loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    return loss, {"acc": (logits.argmax(-1) == target).float().mean()}
+
+
+@torch.no_grad()
+def classifier_report(model: nn.Module, data: Data, diffusion: GaussianDiffusion, noisy: bool, device: torch.device) -> dict:
+    """Top-1 identity accuracy on held-out augmented renders (and at several noise levels if noisy)."""
+    model.eval()
+    g = torch.Generator(device).manual_seed(EVAL_AUGMENT_SEED)
+    images = torch.cat([augment(chunk, g) for chunk in data.images.split(512)])
+    report = {"eval_set": f"all {len(images)} renders with held-out random augmentations (seed {EVAL_AUGMENT_SEED})"}
+    ts = [0, 250, 500, 750] if noisy else [None]
+    for t_val in ts:
+        correct = 0
+        for chunk, labels in zip(images.split(512), data.identity.split(512)):
+            if t_val is None:
+                logits = model(chunk)
+            else:
+                t = torch.full((len(chunk),), t_val, device=device)
+                noise = torch.randn(chunk.shape, generator=g, device=device)
+                logits = model(diffusion.q_sample(chunk, t, noise), t)
+            correct += int((logits.argmax(-1) == labels).sum())
+        report["top1" if t_val is None else f"top1_t{t_val}"] = correct / len(images)
+    model.train()
+    return report
+
+
+@torch.no_grad()
+def retrieval_report(model: nn.Module, data: Data, device: torch.device, noised_model: bool) -> dict:
+    """Text-to-image retrieval top-1 over all identities (one image per identity and style)."""
+    model.eval()
+    g = torch.Generator(device).manual_seed(EVAL_AUGMENT_SEED)
+    report = {}
+    for style in range(data.by_identity.shape[1]):
+        idx = data.by_identity[:, style]
+        images = augment(data.images[idx], g) if not noised_model else data.images[idx]
+        if noised_model:
+            zero = torch.zeros(len(idx), device=device)
+            zi = torch.cat([model.encode_image(c, z) for c, z in zip(images.split(512), zero.split(512))])
+            zt = torch.cat([model.encode_text(c) for c in data.tokens[idx].split(512)])
+        else:
+            zi = torch.cat([model.encode_image(c) for c in images.split(512)])
+            zt = torch.cat([model.encode_text(c) for c in data.bpe[idx].split(512)])
+        sim = F.normalize(zt.float(), dim=-1) @ F.normalize(zi.float(), dim=-1).T
+        report[f"text_to_image_top1_{data.dataset.style_names[style]}"] = float(
+            (sim.argmax(-1) == torch.arange(len(idx), device=device)).float().mean())
+    report["text_to_image_top1"] = sum(report.values()) / len(report)
+    model.train()
+    return report
+
+
+def train(job: Job, steps: int, budget: float, run_dir: Path, device: torch.device, seed: int,
+          checkpoint_every: float = 60.0, log_every: int = 50) -> tuple[nn.Module, dict]:
+    """Optimise until `steps` or `budget` seconds; resumable from run_dir/<name>.pt."""
+    from tqdm.auto import tqdm
+
+    model = job.model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=job.lr, weight_decay=0.0 if job.name == "unet" else 0.01,
+                            fused=device.type == "cuda")
+    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(
+        job.ema_decay)) if job.ema_decay else None
+    g = torch.Generator(device).manual_seed(seed)
+    step, elapsed, history = 0, 0.0, []
+    ckpt = run_dir / f"{job.name}.pt"
+    if ckpt.exists():  # resume: our own checkpoint, still loaded without unpickling code
+        state = torch.load(ckpt, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        g.set_state(state["rng"].cpu())
+        step, elapsed, history = int(state["step"]), float(state["elapsed"]), state["history"]
+        print(f"[{job.name}] resumed at step {step} ({elapsed:.0f}s done)")
+
+    def save_checkpoint() -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
+                 "history": history, "rng": g.get_state()}
+        if ema is not None:
+            state["ema"] = ema.state_dict()
+        torch.save(state, str(ckpt) + ".tmp")
+        os.replace(str(ckpt) + ".tmp", ckpt)
+
+    warmup = 200
+    start, last_ckpt = time.time() - elapsed, time.time()
+    logs: dict[str, list[Tensor]] = {}
+    bar = tqdm(total=steps, initial=step, desc=f"train {job.name}", dynamic_ncols=True)
+    model.train()
+    while step < steps and time.time() - start < budget:
+        for group in opt.param_groups:
+            group["lr"] = job.lr * min(1.0, (step + 1) / warmup)
+        loss, parts = job.loss(g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if ema is not None:
+            ema.update_parameters(model)
+        step += 1
+        bar.update(1)
+        for key, value in {"loss": loss.detach(), **parts}.items():
+            logs.setdefault(key, []).append(value)
+        if step % log_every == 0:
+            means = {k: float(torch.stack(v).float().mean()) for k, v in logs.items()}
+            logs.clear()
+            history.append({"step": step, "time": round(time.time() - start, 1), **means})
+            bar.set_postfix({k: f"{v:.4f}" for k, v in means.items()})
+        if time.time() - last_ckpt > checkpoint_every:
+            elapsed = time.time() - start
+            save_checkpoint()
+            last_ckpt = time.time()
+    bar.close()
+    elapsed = time.time() - start
+    save_checkpoint()
+    final = ema.module if ema is not None else model
+    info = {"steps": step, "wall_time_s": round(elapsed, 1), "batch_size": None, "seed": seed,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "torch": torch.__version__, "final_losses": history[-1] if history else {}, "history": history[-20:],
+            "parameters": sum(p.numel() for p in final.parameters())}
+    return final, info
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
+    parser.add_argument("--data", default=None, help="dataset .npz (default: build/cache the 32x32 emoji set)")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "weights"), help="export directory")
+    parser.add_argument("--run-dir", default="runs/train", help="checkpoints for resuming")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=100_000)
+    parser.add_argument("--budget", type=float, default=600.0, help="seconds per model")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--small", action="store_true", help="tiny architectures for smoke tests")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N emoji (smoke tests)")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    if args.data:
+        dataset = EmojiDataset.load(args.data)
+    else:
+        from guidance.zoo.emoji_data import build_emoji_dataset
+
+        dataset = build_emoji_dataset(32, limit=args.limit)
+    data = Data.load(dataset, device)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    for name in args.models.split(","):
+        torch.manual_seed(args.seed)
+        job = make_job(name.strip(), data, args.batch, device, args.small)
+        model, info = train(job, args.steps, args.budget, Path(args.run_dir), device, args.seed)
+        info.update(batch_size=args.batch, dataset_checksum=dataset.checksum, dataset_size=len(dataset),
+                    evaluation=job.evaluate(model) if job.evaluate else {})
+        kind = name.strip()
+        save_model(model, Path(args.out) / f"{kind}.safetensors", kind, job.config, info)
+        print(f"[{kind}] exported {info['steps']} steps in {info['wall_time_s']}s: "
+              f"{json.dumps(info['final_losses'])} eval {json.dumps(info['evaluation'])}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
