@@ -1,0 +1,151 @@
+"""Command line of the harness: `python -m bench run|report|list` (what the invoke tasks call)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench.config import PRESETS, BenchConfig
+
+
+def parse_floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad number list {text!r}; use e.g. 1,3,6") from None
+
+
+def parse_scales(text: str) -> dict[str, list[float]] | list[float]:
+    """'1,3,6' (for every guidance) or 'cfg=1,3,6;clip=1,5'."""
+    if "=" not in text:
+        return parse_floats(text)
+    out = {}
+    for part in text.split(";"):
+        name, _, values = part.partition("=")
+        out[name.strip()] = parse_floats(values)
+    return out
+
+
+def guidance_list(text: str) -> list[str]:
+    from guidance.guiders import REGISTRY
+
+    return list(REGISTRY) if text.strip() == "all" else [g.strip() for g in text.split(",") if g.strip()]
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--guidance", default="cfg", help="comma-separated methods, 'all', or 'list' to print them")
+    p.add_argument("--scales", default=None, help="'1,3,6' for all methods or 'cfg=1,3,6;clip=1,5,10'")
+    p.add_argument("--prompts", default=None, help="built-in set name (emoji200, emoji-all) or a file path")
+    p.add_argument("--prompt-limit", type=int, default=None, help="use the first N prompts")
+    p.add_argument("--samples-per-prompt", type=int, default=None)
+    p.add_argument("--seeds", default=None, help="seed sets, e.g. 0,1,2 (>= 2 for confidence intervals)")
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--device", default=None, help="cpu or cuda[:N]")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (autocast)")
+    p.add_argument("--model", default=None, help="'emoji' (embedded zoo) or a directory of zoo checkpoints")
+    p.add_argument("--clip-model", default=None, help="open_clip architecture for CLIP score")
+    p.add_argument("--clip-pretrained", default=None, help="local pretrained file for --clip-model")
+    p.add_argument("--score-with-guiding-clip", action="store_true", help="score with the guiding CLIP (inflated)")
+    p.add_argument("--fid-inception-weights", default=None, help="local Inception weights for FID")
+    p.add_argument("--metrics", default=None, help="comma-separated subset of fid,kid,clip_score,accuracy")
+    p.add_argument("--out", default=None, help="parent directory of run directories (default: reports)")
+    p.add_argument("--run-id", default=None, help="name of the run directory (reuse one to resume)")
+    p.add_argument("--preset", default="quick", choices=sorted(PRESETS))
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    guidance = guidance_list(args.guidance)
+    scales = parse_scales(args.scales) if args.scales else {}
+    if isinstance(scales, list):
+        scales = {g: scales for g in guidance}
+    overrides = dict(guidance=guidance, scales=scales, prompts=args.prompts, prompt_limit=args.prompt_limit,
+                     samples_per_prompt=args.samples_per_prompt, sampler=args.sampler, steps=args.steps,
+                     batch_size=args.batch_size, device=args.device, dtype=args.dtype, model=args.model,
+                     clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
+                     score_with_guiding_clip=args.score_with_guiding_clip or None,
+                     fid_inception_weights=args.fid_inception_weights, out=args.out, run_id=args.run_id,
+                     seeds=[int(v) for v in parse_floats(args.seeds)] if args.seeds else None,
+                     metrics=[m.strip() for m in args.metrics.split(",")] if args.metrics else None)
+    return BenchConfig.from_preset(args.preset, **overrides)
+
+
+def print_guidance_list() -> None:
+    from guidance.guiders import available_guidance
+
+    for name, line in available_guidance().items():
+        print(f"{name:12s} {line}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.guidance.strip() == "list":
+        print_guidance_list()
+        return 0
+    from bench.run import run_benchmark, summary_table
+
+    cfg = config_from_args(args)
+    run_dir = run_benchmark(cfg)
+    summary = summary_table(run_dir)
+    print(format_summary(summary, run_dir))
+    if not args.no_report:
+        from bench.report import build_report
+
+        print(f"report: {build_report([run_dir])}")
+    return 0
+
+
+def format_summary(summary, run_dir: Path) -> str:  # noqa: ANN001
+    import math
+
+    cols = [c for c in ("fid", "kid_mean", "clip_score", "acc_identity", "acc_subgroup", "acc_group") if c in summary]
+
+    def cell(row, c):  # noqa: ANN001
+        lo, hi = row.get(f"{c}_lo"), row.get(f"{c}_hi")
+        ci = "" if lo is None or (isinstance(lo, float) and math.isnan(lo)) else f" [{lo:.3g}, {hi:.3g}]"
+        return f"{row[c]:.4g}{ci}"
+
+    lines = [f"results ({run_dir}): mean [95% CI over seed sets]"]
+    header = ["guidance", "scale", "n"] + cols + ["s/img", "passes/img"]
+    table = [header]
+    for _, row in summary.iterrows():
+        table.append([row["guidance"], f"{row['scale']:g}", str(int(row["n_samples"]))] + [cell(row, c) for c in cols]
+                     + [f"{row.get('s_per_img', float('nan')):.3g}", f"{row.get('network_passes_per_img', float('nan')):.0f}"])
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in table]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description="Guidance-strategy benchmark for diffusion models")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="sample and score a guidance x scale x seed grid")
+    add_run_arguments(run)
+    run.set_defaults(func=cmd_run)
+    report = sub.add_parser("report", help="rebuild a report from saved run directories")
+    report.add_argument("runs", nargs="+")
+    report.add_argument("--out", default=None)
+    report.set_defaults(func=lambda a: print(__import__("bench.report", fromlist=["x"]).build_report(
+        [Path(r) for r in a.runs], Path(a.out) if a.out else None)) or 0)
+    lst = sub.add_parser("list", help="list guidance methods and prompt sets")
+    lst.set_defaults(func=lambda a: cmd_list())
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def cmd_list() -> int:
+    import bench.emoji_prompts  # noqa: F401
+    from bench.prompts import builtin_prompt_sets
+
+    print("guidance methods:")
+    print_guidance_list()
+    print("\nbuilt-in prompt sets:")
+    for name, desc in builtin_prompt_sets().items():
+        print(f"{name:12s} {desc}")
+    return 0

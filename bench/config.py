@@ -1,0 +1,132 @@
+"""Benchmark configuration: presets, default scale grids and validation before any sampling starts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from guidance.guiders import REGISTRY
+
+# Scales per guidance. CFG uses the GLIDE/diffusers convention (1 = no guidance); gradient methods
+# use the gradient scale (0 = no guidance). `none` ignores its scale.
+QUICK_SCALES: dict[str, list[float]] = {"none": [0.0], "cfg": [1.0, 3.0, 6.0], "classifier": [1.0, 5.0, 10.0],
+                                        "clip": [1.0, 5.0, 10.0]}
+FULL_SCALES: dict[str, list[float]] = {"none": [0.0], "cfg": [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0],
+                                       "classifier": [0.5, 1.0, 2.0, 5.0, 10.0, 20.0],
+                                       "clip": [0.5, 1.0, 2.0, 5.0, 10.0, 20.0]}
+SCALE_RANGE = (0.0, 1000.0)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # finishes in about 3 minutes on a 2-core CPU for `--guidance cfg`, and still shows the trade-off
+    "quick": {"prompts": "emoji200", "prompt_limit": 24, "samples_per_prompt": 1, "seeds": [0, 1, 2],
+              "steps": 20, "sampler": "ddim", "batch_size": 72},
+    # thousands of samples per cell: meant for a GPU
+    "full": {"prompts": "emoji-all", "prompt_limit": None, "samples_per_prompt": 2, "seeds": [0, 1, 2, 3, 4],
+             "steps": 50, "sampler": "ddim", "batch_size": 256},
+    # the CI quality gate and end-to-end tests
+    "tiny": {"prompts": "emoji200", "prompt_limit": 8, "samples_per_prompt": 1, "seeds": [0, 1],
+             "steps": 4, "sampler": "ddim", "batch_size": 8},
+}
+
+
+@dataclass
+class BenchConfig:
+    guidance: list[str] = field(default_factory=lambda: ["cfg"])
+    scales: dict[str, list[float]] = field(default_factory=dict)  # empty: the preset's defaults
+    prompts: str = "emoji200"
+    prompt_limit: int | None = 24
+    samples_per_prompt: int = 1
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    sampler: str = "ddim"
+    steps: int = 20
+    eta: float = 0.0
+    batch_size: int = 72
+    device: str = "cpu"
+    dtype: str = "float32"
+    model: str = "emoji"  # the embedded zoo, or a directory of zoo-format checkpoints
+    clip_model: str | None = None  # open_clip architecture for CLIP score (default: the zoo's eval CLIP)
+    clip_pretrained: str | None = None  # local pretrained file for clip_model
+    score_with_guiding_clip: bool = False  # only to demonstrate GLIDE's warning; labelled in reports
+    fid_inception_weights: str | None = None  # local Inception weights: FID on Inception features
+    metrics: list[str] = field(default_factory=lambda: ["fid", "kid", "clip_score", "accuracy"])
+    out: str = "reports"
+    run_id: str | None = None
+    preset: str = "quick"
+
+    # fields that change the samples: the resume key
+    SAMPLE_FIELDS = ("prompts", "prompt_limit", "samples_per_prompt", "sampler", "steps", "eta", "dtype", "model")
+
+    @classmethod
+    def from_preset(cls, preset: str = "quick", **overrides: Any) -> "BenchConfig":
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+        values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown option(s) {sorted(unknown)}; valid: {sorted(known)}")
+        return cls(preset=preset, **values)
+
+    def scale_grid(self) -> dict[str, list[float]]:
+        defaults = FULL_SCALES if self.preset == "full" else QUICK_SCALES
+        return {g: [float(s) for s in self.scales.get(g, defaults.get(g, [1.0]))] for g in self.guidance}
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["scales"] = self.scale_grid()
+        return data
+
+    def cell_hash(self, guidance: str, scale: float, seed: int) -> str:
+        """Key of one cell's samples: what the images depend on (not the batch size or device count)."""
+        key = {f: getattr(self, f) for f in self.SAMPLE_FIELDS}
+        key.update(guidance=guidance, scale=scale, seed=seed)
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+    def config_hash(self) -> str:
+        data = self.to_dict()
+        for volatile in ("out", "run_id", "device", "batch_size"):
+            data.pop(volatile)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def validate(self, num_timesteps: int = 1000) -> None:
+        """Raise a one-line ValueError naming the bad option and the fix; nothing is sampled before this."""
+        unknown = [g for g in self.guidance if g not in REGISTRY]
+        if unknown or not self.guidance:
+            raise ValueError(f"unknown guidance {unknown or self.guidance}; valid: {', '.join(REGISTRY)} "
+                             f"(comma-separated, or 'all')")
+        extra = set(self.scales) - set(self.guidance)
+        if extra:
+            raise ValueError(f"scales given for {sorted(extra)}, which is not in --guidance {self.guidance}")
+        for g, scales in self.scale_grid().items():
+            for s in scales:
+                if not math.isfinite(s) or not SCALE_RANGE[0] <= s <= SCALE_RANGE[1]:
+                    raise ValueError(f"scale {s} for {g!r} is out of range; use finite values in "
+                                     f"[{SCALE_RANGE[0]:g}, {SCALE_RANGE[1]:g}]")
+        if not 1 <= self.steps <= num_timesteps:
+            raise ValueError(f"--steps {self.steps} is out of range; use 1..{num_timesteps}")
+        if self.sampler not in ("ddpm", "ddim"):
+            raise ValueError(f"unknown sampler {self.sampler!r}; valid: ddpm, ddim")
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"--eta {self.eta} is out of range; use [0, 1]")
+        if self.samples_per_prompt < 1 or self.batch_size < 1:
+            raise ValueError("--samples-per-prompt and --batch-size must be at least 1")
+        if not self.seeds:
+            raise ValueError("--seeds needs at least one seed (two or more for confidence intervals)")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"unknown dtype {self.dtype!r}; valid: float32, bfloat16, float16")
+        bad = [m for m in self.metrics if m not in ("fid", "kid", "clip_score", "accuracy")]
+        if bad:
+            raise ValueError(f"unknown metric(s) {bad}; valid: fid, kid, clip_score, accuracy")
+        for flag, path in (("--fid-inception-weights", self.fid_inception_weights), ("--clip-pretrained", self.clip_pretrained)):
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{flag} {path}: file not found; pass a local file (nothing is downloaded)")
+        if self.clip_model and not self.clip_pretrained:
+            raise ValueError(f"--clip-model {self.clip_model} needs --clip-pretrained PATH (a local file; "
+                             f"nothing is downloaded)")
+
+    def with_overrides(self, **kwargs: Any) -> "BenchConfig":
+        return replace(self, **kwargs)

@@ -1,0 +1,168 @@
+"""Quality and cost metrics, each a torchmetrics `Metric` so states sync across processes and merge.
+
+FID and KID are torchmetrics' own, fed the domain feature network (the evaluation classifier's
+penultimate layer) against committed reference statistics, or Inception with local weights. CLIP
+score uses an open_clip model that never guided the samples unless the user asks for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
+from torchmetrics import Metric
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+
+from guidance.zoo.encoders import EvalClassifier
+from guidance.zoo.load import ZOO_DIR, EvalCLIPScorer, load_model
+from guidance.zoo.store import CheckpointError
+
+METRICS = ("fid", "kid", "clip_score", "accuracy")
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """[-1, 1] float -> uint8 [0, 255], the interchange format of torchmetrics' image metrics."""
+    return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+class DomainFeatures(nn.Module):
+    """FID feature network on this domain: uint8 images in, evaluation-classifier features out."""
+
+    def __init__(self, classifier: EvalClassifier) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.num_features = classifier.config.features
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.classifier.features(images.float() / 127.5 - 1)
+
+
+@dataclass
+class Reference:
+    """Statistics of the real images: features (for KID) and FID's float64 sums."""
+
+    features: Tensor
+    sum: Tensor
+    cov_sum: Tensor
+    num_samples: int
+
+    @classmethod
+    def load(cls, path: str | Path = ZOO_DIR / "reference_features.safetensors") -> "Reference":
+        if not Path(path).is_file():
+            raise CheckpointError(f"reference statistics not found: {path}; run `python -m guidance.zoo.reference`")
+        data = load_file(str(path))
+        return cls(data["features"].float(), data["sum"], data["cov_sum"], int(data["num_samples"]))
+
+
+def domain_fid(feature_net: DomainFeatures, reference: Reference) -> FrechetInceptionDistance:
+    fid = FrechetInceptionDistance(feature=feature_net, reset_real_features=False)
+    fid.real_features_sum = reference.sum.clone()
+    fid.real_features_cov_sum = reference.cov_sum.clone()
+    fid.real_features_num_samples = torch.tensor(reference.num_samples)
+    return fid
+
+
+def domain_kid(feature_net: DomainFeatures, reference: Reference, subset_size: int, subsets: int = 50) -> KernelInceptionDistance:
+    kid = KernelInceptionDistance(feature=feature_net, subsets=subsets, subset_size=subset_size,
+                                  reset_real_features=False)
+    kid.real_features = [reference.features.clone()]
+    return kid
+
+
+def inception_fid(weights_path: str) -> FrechetInceptionDistance:
+    """FID on Inception-v3 pool features from a local weights file (nothing is downloaded)."""
+    if not Path(weights_path).is_file():
+        raise CheckpointError(f"Inception weights not found: {weights_path}; pass a local FID Inception "
+                              f"checkpoint (pt_inception-2015-12-05) with --fid-inception-weights")
+    return FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=weights_path)
+
+
+class CLIPScore(Metric):
+    """Mean of 100 * max(cos(image, caption), 0) under an open_clip model (torchmetrics' convention)."""
+
+    full_state_update = False
+
+    def __init__(self, scorer: EvalCLIPScorer, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.scorer = scorer
+        self.add_state("score_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
+
+    @torch.no_grad()
+    def update(self, images: Tensor, texts: Sequence[str]) -> None:
+        zi = self.scorer.encode_images(images.to(self.score_sum.device))
+        zt = self.scorer.encode_texts(list(texts))
+        self.score_sum += (100 * (zi * zt).sum(-1).clamp(min=0)).double().sum()
+        self.count += len(images)
+
+    def compute(self) -> Tensor:
+        return self.score_sum / self.count.clamp(min=1)
+
+
+class LabelAccuracy(Metric):
+    """Top-1 identity, subgroup and group accuracy of the evaluation classifier on generated images."""
+
+    full_state_update = False
+
+    def __init__(self, classifier: EvalClassifier, subgroup_of: Sequence[int], group_of_subgroup: Sequence[int],
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.classifier = classifier
+        self.subgroup_of = torch.tensor(list(subgroup_of))
+        self.group_of_subgroup = torch.tensor(list(group_of_subgroup))
+        for name in ("identity", "subgroup", "group"):
+            self.add_state(f"correct_{name}", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("total", torch.tensor(0), dist_reduce_fx="sum")
+
+    @torch.no_grad()
+    def update(self, images: Tensor, labels: Tensor) -> None:
+        identity_logits, subgroup_logits = self.classifier.heads(images.float())
+        labels = labels.to(identity_logits.device)
+        sub_true = self.subgroup_of.to(labels.device)[labels]
+        sub_pred = subgroup_logits.argmax(-1)
+        groups = self.group_of_subgroup.to(labels.device)
+        self.correct_identity += (identity_logits.argmax(-1) == labels).sum()
+        self.correct_subgroup += (sub_pred == sub_true).sum()
+        self.correct_group += (groups[sub_pred] == groups[sub_true]).sum()
+        self.total += len(labels)
+
+    def compute(self) -> dict[str, Tensor]:
+        n = self.total.clamp(min=1)
+        return {"acc_identity": self.correct_identity / n, "acc_subgroup": self.correct_subgroup / n,
+                "acc_group": self.correct_group / n}
+
+
+class Throughput(Metric):
+    """Images, seconds and work per image; peak memory is a max across processes."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        for name in ("images", "seconds", "network_passes", "guide_passes", "backward_passes"):
+            self.add_state(name, torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("peak_mem_mb", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="max")
+
+    def update(self, images: int, seconds: float, network_passes: float, guide_passes: float,
+               backward_passes: float, peak_mem_mb: float) -> None:
+        self.images += images
+        self.seconds += seconds
+        self.network_passes += network_passes
+        self.guide_passes += guide_passes
+        self.backward_passes += backward_passes
+        self.peak_mem_mb = torch.maximum(self.peak_mem_mb, torch.tensor(float(peak_mem_mb), dtype=torch.float64))
+
+    def compute(self) -> dict[str, Tensor]:
+        n = self.images.clamp(min=1)
+        return {"img_per_s": self.images / self.seconds.clamp(min=1e-9), "s_per_img": self.seconds / n,
+                "network_passes_per_img": self.network_passes / n, "guide_passes_per_img": self.guide_passes / n,
+                "backward_passes_per_img": self.backward_passes / n, "peak_mem_mb": self.peak_mem_mb}
+
+
+def load_eval_classifier(path: str | Path | None = None, device: str | torch.device = "cpu") -> EvalClassifier:
+    return load_model(Path(path) if path else ZOO_DIR / "eval_classifier.safetensors", "eval_classifier", device)  # type: ignore[return-value]

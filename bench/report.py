@@ -1,0 +1,631 @@
+"""Benchmark reports: summary tables, plots, sample grids and one self-contained HTML page.
+
+``python -m bench.report reports/<run-id> [more run dirs] [--out DIR]`` reads what the harness
+wrote (``results.csv``, ``manifest.json``, ``samples/*.npz``) and writes ``summary.csv``,
+``plots/*.png``, ``grids/*.png`` and ``index.html``. The page inlines every image as a data URI
+and has no script, font or external link, so it can be mailed, attached to CI or opened offline
+and shows exactly what was measured; every string from the run (prompts included) is escaped,
+because prompt sets come from users and may hold markup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import math
+import re
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg canvas on save
+from PIL import Image
+
+from bench.stats import QUALITY_METRICS, THROUGHPUT_METRICS, pareto_front, rank_methods, summarize
+
+__all__ = ["Run", "format_scale", "load_run", "sample_grid", "build_report", "main"]
+
+REQUIRED_COLUMNS = ("guidance", "scale", "seed_set")
+FLOAT_COLUMNS = ("scale", "fid", "kid_mean", "kid_std", *QUALITY_METRICS[2:], *THROUGHPUT_METRICS, "wall_s")
+METRIC_LABELS = {
+    "fid": "FID (lower is better)",
+    "kid_mean": "KID (lower is better)",
+    "clip_score": "CLIP score (higher is better)",
+    "acc_identity": "accuracy: identity",
+    "acc_subgroup": "accuracy: subgroup",
+    "acc_group": "accuracy: group",
+}
+GRID_IMAGES = 16
+GRID_UPSCALE = 3  # 32x32 emoji are unreadable at 1:1
+
+
+def format_scale(scale: float) -> str:
+    """Shortest repr of a guidance scale without a trailing ``.0`` (1.0 -> "1", 2.5 -> "2.5").
+
+    Used in sample file names, so the runner and the report must agree on it.
+    """
+    text = repr(float(scale))
+    return text[:-2] if text.endswith(".0") else text
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class Run:
+    """One run directory as the harness wrote it."""
+
+    dir: Path
+    manifest: dict
+    results: pd.DataFrame
+
+    @property
+    def run_id(self) -> str:
+        """The manifest's run id, else the directory name."""
+        return str(self.manifest.get("run_id") or self.dir.name)
+
+
+def _read_results(path: Path) -> pd.DataFrame:
+    """results.csv as a DataFrame with numeric columns checked, errors naming the file."""
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: malformed results.csv ({e}); re-run `invoke bench`") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: results.csv lacks the column(s) {missing}; found {list(frame.columns)}")
+    if frame.empty:
+        raise ValueError(f"{path}: results.csv has no rows; did the run finish?")
+    for col in FLOAT_COLUMNS + ("n_samples",):
+        if col not in frame.columns:
+            frame[col] = math.nan  # a metric the run did not compute
+            continue
+        try:
+            frame[col] = pd.to_numeric(frame[col]).astype(float)
+        except (ValueError, TypeError):
+            raise ValueError(f"{path}: column {col!r} holds non-numeric values") from None
+    frame["guidance"] = frame["guidance"].astype(str)
+    return frame
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Read a run directory; a missing or malformed file raises an error naming that file."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: not a directory; pass a run directory such as reports/<run-id>")
+    results_path = run_dir / "results.csv"
+    manifest_path = run_dir / "manifest.json"
+    if not results_path.is_file():
+        raise FileNotFoundError(
+            f"{results_path}: no results.csv; is this a bench run directory? run `invoke bench` first"
+        )
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path}: no manifest.json; is this a bench run directory?")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{manifest_path}: malformed manifest.json ({e})") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{manifest_path}: manifest.json must hold a JSON object, got {type(manifest).__name__}")
+    return Run(dir=run_dir, manifest=manifest, results=_read_results(results_path))
+
+
+def _run_labels(runs: Sequence[Run]) -> list[str]:
+    """Distinct labels for the ``run`` column: run ids, disambiguated by directory if needed."""
+    labels = [r.run_id for r in runs]
+    if len(set(labels)) < len(labels):
+        labels = [f"{r.run_id} ({r.dir})" for r in runs]
+    if len(set(labels)) < len(labels):
+        labels = [f"{label} #{i + 1}" for i, label in enumerate(labels)]
+    return labels
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _fmt(value: object) -> str:
+    """A compact number: enough digits to compare, no more."""
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return str(value)
+    if math.isnan(v):
+        return "–"
+    a = abs(v)
+    if a >= 100:
+        return f"{v:.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    if a >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3g}"
+
+
+def _fmt_ci(mean: float, lo: float, hi: float) -> str:
+    """``mean [lo, hi]``; just the mean when there is no interval (one seed set)."""
+    if math.isnan(mean):
+        return "–"
+    if math.isnan(lo) or math.isnan(hi):
+        return _fmt(mean)
+    return f"{_fmt(mean)} [{_fmt(lo)}, {_fmt(hi)}]"
+
+
+def _span(values: pd.Series) -> str:
+    """``64`` or ``32–64`` for a set of counts."""
+    vals = sorted({int(v) for v in values.dropna()})
+    if not vals:
+        return "?"
+    return str(vals[0]) if len(vals) == 1 else f"{vals[0]}–{vals[-1]}"
+
+
+def _n_caption(summary: pd.DataFrame) -> str:
+    """Sample count per cell for plot titles: FID is biased at small n, so it must be visible."""
+    return (
+        f"n = {_span(summary['n_samples'])} images per cell, {_span(summary['n_seed_sets'])} seed sets"
+        " (FID is biased at small n: compare only runs with equal n)"
+    )
+
+
+def _safe_name(text: str) -> str:
+    """A file-name-safe form of a user string (guidance name, run id)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
+
+
+# --------------------------------------------------------------------------- plots
+
+
+@dataclass
+class _Series:
+    label: str
+    color: object
+    linestyle: str
+    marker: str
+    data: pd.DataFrame
+
+
+def _series(summary: pd.DataFrame) -> list[_Series]:
+    """One curve per guidance (per run when several): colour by guidance, line style by run."""
+    palette = [f"C{i}" for i in range(10)]  # matplotlib's default colour cycle
+    guidances = list(dict.fromkeys(summary["guidance"]))
+    runs = list(dict.fromkeys(summary["run"])) if "run" in summary.columns else [None]
+    styles, markers = ["-", "--", ":", "-."], ["o", "s", "^", "D", "v"]
+    out = []
+    for ri, run in enumerate(runs):
+        for gi, g in enumerate(guidances):
+            mask = summary["guidance"] == g
+            if run is not None:
+                mask &= summary["run"] == run
+            data = summary[mask].sort_values("scale")
+            if data.empty:
+                continue
+            label = g if run is None else f"{g} ({run})"
+            out.append(_Series(label, palette[gi % 10], styles[ri % 4], markers[ri % 5], data))
+    return out
+
+
+def _yerr(data: pd.DataFrame, metric: str) -> np.ndarray:
+    """Asymmetric error bars from CI columns; zero where there is no interval."""
+    mean = data[metric].to_numpy(float)
+    lo = np.nan_to_num(mean - data[f"{metric}_lo"].to_numpy(float), nan=0.0)
+    hi = np.nan_to_num(data[f"{metric}_hi"].to_numpy(float) - mean, nan=0.0)
+    return np.vstack([np.maximum(lo, 0), np.maximum(hi, 0)])
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    """PNG without the Software metadata chunk, so reruns give identical files."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
+    return path
+
+
+def _placeholder(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_fid_vs_clip(summary: pd.DataFrame, path: Path) -> Path:
+    """GLIDE Fig. 6 style trade-off: x = CLIP score, y = FID, points labelled by scale."""
+    fig = Figure(figsize=(7.5, 5.5), layout="constrained")
+    ax = fig.add_subplot()
+    drawn = False
+    for s in _series(summary):
+        d = s.data[s.data["clip_score"].notna() & s.data["fid"].notna()]
+        if d.empty:
+            continue
+        drawn = True
+        ax.errorbar(
+            d["clip_score"], d["fid"], xerr=_yerr(d, "clip_score"), yerr=_yerr(d, "fid"),
+            color=s.color, linestyle=s.linestyle, marker=s.marker, capsize=3, label=s.label,
+        )
+        for _, row in d.iterrows():
+            ax.annotate(format_scale(row["scale"]), (row["clip_score"], row["fid"]), xytext=(4, 4),
+                        textcoords="offset points", fontsize=8, color=s.color)
+    if drawn:
+        front = summary[pareto_front(summary)]
+        ax.scatter(front["clip_score"], front["fid"], s=160, facecolors="none", edgecolors="0.3",
+                   linewidths=1, label="Pareto front")
+        ax.set_xlabel("CLIP score (higher is better)")
+        ax.set_ylabel("FID (lower is better)")
+        ax.text(0.98, 0.02, "better: lower right", transform=ax.transAxes, ha="right", va="bottom",
+                fontsize=8, color="0.4")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    else:
+        _placeholder(ax, "FID or CLIP score not computed in this run")
+    ax.set_title(f"FID vs CLIP score across guidance scales (labels: scale)\n{_n_caption(summary)}", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_metrics_vs_scale(summary: pd.DataFrame, path: Path) -> Path:
+    """Each quality metric against scale with its CI band, one line per guidance."""
+    metrics = [m for m in QUALITY_METRICS if summary[m].notna().any()]
+    ncols = min(3, max(1, len(metrics)))
+    nrows = max(1, math.ceil(len(metrics) / ncols))
+    fig = Figure(figsize=(4.6 * ncols, 3.6 * nrows + 1.2), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    if not metrics:
+        _placeholder(axes[0], "no quality metric computed in this run")
+    for ax, m in zip(axes, metrics):
+        for s in _series(summary):
+            d = s.data[s.data[m].notna()]
+            if d.empty:
+                continue
+            ax.errorbar(d["scale"], d[m], yerr=_yerr(d, m), color=s.color, linestyle=s.linestyle,
+                        marker=s.marker, capsize=2, markersize=4, label=s.label)
+            if len(d) > 1:
+                ax.fill_between(d["scale"], d[f"{m}_lo"], d[f"{m}_hi"], color=s.color, alpha=0.15, lw=0)
+        ax.set_title(METRIC_LABELS[m], fontsize=9)
+        ax.set_xlabel("guidance scale")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(metrics):]:
+        ax.set_visible(False)
+    handles, names = axes[0].get_legend_handles_labels()
+    if handles:  # one legend for all panels, below them, so no curve is hidden
+        fig.legend(handles, names, loc="outside lower center", ncols=min(len(names), 6), fontsize=8)
+    fig.suptitle(f"Quality metrics vs guidance scale (bands: 95% CI over seed sets)\n{_n_caption(summary)}",
+                 fontsize=10)
+    return _save(fig, path)
+
+
+def plot_throughput(summary: pd.DataFrame, path: Path) -> Path:
+    """Cost per image: seconds, and network / guide / backward passes, per guidance and scale."""
+    keyed = [(s, row) for s in _series(summary) for _, row in s.data.iterrows()]
+    rows = [row for _, row in keyed]
+    many = len(rows) > 12 or "run" in summary.columns  # then rotate single-line labels
+    labels = [f"{s.label}{' ' if many else chr(10)}s={format_scale(r['scale'])}" for s, r in keyed]
+    x = np.arange(len(rows))
+    fig = Figure(figsize=(max(6.0, 0.7 * len(rows) + 2), 7.5), layout="constrained")
+    ax1, ax2 = fig.subplots(2, 1, sharex=True)
+    ax1.bar(x, [r["s_per_img"] for r in rows], color=[s.color for s, _ in keyed])
+    ax1.set_ylabel("seconds per image")
+    ax1.grid(axis="y", alpha=0.3)
+    passes = [("network_passes_per_img", "network"), ("guide_passes_per_img", "guide"),
+              ("backward_passes_per_img", "backward")]
+    width = 0.8 / len(passes)
+    for i, (col, name) in enumerate(passes):
+        ax2.bar(x + (i - 1) * width, [r[col] for r in rows], width, label=f"{name} passes", color=f"C{i + 7}")
+    ax2.set_ylabel("passes per image")
+    ax2.legend(fontsize=8)
+    ax2.grid(axis="y", alpha=0.3)
+    ax2.set_xticks(x, labels, rotation=60 if many else 0, ha="right" if many else "center", fontsize=7)
+    fig.suptitle(f"Throughput per guidance and scale\n{_n_caption(summary)}", fontsize=10)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- sample grids
+
+
+def sample_grid(images: np.ndarray, max_images: int = GRID_IMAGES, upscale: int = GRID_UPSCALE) -> Image.Image:
+    """A square-ish grid of the first images, nearest-neighbour upscaled so pixels stay crisp."""
+    imgs = np.asarray(images)
+    if imgs.ndim == 3:  # grayscale [N, H, W]
+        imgs = imgs[..., None]
+    if imgs.ndim != 4 or imgs.shape[-1] not in (1, 3, 4) or len(imgs) == 0:
+        raise ValueError(f"expected images [N, H, W, 3] uint8, got shape {imgs.shape}")
+    imgs = imgs[:max_images]
+    if imgs.dtype != np.uint8:
+        imgs = np.clip(imgs, 0, 255).astype(np.uint8)
+    if imgs.shape[-1] == 1:
+        imgs = np.repeat(imgs, 3, axis=-1)
+    imgs = imgs[..., :3]
+    n, h, w, _ = imgs.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    pad = 2
+    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
+    for i, img in enumerate(imgs):
+        r, c = divmod(i, cols)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = img
+    out = Image.fromarray(grid)
+    return out.resize((out.width * upscale, out.height * upscale), Image.NEAREST)
+
+
+@dataclass
+class _Grid:
+    run: str
+    guidance: str
+    scale: float
+    png: Path | None
+    prompts: list[str]
+    shown: int  # images in the grid
+    note: str  # why there is no grid, if there is none
+
+
+def _make_grids(run: Run, label: str, prefix: str, out_dir: Path) -> list[_Grid]:
+    """Grids of seed set 0 (the lowest one present) for every guidance and scale of a run."""
+    grids = []
+    cells = run.results.groupby(["guidance", "scale"], sort=False)["seed_set"].min()
+    for (g, scale), seed in cells.items():
+        name = f"{g}_s{format_scale(scale)}_seed{int(seed)}.npz"
+        path = run.dir / "samples" / name
+        png, prompts, shown, note = None, [], 0, ""
+        if not path.is_file():
+            note = f"no samples saved ({path})"
+        else:
+            try:
+                with np.load(path, allow_pickle=False) as npz:
+                    images = npz["images"]
+                    shown = min(len(images), GRID_IMAGES)
+                    prompts = [str(p) for p in npz["prompts"][:GRID_IMAGES]] if "prompts" in npz else []
+                png = out_dir / "grids" / f"{prefix}{_safe_name(g)}_s{format_scale(scale)}.png"
+                png.parent.mkdir(parents=True, exist_ok=True)
+                sample_grid(images).save(png)
+            except (OSError, ValueError, KeyError) as e:
+                png, note = None, f"unreadable samples file {path}: {e}"
+        grids.append(_Grid(label, str(g), float(scale), png, prompts, shown, note))
+    return grids
+
+
+# --------------------------------------------------------------------------- HTML
+
+CSS = """
+body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1300px;padding:0 16px;color:#222}
+h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:32px}
+h3{font-size:15px;margin:18px 0 6px}
+table{border-collapse:collapse;font-size:12.5px;margin:8px 0}
+th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+.warn{background:#fff3cd;border:1px solid #e0b000;padding:8px 12px;margin:10px 0;border-radius:4px}
+.bad{background:#fde2e1;border-color:#d33}
+.meta td{text-align:left;white-space:normal}
+.grids{display:flex;flex-wrap:wrap;gap:18px}
+figure{margin:0;max-width:340px}figure img{display:block;image-rendering:pixelated}
+figcaption{font-size:12px}ol.prompts{font-size:11.5px;margin:4px 0;padding-left:22px;color:#444}
+img.plot{max-width:100%;margin:8px 0}
+pre{background:#f7f7f7;padding:10px;overflow:auto;font-size:12px}
+.muted{color:#666;font-size:12.5px}.scroll{overflow-x:auto}
+"""
+
+# Belt and braces: even if markup slipped through escaping, the browser may run nothing and load
+# nothing but inline data images and inline styles.
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
+def _e(value: object) -> str:
+    """Escape any user-provided value for HTML text or attributes."""
+    return html.escape(str(value), quote=True)
+
+
+def _img(path: Path, alt: str, cls: str = "") -> str:
+    """An <img> with the PNG inlined, so the page needs no neighbouring files."""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    class_attr = f' class="{cls}"' if cls else ""
+    return f'<img{class_attr} src="data:image/png;base64,{data}" alt="{_e(alt)}">'
+
+
+def _table(frame: pd.DataFrame) -> str:
+    """An escaped table in a horizontally scrolling box, so wide summaries never get cut."""
+    return f'<div class="scroll">{frame.to_html(escape=True, index=False, na_rep="–", border=0)}</div>'
+
+
+def _display_summary(summary: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Summary for people: ``mean [lo, hi]`` per metric, all-NaN metrics dropped (and named)."""
+    keys = [k for k in ("run", "guidance") if k in summary.columns]
+    out = summary[keys].copy()
+    out["scale"] = summary["scale"].map(format_scale)
+    out["n / cell"] = summary["n_samples"].map(lambda v: "?" if pd.isna(v) else str(int(v)))
+    out["seed sets"] = summary["n_seed_sets"].astype(int).astype(str)
+    absent = []
+    for m in QUALITY_METRICS:
+        if summary[m].isna().all():
+            absent.append(m)
+            continue
+        out[m] = [_fmt_ci(a, b, c) for a, b, c in zip(summary[m], summary[f"{m}_lo"], summary[f"{m}_hi"])]
+    for col, name in [("s_per_img", "s / img"), ("network_passes_per_img", "net passes"),
+                      ("guide_passes_per_img", "guide passes"), ("backward_passes_per_img", "bwd passes"),
+                      ("peak_mem_mb", "peak MB")]:
+        out[name] = summary[col].map(_fmt)
+    if summary["n_samples_note"].astype(bool).any():
+        out["note"] = summary["n_samples_note"]
+    return out, absent
+
+
+def _display_ranking(ranking: pd.DataFrame) -> pd.DataFrame:
+    out = ranking.copy()
+    out["best_scale"] = out["best_scale"].map(lambda v: "–" if pd.isna(v) else format_scale(v))
+    out["on_front"] = out["on_front"].map(lambda v: "yes" if v else "no")
+    for col in ("fid", "clip_score", "s_per_img", "distance"):
+        out[col] = out[col].map(_fmt)
+    return out.rename(columns={"best_scale": "best scale", "clip_score": "CLIP score", "fid": "FID",
+                               "on_front": "on overall front", "s_per_img": "s / img",
+                               "distance": "distance to ideal"})
+
+
+def _run_meta(run: Run, label: str) -> str:
+    """Header rows for one run: id, date, device, models, wall time, CLIP scorer."""
+    m, cfg = run.manifest, run.manifest.get("config") or {}
+    models = m.get("models") or {}
+    models_txt = ", ".join(f"{_e(k)}: <code>{_e(str(v)[:12])}</code>" for k, v in models.items()) or "–"
+    wall = m.get("wall_time_s")
+    wall_txt = f"{float(wall):.1f} s" if isinstance(wall, (int, float)) else _e(wall if wall is not None else "–")
+    scorer = str(m.get("clip_scorer", "–"))
+    rows = [
+        ("run", _e(label)), ("directory", _e(run.dir)), ("created", _e(m.get("created", "–"))),
+        ("device", _e(cfg.get("device", "–"))), ("sampler", _e(f"{cfg.get('sampler', '–')}, {cfg.get('steps', '–')} steps")),
+        ("prompts", _e(cfg.get("prompts", "–"))), ("models", models_txt), ("wall time", wall_txt),
+        ("CLIP scorer", _e(scorer)), ("git commit", _e(str(m.get("git_commit", "–"))[:12])),
+        ("config hash", _e(str(m.get("config_hash", "–"))[:12])),
+    ]
+    body = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
+    return f'<table class="meta">{body}</table>'
+
+
+def _warnings(runs: Sequence[Run], labels: Sequence[str], summary: pd.DataFrame) -> list[str]:
+    """Banners for results that must not be read at face value."""
+    out = []
+    for run, label in zip(runs, labels):
+        scorer = str(run.manifest.get("clip_scorer", ""))
+        if scorer.startswith("GUIDING"):
+            out.append(
+                f"CLIP score of run {_e(label)} is inflated: it was scored by the guiding CLIP "
+                f"({_e(scorer)}), which the CLIP-guided samples were optimised against."
+            )
+    if len(runs) > 1:
+        per_run = {lbl: _span(summary.loc[summary["run"] == lbl, "n_samples"]) for lbl in labels}
+        if len(set(per_run.values())) > 1:
+            detail = ", ".join(f"{_e(k)}: n = {_e(v)}" for k, v in per_run.items())
+            out.append(f"FID is not comparable between these runs: they use different numbers of images per "
+                       f"cell ({detail}); FID is biased at small n.")
+        scorers = {str(r.manifest.get("clip_scorer", "")) for r in runs}
+        if len(scorers) > 1:
+            out.append("CLIP scores are not comparable between these runs: they were scored by different CLIP "
+                       f"models ({_e(', '.join(sorted(scorers)))}).")
+    if summary["n_samples_note"].astype(bool).any():
+        out.append("Some cells have a different number of images per seed set; the minimum is shown "
+                   "(see the note column of the summary).")
+    return out
+
+
+def _grid_html(grids: Sequence[_Grid], several: bool) -> str:
+    parts, current = [], None
+    for g in grids:
+        key = (g.run, g.guidance) if several else g.guidance
+        if key != current:
+            if current is not None:
+                parts.append("</div>")
+            title = f"{g.guidance} ({g.run})" if several else g.guidance
+            parts.append(f'<h3>{_e(title)}</h3><div class="grids">')
+            current = key
+        caption = f"scale {_e(format_scale(g.scale))}"
+        if g.png is None:
+            parts.append(f'<figure><figcaption>{caption}: <span class="muted">{_e(g.note)}</span></figcaption></figure>')
+            continue
+        prompts = "".join(f"<li>{_e(p)}</li>" for p in g.prompts)
+        alt = f"samples of {g.guidance} at scale {format_scale(g.scale)}"
+        parts.append(f"<figure>{_img(g.png, alt)}<figcaption>{caption}, seed set 0, first "
+                     f"{g.shown} images; prompts in reading order:</figcaption>"
+                     f'<ol class="prompts">{prompts}</ol></figure>')
+    if current is not None:
+        parts.append("</div>")
+    return "".join(parts)
+
+
+def _page(runs: Sequence[Run], labels: Sequence[str], summary: pd.DataFrame, ranking: pd.DataFrame,
+          plots: Sequence[tuple[Path, str]], grids: Sequence[_Grid]) -> str:
+    several = len(runs) > 1
+    title = "Guidance benchmark: " + ", ".join(labels)
+    shown, absent = _display_summary(summary)
+    warn = "".join(f'<div class="warn bad">{w}</div>' for w in _warnings(runs, labels, summary))
+    meta = "".join(_run_meta(r, lbl) for r, lbl in zip(runs, labels))
+    configs = "".join(
+        f"<h3>{_e(lbl)}</h3><pre>{_e(json.dumps(r.manifest.get('config', {}), indent=2, sort_keys=True, default=str))}</pre>"
+        f"<details><summary>versions</summary><pre>{_e(json.dumps(r.manifest.get('versions', {}), indent=2, sort_keys=True, default=str))}</pre></details>"
+        for r, lbl in zip(runs, labels)
+    )
+    absent_txt = f'<p class="muted">Not computed: {_e(", ".join(absent))}.</p>' if absent else ""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{CSP}">
+<title>{_e(title)}</title><style>{CSS}</style></head>
+<body>
+<h1>{_e(title)}</h1>
+{meta}
+{warn}
+<p class="muted">{_e(_n_caption(summary))}. Intervals are 95% Student-t confidence intervals over seed sets.</p>
+<h2>Method ranking</h2>
+<p class="muted">Per guidance, the scale on its own FID-vs-CLIP Pareto front nearest the ideal corner
+(best CLIP and best FID of the table, min-max normalised); rank 1 is nearest. "On overall front": no other
+method beats that point on both FID and CLIP score.</p>
+{_table(_display_ranking(ranking))}
+<h2>Summary</h2>
+{_table(shown)}
+{absent_txt}
+<h2>Plots</h2>
+{"".join(_img(p, alt, "plot") for p, alt in plots)}
+<h2>Samples</h2>
+{_grid_html(grids, several)}
+<h2>Configuration</h2>
+{configs}
+</body></html>
+"""
+
+
+def _default_out(run_dirs: Sequence[Path]) -> Path:
+    """The run's own dir, or ``reports/compare-<timestamp>`` next to the first run."""
+    if len(run_dirs) == 1:
+        return Path(run_dirs[0])
+    base = Path(run_dirs[0]).resolve().parent / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    out, i = base, 1
+    while out.exists():
+        i += 1
+        out = base.with_name(f"{base.name}-{i}")
+    return out
+
+
+def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None) -> Path:
+    """Write summary.csv, plots, grids and a self-contained index.html; return the index path."""
+    if not run_dirs:
+        raise ValueError("build_report needs at least one run directory")
+    run_dirs = [Path(d) for d in run_dirs]
+    runs = [load_run(d) for d in run_dirs]
+    labels = _run_labels(runs)
+    several = len(runs) > 1
+    frames = []
+    for run, label in zip(runs, labels):
+        frame = run.results.copy()
+        if several:
+            frame.insert(0, "run", label)
+        frames.append(frame)
+    summary = summarize(pd.concat(frames, ignore_index=True))
+    ranking = rank_methods(summary)
+    out = Path(out_dir) if out_dir is not None else _default_out(run_dirs)
+    out.mkdir(parents=True, exist_ok=True)
+    summary.to_csv(out / "summary.csv", index=False)
+    plots = [
+        (plot_fid_vs_clip(summary, out / "plots" / "fid_vs_clip.png"), "FID versus CLIP score"),
+        (plot_metrics_vs_scale(summary, out / "plots" / "metrics_vs_scale.png"), "quality metrics versus scale"),
+        (plot_throughput(summary, out / "plots" / "throughput.png"), "throughput per guidance and scale"),
+    ]
+    grids = []
+    for run, label in zip(runs, labels):
+        grids += _make_grids(run, label, f"{_safe_name(label)}__" if several else "", out)
+    index = out / "index.html"
+    index.write_text(_page(runs, labels, summary, ranking, plots, grids), encoding="utf-8")
+    return index
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: build the report of one or several runs and print the index path."""
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories (reports/<run-id>)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output directory (default: the run dir, or reports/compare-<timestamp>)")
+    args = parser.parse_args(argv)
+    try:
+        index = build_report(args.run_dirs, args.out)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(index)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

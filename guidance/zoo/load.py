@@ -1,0 +1,151 @@
+"""Load the embedded zoo (or a directory laid out like it) into ready-to-use models.
+
+A model directory holds `<kind>.safetensors` files written by `guidance.zoo.store.save_model`:
+unet, classifier, noised_clip (guiding) and eval_clip, eval_classifier (scoring). The evaluation
+CLIP is built by open_clip from the config stored in its file, so `open_clip.create_model` with
+that config loads the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from guidance.diffusion import GaussianDiffusion
+from guidance.zoo.encoders import EncoderConfig, EvalClassifier, NoiseAwareClassifier, NoisedCLIPModel
+from guidance.zoo.store import CheckpointError, load_weights, read_metadata
+from guidance.zoo.text import CaptionTokenizer
+from guidance.zoo.unet import TextUNet, UNetConfig
+
+ZOO_DIR = Path(__file__).parent / "weights"
+KINDS = ("unet", "classifier", "noised_clip", "eval_clip", "eval_classifier")
+
+
+def _build(kind: str, config: dict) -> nn.Module:
+    if kind == "unet":
+        return TextUNet(UNetConfig.from_dict(config))
+    if kind == "classifier":
+        return NoiseAwareClassifier(EncoderConfig.from_dict(config))
+    if kind == "noised_clip":
+        return NoisedCLIPModel(EncoderConfig.from_dict(config))
+    if kind == "eval_classifier":
+        return EvalClassifier(EncoderConfig.from_dict(config))
+    if kind == "eval_clip":
+        import open_clip
+
+        return open_clip.model.CLIP(**config["model_cfg"])
+    raise CheckpointError(f"unknown model kind {kind!r}; valid: {', '.join(KINDS)}")
+
+
+def load_model(path: str | os.PathLike, expected_kind: str | None = None, device: str | torch.device = "cpu") -> nn.Module:
+    """Build the architecture recorded in a zoo checkpoint and load its weights (eval mode, fp32)."""
+    meta = read_metadata(path)
+    if expected_kind and meta["kind"] != expected_kind:
+        raise CheckpointError(f"{path} holds a {meta['kind']!r} model, but a {expected_kind!r} model was expected")
+    model = load_weights(_build(meta["kind"], meta["config"]), path)
+    model.zoo_info = meta  # type: ignore[attr-defined]
+    return model.float().eval().requires_grad_(False).to(device)
+
+
+class EvalCLIPScorer(nn.Module):
+    """Wraps an open_clip model for scoring: images in [-1, 1], captions as strings."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, preprocess: dict, name: str) -> None:
+        super().__init__()
+        self.model, self.tokenizer, self.name = model, tokenizer, name
+        self.register_buffer("mean", torch.tensor(preprocess.get("mean", (0.48145466, 0.4578275, 0.40821073))).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(preprocess.get("std", (0.26862954, 0.26130258, 0.27577711))).view(1, 3, 1, 1))
+        self.image_size = int(preprocess.get("size", 32) if not isinstance(preprocess.get("size"), (list, tuple))
+                              else preprocess["size"][0])
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        x = (images.float() + 1) / 2
+        if x.shape[-1] != self.image_size:
+            x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic",
+                                                align_corners=False, antialias=True)
+        return self.model.encode_image((x - self.mean) / self.std, normalize=True)
+
+    def encode_texts(self, texts: list[str]) -> Tensor:
+        tokens = self.tokenizer(texts).to(self.mean.device)
+        return self.model.encode_text(tokens, normalize=True)
+
+
+def load_eval_clip(path: str | os.PathLike | None = None, device: str | torch.device = "cpu", arch: str | None = None,
+                   pretrained: str | None = None) -> EvalCLIPScorer:
+    """The zoo's evaluation CLIP, or any open_clip architecture with a local pretrained file."""
+    import open_clip
+
+    if arch is not None:
+        if pretrained is None or not Path(pretrained).is_file():
+            raise CheckpointError(f"open_clip model {arch!r} needs a local pretrained file (--clip-pretrained PATH); "
+                                  f"got {pretrained!r}; weights cannot be downloaded here")
+        model, _, _ = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=device)
+        tokenizer = open_clip.get_tokenizer(arch)
+        preprocess = {"mean": model.visual.image_mean, "std": model.visual.image_std, "size": model.visual.image_size}
+        return EvalCLIPScorer(model.eval(), tokenizer, preprocess, f"open_clip:{arch}").to(device)
+    path = Path(path) if path else ZOO_DIR / "eval_clip.safetensors"
+    meta = read_metadata(path)
+    model = load_model(path, "eval_clip", device)
+    cfg = meta["config"]
+    context = cfg["model_cfg"]["text_cfg"]["context_length"]
+    tokenizer = lambda texts: open_clip.tokenize(texts, context_length=context)  # noqa: E731
+    return EvalCLIPScorer(model, tokenizer, cfg.get("preprocess_cfg", {}), "zoo:eval_clip").to(device)
+
+
+@dataclass
+class Zoo:
+    """The models one benchmark run needs, loaded from a model directory."""
+
+    denoiser: TextUNet
+    diffusion: GaussianDiffusion  # the training process (respace it for sampling)
+    tokenizer: CaptionTokenizer
+    classifier: NoiseAwareClassifier | None
+    noised_clip: NoisedCLIPModel | None
+    clip_tokenizer: CaptionTokenizer | None
+    root: Path
+
+    def guiding_models(self) -> dict[str, nn.Module | None]:
+        return {"classifier": self.classifier, "clip": self.noised_clip}
+
+    def checksums(self) -> dict[str, str]:
+        from hashlib import sha256
+
+        out = {}
+        for f in sorted(self.root.glob("*.safetensors")):
+            h = sha256()
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            out[f.name] = h.hexdigest()
+        return out
+
+
+def load_zoo(root: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Zoo:
+    """Load the denoiser and guiding models from `root` (default: the embedded zoo)."""
+    root = Path(root) if root else ZOO_DIR
+    if not root.is_dir():
+        raise CheckpointError(f"model directory not found: {root}; pass the zoo name 'emoji' or a directory "
+                              f"holding unet.safetensors (and classifier/noised_clip for gradient guidance)")
+    unet_path = root / "unet.safetensors"
+    denoiser: TextUNet = load_model(unet_path, "unet", device)  # type: ignore[assignment]
+    extra = denoiser.config.extra
+    diffusion = GaussianDiffusion.from_schedule(extra.get("schedule", "cosine"), int(extra.get("num_timesteps", 1000)),
+                                                learned_variance=denoiser.learned_variance)
+    tokenizer = CaptionTokenizer(denoiser.vocab.cpu(), denoiser.config.context_length)
+    classifier = load_model(root / "classifier.safetensors", "classifier", device) \
+        if (root / "classifier.safetensors").exists() else None
+    clip = load_model(root / "noised_clip.safetensors", "noised_clip", device) \
+        if (root / "noised_clip.safetensors").exists() else None
+    clip_tok = CaptionTokenizer(clip.vocab.cpu(), clip.config.context_length) if clip is not None else None
+    return Zoo(denoiser, diffusion, tokenizer, classifier, clip, clip_tok, root)  # type: ignore[arg-type]
+
+
+def model_card_data(path: str | os.PathLike) -> dict:
+    """kind, config and training record of one checkpoint (for model cards and manifests)."""
+    return json.loads(json.dumps(read_metadata(path)))

@@ -1,0 +1,240 @@
+"""Report and statistics: CIs, Pareto front, ranking, and a self-contained, escaped HTML page."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench import report
+from bench.report import build_report, format_scale, load_run
+from bench.stats import mean_ci, pareto_front, rank_methods, summarize
+
+HOSTILE = '<script>alert(1)</script> & "quotes"'
+GUIDANCES = {"cfg": [1.0, 3.0, 5.0], "classifier": [0.0, 2.5, 10.0], "clip": [0.5, 1.0, 2.0]}
+PNG_IMG = re.compile(r"<img\b[^>]*>", re.IGNORECASE)
+
+
+def make_fake_run(root: Path, run_id: str = "run-a", n: int = 64, seed: int = 0,
+                  clip_scorer: str = "zoo:eval_clip") -> Path:
+    """A run dir as the harness writes it: 3 guidances x 3 scales x 3 seed sets, plausible numbers."""
+    rng = np.random.default_rng(seed)
+    run = root / run_id
+    (run / "samples").mkdir(parents=True)
+    rows = []
+    for gi, (g, scales) in enumerate(GUIDANCES.items()):
+        for si, scale in enumerate(scales):
+            for k in range(3):
+                rows.append({
+                    "guidance": g, "scale": scale, "seed_set": k, "n_samples": n,
+                    "fid": 60 - 8 * si + 6 * si**2 + gi * 3 + rng.normal(0, 2),
+                    "kid_mean": 0.02 + 0.005 * si + rng.normal(0, 0.002), "kid_std": 0.003,
+                    "clip_score": 0.22 + 0.02 * si + 0.005 * gi + rng.normal(0, 0.004),
+                    "acc_identity": 0.5 + 0.1 * si + rng.normal(0, 0.02),
+                    "acc_subgroup": 0.6 + 0.08 * si + rng.normal(0, 0.02),
+                    "acc_group": math.nan,  # not computed: the report must cope
+                    "img_per_s": 40.0 / (gi + 1), "s_per_img": (gi + 1) / 40.0,
+                    "network_passes_per_img": 50.0 * (2 if g == "cfg" else 1),
+                    "guide_passes_per_img": 0.0 if g == "cfg" else 50.0,
+                    "backward_passes_per_img": 0.0 if g == "cfg" else 50.0,
+                    "peak_mem_mb": 300.0 + 50 * gi, "wall_s": n * (gi + 1) / 40.0,
+                    "sampler": "ddim", "steps": 50,
+                })
+                images = rng.integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)
+                prompts = np.array([HOSTILE, "a smiling face", "a red heart", "a cat"])
+                np.savez(run / "samples" / f"{g}_s{format_scale(scale)}_seed{k}.npz", images=images, prompts=prompts)
+    pd.DataFrame(rows).to_csv(run / "results.csv", index=False)
+    manifest = {
+        "run_id": run_id, "created": "2024-05-01T12:00:00", "config_hash": "abc123def4567890",
+        "config": {"prompts": f"builtin:emoji {HOSTILE}", "guidance": list(GUIDANCES),
+                   "scales": GUIDANCES, "seeds": [0, 1, 2], "samples_per_prompt": 16,
+                   "sampler": "ddim", "steps": 50, "device": "cpu"},
+        "versions": {"torch": "2.3.0", "python": "3.11"},
+        "models": {"unet": "0123456789abcdef0123", "eval_clip": "fedcba9876543210"},
+        "git_commit": "a24e59f0000000", "wall_time_s": 123.4, "clip_scorer": clip_scorer,
+    }
+    (run / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    return run
+
+
+# --------------------------------------------------------------------------- stats
+
+
+def test_format_scale() -> None:
+    assert format_scale(1.0) == "1"
+    assert format_scale(2.5) == "2.5"
+    assert format_scale(0.0) == "0"
+    assert format_scale(10) == "10"
+    assert format_scale(0.1) == "0.1"
+    assert format_scale(7.25) == "7.25"
+
+
+def test_mean_ci_matches_hand_computation() -> None:
+    mean, lo, hi = mean_ci([1.0, 2.0, 3.0, 4.0])
+    # sd = sqrt(5/3), sem = sd / 2, t_{0.975, 3} = 3.182446305 (tables)
+    half = 3.182446305 * math.sqrt(5 / 3) / 2
+    assert mean == pytest.approx(2.5)
+    assert lo == pytest.approx(2.5 - half, rel=1e-8)
+    assert hi == pytest.approx(2.5 + half, rel=1e-8)
+    assert mean_ci([1.0, 2.0, 3.0, 4.0, math.nan]) == pytest.approx((mean, lo, hi))  # NaN ignored
+
+
+def test_mean_ci_single_and_empty() -> None:
+    mean, lo, hi = mean_ci([5.0, math.nan])
+    assert mean == 5.0 and math.isnan(lo) and math.isnan(hi)
+    assert all(math.isnan(v) for v in mean_ci([]))
+    assert mean_ci([2.0, 2.0, 2.0]) == (2.0, 2.0, 2.0)
+    with pytest.raises(ValueError):
+        mean_ci([1.0, 2.0], confidence=95)
+
+
+def test_pareto_front_known_table() -> None:
+    table = pd.DataFrame({
+        "clip_score": [0.20, 0.25, 0.30, 0.24, 0.30, math.nan],
+        "fid": [10.0, 12.0, 20.0, 15.0, 25.0, 1.0],
+    })
+    # row 3 is beaten by row 1 (more CLIP, less FID), row 4 by row 2, row 5 has no CLIP score
+    assert pareto_front(table).tolist() == [True, True, True, False, False, False]
+
+
+def test_summarize_cis_and_n_note(tmp_path: Path) -> None:
+    results = load_run(make_fake_run(tmp_path)).results
+    results.loc[(results["guidance"] == "cfg") & (results["seed_set"] == 2), "n_samples"] = 32
+    summary = summarize(results)
+    assert len(summary) == 9
+    assert {"fid", "fid_lo", "fid_hi", "acc_group_hi", "n_seed_sets", "n_samples", "n_samples_note",
+            "s_per_img", "backward_passes_per_img"} <= set(summary.columns)
+    cell = results[(results["guidance"] == "clip") & (results["scale"] == 1.0)]
+    row = summary[(summary["guidance"] == "clip") & (summary["scale"] == 1.0)].iloc[0]
+    assert (row["fid"], row["fid_lo"], row["fid_hi"]) == pytest.approx(mean_ci(cell["fid"]))
+    assert row["n_seed_sets"] == 3 and row["n_samples"] == 64 and row["n_samples_note"] == ""
+    assert math.isnan(row["acc_group"])
+    cfg = summary[summary["guidance"] == "cfg"]
+    assert (cfg["n_samples"] == 32).all()
+    assert cfg["n_samples_note"].str.contains("differs").all()
+
+
+def test_rank_methods_picks_frontier_point() -> None:
+    summary = pd.DataFrame({
+        "guidance": ["a", "a", "a", "b", "b"],
+        "scale": [1.0, 2.0, 3.0, 1.0, 2.0],
+        "clip_score": [0.20, 0.28, 0.30, 0.21, 0.22],
+        "fid": [10.0, 11.0, 30.0, 20.0, 25.0],
+        "s_per_img": [0.1, 0.1, 0.1, 0.5, 0.5],
+    })
+    ranking = rank_methods(summary)
+    assert ranking["guidance"].tolist() == ["a", "b"]
+    assert ranking["rank"].tolist() == [1, 2]
+    a, b = ranking.iloc[0], ranking.iloc[1]
+    assert a["best_scale"] == 2.0 and a["on_front"]
+    assert b["best_scale"] in (1.0, 2.0) and not b["on_front"]  # a beats b at every scale
+    assert b["s_per_img"] == 0.5
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _html_checks(text: str) -> None:
+    assert "<script" not in text.lower()
+    assert "http://" not in text and "https://" not in text
+    imgs = PNG_IMG.findall(text)
+    assert imgs
+    for tag in imgs:
+        assert re.search(r'\ssrc="data:image/png;base64,[A-Za-z0-9+/=]+"', tag), tag[:120]
+    assert "<link" not in text.lower() and "@import" not in text and "url(" not in text
+
+
+def test_build_report_single_run(tmp_path: Path) -> None:
+    run = make_fake_run(tmp_path)
+    index = build_report([run])
+    assert index == run / "index.html" and index.is_file()
+    for name in ("fid_vs_clip.png", "metrics_vs_scale.png", "throughput.png"):
+        assert (run / "plots" / name).stat().st_size > 1000
+    assert len(list((run / "grids").glob("*.png"))) == 9
+    summary = pd.read_csv(run / "summary.csv")
+    assert len(summary) == 9 and "clip_score_lo" in summary.columns
+
+    text = index.read_text(encoding="utf-8")
+    _html_checks(text)
+    assert len(PNG_IMG.findall(text)) == 3 + 9
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &quot;quotes&quot;" in text
+    assert "n = 64 images per cell, 3 seed sets" in text
+    assert "compare only runs with equal n" in text
+    assert "Method ranking" in text and "zoo:eval_clip" in text
+    assert "0123456789ab" in text and "0123456789abcdef0123" not in text  # short checksums
+    assert "not comparable" not in text and "inflated" not in text
+    assert "Not computed: acc_group" in text
+
+
+def test_report_flags_guiding_clip_scorer(tmp_path: Path) -> None:
+    run = make_fake_run(tmp_path, clip_scorer="GUIDING:noised_clip")
+    text = build_report([run], tmp_path / "out").read_text(encoding="utf-8")
+    assert "inflated" in text and "GUIDING:noised_clip" in text
+
+
+def test_two_runs_with_different_n_warn(tmp_path: Path) -> None:
+    a = make_fake_run(tmp_path, "run-a", n=64, seed=1)
+    b = make_fake_run(tmp_path, "run-b", n=32, seed=2)
+    index = build_report([a, b])
+    assert index.parent.parent == tmp_path and index.parent.name.startswith("compare-")
+    text = index.read_text(encoding="utf-8")
+    _html_checks(text)
+    assert "FID is not comparable" in text
+    assert len(list((index.parent / "grids").glob("*.png"))) == 18
+    summary = pd.read_csv(index.parent / "summary.csv")
+    assert set(summary["run"]) == {"run-a", "run-b"} and len(summary) == 18
+
+    same = build_report([a, make_fake_run(tmp_path, "run-c", n=64, seed=3)], tmp_path / "same")
+    assert "not comparable" not in same.read_text(encoding="utf-8")
+
+
+def test_missing_results_csv_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_fake_run(tmp_path)
+    (run / "results.csv").unlink()
+    with pytest.raises(FileNotFoundError, match=r"results\.csv.*invoke bench"):
+        load_run(run)
+    assert report.main([str(run)]) == 2
+    assert str(run / "results.csv") in capsys.readouterr().err
+
+
+def test_malformed_files_name_the_file(tmp_path: Path) -> None:
+    run = make_fake_run(tmp_path)
+    (run / "manifest.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(str(run / "manifest.json"))):
+        load_run(run)
+    run2 = make_fake_run(tmp_path, "run-2")
+    (run2 / "results.csv").write_text("foo,bar\n1,2\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"results\.csv lacks the column"):
+        load_run(run2)
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        (run2 / "manifest.json").unlink()
+        load_run(run2)
+
+
+def test_missing_samples_are_noted_not_fatal(tmp_path: Path) -> None:
+    run = make_fake_run(tmp_path)
+    for f in (run / "samples").glob("clip_*"):
+        f.unlink()
+    text = build_report([run]).read_text(encoding="utf-8")
+    assert "no samples saved" in text
+    assert len(list((run / "grids").glob("*.png"))) == 6
+
+
+def test_cli_prints_index_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_fake_run(tmp_path)
+    assert report.main([str(run), "--out", str(tmp_path / "o")]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "o" / "index.html")
+
+
+def test_sample_grid_upscales_nearest() -> None:
+    images = np.zeros((20, 32, 32, 3), np.uint8)
+    images[0] = 255
+    grid = report.sample_grid(images)
+    assert grid.size == ((4 * 34 + 2) * 3, (4 * 34 + 2) * 3)  # 16 of 20 images, 4x4, 2px padding, x3
+    arr = np.asarray(grid)
+    assert set(np.unique(arr)) <= {0, 255}  # nearest neighbour: no blended values
