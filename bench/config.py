@@ -22,7 +22,7 @@ SCALE_RANGE = (0.0, 1000.0)
 
 PRESETS: dict[str, dict[str, Any]] = {
     # finishes in about 3 minutes on a 2-core CPU for `--guidance cfg`, and still shows the trade-off
-    "quick": {"prompts": "emoji200", "prompt_limit": 24, "samples_per_prompt": 1, "seeds": [0, 1, 2],
+    "quick": {"prompts": "emoji200", "prompt_limit": 20, "samples_per_prompt": 1, "seeds": [0, 1, 2],
               "steps": 20, "sampler": "ddim", "batch_size": 72},
     # thousands of samples per cell: meant for a GPU
     "full": {"prompts": "emoji-all", "prompt_limit": None, "samples_per_prompt": 2, "seeds": [0, 1, 2, 3, 4],
@@ -38,7 +38,7 @@ class BenchConfig:
     guidance: list[str] = field(default_factory=lambda: ["cfg"])
     scales: dict[str, list[float]] = field(default_factory=dict)  # empty: the preset's defaults
     prompts: str = "emoji200"
-    prompt_limit: int | None = 24
+    prompt_limit: int | None = 20
     samples_per_prompt: int = 1
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     sampler: str = "ddim"

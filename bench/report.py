@@ -413,6 +413,11 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
+def _json(value: object) -> str:
+    """Escaped, stable JSON for a <pre> block."""
+    return _e(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
 def _img(path: Path, alt: str, cls: str = "") -> str:
     """An <img> with the PNG inlined, so the page needs no neighbouring files."""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
@@ -468,7 +473,8 @@ def _run_meta(run: Run, label: str) -> str:
     scorer = str(m.get("clip_scorer", "–"))
     rows = [
         ("run", _e(label)), ("directory", _e(run.dir)), ("created", _e(m.get("created", "–"))),
-        ("device", _e(cfg.get("device", "–"))), ("sampler", _e(f"{cfg.get('sampler', '–')}, {cfg.get('steps', '–')} steps")),
+        ("device", _e(m.get("device") or cfg.get("device", "–"))),  # the device name, else the option
+        ("sampler", _e(f"{cfg.get('sampler', '–')}, {cfg.get('steps', '–')} steps")),
         ("prompts", _e(cfg.get("prompts", "–"))), ("models", models_txt), ("wall time", wall_txt),
         ("CLIP scorer", _e(scorer)), ("git commit", _e(str(m.get("git_commit", "–"))[:12])),
         ("config hash", _e(str(m.get("config_hash", "–"))[:12])),
@@ -515,7 +521,8 @@ def _grid_html(grids: Sequence[_Grid], several: bool) -> str:
             current = key
         caption = f"scale {_e(format_scale(g.scale))}"
         if g.png is None:
-            parts.append(f'<figure><figcaption>{caption}: <span class="muted">{_e(g.note)}</span></figcaption></figure>')
+            note = f'<span class="muted">{_e(g.note)}</span>'
+            parts.append(f"<figure><figcaption>{caption}: {note}</figcaption></figure>")
             continue
         prompts = "".join(f"<li>{_e(p)}</li>" for p in g.prompts)
         alt = f"samples of {g.guidance} at scale {format_scale(g.scale)}"
@@ -535,8 +542,8 @@ def _page(runs: Sequence[Run], labels: Sequence[str], summary: pd.DataFrame, ran
     warn = "".join(f'<div class="warn bad">{w}</div>' for w in _warnings(runs, labels, summary))
     meta = "".join(_run_meta(r, lbl) for r, lbl in zip(runs, labels))
     configs = "".join(
-        f"<h3>{_e(lbl)}</h3><pre>{_e(json.dumps(r.manifest.get('config', {}), indent=2, sort_keys=True, default=str))}</pre>"
-        f"<details><summary>versions</summary><pre>{_e(json.dumps(r.manifest.get('versions', {}), indent=2, sort_keys=True, default=str))}</pre></details>"
+        f"<h3>{_e(lbl)}</h3><pre>{_json(r.manifest.get('config', {}))}</pre>"
+        f"<details><summary>versions</summary><pre>{_json(r.manifest.get('versions', {}))}</pre></details>"
         for r, lbl in zip(runs, labels)
     )
     absent_txt = f'<p class="muted">Not computed: {_e(", ".join(absent))}.</p>' if absent else ""

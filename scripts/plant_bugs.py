@@ -1,0 +1,82 @@
+"""Plant known bugs one at a time in a scratch copy of the tree and check that a command catches each.
+
+    python scripts/plant_bugs.py                       # golden tests vs the core bugs
+    python scripts/plant_bugs.py --suite gate          # the CI quality gate vs its bugs
+
+Each mutation is a literal text replacement that must match exactly once, so a refactor that
+silently disarms a mutation fails loudly here instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+MUTATIONS = {
+    "cfg-sign-flip": ("guidance/guiders/cfg.py", "return eps_u + scale * (eps_c - eps_u)",
+                      "return eps_u - scale * (eps_c - eps_u)"),
+    "variance-channels-guided": ("guidance/guiders/cfg.py",
+                                 "return Prediction(self.combine(pred_c.eps, pred_u.eps, scale, step), pred_c.var_values)",
+                                 "return Prediction(self.combine(pred_c.eps, pred_u.eps, scale, step), None if "
+                                 "pred_c.var_values is None else self.combine(pred_c.var_values, pred_u.var_values, scale, step))"),
+    "gradient-without-sigma": ("guidance/sampling.py", 'mean = mean + out["variance"] * grad', "mean = mean + grad"),
+    "ddim-wrong-sqrt-factor": ("guidance/sampling.py",
+                               "eps = eps - extract(diffusion.sqrt_one_minus_alphas_cumprod, step.index, x) * grad",
+                               "eps = eps - extract(diffusion.sqrt_alphas_cumprod, step.index, x) * grad"),
+    "classifier-gradient-dropped": ("guidance/guiders/classifier.py",
+                                    "return scale * input_gradient(lambda x_in: self.log_prob(x_in, step.t, labels), x).to(x.dtype)",
+                                    "return 0 * input_gradient(lambda x_in: self.log_prob(x_in, step.t, labels), x).to(x.dtype)"),
+    "clip-wrong-timestep": ("guidance/guiders/clip.py", "self.similarity(x_in, step.t, text_emb)",
+                            "self.similarity(x_in, step.t.flip(0) * 0, text_emb)"),
+}
+SUITES = {
+    "core": (["cfg-sign-flip", "variance-channels-guided", "gradient-without-sigma", "ddim-wrong-sqrt-factor"],
+             [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/test_guidance_golden.py"]),
+    "gate": (["cfg-sign-flip", "classifier-gradient-dropped", "clip-wrong-timestep", "gradient-without-sigma"],
+             [sys.executable, "-m", "bench.regress"]),
+}
+
+
+def run_mutation(name: str, command: list[str]) -> bool:
+    """True when the command fails with the bug planted (the bug is caught)."""
+    path, old, new = MUTATIONS[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "tree"
+        shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".git", "reports", "runs", ".devdata", "__pycache__"))
+        target = copy / path
+        text = target.read_text()
+        if text.count(old) != 1:
+            raise SystemExit(f"mutation {name}: the original text is not found exactly once in {path}")
+        target.write_text(text.replace(old, new))
+        result = subprocess.run(command, cwd=copy, capture_output=True, text=True, env=_env(copy))
+        return result.returncode != 0
+
+
+def _env(root: Path) -> dict[str, str]:
+    import os
+
+    return {**os.environ, "PYTHONPATH": str(root)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", choices=sorted(SUITES), default="core")
+    args = parser.parse_args()
+    names, command = SUITES[args.suite]
+    caught = 0
+    for name in names:
+        ok = run_mutation(name, command)
+        caught += ok
+        print(f"{name:30s} {'caught' if ok else 'MISSED'}", flush=True)
+    print(f"{caught}/{len(names)} planted bugs caught by: {' '.join(command[1:])}")
+    return 0 if caught == len(names) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""invoke tasks: `invoke bench --guidance cfg` is the main job; plus train, report, regress, test, perf."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+from invoke import task
+
+PY = shlex.quote(sys.executable)
+
+
+def _flags(**options: object) -> str:
+    parts = []
+    for name, value in options.items():
+        if value is None or value is False:
+            continue
+        flag = "--" + name.replace("_", "-")
+        parts.append(flag if value is True else f"{flag} {shlex.quote(str(value))}")
+    return " ".join(parts)
+
+
+@task(help={
+    "guidance": "comma-separated methods (none, cfg, classifier, clip), 'all', or 'list'",
+    "scales": "'1,3,6' for all methods, or 'cfg=1,3,6;clip=1,5,10'",
+    "prompts": "built-in set (emoji200, emoji-all) or a prompt file (.txt, .csv, .tsv, .jsonl, COCO .json)",
+    "preset": "quick (default, ~3 min on 2 CPU cores), full (GPU) or tiny",
+    "model": "'emoji' (embedded zoo) or a directory of zoo checkpoints",
+    "run_id": "run directory name; rerun with the same id to resume an interrupted run",
+})
+def bench(c, guidance="cfg", scales=None, prompts=None, prompt_limit=None, samples_per_prompt=None, seeds=None,
+          sampler=None, steps=None, batch_size=None, device=None, dtype=None, model=None, clip_model=None,
+          clip_pretrained=None, score_with_guiding_clip=False, fid_inception_weights=None, metrics=None, out=None,
+          run_id=None, preset="quick", no_report=False):
+    """Benchmark guidance methods over scales and seeds; prints a summary and writes reports/<run-id>/."""
+    args = _flags(guidance=guidance, scales=scales, prompts=prompts, prompt_limit=prompt_limit,
+                  samples_per_prompt=samples_per_prompt, seeds=seeds, sampler=sampler, steps=steps,
+                  batch_size=batch_size, device=device, dtype=dtype, model=model, clip_model=clip_model,
+                  clip_pretrained=clip_pretrained, score_with_guiding_clip=score_with_guiding_clip,
+                  fid_inception_weights=fid_inception_weights, metrics=metrics, out=out, run_id=run_id,
+                  preset=preset, no_report=no_report)
+    c.run(f"{PY} -m bench run {args}", pty=False)
+
+
+@task(help={"runs": "one or more run directories (comma-separated)", "out": "output directory"})
+def report(c, runs, out=None):
+    """Rebuild the HTML report of one run, or compare several runs side by side."""
+    dirs = " ".join(shlex.quote(r) for r in runs.split(","))
+    c.run(f"{PY} -m bench report {dirs} {_flags(out=out)}")
+
+
+@task(help={"models": "subset of unet,classifier,noised_clip,eval_clip,eval_classifier",
+            "budget": "seconds per model", "device": "cuda or cpu", "small": "tiny architectures (smoke test)"})
+def train(c, models=None, budget=600, steps=None, batch=None, device=None, small=False, data=None, out=None,
+          run_dir=None):
+    """Rebuild the emoji dataset and train the embedded zoo (resumes from runs/train), then its reference files."""
+    args = _flags(models=models, budget=budget, steps=steps, batch=batch, device=device, small=small, data=data,
+                  out=out, run_dir=run_dir)
+    c.run(f"{PY} -m guidance.zoo.train {args}")
+    c.run(f"{PY} -m guidance.zoo.reference {_flags(data=data, out=out)}")
+    c.run(f"{PY} -m guidance.zoo.cards {_flags(out=out)}")
+
+
+@task(help={"update": "rewrite the committed baseline", "reason": "why the baseline changes (required with --update)"})
+def regress(c, update=False, reason=None, repeats=None):
+    """CI quality gate: a fixed small CPU benchmark compared with the committed baseline."""
+    c.run(f"{PY} -m bench.regress {_flags(update=update, reason=reason, repeats=repeats)}")
+
+
+SYSTEM_PACKAGES = {  # Debian package -> file it provides (dataset-builder and browser tests need them)
+    "fonts-noto-color-emoji": "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf",
+    "unicode-data": "/usr/share/unicode/emoji/emoji-test.txt",
+    "chromium": "/usr/bin/chromium",
+}
+
+
+@task
+def system_deps(c):
+    """Install the Debian packages the tests use (emoji fonts, Unicode data, Chromium) if missing."""
+    import os
+    from pathlib import Path
+
+    missing = [pkg for pkg, path in SYSTEM_PACKAGES.items() if not Path(path).exists()]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        print(f"missing system packages {missing}: install them with apt-get (as root); their tests will skip")
+        return
+    c.run("apt-get update -qq", env={"DEBIAN_FRONTEND": "noninteractive"})
+    c.run("apt-get install -y -qq --no-install-recommends " + " ".join(missing), env={"DEBIAN_FRONTEND": "noninteractive"})
+
+
+@task(pre=[system_deps])
+def test(c, fast=False):
+    """Run the test suite (what CI runs)."""
+    c.run(f"{PY} -m pytest -q" + (" -m 'not slow'" if fast else ""))
+
+
+@task(help={"compare": "fail if slower than the saved run by this much, e.g. mean:10%"})
+def perf(c, compare=None):
+    """Throughput benchmarks of one sampling step per guidance (pytest-benchmark, saved and compared)."""
+    fail = f" --benchmark-compare --benchmark-compare-fail={compare}" if compare else ""
+    c.run(f"{PY} -m pytest benchmarks -q --benchmark-enable --benchmark-autosave{fail} -p no:cacheprovider")
