@@ -21,7 +21,7 @@ REGISTRY: dict[str, tuple[type[Guidance], str | None]] = {
 
 def available_guidance() -> dict[str, str]:
     """Registered method names with a one-line description each."""
-    return {name: (cls.__doc__ or "").strip().splitlines()[0] for name, (cls, _) in REGISTRY.items()}
+    return {name: (cls.__doc__ or cls.reference or name).strip().splitlines()[0] for name, (cls, _) in REGISTRY.items()}
 
 
 def make_guidance(name: str, scale: float, models: Mapping[str, Any] | None = None, **options: Any) -> Guidance:

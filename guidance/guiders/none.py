@@ -6,5 +6,7 @@ from guidance.guiders.base import Guidance
 
 
 class NoGuidance(Guidance):
+    """eps = eps_c: the conditional model alone, one network pass per step (the baseline)."""
+
     name = "none"
     reference = "The conditional model's own prediction; the baseline every method is compared with."

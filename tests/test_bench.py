@@ -1,0 +1,152 @@
+"""End-to-end bench runs on a tiny configuration, resume after a kill, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.cli import main as cli_main
+from bench.config import BenchConfig
+from bench.run import run_benchmark
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(prompt_limit=4, seeds=[0, 1], steps=3, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    cfg = BenchConfig.from_preset("tiny", guidance=["cfg", "classifier", "clip", "none"],
+                                  scales={"cfg": [1.0, 4.0], "classifier": [5.0], "clip": [5.0], "none": [0.0]},
+                                  out=str(out), run_id="e2e", **TINY)
+    return run_benchmark(cfg, progress=False)
+
+
+@pytest.mark.slow
+def test_end_to_end_tiny_run_writes_results_manifest_and_samples(tiny_run):
+    results = pd.read_csv(tiny_run / "results.csv")
+    assert len(results) == 5 * 2  # (cfg x2, classifier, clip, none) x 2 seed sets
+    for col in ("fid", "kid_mean", "clip_score", "acc_identity", "acc_subgroup", "acc_group", "img_per_s",
+                "network_passes_per_img", "backward_passes_per_img", "peak_mem_mb"):
+        assert results[col].notna().all(), col
+    passes = results.groupby(["guidance", "scale"])["network_passes_per_img"].first()
+    assert passes[("cfg", 1.0)] == 3 and passes[("cfg", 4.0)] == 6 and passes[("none", 0.0)] == 3
+    backward = results.groupby("guidance")["backward_passes_per_img"].first()
+    assert backward["classifier"] == 3 and backward["clip"] == 3 and backward["cfg"] == 0
+    manifest = json.loads((tiny_run / "manifest.json").read_text())
+    for key in ("config", "config_hash", "versions", "models", "device", "git_commit", "seeds", "wall_time_s"):
+        assert key in manifest
+    assert manifest["clip_scorer"] == "zoo:eval_clip"
+    with np.load(tiny_run / "samples" / "cfg_s4_seed1.npz") as data:
+        assert data["images"].shape == (4, 32, 32, 3) and data["images"].dtype == np.uint8
+        assert list(data["indices"]) == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+def test_cfg_at_scale_one_equals_unguided(tiny_run):
+    with np.load(tiny_run / "samples" / "cfg_s1_seed0.npz") as a, np.load(tiny_run / "samples" / "none_s0_seed0.npz") as b:
+        assert np.array_equal(a["images"], b["images"])
+
+
+@pytest.mark.slow
+def test_rerun_reuses_finished_samples(tiny_run):
+    before = {p.name: p.stat().st_mtime_ns for p in (tiny_run / "samples").glob("*.npz")}
+    cfg = BenchConfig(**{**json.loads((tiny_run / "config.json").read_text())})
+    run_benchmark(cfg, progress=False)
+    after = {p.name: p.stat().st_mtime_ns for p in (tiny_run / "samples").glob("*.npz")}
+    assert before == after
+
+
+@pytest.mark.slow
+def test_batch_size_does_not_change_samples(tmp_path):
+    """Per-sample noise is batch-independent; oneDNN convolutions may still round differently per batch
+    shape, so the real UNet agrees to one 8-bit level on a handful of pixels (the analytic model is
+    bit-identical: tests/test_diffusion.py)."""
+    kwargs = dict(guidance=["cfg"], scales={"cfg": [3.0]}, out=str(tmp_path), prompt_limit=5, seeds=[0], steps=3,
+                  metrics=["accuracy"])
+    a = run_benchmark(BenchConfig.from_preset("tiny", run_id="a", batch_size=5, **kwargs), progress=False)
+    b = run_benchmark(BenchConfig.from_preset("tiny", run_id="b", batch_size=2, **kwargs), progress=False)
+    with np.load(a / "samples" / "cfg_s3_seed0.npz") as x, np.load(b / "samples" / "cfg_s3_seed0.npz") as y:
+        diff = np.abs(x["images"].astype(int) - y["images"].astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_and_matches_uninterrupted(tmp_path):
+    """kill -9 a real run mid-way; the rerun finishes without redoing saved batches and equals a clean run."""
+    args = ["--preset", "tiny", "--guidance", "cfg", "--scales", "1,3", "--prompt-limit", "6", "--seeds", "0",
+            "--steps", "6", "--batch-size", "2", "--metrics", "fid,accuracy", "--out", str(tmp_path), "--no-report"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", *args, "--run-id", "killed"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    samples = tmp_path / "killed" / "samples"
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(samples.glob("*.parts/*.npz")):
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = {p.name: p.stat().st_mtime_ns for p in samples.glob("*.parts/*.npz")}
+    assert saved, "the run was killed before it saved a batch"
+    assert not (tmp_path / "killed" / "results.csv").exists()
+    assert cli_main(["run", *args, "--run-id", "killed"]) == 0
+    assert cli_main(["run", *args, "--run-id", "clean"]) == 0
+    killed = pd.read_csv(tmp_path / "killed" / "results.csv")
+    clean = pd.read_csv(tmp_path / "clean" / "results.csv")
+    pd.testing.assert_series_equal(killed["fid"], clean["fid"])
+    pd.testing.assert_series_equal(killed["acc_identity"], clean["acc_identity"])
+    for name in ("cfg_s1_seed0.npz", "cfg_s3_seed0.npz"):
+        with np.load(samples / name) as x, np.load(tmp_path / "clean" / "samples" / name) as y:
+            np.testing.assert_array_equal(x["images"], y["images"])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--guidance", "cfgg"], "unknown guidance ['cfgg']; valid: none, cfg, classifier, clip"),
+    (["--prompts", "nope"], "nope"),
+    (["--model", "/nonexistent/zoo"], "model directory not found"),
+    (["--metrics", "fid,ssim"], "unknown metric(s) ['ssim']"),
+    (["--scales", "1,nan"], "out of range"),
+    (["--scales", "-2"], "out of range"),
+    (["--steps", "0"], "--steps 0 is out of range"),
+    (["--steps", "5000"], "--steps 5000 is out of range"),
+    (["--fid-inception-weights", "/nope/inception.pth"], "file not found"),
+    (["--clip-model", "ViT-B-32"], "needs --clip-pretrained"),
+    (["--preset", "tiny", "--device", "cuda:0"], "CUDA"),
+])
+def test_bad_input_gets_one_clear_line(argv, message, capsys, tmp_path):
+    import torch
+
+    if "cuda:0" in argv and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert cli_main(["run", *argv, "--out", str(tmp_path), "--no-report"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.count("\n") == 0, err
+    assert not list(tmp_path.glob("*/samples/*.npz")), "nothing may be sampled before validation"
+
+
+def test_classifier_guidance_on_prompts_without_labels_is_refused(tmp_path, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red apple\na cat\n")
+    assert cli_main(["run", "--guidance", "classifier", "--prompts", str(prompts), "--out", str(tmp_path)]) == 2
+    assert "cannot run on prompt set" in capsys.readouterr().err
+
+
+def test_unwritable_output_fails_before_sampling(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert cli_main(["run", "--preset", "tiny", "--out", str(blocker / "sub"), "--no-report"]) == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_guidance_list_prints_every_method(capsys):
+    assert cli_main(["run", "--guidance", "list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("none", "cfg", "classifier", "clip"))
