@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from guidance.guiders.apg import AdaptiveProjectedGuidance
+from guidance.guiders.autoguidance import AutoGuidance
 from guidance.guiders.base import Guidance, GuidanceCost, Prediction, StepInfo, split_output
 from guidance.guiders.cfg import ClassifierFreeGuidance
+from guidance.guiders.cfg_rescale import RescaledCFG
+from guidance.guiders.cfg_zero_star import CFGZeroStar
 from guidance.guiders.classifier import ClassifierGuidance
 from guidance.guiders.clip import CLIPGuidance
+from guidance.guiders.dynamic_threshold import DynamicThresholdCFG
 from guidance.guiders.none import NoGuidance
+from guidance.guiders.schedules import IntervalCFG
 
 # name -> (class, guiding model it needs or None)
 REGISTRY: dict[str, tuple[type[Guidance], str | None]] = {
@@ -16,6 +22,12 @@ REGISTRY: dict[str, tuple[type[Guidance], str | None]] = {
     "cfg": (ClassifierFreeGuidance, None),
     "classifier": (ClassifierGuidance, "classifier"),
     "clip": (CLIPGuidance, "clip"),
+    "cfg-interval": (IntervalCFG, None),
+    "cfg-rescale": (RescaledCFG, None),
+    "apg": (AdaptiveProjectedGuidance, None),
+    "cfg-zero-star": (CFGZeroStar, None),
+    "cfg-dynamic-threshold": (DynamicThresholdCFG, None),
+    "autoguidance": (AutoGuidance, "weak"),  # the weak model: a worse Denoiser with the same conditioning
 }
 
 
@@ -25,7 +37,7 @@ def available_guidance() -> dict[str, str]:
 
 
 def make_guidance(name: str, scale: float, models: Mapping[str, Any] | None = None, **options: Any) -> Guidance:
-    """Build a registered guidance method; `models` supplies guiding networks ("classifier", "clip")."""
+    """Build a registered guidance method; `models` supplies guiding networks ("classifier", "clip", "weak")."""
     if name not in REGISTRY:
         raise ValueError(f"unknown guidance {name!r}; valid: {', '.join(REGISTRY)}")
     cls, needs = REGISTRY[name]
@@ -38,4 +50,5 @@ def make_guidance(name: str, scale: float, models: Mapping[str, Any] | None = No
 
 __all__ = ["Guidance", "GuidanceCost", "Prediction", "StepInfo", "split_output", "REGISTRY",
            "available_guidance", "make_guidance", "NoGuidance", "ClassifierFreeGuidance",
-           "ClassifierGuidance", "CLIPGuidance"]
+           "ClassifierGuidance", "CLIPGuidance", "IntervalCFG", "RescaledCFG", "AdaptiveProjectedGuidance",
+           "CFGZeroStar", "DynamicThresholdCFG", "AutoGuidance"]

@@ -16,7 +16,7 @@ from typing import Callable, ClassVar
 import torch
 from torch import Tensor
 
-from guidance.diffusion import GaussianDiffusion
+from guidance.diffusion import GaussianDiffusion, extract
 from guidance.protocols import Conditions, Denoiser
 
 ScaleFn = Callable[[float], float]
@@ -72,7 +72,7 @@ class Guidance(ABC):
     """
 
     name: ClassVar[str] = "base"
-    space: ClassVar[str] = "eps"  # where predictions are combined: "eps" or "x0"
+    space: ClassVar[str] = "eps"  # where predictions are combined: "eps", "x0" (or "v", see cfg_zero_star)
     identity_scale: ClassVar[float] = 0.0  # the scale that means "no guidance"
     reference: ClassVar[str] = ""
 
@@ -98,6 +98,17 @@ class Guidance(ABC):
         """Cost per image per step at noise level sigma (None: the cost where guidance is active)."""
         return GuidanceCost(network_passes=1)
 
+    def cost_per_image(self, diffusion: GaussianDiffusion) -> GuidanceCost:
+        """Total work per image over the whole process: the sum of `cost(sigma_i)` over its steps.
+
+        Unlike `cost() * steps`, this is exact for schedules that switch guidance off at some noise
+        levels (guidance interval: one pass outside it) and for methods that skip steps.
+        """
+        total = GuidanceCost(network_passes=0)
+        for sigma in diffusion.sigmas.tolist():
+            total = total + self.cost(float(sigma))
+        return total
+
     def __repr__(self) -> str:
         scale = "schedule" if callable(self.scale) else self.scale
         return f"{type(self).__name__}(scale={scale})"
@@ -106,6 +117,21 @@ class Guidance(ABC):
 def at_least_fp32(x: Tensor) -> Tensor:
     """Upcast half-precision outputs for log-softmax and norms; keep float64 as it is."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def x0_of(step: StepInfo, x: Tensor, eps: Tensor) -> Tensor:
+    """The x0 prediction that eps implies at this step (x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar))."""
+    return step.diffusion.x0_from_eps(x, step.index, eps)
+
+
+def eps_for_x0(step: StepInfo, x: Tensor, eps: Tensor, x0: Tensor, x0_new: Tensor) -> Tensor:
+    """The eps that implies x0_new, given that eps implies x0 (for methods that edit x0).
+
+    Written as eps - (x0_new - x0) / sigma so that only the edit is divided by sigma, which is small
+    at the last steps: an unchanged x0 gives back eps exactly.
+    """
+    sigma = extract(step.diffusion.sqrt_recipm1_alphas_cumprod, step.index, x)
+    return eps - (x0_new - x0) / sigma
 
 
 def input_gradient(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:

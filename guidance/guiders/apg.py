@@ -1,0 +1,86 @@
+"""Adaptive projected guidance, APG (Sadat et al. 2024, "Eliminating Oversaturation and Artifacts of
+High Guidance Scales in Diffusion Models", arXiv:2410.02416, Algorithm 1)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from guidance.guiders.base import Prediction, StepInfo, at_least_fp32, eps_for_x0, x0_of
+from guidance.guiders.cfg import ClassifierFreeGuidance
+from guidance.protocols import Conditions, Denoiser
+
+
+def _per_sample_dot(a: Tensor, b: Tensor) -> Tensor:
+    return (a * b).sum(dim=list(range(1, a.ndim)), keepdim=True)
+
+
+def project(v: Tensor, onto: Tensor) -> tuple[Tensor, Tensor]:
+    """(parallel, orthogonal) parts of v w.r.t. `onto`, per sample; a zero `onto` gives parallel = 0."""
+    sq = _per_sample_dot(onto, onto)
+    coef = torch.where(sq > 0, _per_sample_dot(v, onto) / sq.clamp_min(torch.finfo(sq.dtype).tiny), torch.zeros_like(sq))
+    parallel = coef * onto
+    return parallel, v - parallel
+
+
+def clip_norm(v: Tensor, r: float) -> Tensor:
+    """v * min(1, r / ||v||) per sample (r <= 0: unchanged; a zero v stays zero)."""
+    if r <= 0:
+        return v
+    norm = _per_sample_dot(v, v).sqrt()
+    return v * torch.where(norm > r, r / norm.clamp_min(torch.finfo(norm.dtype).tiny), torch.ones_like(norm))
+
+
+class AdaptiveProjectedGuidance(ClassifierFreeGuidance):
+    """APG in x0 space: the guidance update loses (most of) its component parallel to x0_c.
+
+    D = x0_c - x0_u; with momentum beta, D_bar = D + beta * D_bar_prev (D_bar = D at the first step);
+    D_bar <- D_bar * min(1, r / ||D_bar||); x0 = x0_c + (s - 1) (D_orth + eta * D_par), with D_par
+    the projection of D_bar on x0_c. beta < 0 (default -0.5) damps the update over steps; the buffer
+    is per trajectory (`reset()`, which the sampler calls). eta = 1, beta = 0, r = inf is CFG.
+    s = 1 is the conditional model (one pass; the momentum buffer is not updated at such steps).
+    """
+
+    name = "apg"
+    space = "x0"
+    reference = "Sadat et al. 2024, arXiv:2410.02416 (adaptive projected guidance, Algorithm 1)"
+
+    def __init__(self, scale: float = 6.0, momentum: float = -0.5, norm_threshold: float = 4.0,
+                 eta: float = 0.0) -> None:
+        super().__init__(scale)
+        self.momentum = float(momentum)
+        self.norm_threshold = float(norm_threshold)
+        self.eta = float(eta)
+        self._running: Tensor | None = None
+
+    def reset(self) -> None:
+        self._running = None
+
+    def update(self, diff: Tensor) -> Tensor:
+        """The momentum step D_bar = D + beta * D_bar_prev (no momentum: D)."""
+        if self.momentum == 0.0:
+            return diff
+        if self._running is not None and self._running.shape != diff.shape:
+            raise ValueError(f"APG momentum buffer holds a batch of shape {tuple(self._running.shape)}, got "
+                             f"{tuple(diff.shape)}; call reset() before sampling a new batch")
+        self._running = diff if self._running is None else diff + self.momentum * self._running
+        return self._running
+
+    def guided_x0(self, x0_c: Tensor, x0_u: Tensor, scale: float) -> Tensor:
+        x0_c32 = at_least_fp32(x0_c)
+        diff = clip_norm(self.update(x0_c32 - at_least_fp32(x0_u)), self.norm_threshold)
+        parallel, orthogonal = project(diff, x0_c32)
+        return (x0_c32 + (scale - 1.0) * (orthogonal + self.eta * parallel)).to(x0_c.dtype)
+
+    def predict(self, model: Denoiser, x: Tensor, step: StepInfo, cond: Conditions) -> Prediction:
+        scale = self.scale_at(step)
+        if scale == 1.0 and cond.negative is None:
+            return super().predict(model, x, step, cond)
+        pred_c, pred_u = self.branches(model, x, step, cond)
+        x0_c, x0_u = x0_of(step, x, pred_c.eps), x0_of(step, x, pred_u.eps)
+        x0 = self.guided_x0(x0_c, x0_u, scale)
+        return Prediction(eps_for_x0(step, x, pred_c.eps, x0_c, x0), pred_c.var_values)
+
+    def __repr__(self) -> str:
+        return (f"AdaptiveProjectedGuidance(scale={self.scale}, momentum={self.momentum}, "
+                f"norm_threshold={self.norm_threshold}, eta={self.eta})")

@@ -1,0 +1,38 @@
+"""Autoguidance (Karras et al. 2024, "Guiding a Diffusion Model with a Bad Version of Itself", arXiv:2406.02507)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from guidance.guiders.base import Guidance, GuidanceCost, Prediction, StepInfo, split_output
+from guidance.protocols import Conditions, Denoiser
+
+
+class AutoGuidance(Guidance):
+    """eps = eps_weak + s (eps_main - eps_weak), the weak model a worse Denoiser given the same condition.
+
+    Karras et al. write D = D_0 + w (D_1 - D_0) for denoiser (x0) outputs; the weights sum to one, so
+    the same mix of eps predictions at the same x_t is exactly the same step. s = 1 is the main model
+    alone (the weak pass is skipped). The learned variance, if any, comes from the main model.
+    `conditions.negative` is not used (there is no unconditional branch).
+    """
+
+    name = "autoguidance"
+    identity_scale = 1.0
+    reference = "Karras et al. 2024, arXiv:2406.02507 (autoguidance)"
+
+    def __init__(self, weak: Denoiser, scale: float = 2.0) -> None:
+        super().__init__(scale)
+        self.weak = weak
+
+    def predict(self, model: Denoiser, x: Tensor, step: StepInfo, cond: Conditions) -> Prediction:
+        main = super().predict(model, x, step, cond)
+        scale = self.scale_at(step)
+        if scale == 1.0:
+            return main
+        weak = split_output(self.weak(x, step.t, cond.model), x.shape[1], self.weak.learned_variance)
+        return Prediction(weak.eps + scale * (main.eps - weak.eps), main.var_values)
+
+    def cost(self, sigma: float | None = None) -> GuidanceCost:
+        scale = self.scale(sigma) if callable(self.scale) and sigma is not None else self.scale
+        return GuidanceCost(network_passes=1 if scale == 1.0 else 2)  # main + weak denoiser passes
