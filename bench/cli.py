@@ -27,10 +27,29 @@ def parse_scales(text: str) -> dict[str, list[float]] | list[float]:
     return out
 
 
-def guidance_list(text: str) -> list[str]:
+def guidance_list(text: str, model: str | None = None) -> list[str]:
+    """Comma-separated names as given, or for 'all' every registered method the model set can run.
+
+    'all' skips (with a note) methods whose guiding model the model set lacks, e.g. autoguidance
+    without a weak model; a method named explicitly is kept, so the run reports its error.
+    """
     from guidance.guiders import REGISTRY
 
-    return list(REGISTRY) if text.strip() == "all" else [g.strip() for g in text.split(",") if g.strip()]
+    if text.strip() != "all":
+        return [g.strip() for g in text.split(",") if g.strip()]
+    try:
+        from guidance.zoo.load import load_zoo
+
+        guiding = load_zoo(None if model in (None, "emoji") else model).guiding_models()
+    except (OSError, ValueError):  # a bad --model: the run itself reports it
+        return list(REGISTRY)
+    names = []
+    for name, (_, needs) in REGISTRY.items():
+        if needs is not None and guiding.get(needs) is None:
+            print(f"note: --guidance all skips {name!r}: the model set has no {needs} model", file=sys.stderr)
+            continue
+        names.append(name)
+    return names
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,11 +73,13 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="parent directory of run directories (default: reports)")
     p.add_argument("--run-id", default=None, help="name of the run directory (reuse one to resume)")
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS))
+    p.add_argument("--nproc", type=int, default=1, help="processes to launch with torchrun (samples sharded by batch)")
+    p.add_argument("--shard", default=None, help="K/N: this job samples shard K of N (then `python -m bench merge`)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    guidance = guidance_list(args.guidance)
+    guidance = guidance_list(args.guidance, args.model)
     scales = parse_scales(args.scales) if args.scales else {}
     if isinstance(scales, list):
         scales = {g: scales for g in guidance}
@@ -84,12 +105,50 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.guidance.strip() == "list":
         print_guidance_list()
         return 0
+    from bench.distributed import parse_shard
     from bench.run import run_benchmark, summary_table
 
     cfg = config_from_args(args)
-    run_dir = run_benchmark(cfg)
+    if args.nproc > 1:
+        return launch_torchrun(args.nproc, args.argv)
+    shard = parse_shard(args.shard)
+    run_dir = run_benchmark(cfg, shard=shard if shard.world > 1 else None)
+    if (shard.world > 1 and not shard.launched) or not (run_dir / "results.csv").exists():
+        return 0
+    import os
+
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     summary = summary_table(run_dir)
     print(format_summary(summary, run_dir))
+    if not args.no_report:
+        from bench.report import build_report
+
+        print(f"report: {build_report([run_dir])}")
+    return 0
+
+
+def launch_torchrun(nproc: int, argv: list[str]) -> int:
+    """Re-run this command under torchrun with N processes (gloo on CPU, NCCL on CUDA)."""
+    import subprocess
+
+    argv = list(argv)
+    for i, arg in enumerate(argv):  # drop --nproc N / --nproc=N
+        if arg == "--nproc":
+            del argv[i:i + 2]
+            break
+        if arg.startswith("--nproc="):
+            del argv[i]
+            break
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "bench", *argv]
+    return subprocess.call(cmd)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from bench.run import merge_shards, summary_table
+
+    run_dir = merge_shards(Path(args.run))
+    print(format_summary(summary_table(run_dir), run_dir))
     if not args.no_report:
         from bench.report import build_report
 
@@ -129,9 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--out", default=None)
     report.set_defaults(func=lambda a: print(__import__("bench.report", fromlist=["x"]).build_report(
         [Path(r) for r in a.runs], Path(a.out) if a.out else None)) or 0)
+    merge = sub.add_parser("merge", help="merge the samples of independent --shard jobs, then score and report")
+    merge.add_argument("run")
+    merge.add_argument("--no-report", action="store_true")
+    merge.set_defaults(func=cmd_merge)
     lst = sub.add_parser("list", help="list guidance methods and prompt sets")
     lst.set_defaults(func=lambda a: cmd_list())
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:

@@ -138,14 +138,19 @@ class LabelAccuracy(Metric):
 
 
 class Throughput(Metric):
-    """Images, seconds and work per image; peak memory is a max across processes."""
+    """Images, seconds and work per image across processes that sample side by side.
+
+    Work adds up across processes; seconds and peak memory take the maximum (the slowest process
+    sets the wall time), so img/s is the whole group's throughput.
+    """
 
     full_state_update = False
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        for name in ("images", "seconds", "network_passes", "guide_passes", "backward_passes"):
+        for name in ("images", "network_passes", "guide_passes", "backward_passes"):
             self.add_state(name, torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("seconds", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="max")
         self.add_state("peak_mem_mb", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="max")
 
     def update(self, images: int, seconds: float, network_passes: float, guide_passes: float,

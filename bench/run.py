@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from bench.config import BenchConfig
+from bench.distributed import Shard, init_from_env, local_device
 from bench.prompts import PromptSet, load_prompts
 from guidance.guiders import Guidance, make_guidance
 from guidance.protocols import Conditions
@@ -149,15 +150,20 @@ def batches(todo: list[int], size: int) -> Iterator[list[int]]:
 
 
 def sample_cell(cfg: BenchConfig, zoo: Zoo, prompts: PromptSet, cell: Cell, guidance: Guidance, store: SampleStore,
-                sample_indices: list[int], device: torch.device, progress) -> dict[str, float]:
-    """Sample the missing indices of one cell; returns the time and work spent (for throughput)."""
+                sample_indices: list[int], device: torch.device, progress, shard: Shard = Shard()) -> dict[str, float]:
+    """Sample this shard's missing batches of one cell; returns the time and work spent (for throughput)."""
     diffusion = zoo.diffusion.respace(str(cfg.steps))
-    todo = sorted(set(sample_indices) - store.finished_indices())
-    cost = guidance.cost()
+    finished = store.finished_indices()
+    cost = guidance.cost_per_image(diffusion)  # per image over all steps: exact for interval guidance
     spent = {"images": 0, "seconds": 0.0, "network_passes": 0.0, "guide_passes": 0.0, "backward_passes": 0.0}
     dtype = DTYPES[cfg.dtype]
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-    for idx in batches(todo, cfg.batch_size):
+    # batches are numbered over the whole cell, so shard ownership and batch members never depend on
+    # what other processes or earlier (killed) runs already saved
+    for number, batch in enumerate(batches(sorted(sample_indices), cfg.batch_size)):
+        idx = [i for i in batch if i not in finished]
+        if not idx or not shard.owns(number):
+            continue
         cond = conditions(zoo, prompts, idx, cfg.samples_per_prompt)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -169,10 +175,9 @@ def sample_cell(cfg: BenchConfig, zoo: Zoo, prompts: PromptSet, cell: Cell, guid
             torch.cuda.synchronize(device)
         spent["seconds"] += time.perf_counter() - start
         spent["images"] += len(idx)
-        steps = diffusion.num_timesteps
-        spent["network_passes"] += cost.network_passes * steps * len(idx)
-        spent["guide_passes"] += cost.guide_passes * steps * len(idx)
-        spent["backward_passes"] += cost.backward_passes * steps * len(idx)
+        spent["network_passes"] += cost.network_passes * len(idx)
+        spent["guide_passes"] += cost.guide_passes * len(idx)
+        spent["backward_passes"] += cost.backward_passes * len(idx)
         store.write_batch(idx, images, [prompts.prompts[i // cfg.samples_per_prompt].text for i in idx])
         progress.update(len(idx))
     return spent
@@ -194,27 +199,33 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def run_benchmark(cfg: BenchConfig, progress: bool = True) -> Path:
-    """Run (or resume) a benchmark; returns the run directory holding results.csv and manifest.json."""
-    from tqdm.auto import tqdm
+def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None = None) -> Path:
+    """Run (or resume) a benchmark; returns the run directory holding results.csv and manifest.json.
 
-    from bench.scoring import score_cells
+    Under torchrun every process samples its share of the batches and metrics sync across the
+    group; with an independent `shard` (K of N jobs) this process only samples, and
+    `merge_shards` scores the run once all jobs are done.
+    """
+    from tqdm.auto import tqdm
 
     started = time.time()
     cfg.validate()
+    shard = shard or init_from_env(cfg.device)
+    progress = progress and shard.is_main
     prompts = load_prompt_set(cfg)
-    device = torch.device(cfg.device)
+    device = torch.device(local_device(cfg.device))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but no CUDA device is available; use --device cpu")
     zoo = load_zoo(None if cfg.model == "emoji" else cfg.model, device)
     check_compatible(cfg, prompts, zoo)
+    cfg = agree_on_run_id(cfg, shard)
     run_dir = prepare_output(cfg)
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    if shard.is_main:
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     n = len(prompts) * cfg.samples_per_prompt
     indices = list(range(n))
     cells = [Cell(g, s, k, seed) for g, scales in cfg.scale_grid().items() for s in scales
              for k, seed in enumerate(cfg.seeds)]
-    throughput: dict[Cell, dict[str, float]] = {}
     bar = tqdm(total=n * len(cells), desc="sampling", unit="img", disable=not progress, dynamic_ncols=True)
     for cell in cells:
         store = SampleStore(run_dir, cell, cfg.cell_hash(cell.guidance, cell.scale, cell.seed))
@@ -223,27 +234,81 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True) -> Path:
             continue
         guidance = make_guidance(cell.guidance, cell.scale, zoo.guiding_models())
         bar.set_postfix_str(cell.name)
-        spent = sample_cell(cfg, zoo, prompts, cell, guidance, store, indices, device, bar)
+        spent = sample_cell(cfg, zoo, prompts, cell, guidance, store, indices, device, bar, shard)
         spent["peak_mem_mb"] = peak_memory_mb(device)
-        store.merge()
-        throughput[cell] = spent
-        save_throughput(run_dir, cell, spent)
+        save_throughput(run_dir, cell, spent, shard)
+        shard.barrier()
+        if shard.launched or shard.world == 1:
+            if shard.is_main:
+                store.merge()
+            shard.barrier()
     bar.close()
-    results = score_cells(cfg, run_dir, cells, device, progress)
-    results.to_csv(run_dir / "results.csv", index=False)
-    write_manifest(cfg, run_dir, zoo, device, time.time() - started, n)
+    if not shard.launched and shard.world > 1:
+        print(f"shard {shard.rank}/{shard.world} sampled; when every shard is done: python -m bench merge {run_dir}")
+        return run_dir
+    return finish_run(cfg, run_dir, cells, zoo, device, shard, time.time() - started, n, progress)
+
+
+def finish_run(cfg: BenchConfig, run_dir: Path, cells: list[Cell], zoo: Zoo, device: torch.device, shard: Shard,
+               wall: float, n: int, progress: bool) -> Path:
+    from bench.scoring import score_cells
+
+    results = score_cells(cfg, run_dir, cells, device, progress, shard)
+    if shard.is_main:
+        results.to_csv(run_dir / "results.csv", index=False)
+        write_manifest(cfg, run_dir, zoo, device, wall, n, shard)
+    shard.barrier()
     return run_dir
 
 
-def save_throughput(run_dir: Path, cell: Cell, spent: dict[str, float]) -> None:
-    """Timing of the sampling that actually ran (kept across resumes: the last complete measurement)."""
-    path = run_dir / "throughput.json"
+def merge_shards(run_dir: Path, progress: bool = True) -> Path:
+    """Merge the batches that independent shard jobs wrote into one run directory, then score it."""
+    cfg = BenchConfig(**json.loads((Path(run_dir) / "config.json").read_text()))
+    cfg.run_id, cfg.out = Path(run_dir).name, str(Path(run_dir).parent)
+    cfg.scales = {g: list(v) for g, v in cfg.scales.items()}
+    prompts = load_prompt_set(cfg)
+    n = len(prompts) * cfg.samples_per_prompt
+    cells = [Cell(g, s, k, seed) for g, scales in cfg.scale_grid().items() for s in scales
+             for k, seed in enumerate(cfg.seeds)]
+    for cell in cells:
+        store = SampleStore(Path(run_dir), cell, cfg.cell_hash(cell.guidance, cell.scale, cell.seed))
+        if store.done():
+            continue
+        missing = sorted(set(range(n)) - store.finished_indices())
+        if missing:
+            raise ValueError(f"{cell.name}: samples {missing[:5]}... are missing; run the remaining shard jobs "
+                             f"(same command with their --shard K/N) before merging")
+        store.merge()
+    device = torch.device(cfg.device if cfg.device == "cpu" or torch.cuda.is_available() else "cpu")
+    zoo = load_zoo(None if cfg.model == "emoji" else cfg.model, device)
+    return finish_run(cfg, Path(run_dir), cells, zoo, device, Shard(), 0.0, n, progress)
+
+
+def agree_on_run_id(cfg: BenchConfig, shard: Shard) -> BenchConfig:
+    """All processes of a torchrun group write into the directory that rank 0 names."""
+    if cfg.run_id is None and shard.launched:
+        import torch.distributed as dist
+
+        name = [f"{datetime.now():%Y%m%d-%H%M%S}-{'-'.join(cfg.guidance)}" if shard.is_main else None]
+        dist.broadcast_object_list(name, src=0)
+        cfg = cfg.with_overrides(run_id=name[0])
+    if cfg.run_id is None and shard.world > 1:
+        raise ValueError("independent shard jobs must share a run directory: pass the same --run-id to every job")
+    return cfg
+
+
+def save_throughput(run_dir: Path, cell: Cell, spent: dict[str, float], shard: Shard = Shard()) -> None:
+    """Timing of the sampling that actually ran, one file per process (merged when scoring)."""
+    path = run_dir / f"throughput.rank{shard.rank}.json"
     data = json.loads(path.read_text()) if path.exists() else {}
     data[cell.name] = spent
-    path.write_text(json.dumps(data, indent=1))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
 
 
-def write_manifest(cfg: BenchConfig, run_dir: Path, zoo: Zoo, device: torch.device, wall: float, n: int) -> None:
+def write_manifest(cfg: BenchConfig, run_dir: Path, zoo: Zoo, device: torch.device, wall: float, n: int,
+                   shard: Shard = Shard()) -> None:
     from bench.scoring import scorer_label
 
     manifest = {
@@ -251,7 +316,7 @@ def write_manifest(cfg: BenchConfig, run_dir: Path, zoo: Zoo, device: torch.devi
         "config": cfg.to_dict(), "config_hash": cfg.config_hash(), "versions": versions(),
         "models": zoo.checksums(), "model_dir": str(zoo.root), "git_commit": git_commit(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
-        "seeds": cfg.seeds, "samples_per_cell": n, "wall_time_s": round(wall, 1), "clip_scorer": scorer_label(cfg),
+        "seeds": cfg.seeds, "samples_per_cell": n, "processes": shard.world, "wall_time_s": round(wall, 1), "clip_scorer": scorer_label(cfg),
     }
     (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
 

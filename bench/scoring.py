@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +16,7 @@ from guidance.zoo.load import ZOO_DIR, EvalCLIPScorer, load_eval_clip
 
 if TYPE_CHECKING:
     from bench.config import BenchConfig
+    from bench.distributed import Shard
     from bench.run import Cell
 
 KID_MAX_SUBSET = 100
@@ -66,11 +66,45 @@ def make_fid(cfg: "BenchConfig", features: DomainFeatures, reference: Reference,
     return fid
 
 
+def my_chunks(n: int, size: int, shard: "Shard") -> list[tuple[int, int]]:
+    """This process's (lo, hi) row ranges: fixed-size chunks, a contiguous run of them per process.
+
+    Feature networks see the same chunks whatever the process count (so features are bit-identical),
+    and gathering states in rank order keeps the file's order (so KID's subsets agree too).
+    """
+    chunks = [(lo, min(n, lo + size)) for lo in range(0, n, size)]
+    if not shard.launched:
+        return chunks
+    k = len(chunks)
+    return chunks[k * shard.rank // shard.world: k * (shard.rank + 1) // shard.world]
+
+
+def merged_throughput(run_dir: Path, cell_name: str) -> dict[str, float] | None:
+    """Combine every process's timing of a cell through Throughput's reductions (torchmetrics merge_state)."""
+    total = None
+    for path in sorted(run_dir.glob("throughput.rank*.json")):
+        spent = json.loads(path.read_text()).get(cell_name)
+        if spent is None:
+            continue
+        part = Throughput(sync_on_compute=False)
+        part.update(**spent)
+        if total is None:
+            total = part
+        else:
+            total.merge_state(part)
+    return None if total is None else {k: float(v) for k, v in total.compute().items()}
+
+
 def score_cells(cfg: "BenchConfig", run_dir: Path, cells: list["Cell"], device: torch.device,
-                progress: bool = True) -> pd.DataFrame:
+                progress: bool = True, shard: "Shard | None" = None) -> pd.DataFrame:
+    """Metrics per cell. Under torchrun each process scores a contiguous slice of every cell and the
+    metric states sync across the group, so the result equals a one-process score."""
     from tqdm.auto import tqdm
 
+    from bench.distributed import Shard
     from bench.run import SampleStore, load_prompt_set
+
+    shard = shard or Shard()
 
     prompts = load_prompt_set(cfg)
     classifier = load_eval_classifier(device=device)
@@ -81,43 +115,56 @@ def score_cells(cfg: "BenchConfig", run_dir: Path, cells: list["Cell"], device: 
     group_of_subgroup = [0] * len(labels_meta["subgroup_names"])
     for sub, grp in zip(labels_meta["identity_subgroup"], labels_meta["identity_group"]):
         group_of_subgroup[sub] = grp
-    timing = json.loads((run_dir / "throughput.json").read_text()) if (run_dir / "throughput.json").exists() else {}
     rows, fid = [], None
     for cell in tqdm(cells, desc="scoring", disable=not progress, dynamic_ncols=True):
         store = SampleStore(run_dir, cell, cfg.cell_hash(cell.guidance, cell.scale, cell.seed))
         images_np, texts, indices = store.load()
-        images = torch.from_numpy(images_np).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(device)
-        n = len(images)
+        n = len(images_np)
         row: dict[str, float | str | int] = {"guidance": cell.guidance, "scale": cell.scale, "seed_set": cell.seed_set,
                                              "n_samples": n, "sampler": cfg.sampler, "steps": cfg.steps}
-        uint8 = torch.from_numpy(images_np).permute(0, 3, 1, 2).to(device)
         if "fid" in cfg.metrics:
             if fid is None:
                 fid = make_fid(cfg, features, reference, device)
+                if shard.rank != 0:  # states add up across the group: only rank 0 holds the reference
+                    fid.real_features_sum.zero_()
+                    fid.real_features_cov_sum.zero_()
+                    fid.real_features_num_samples.zero_()
             fid.reset()  # keeps the reference ("real") state: reset_real_features=False
-            for chunk in uint8.split(256):
-                fid.update(chunk, real=False)
-            row["fid"] = float(fid.compute())
+        kid = None
         if "kid" in cfg.metrics:
             kid = domain_kid(features, reference, subset_size=min(KID_MAX_SUBSET, n)).to(device)
-            for chunk in uint8.split(256):
-                kid.update(chunk, real=False)
+            if shard.rank != 0:
+                kid.real_features = [reference.features[:0].clone()]
+        clip = CLIPScore(scorer).to(device) if scorer is not None else None
+        acc = LabelAccuracy(classifier, labels_meta["identity_subgroup"], group_of_subgroup).to(device) \
+            if "accuracy" in cfg.metrics and prompts.has_labels else None
+        for lo, hi in my_chunks(n, cfg.batch_size, shard):
+            uint8 = torch.from_numpy(images_np[lo:hi]).permute(0, 3, 1, 2).to(device)
+            images = uint8.float().div(127.5).sub(1)
+            if "fid" in cfg.metrics:
+                fid.update(uint8, real=False)
+            if kid is not None:
+                kid.update(uint8, real=False)
+            if clip is not None:
+                clip.update(images, [str(t) for t in texts[lo:hi]])
+            if acc is not None:
+                acc.update(images, torch.tensor([prompts.prompts[int(i) // cfg.samples_per_prompt].label
+                                                 for i in indices[lo:hi]]))
+        if "fid" in cfg.metrics:
+            row["fid"] = float(fid.compute())
+        if kid is not None:
+            # KID keeps lists and gathers them element by element: give every rank exactly one tensor
+            empty = reference.features[:0].to(device)
+            kid.fake_features = [torch.cat([empty, *kid.fake_features])]
+            torch.manual_seed(0)  # KID draws random subsets: fixed, so reruns and process counts agree
             kid_mean, kid_std = kid.compute()
             row["kid_mean"], row["kid_std"] = float(kid_mean), float(kid_std)
-        if scorer is not None:
-            clip = CLIPScore(scorer).to(device)
-            for chunk, chunk_texts in zip(images.split(256), np.array_split(texts, max(1, math.ceil(n / 256)))):
-                clip.update(chunk, [str(t) for t in chunk_texts])
+        if clip is not None:
             row["clip_score"] = float(clip.compute())
-        if "accuracy" in cfg.metrics and prompts.has_labels:
-            acc = LabelAccuracy(classifier, labels_meta["identity_subgroup"], group_of_subgroup).to(device)
-            labels = torch.tensor([prompts.prompts[int(i) // cfg.samples_per_prompt].label for i in indices])
-            acc.update(images, labels)
+        if acc is not None:
             row.update({k: float(v) for k, v in acc.compute().items()})
-        spent = timing.get(cell.name)
+        spent = merged_throughput(run_dir, cell.name)
         if spent:
-            tp = Throughput()
-            tp.update(**spent)
-            row.update({k: float(v) for k, v in tp.compute().items()})
+            row.update(spent)
         rows.append(row)
     return pd.DataFrame(rows)

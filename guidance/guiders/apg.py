@@ -18,7 +18,8 @@ def _per_sample_dot(a: Tensor, b: Tensor) -> Tensor:
 def project(v: Tensor, onto: Tensor) -> tuple[Tensor, Tensor]:
     """(parallel, orthogonal) parts of v w.r.t. `onto`, per sample; a zero `onto` gives parallel = 0."""
     sq = _per_sample_dot(onto, onto)
-    coef = torch.where(sq > 0, _per_sample_dot(v, onto) / sq.clamp_min(torch.finfo(sq.dtype).tiny), torch.zeros_like(sq))
+    tiny = torch.finfo(sq.dtype).tiny
+    coef = torch.where(sq > 0, _per_sample_dot(v, onto) / sq.clamp_min(tiny), torch.zeros_like(sq))
     parallel = coef * onto
     return parallel, v - parallel
 
