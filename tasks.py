@@ -21,7 +21,8 @@ def _flags(**options: object) -> str:
 
 
 @task(help={
-    "guidance": "comma-separated methods (none, cfg, classifier, clip), 'all', or 'list'",
+    "guidance": "comma-separated methods (see --guidance list), 'all', or 'list'",
+    "nproc": "processes to launch with torchrun", "shard": "K/N: sample shard K of N, merge later",
     "scales": "'1,3,6' for all methods, or 'cfg=1,3,6;clip=1,5,10'",
     "prompts": "built-in set (emoji200, emoji-all) or a prompt file (.txt, .csv, .tsv, .jsonl, COCO .json)",
     "preset": "quick (default, ~3 min on 2 CPU cores), full (GPU) or tiny",
@@ -31,15 +32,21 @@ def _flags(**options: object) -> str:
 def bench(c, guidance="cfg", scales=None, prompts=None, prompt_limit=None, samples_per_prompt=None, seeds=None,
           sampler=None, steps=None, batch_size=None, device=None, dtype=None, model=None, clip_model=None,
           clip_pretrained=None, score_with_guiding_clip=False, fid_inception_weights=None, metrics=None, out=None,
-          run_id=None, preset="quick", no_report=False):
+          run_id=None, preset="quick", no_report=False, nproc=None, shard=None):
     """Benchmark guidance methods over scales and seeds; prints a summary and writes reports/<run-id>/."""
     args = _flags(guidance=guidance, scales=scales, prompts=prompts, prompt_limit=prompt_limit,
                   samples_per_prompt=samples_per_prompt, seeds=seeds, sampler=sampler, steps=steps,
                   batch_size=batch_size, device=device, dtype=dtype, model=model, clip_model=clip_model,
                   clip_pretrained=clip_pretrained, score_with_guiding_clip=score_with_guiding_clip,
                   fid_inception_weights=fid_inception_weights, metrics=metrics, out=out, run_id=run_id,
-                  preset=preset, no_report=no_report)
+                  preset=preset, no_report=no_report, nproc=nproc, shard=shard)
     c.run(f"{PY} -m bench run {args}", pty=False)
+
+
+@task(help={"run": "run directory written by --shard jobs"})
+def merge(c, run):
+    """Merge the samples of independent --shard K/N jobs into one run, then score and report it."""
+    c.run(f"{PY} -m bench merge {shlex.quote(run)}")
 
 
 @task(help={"runs": "one or more run directories (comma-separated)", "out": "output directory"})
@@ -62,9 +69,9 @@ def train(c, models=None, budget=600, steps=None, batch=None, device=None, small
 
 
 @task(help={"update": "rewrite the committed baseline", "reason": "why the baseline changes (required with --update)"})
-def regress(c, update=False, reason=None, repeats=None):
+def regress(c, update=False, reason=None):
     """CI quality gate: a fixed small CPU benchmark compared with the committed baseline."""
-    c.run(f"{PY} -m bench.regress {_flags(update=update, reason=reason, repeats=repeats)}")
+    c.run(f"{PY} -m bench.regress {_flags(update=update, reason=reason)}")
 
 
 SYSTEM_PACKAGES = {  # Debian package -> file it provides (dataset-builder and browser tests need them)
@@ -96,8 +103,11 @@ def test(c, fast=False):
     c.run(f"{PY} -m pytest -q" + (" -m 'not slow'" if fast else ""))
 
 
-@task(help={"compare": "fail if slower than the saved run by this much, e.g. mean:10%"})
-def perf(c, compare=None):
-    """Throughput benchmarks of one sampling step per guidance (pytest-benchmark, saved and compared)."""
-    fail = f" --benchmark-compare --benchmark-compare-fail={compare}" if compare else ""
-    c.run(f"{PY} -m pytest benchmarks -q --benchmark-enable --benchmark-autosave{fail} -p no:cacheprovider")
+@task(help={"compare": "fail if slower than the last saved run by this much, e.g. mean:10%",
+            "device": "cpu or cuda", "table_only": "print the time-split table only"})
+def perf(c, compare=None, device=None, table_only=False):
+    """Time split per guidance (table), then pytest-benchmark of one step per guidance (saved, compared)."""
+    c.run(f"{PY} -m bench.perf {_flags(device=device)}")
+    if not table_only:
+        fail = f" --benchmark-compare --benchmark-compare-fail={compare}" if compare else ""
+        c.run(f"{PY} -m pytest benchmarks -q --benchmark-enable --benchmark-autosave{fail} -p no:cacheprovider")

@@ -1,0 +1,98 @@
+"""Where sampling time goes, per guidance: `python -m bench.perf` (what `invoke perf` prints).
+
+For each method it times (1) the real sampler, (2) a bare loop that only calls the denoiser the
+same number of times on the same batch shapes, (3) the guiding-model work (forward + backward)
+alone, and (4) scoring the images. Overhead = sampler time / (bare + guide) - 1: the cost of the
+sampler and guidance code itself. All figures come from one process, measured side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from guidance.guiders import REGISTRY, make_guidance
+from guidance.protocols import Conditions
+from guidance.sampling import sample, step_info
+from guidance.zoo.load import load_zoo
+
+SCALES = {"none": 0.0, "cfg": 3.0, "classifier": 5.0, "clip": 5.0}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device, repeats: int) -> float:
+    fn()  # warm-up (allocator, oneDNN primitives, autotuning)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def measure(name: str, zoo, batch: int, steps: int, device: torch.device, repeats: int) -> dict[str, float]:
+    texts = ["grinning face", "red apple", "flag: Japan", "rocket"] * (batch // 4 + 1)
+    texts = texts[:batch]
+    cond = Conditions(model=zoo.tokenizer(texts), labels=torch.arange(batch) % 100,
+                      clip_tokens=zoo.clip_tokenizer(texts)).to(device)
+    diffusion = zoo.diffusion.respace(str(steps))
+    guidance = make_guidance(name, SCALES.get(name, 3.0), zoo.guiding_models())
+    cost = guidance.cost_per_image(diffusion)
+    per_step = cost.network_passes / steps  # average denoiser passes per image per step
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    net_batch = max(1, round(batch * per_step))
+    xb = torch.randn(net_batch, 3, 32, 32, device=device)
+    cb = zoo.tokenizer((texts * 2)[:net_batch]).to(device)
+    t = torch.full((net_batch,), 500, device=device)
+
+    with torch.no_grad():
+        full = timed(lambda: sample(zoo.denoiser, diffusion, guidance, cond, (3, 32, 32), range(batch),
+                                    device=device), device, repeats)
+        bare = timed(lambda: [zoo.denoiser(xb, t, cb) for _ in range(steps)], device, repeats)
+    guide = 0.0
+    if cost.guide_passes:
+        info = step_info(diffusion, steps // 2, batch, device)
+        guide = timed(lambda: [guidance.gradient(x, info, cond) for _ in range(steps)], device, repeats)
+    from bench.metrics import CLIPScore, DomainFeatures, load_eval_classifier
+    from guidance.zoo.load import load_eval_clip
+
+    classifier = load_eval_classifier(device=device)
+    features, clip = DomainFeatures(classifier), CLIPScore(load_eval_clip(device=device)).to(device)
+    uint8 = ((x.clamp(-1, 1) + 1) * 127.5).to(torch.uint8)
+    with torch.no_grad():
+        metrics = timed(lambda: (features(uint8), clip.update(x, texts), classifier.heads(x)), device, repeats)
+    return {"guidance": name, "img_per_s": batch / full, "network_passes_per_img": cost.network_passes,
+            "backward_passes_per_img": cost.backward_passes, "sampler_s": full, "network_s": bare,
+            "guidance_extra_s": guide, "sampler_overhead_s": full - bare - guide, "metrics_s": metrics,
+            "overhead_vs_bare": full / (bare + guide) - 1}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--guidance", default="none,cfg,classifier,clip")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    zoo = load_zoo(device=device)
+    rows = [measure(g.strip(), zoo, args.batch, args.steps, device, args.repeats) for g in args.guidance.split(",")
+            if g.strip() in REGISTRY]
+    import pandas as pd
+
+    table = pd.DataFrame(rows).set_index("guidance")
+    with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
+        print(f"device {device}, batch {args.batch}, {args.steps} DDIM steps, mean of {args.repeats} runs")
+        print(table.to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
