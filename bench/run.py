@@ -73,9 +73,14 @@ def check_compatible(cfg: BenchConfig, prompts: PromptSet, zoo: Zoo) -> None:
     if "classifier" in cfg.guidance and not prompts.has_labels:
         raise ValueError(f"guidance 'classifier' cannot run on prompt set {prompts.name!r}: it has no labels; "
                          f"use a set with a label column (e.g. emoji200) or drop classifier from --guidance")
-    for name, needs in (("classifier", zoo.classifier), ("clip", zoo.noised_clip)):
-        if name in cfg.guidance and needs is None:
-            raise ValueError(f"guidance {name!r} needs a guiding model that {zoo.root} does not have")
+    from guidance.guiders import REGISTRY
+
+    models = zoo.guiding_models()
+    for name in cfg.guidance:
+        needs = REGISTRY[name][1]
+        if needs is not None and models.get(needs) is None:
+            raise ValueError(f"guidance {name!r} needs a {needs} model, which {zoo.root} does not have; "
+                             f"drop it from --guidance or point --model at a directory that has one")
 
 
 def conditions(zoo: Zoo, prompts: PromptSet, indices: list[int], spp: int) -> Conditions:

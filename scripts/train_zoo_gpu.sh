@@ -15,6 +15,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv || true
 train() { python3 -m guidance.zoo.train --data "$DATA" --batch "$BATCH" --out "$W" --run-dir runs/train "$@"; }
 train --models classifier,eval_classifier --budget "$AUX_BUDGET" > "$OUT/logs/classifiers.txt" 2>&1 &
 train --models noised_clip,eval_clip --budget "$AUX_BUDGET" > "$OUT/logs/clips.txt" 2>&1 &
+train --models weak_unet --budget "$AUX_BUDGET" > "$OUT/logs/weak_unet.txt" 2>&1 &  # autoguidance's weak model
 train --models unet --budget "$UNET_BUDGET" 2>&1 | tee "$OUT/logs/unet.txt"
 wait
 grep -h "exported" "$OUT"/logs/*.txt || true

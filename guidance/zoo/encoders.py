@@ -48,8 +48,8 @@ def _tower(c: EncoderConfig) -> EncoderTower:
     return EncoderTower(3, c.channels, c.channel_mult, c.blocks, c.features)
 
 
-class NoiseAwareClassifier(nn.Module):
-    """`classifier(x_t, t)` -> identity logits; a subgroup head shares the trunk (used in training)."""
+class _TwoHeadClassifier(nn.Module):
+    """A timestep-conditioned trunk with identity and subgroup heads (the subgroup head helps training)."""
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
@@ -57,6 +57,10 @@ class NoiseAwareClassifier(nn.Module):
         self.trunk = _tower(config)
         self.identity = nn.Linear(config.features, config.num_classes)
         self.subgroup = nn.Linear(config.features, config.num_subgroups)
+
+
+class NoiseAwareClassifier(_TwoHeadClassifier):
+    """`classifier(x_t, t)` -> identity logits, for any noise level t."""
 
     def heads(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         h = F.silu(self.trunk(x, t))
@@ -86,19 +90,12 @@ class NoisedCLIPModel(nn.Module):
         return self.text_proj(self.text(ids, eot)[1])
 
 
-class EvalClassifier(nn.Module):
+class EvalClassifier(_TwoHeadClassifier):
     """Clean-image identity classifier; `features` are FID's feature space on this domain.
 
     Accepts images in [-1, 1] at any size (resized to the training size), so torchmetrics can probe
     it at 299x299 like Inception.
     """
-
-    def __init__(self, config: EncoderConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.trunk = _tower(config)
-        self.identity = nn.Linear(config.features, config.num_classes)
-        self.subgroup = nn.Linear(config.features, config.num_subgroups)
 
     def features(self, x: Tensor) -> Tensor:
         size = self.config.image_size

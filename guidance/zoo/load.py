@@ -109,9 +109,10 @@ class Zoo:
     noised_clip: NoisedCLIPModel | None
     clip_tokenizer: CaptionTokenizer | None
     root: Path
+    weak: TextUNet | None = None  # a weaker diffusion model of the same family, for autoguidance
 
     def guiding_models(self) -> dict[str, nn.Module | None]:
-        return {"classifier": self.classifier, "clip": self.noised_clip}
+        return {"classifier": self.classifier, "clip": self.noised_clip, "weak": self.weak}
 
     def checksums(self) -> dict[str, str]:
         from hashlib import sha256
@@ -143,7 +144,10 @@ def load_zoo(root: str | os.PathLike | None = None, device: str | torch.device =
     clip = load_model(root / "noised_clip.safetensors", "noised_clip", device) \
         if (root / "noised_clip.safetensors").exists() else None
     clip_tok = CaptionTokenizer(clip.vocab.cpu(), clip.config.context_length) if clip is not None else None
-    return Zoo(denoiser, diffusion, tokenizer, classifier, clip, clip_tok, root)  # type: ignore[arg-type]
+    weak = load_model(root / "weak_unet.safetensors", "unet", device) if (root / "weak_unet.safetensors").exists() else None
+    if weak is not None and not torch.equal(weak.vocab.cpu(), denoiser.vocab.cpu()):
+        raise CheckpointError(f"{root / 'weak_unet.safetensors'} uses another caption vocabulary than unet.safetensors")
+    return Zoo(denoiser, diffusion, tokenizer, classifier, clip, clip_tok, root, weak)  # type: ignore[arg-type]
 
 
 def model_card_data(path: str | os.PathLike) -> dict:

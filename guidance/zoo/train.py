@@ -32,7 +32,9 @@ from guidance.zoo.store import save_model
 from guidance.zoo.text import CaptionTokenizer, bpe_tokenize, build_vocab
 from guidance.zoo.unet import TextUNet, UNetConfig
 
-MODELS = ("unet", "classifier", "noised_clip", "eval_clip", "eval_classifier")
+MODELS = ("unet", "classifier", "noised_clip", "eval_clip", "eval_classifier", "weak_unet")
+# the weak model for autoguidance (Karras et al. 2024): same family, a quarter of the width
+WEAK_UNET = {"channels": 32, "text_width": 96, "text_layers": 2}
 SCHEDULE, NUM_TIMESTEPS = "cosine", 1000
 EVAL_AUGMENT_SEED = 12345  # held-out augmentations: the evaluation renders differ from every training draw
 
@@ -101,6 +103,7 @@ class Job:
     lr: float
     ema_decay: float | None = None
     evaluate: Callable[[nn.Module], dict] | None = None
+    kind: str | None = None  # what the checkpoint holds, when it differs from the job's name
     extra_info: dict = field(default_factory=dict)
 
 
@@ -119,9 +122,11 @@ def make_job(name: str, data: Data, batch: int, device: torch.device, small: boo
         noise = torch.randn(x0.shape, generator=g, device=device)
         return diffusion.q_sample(x0, t, noise), t, noise
 
-    if name == "unet":
-        cfg = UNetConfig(channels=16 if small else 64, vocab_size=len(data.vocab) + 2, dropout=0.0,
-                         text_width=32 if small else 192, text_layers=1 if small else 3,
+    if name in ("unet", "weak_unet"):
+        size = {"channels": 64, "text_width": 192, "text_layers": 3} if name == "unet" else WEAK_UNET
+        if small:
+            size = {"channels": 16 if name == "unet" else 8, "text_width": 32, "text_layers": 1}
+        cfg = UNetConfig(vocab_size=len(data.vocab) + 2, dropout=0.0, **size,
                          extra={"schedule": SCHEDULE, "num_timesteps": NUM_TIMESTEPS, "p_uncond": 0.15})
         model = TextUNet(cfg)
         model.vocab.copy_(data.vocab)
@@ -137,7 +142,7 @@ def make_job(name: str, data: Data, batch: int, device: torch.device, small: boo
                 out = model(x_t, t, tokens)
             return hybrid_loss(diffusion, out, x0, x_t, t, noise)
 
-        return Job(name, model, unet_loss, cfg.to_dict(), lr=3e-4, ema_decay=0.999)
+        return Job(name, model, unet_loss, cfg.to_dict(), lr=3e-4, ema_decay=0.999, kind="unet")
 
     if name in ("classifier", "eval_classifier"):
         noisy = name == "classifier"
@@ -353,9 +358,9 @@ def main(argv: list[str] | None = None) -> None:
         model, info = train(job, args.steps, args.budget, Path(args.run_dir), device, args.seed)
         info.update(batch_size=args.batch, dataset_checksum=dataset.checksum, dataset_size=len(dataset),
                     evaluation=job.evaluate(model) if job.evaluate else {})
-        kind = name.strip()
-        save_model(model, Path(args.out) / f"{kind}.safetensors", kind, job.config, info)
-        print(f"[{kind}] exported {info['steps']} steps in {info['wall_time_s']}s: "
+        kind = job.kind or job.name
+        save_model(model, Path(args.out) / f"{job.name}.safetensors", kind, job.config, info)
+        print(f"[{job.name}] exported {info['steps']} steps in {info['wall_time_s']}s: "
               f"{json.dumps(info['final_losses'])} eval {json.dumps(info['evaluation'])}", flush=True)
 
 
