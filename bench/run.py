@@ -61,7 +61,7 @@ def prepare_output(cfg: BenchConfig) -> Path:
     run_dir = Path(cfg.out) / run_id
     try:
         (run_dir / "samples").mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
+        probe = run_dir / f".write-test-{os.getpid()}"  # one per process: torchrun ranks probe at once
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
