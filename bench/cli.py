@@ -144,6 +144,13 @@ def launch_torchrun(nproc: int, argv: list[str]) -> int:
     return subprocess.call(cmd)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench.report import build_report
+
+    print(build_report([Path(r) for r in args.runs], Path(args.out) if args.out else None))
+    return 0
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
     from bench.run import merge_shards, summary_table
 
@@ -186,8 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     report = sub.add_parser("report", help="rebuild a report from saved run directories")
     report.add_argument("runs", nargs="+")
     report.add_argument("--out", default=None)
-    report.set_defaults(func=lambda a: print(__import__("bench.report", fromlist=["x"]).build_report(
-        [Path(r) for r in a.runs], Path(a.out) if a.out else None)) or 0)
+    report.set_defaults(func=cmd_report)
     merge = sub.add_parser("merge", help="merge the samples of independent --shard jobs, then score and report")
     merge.add_argument("run")
     merge.add_argument("--no-report", action="store_true")

@@ -25,11 +25,6 @@ from guidance.zoo.store import CheckpointError
 METRICS = ("fid", "kid", "clip_score", "accuracy")
 
 
-def to_uint8(images: Tensor) -> Tensor:
-    """[-1, 1] float -> uint8 [0, 255], the interchange format of torchmetrics' image metrics."""
-    return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-
-
 class DomainFeatures(nn.Module):
     """FID feature network on this domain: uint8 images in, evaluation-classifier features out."""
 

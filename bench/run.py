@@ -146,6 +146,7 @@ class SampleStore:
 
 
 def to_hwc_uint8(images: Tensor) -> np.ndarray:
+    """[-1, 1] float [N, C, H, W] -> uint8 [N, H, W, C]: how samples are saved and shown."""
     return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 

@@ -119,7 +119,7 @@ def sample(model: Denoiser, diffusion: GaussianDiffusion, guidance: Guidance, co
             out = ddim_step(model, diffusion, guidance, x, index, cond, step_noise, eta, clip_denoised)
         x = out.x_prev
         bad = ~torch.isfinite(x).all()
-        first_bad = torch.where((first_bad < 0) & bad, torch.tensor(index, device=device), first_bad)
+        first_bad.masked_fill_((first_bad < 0) & bad, index)  # stays on the device: no sync per step
         if callback is not None:
             callback(index, out)
     bad_step = int(first_bad)

@@ -10,7 +10,6 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 
 from guidance.zoo.load import ZOO_DIR, KINDS, load_zoo
 from guidance.zoo.store import read_metadata
@@ -31,6 +30,7 @@ SAMPLE_PROMPTS = 32
 def sample_grid(out: Path, scale: float = 3.0, steps: int = 50) -> Path:
     """CFG samples for the first prompts of the fixed emoji200 set, written as a PNG grid."""
     from bench.emoji_prompts import emoji200
+    from bench.run import to_hwc_uint8
     from guidance.guiders import make_guidance
     from guidance.protocols import Conditions
     from guidance.sampling import sample
@@ -40,7 +40,7 @@ def sample_grid(out: Path, scale: float = 3.0, steps: int = 50) -> Path:
     texts = emoji200().texts()[:SAMPLE_PROMPTS]
     x = sample(zoo.denoiser, zoo.diffusion.respace(str(steps)), make_guidance("cfg", scale),
                Conditions(model=zoo.tokenizer(texts)), (3, 32, 32), range(len(texts)), seed=0)
-    images = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    images = to_hwc_uint8(x)
     path = out / "unet_samples.png"
     save_grid(images, path, cols=8, scale=3)
     (out / "unet_samples.txt").write_text("\n".join(texts) + "\n")
@@ -59,7 +59,7 @@ def card(kind: str, out: Path) -> str:
              f"| seed | {info.get('seed')} |",
              f"| final losses | {json.dumps({k: round(v, 4) for k, v in info.get('final_losses', {}).items() if k not in ('step', 'time')})} |",
              f"| dataset | {info.get('dataset_size')} images, sha256 {info.get('dataset_checksum')} |",
-             f"| stored as | fp16 safetensors, config and this record in the file metadata |", ""]
+             "| stored as | fp16 safetensors, config and this record in the file metadata |", ""]
     if info.get("evaluation"):
         lines += ["## Evaluation", "", "```json", json.dumps(info["evaluation"], indent=1), "```", ""]
     grid = "unet_samples.png" if kind == "unet" else "dataset_grid.png"

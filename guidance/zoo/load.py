@@ -8,7 +8,6 @@ that config loads the same weights.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,7 +148,3 @@ def load_zoo(root: str | os.PathLike | None = None, device: str | torch.device =
         raise CheckpointError(f"{root / 'weak_unet.safetensors'} uses another caption vocabulary than unet.safetensors")
     return Zoo(denoiser, diffusion, tokenizer, classifier, clip, clip_tok, root, weak)  # type: ignore[arg-type]
 
-
-def model_card_data(path: str | os.PathLike) -> dict:
-    """kind, config and training record of one checkpoint (for model cards and manifests)."""
-    return json.loads(json.dumps(read_metadata(path)))
