@@ -8,6 +8,7 @@ and Nichol & Dhariwal (2021) (learned-range variance), as in guided-diffusion an
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -84,9 +85,30 @@ def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> 
     return sorted(set(kept))
 
 
+_DEVICE_COPIES: dict[tuple[int, torch.device], tuple[weakref.ref, Tensor]] = {}
+
+
+def on_device(table: Tensor, device: torch.device) -> Tensor:
+    """`table` on `device`, copied once per (table, device).
+
+    The tables live on the CPU (float64, and `float(sigma)` must not touch the GPU); copying one to
+    the GPU at every step would be a host-to-device copy from pageable memory, which synchronises
+    the stream each time and stalls the sampling and training loops.
+    """
+    if table.device == device:
+        return table
+    key = (id(table), device)
+    hit = _DEVICE_COPIES.get(key)
+    if hit is not None and hit[0]() is table:
+        return hit[1]
+    copy = table.to(device)
+    _DEVICE_COPIES[key] = (weakref.ref(table, lambda _, key=key: _DEVICE_COPIES.pop(key, None)), copy)
+    return copy
+
+
 def extract(table: Tensor, index: Tensor, like: Tensor) -> Tensor:
     """table[index] shaped to broadcast against `like` ([B] -> [B,1,1,...]) in like's dtype and device."""
-    out = table.to(like.device)[index.to(like.device)]
+    out = on_device(table, like.device)[index.to(like.device)]
     return out.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
 
@@ -109,6 +131,7 @@ class GaussianDiffusion:
         self.alphas_cumprod = abar
         self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
         self.betas = 1.0 - abar / self.alphas_cumprod_prev
+        self.log_betas = torch.log(self.betas)
         alphas = 1.0 - self.betas
         self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
         self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
@@ -148,7 +171,7 @@ class GaussianDiffusion:
 
     def model_timesteps(self, index: Tensor) -> Tensor:
         """The original timesteps that the network sees for process steps `index`."""
-        return self.timestep_map.to(index.device)[index]
+        return on_device(self.timestep_map, index.device)[index]
 
     # forward process ----------------------------------------------------------------------------
     def q_sample(self, x0: Tensor, index: Tensor, noise: Tensor) -> Tensor:
@@ -182,7 +205,7 @@ class GaussianDiffusion:
         min_log = extract(self.posterior_log_variance_clipped, index, like)
         if var_values is None:
             return min_log.expand_as(like)
-        max_log = extract(torch.log(self.betas), index, like)
+        max_log = extract(self.log_betas, index, like)
         frac = (var_values + 1) / 2
         return frac * max_log + (1 - frac) * min_log
 

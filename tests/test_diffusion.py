@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from guidance.analytic import GaussianMixture, MixtureDenoiser
-from guidance.diffusion import GaussianDiffusion, cosine_betas, linear_betas, space_timesteps
+from guidance.diffusion import GaussianDiffusion, cosine_betas, extract, linear_betas, space_timesteps
 from guidance.guiders import ClassifierFreeGuidance
 from guidance.protocols import Conditions
 from guidance.sampling import NonFiniteSampleError, sample
@@ -129,3 +129,32 @@ def test_non_finite_samples_name_guidance_scale_and_step(mixture_model):
     x_T = torch.full((4, 2), float("nan"))
     with pytest.raises(NonFiniteSampleError, match=r"'cfg' at scale 3.0, first at step 19"):
         sample(model, diffusion, ClassifierFreeGuidance(3.0), Conditions(model=labels), (2,), range(4), x_T=x_T)
+
+
+def test_tables_are_copied_to_a_device_once_and_released_with_the_table():
+    """A per-step host-to-device copy would synchronise the GPU stream; `meta` stands in for CUDA here."""
+    import gc
+
+    from guidance.diffusion import _DEVICE_COPIES, on_device
+
+    table = torch.linspace(0.1, 0.9, 10, dtype=torch.float64)
+    meta = torch.device("meta")
+    first = on_device(table, meta)
+    assert first.device == meta and on_device(table, meta) is first
+    assert on_device(table, torch.device("cpu")) is table
+    other = table.clone()
+    assert on_device(other, meta) is not first
+    key = (id(table), meta)
+    assert key in _DEVICE_COPIES
+    del table, first
+    gc.collect()
+    assert key not in _DEVICE_COPIES
+
+
+def test_extract_on_another_device_reads_the_right_entries():
+    diffusion = GaussianDiffusion.from_schedule("cosine", 50)
+    like = torch.zeros(3, 2, 4, 4, device="meta")
+    out = extract(diffusion.alphas_cumprod, torch.tensor([0, 7, 49]), like)
+    assert out.device.type == "meta" and out.shape == (3, 1, 1, 1) and out.dtype == like.dtype
+    cpu = extract(diffusion.alphas_cumprod, torch.tensor([0, 7, 49]), torch.zeros(3, 2, 4, 4))
+    torch.testing.assert_close(cpu.flatten(), diffusion.alphas_cumprod[[0, 7, 49]].float())

@@ -59,18 +59,23 @@ class AttentionBlock(nn.Module):
         self.proj = zero(nn.Conv1d(channels, channels, 1))
 
     def forward(self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
+        # Work token-major ([B, H, N, D], last dim contiguous): SDPA's fused kernels need it, and a strided
+        # head dimension silently falls back to the math path (about 6x slower on CPU, also slow on CUDA).
         b, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x).reshape(b, c, h * w))  # [B, 3C, N]
-        q, k, v = qkv.reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)  # [B, H, D, N]
+        d = c // self.heads
+        tokens = self.norm(x).reshape(b, c, h * w).transpose(1, 2)  # [B, N, C]
+        qkv = F.linear(tokens, self.qkv.weight[..., 0], self.qkv.bias)  # the 1x1 conv as a matmul
+        q, k, v = qkv.view(b, h * w, 3, self.heads, d).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, N, D] each
         mask = None
         if self.context_kv is not None and context is not None:
-            ck, cv = self.context_kv(context).transpose(1, 2).reshape(b, 2, self.heads, c // self.heads, -1).unbind(1)
-            k, v = torch.cat([ck, k], -1), torch.cat([cv, v], -1)
+            ck, cv = self.context_kv(context).view(b, -1, 2, self.heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+            k, v = torch.cat([ck, k], -2), torch.cat([cv, v], -2)
             if context_mask is not None:
                 pixels = torch.ones(b, h * w, dtype=torch.bool, device=x.device)
                 mask = torch.cat([context_mask, pixels], 1)[:, None, None, :]
-        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2), attn_mask=mask)
-        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h * w)).reshape(b, c, h, w)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, N, D]
+        out = F.linear(out.transpose(1, 2).reshape(b, h * w, c), self.proj.weight[..., 0], self.proj.bias)
+        return x + out.transpose(1, 2).reshape(b, c, h, w)
 
 
 class TextTransformer(nn.Module):
