@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from bench.config import PRESETS, BenchConfig
+from guidance.accelerate import add_arguments as add_acceleration_arguments
 
 
 def parse_floats(text: str) -> list[float]:
@@ -64,6 +65,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", default=None, help="cpu or cuda[:N]")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (autocast)")
+    add_acceleration_arguments(p)
     p.add_argument("--model", default=None, help="'emoji' (embedded zoo) or a directory of zoo checkpoints")
     p.add_argument("--clip-model", default=None, help="open_clip architecture for CLIP score")
     p.add_argument("--clip-pretrained", default=None, help="local pretrained file for --clip-model")
@@ -86,6 +88,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     overrides = dict(guidance=guidance, scales=scales, prompts=args.prompts, prompt_limit=args.prompt_limit,
                      samples_per_prompt=args.samples_per_prompt, sampler=args.sampler, steps=args.steps,
                      batch_size=args.batch_size, device=args.device, dtype=args.dtype, model=args.model,
+                     channels_last=args.channels_last, compile=args.compile or None,
+                     cuda_graphs=args.cuda_graphs or None,
                      clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
                      score_with_guiding_clip=args.score_with_guiding_clip or None,
                      fid_inception_weights=args.fid_inception_weights, out=args.out, run_id=args.run_id,

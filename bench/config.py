@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from guidance.accelerate import Acceleration
 from guidance.guiders import REGISTRY
 
 # Scales per guidance. CFG uses the GLIDE/diffusers convention (1 = no guidance); gradient methods
@@ -57,6 +58,9 @@ class BenchConfig:
     batch_size: int = 72
     device: str = "cpu"
     dtype: str = "float32"
+    channels_last: bool | None = None  # None: on for CUDA, off for CPU
+    compile: bool = False  # torch.compile the networks
+    cuda_graphs: bool = False  # torch.compile in "reduce-overhead" mode (CUDA graphs)
     model: str = "emoji"  # the embedded zoo, or a directory of zoo-format checkpoints
     clip_model: str | None = None  # open_clip architecture for CLIP score (default: the zoo's eval CLIP)
     clip_pretrained: str | None = None  # local pretrained file for clip_model
@@ -85,6 +89,9 @@ class BenchConfig:
         defaults = FULL_SCALES if self.preset == "full" else QUICK_SCALES
         return {g: [float(s) for s in self.scales.get(g, defaults.get(g, [1.0]))] for g in self.guidance}
 
+    def acceleration(self) -> Acceleration:
+        return Acceleration(self.channels_last, self.compile, self.cuda_graphs)
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["scales"] = self.scale_grid()
@@ -98,7 +105,7 @@ class BenchConfig:
 
     def config_hash(self) -> str:
         data = self.to_dict()
-        for volatile in ("out", "run_id", "device", "batch_size"):
+        for volatile in ("out", "run_id", "device", "batch_size", "channels_last", "compile", "cuda_graphs"):
             data.pop(volatile)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -126,6 +133,8 @@ class BenchConfig:
             raise ValueError("--samples-per-prompt and --batch-size must be at least 1")
         if not self.seeds:
             raise ValueError("--seeds needs at least one seed (two or more for confidence intervals)")
+        if self.cuda_graphs and not self.device.startswith("cuda"):
+            raise ValueError(f"--cuda-graphs needs --device cuda (got --device {self.device}); drop the flag on CPU")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"unknown dtype {self.dtype!r}; valid: float32, bfloat16, float16")
         bad = [m for m in self.metrics if m not in ("fid", "kid", "clip_score", "accuracy")]

@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from guidance.accelerate import add_arguments, from_args
 from guidance.guiders import REGISTRY, make_guidance
 from guidance.protocols import Conditions
 from guidance.sampling import sample, step_info
@@ -80,16 +81,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_arguments(parser)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     zoo = load_zoo(device=device)
+    zoo.accelerate(from_args(args), device)
     rows = [measure(g.strip(), zoo, args.batch, args.steps, device, args.repeats) for g in args.guidance.split(",")
             if g.strip() in REGISTRY]
     import pandas as pd
 
     table = pd.DataFrame(rows).set_index("guidance")
     with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
-        print(f"device {device}, batch {args.batch}, {args.steps} DDIM steps, mean of {args.repeats} runs")
+        print(f"device {device} ({from_args(args).describe(device)}), batch {args.batch}, {args.steps} DDIM steps, "
+              f"mean of {args.repeats} runs")
         print(table.to_string())
     return 0
 

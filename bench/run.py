@@ -224,6 +224,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
         raise ValueError("--device cuda was asked for but no CUDA device is available; use --device cpu")
     zoo = load_zoo(None if cfg.model == "emoji" else cfg.model, device)
     check_compatible(cfg, prompts, zoo)
+    zoo.accelerate(cfg.acceleration(), device)
     cfg = agree_on_run_id(cfg, shard)
     run_dir = prepare_output(cfg)
     if shard.is_main:
@@ -322,7 +323,8 @@ def write_manifest(cfg: BenchConfig, run_dir: Path, zoo: Zoo, device: torch.devi
         "config": cfg.to_dict(), "config_hash": cfg.config_hash(), "versions": versions(),
         "models": zoo.checksums(), "model_dir": str(zoo.root), "git_commit": git_commit(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
-        "seeds": cfg.seeds, "samples_per_cell": n, "processes": shard.world, "wall_time_s": round(wall, 1), "clip_scorer": scorer_label(cfg),
+        "seeds": cfg.seeds, "samples_per_cell": n, "processes": shard.world,
+        "acceleration": cfg.acceleration().describe(device), "wall_time_s": round(wall, 1), "clip_scorer": scorer_label(cfg),
     }
     (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
 

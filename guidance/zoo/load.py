@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from guidance.accelerate import Acceleration
 from guidance.diffusion import GaussianDiffusion
 from guidance.zoo.encoders import EncoderConfig, EvalClassifier, NoiseAwareClassifier, NoisedCLIPModel
 from guidance.zoo.store import CheckpointError, load_weights, read_metadata
@@ -112,6 +113,12 @@ class Zoo:
 
     def guiding_models(self) -> dict[str, nn.Module | None]:
         return {"classifier": self.classifier, "clip": self.noised_clip, "weak": self.weak}
+
+    def accelerate(self, acceleration: Acceleration, device: torch.device) -> None:
+        """Apply channels_last / torch.compile / CUDA graphs to every network that samples or guides."""
+        for model in [self.denoiser, *self.guiding_models().values()]:
+            if model is not None:
+                acceleration.apply(model, device)
 
     def checksums(self) -> dict[str, str]:
         from hashlib import sha256

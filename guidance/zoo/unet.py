@@ -25,6 +25,7 @@ class UNetConfig:
     blocks: int = 2
     attention_resolutions: tuple[int, ...] = (16, 8)
     heads: int = 4
+    head_channels: int | None = None  # if set, heads = channels // head_channels at each resolution (ADM/GLIDE)
     dropout: float = 0.1
     learned_variance: bool = True
     vocab_size: int = 2048
@@ -73,7 +74,8 @@ class TextUNet(nn.Module):
                 skips.append(ch)
                 res //= 2
         self.middle = nn.ModuleList([ResBlock(ch, emb_dim, dropout=c.dropout),
-                                     AttentionBlock(ch, c.heads, c.text_width), ResBlock(ch, emb_dim, dropout=c.dropout)])
+                                     AttentionBlock(ch, self._heads(ch), c.text_width),
+                                     ResBlock(ch, emb_dim, dropout=c.dropout)])
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(c.channel_mult))):
             for i in range(c.blocks + 1):
@@ -90,8 +92,12 @@ class TextUNet(nn.Module):
     def _block(self, ch_in: int, ch_out: int, res: int, emb_dim: int) -> nn.ModuleList:
         layers: list[nn.Module] = [ResBlock(ch_in, emb_dim, ch_out, self.config.dropout)]
         if res in self.config.attention_resolutions:
-            layers.append(AttentionBlock(ch_out, self.config.heads, self.config.text_width))
+            layers.append(AttentionBlock(ch_out, self._heads(ch_out), self.config.text_width))
         return nn.ModuleList(layers)
+
+    def _heads(self, channels: int) -> int:
+        head_channels = self.config.head_channels
+        return self.config.heads if head_channels is None else max(1, channels // head_channels)
 
     def _run(self, layers: nn.ModuleList, h: Tensor, emb: Tensor, context: Tensor, mask: Tensor) -> Tensor:
         for layer in layers:

@@ -1,0 +1,206 @@
+"""How close guided sampling gets to the hardware limit: `python -m bench.limit` (issue 6).
+
+Builds the suite's own UNet at GLIDE-base size (64x64, 192 channels, mults 1-2-3-4, 3 blocks,
+attention at 32/16/8 with 64-channel heads, a 16-layer 512-wide text transformer over 128 tokens:
+about GLIDE's FLOPs per forward) with random weights, counts the FLOPs of one guided sampling step
+with `torch.utils.flop_counter` (backward passes of gradient guidance included), and times whole
+sampling runs per guidance and batch size. Reports img/s, achieved TFLOP/s and the share of a
+measured dense bf16 matmul peak. Random weights: the speed, not the samples, is the point.
+
+    python -m bench.limit --device cuda --batches 1,16,64 --steps 100 --guidance cfg,classifier,clip
+    python -m bench.limit --config tiny --device cpu --steps 2 --batches 1,2   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from guidance.accelerate import Acceleration, add_arguments, from_args
+from guidance.diffusion import GaussianDiffusion
+from guidance.guiders import make_guidance
+from guidance.protocols import Conditions
+from guidance.sampling import ddim_step, sample
+from guidance.zoo.encoders import EncoderConfig, NoiseAwareClassifier, NoisedCLIPModel
+from guidance.zoo.unet import TextUNet, UNetConfig
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+SCALES = {"none": 0.0, "cfg": 3.0, "classifier": 5.0, "clip": 5.0}
+
+
+@dataclass(frozen=True)
+class SizeConfig:
+    unet: UNetConfig
+    guide: EncoderConfig  # classifier and noised-CLIP image towers (ADM's classifier is about half a UNet)
+
+
+CONFIGS = {
+    "glide-base": SizeConfig(
+        UNetConfig(image_size=64, channels=192, channel_mult=(1, 2, 3, 4), blocks=3, attention_resolutions=(32, 16, 8),
+                   head_channels=64, dropout=0.0, vocab_size=50257, context_length=128, text_width=512,
+                   text_layers=16, text_heads=8),
+        EncoderConfig(image_size=64, channels=128, channel_mult=(1, 2, 3, 4), blocks=3, features=512, num_classes=1000,
+                      vocab_size=50257, context_length=77, text_width=512, text_layers=12, text_heads=8)),
+    "zoo": SizeConfig(UNetConfig(dropout=0.0), EncoderConfig()),
+    "tiny": SizeConfig(UNetConfig(image_size=16, channels=16, channel_mult=(1, 2), blocks=1, attention_resolutions=(8,),
+                                  dropout=0.0, vocab_size=64, context_length=8, text_width=32, text_layers=1),
+                       EncoderConfig(image_size=16, channels=8, channel_mult=(1, 2), blocks=1, features=32,
+                                     num_classes=10, vocab_size=64, context_length=8, text_width=32, text_layers=1)),
+}
+
+
+def build_models(size: SizeConfig, device: torch.device) -> dict[str, torch.nn.Module]:
+    torch.manual_seed(0)
+    models = {"unet": TextUNet(size.unet), "classifier": NoiseAwareClassifier(size.guide),
+              "clip": NoisedCLIPModel(size.guide)}
+    return {name: m.to(device).eval().requires_grad_(False) for name, m in models.items()}
+
+
+def random_tokens(batch: int, context: int, vocab: int, device: torch.device) -> torch.Tensor:
+    """Packed tokens [B, L+1] (ids then EOT position) with every position used: the worst case."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, vocab, (batch, context), generator=g)
+    return torch.cat([ids, torch.full((batch, 1), context - 1)], 1).to(device)
+
+
+def conditions(size: SizeConfig, batch: int, device: torch.device) -> Conditions:
+    return Conditions(model=random_tokens(batch, size.unet.context_length, size.unet.vocab_size, device),
+                      labels=torch.arange(batch, device=device) % size.guide.num_classes,
+                      clip_tokens=random_tokens(batch, size.guide.context_length, size.guide.vocab_size, device))
+
+
+class _GlobalScope:
+    """Stands in for FlopCounterMode's module tracker, whose backward hooks break `autograd.grad` with
+    respect to a leaf input (as gradient guidance does); the totals need no per-module breakdown."""
+
+    parents = {"Global"}
+
+    def __enter__(self) -> "_GlobalScope":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def step_flops(models: dict, guidance_name: str, size: SizeConfig, diffusion: GaussianDiffusion,
+               device: torch.device, autocast) -> float:
+    """FLOPs of one guided DDIM step per image (forward passes, and backward for gradient guidance)."""
+    guidance = make_guidance(guidance_name, SCALES[guidance_name], models)
+    shape = (2, 3, size.unet.image_size, size.unet.image_size)
+    x, cond = torch.randn(shape, device=device), conditions(size, 2, device)
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _GlobalScope()
+    with counter, autocast:
+        ddim_step(models["unet"], diffusion, guidance, x, diffusion.num_timesteps // 2, cond)
+    return counter.get_total_flops() / shape[0]
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 8192, repeats: int = 20) -> float:
+    """Dense matmul FLOP/s in `dtype`: the ceiling that the TFLOP/s column is compared with."""
+    if device.type != "cuda":
+        n, repeats = 1024, 5
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    seconds = timed(lambda: a @ b, device, repeats)
+    return 2 * n**3 / seconds
+
+
+def timed(fn, device: torch.device, repeats: int) -> float:
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def measure(models: dict, size: SizeConfig, guidance_name: str, batch: int, steps: int, device: torch.device,
+            autocast, repeats: int) -> tuple[float, float]:
+    """(seconds per sampling run of `batch` images, peak memory in MiB)."""
+    diffusion = GaussianDiffusion.from_schedule("cosine", 1000, learned_variance=True).respace(f"ddim{steps}")
+    guidance = make_guidance(guidance_name, SCALES[guidance_name], models)
+    cond = conditions(size, batch, device)
+    shape = (3, size.unet.image_size, size.unet.image_size)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def run() -> None:
+        with autocast:
+            sample(models["unet"], diffusion, guidance, cond, shape, range(batch), sampler="ddim", device=device)
+
+    seconds = timed(run, device, repeats)
+    memory = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+    return seconds, memory
+
+
+def benchmark(config: str, guidance: list[str], batches: list[int], steps: int, device: torch.device,
+              dtype: torch.dtype, acceleration: Acceleration = Acceleration(), repeats: int = 1) -> "pd.DataFrame":
+    """One row per (guidance, batch): img/s, FLOPs per image, TFLOP/s, share of peak, peak memory."""
+    import pandas as pd
+
+    unknown = [g for g in guidance if g not in SCALES]
+    if unknown:
+        raise ValueError(f"--guidance {unknown}: this script measures {', '.join(SCALES)}")
+    size = CONFIGS[config]
+    models = build_models(size, device)
+    for model in models.values():
+        acceleration.apply(model, device)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    diffusion = GaussianDiffusion.from_schedule("cosine", 1000, learned_variance=True).respace(f"ddim{steps}")
+    params = sum(p.numel() for p in models["unet"].parameters())
+    forward = step_flops(models, "none", size, diffusion, device, autocast)
+    peak = matmul_peak(device, dtype)
+    print(f"{config}: UNet {params / 1e6:.3g}M parameters, {forward / 1e9:.3g} GFLOP per forward per image; "
+          f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, {dtype}, "
+          f"{acceleration.describe(device)}; measured matmul peak {peak / 1e12:.1f} TFLOP/s", flush=True)
+    rows = []
+    for name in guidance:
+        flops = step_flops(models, name, size, diffusion, device, autocast) * steps
+        for batch in batches:
+            seconds, memory = measure(models, size, name, batch, steps, device, autocast, repeats)
+            rate = batch / seconds
+            rows.append({"guidance": name, "batch": batch, "img_per_s": rate, "GFLOP_per_img": flops / 1e9,
+                         "TFLOP_per_s": flops * rate / 1e12, "share_of_peak": flops * rate / peak,
+                         "limit_img_per_s": peak / flops, "peak_mem_MiB": memory})
+            print(rows[-1], flush=True)
+    return pd.DataFrame(rows).set_index(["guidance", "batch"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="glide-base")
+    parser.add_argument("--guidance", default="cfg,classifier,clip")
+    parser.add_argument("--batches", default="1,16,64")
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        table = benchmark(args.config, [g.strip() for g in args.guidance.split(",") if g.strip()],
+                          [int(b) for b in args.batches.split(",")], args.steps, torch.device(args.device),
+                          getattr(torch, args.dtype), from_args(args), args.repeats)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    import pandas as pd
+
+    with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
+        print(f"\n{args.steps} DDIM steps, mean of {args.repeats} run(s) after one warm-up")
+        print(table.to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,62 @@
+"""Optional speed-ups applied to the networks before sampling: channels_last, torch.compile, CUDA graphs.
+
+They change how a network runs, never what it computes (beyond float rounding), so they are not
+part of a run's sample key. Each is opt-in except channels_last, which defaults to on for CUDA
+(convolutions in NHWC use the tensor cores without layout transposes) and off for the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Acceleration:
+    channels_last: bool | None = None  # None: on for CUDA, off for CPU
+    compile: bool = False  # torch.compile (inductor); the first batch of each shape pays the compile time
+    cuda_graphs: bool = False  # torch.compile mode "reduce-overhead": replays whole forwards as CUDA graphs
+
+    def check(self, device: torch.device) -> None:
+        """Raise a one-line ValueError for a combination this device cannot run."""
+        if self.cuda_graphs and device.type != "cuda":
+            raise ValueError(f"--cuda-graphs needs a CUDA device, not {device}; drop the flag or use --device cuda")
+
+    def uses_channels_last(self, device: torch.device) -> bool:
+        return device.type == "cuda" if self.channels_last is None else self.channels_last
+
+    @property
+    def compile_mode(self) -> str | None:
+        if self.cuda_graphs:
+            return "reduce-overhead"
+        return "default" if self.compile else None
+
+    def apply(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """Convert and compile `model` in place (it keeps its type and attributes); returns it."""
+        self.check(device)
+        if self.uses_channels_last(device):
+            model.to(memory_format=torch.channels_last)
+        if self.compile_mode is not None:
+            model.compile(mode=self.compile_mode, dynamic=False)
+        return model
+
+    def describe(self, device: torch.device) -> str:
+        parts = ["channels_last" if self.uses_channels_last(device) else "contiguous"]
+        if self.compile_mode is not None:
+            parts.append(f"torch.compile({self.compile_mode})")
+        return ", ".join(parts)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The speed-up flags, shared by every command that samples."""
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="NHWC network layout (default: on for CUDA, off for CPU)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the networks (first batch compiles)")
+    parser.add_argument("--cuda-graphs", action="store_true", help="torch.compile with CUDA graphs (CUDA only)")
+
+
+def from_args(args: argparse.Namespace) -> Acceleration:
+    return Acceleration(args.channels_last, args.compile, args.cuda_graphs)

@@ -1,0 +1,75 @@
+"""Speed-up flags: they must not change what the networks compute, and refuse what a device cannot run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.cli import add_run_arguments, config_from_args
+from bench.config import BenchConfig
+from guidance.accelerate import Acceleration
+from guidance.analytic import GaussianMixture, MixtureDenoiser
+from guidance.diffusion import GaussianDiffusion
+from guidance.guiders import ClassifierFreeGuidance
+from guidance.protocols import Conditions
+from guidance.sampling import sample
+from guidance.zoo.unet import TextUNet, UNetConfig
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def test_channels_last_defaults_by_device_and_can_be_forced():
+    assert not Acceleration().uses_channels_last(CPU) and Acceleration().uses_channels_last(CUDA)
+    assert Acceleration(channels_last=True).uses_channels_last(CPU)
+    assert not Acceleration(channels_last=False).uses_channels_last(CUDA)
+    assert Acceleration(cuda_graphs=True).compile_mode == "reduce-overhead"
+    assert Acceleration(compile=True).compile_mode == "default" and Acceleration().compile_mode is None
+
+
+def test_cuda_graphs_on_cpu_is_refused_with_the_fix():
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        Acceleration(cuda_graphs=True).apply(torch.nn.Linear(2, 2), CPU)
+    with pytest.raises(ValueError, match="--cuda-graphs needs --device cuda"):
+        BenchConfig(cuda_graphs=True, device="cpu").validate()
+
+
+def test_channels_last_unet_computes_the_same_eps():
+    torch.manual_seed(0)
+    model = TextUNet(UNetConfig(channels=16, text_width=32, text_layers=1, vocab_size=50, dropout=0.0)).eval()
+    for p in model.out.parameters():  # the zero-initialised output layer would make every output 0
+        torch.nn.init.normal_(p, std=0.1)
+    x, t = torch.randn(3, 3, 32, 32), torch.tensor([5, 400, 990])
+    tokens = torch.zeros(3, 17, dtype=torch.long)
+    tokens[:, :3] = torch.tensor([5, 9, 1])
+    tokens[:, -1] = 2
+    with torch.no_grad():
+        reference = model(x, t, tokens)
+        assert reference.abs().max() > 0.1
+        Acceleration(channels_last=True).apply(model, CPU)
+        assert model.stem.weight.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(model(x, t, tokens), reference, atol=1e-5, rtol=1e-5)
+
+
+def test_compiled_model_gives_the_same_samples():
+    base = GaussianDiffusion.from_schedule("linear", 1000)
+    mixture = GaussianMixture(torch.tensor([[1.0, 0.0], [-1.0, 0.5]]), torch.tensor([0.3, 0.4]),
+                              torch.tensor([0.5, 0.5]), base.alphas_cumprod)
+    diffusion, model = base.respace("10"), MixtureDenoiser(mixture)
+    cond = Conditions(model=torch.arange(8) % 2)
+    eager = sample(model, diffusion, ClassifierFreeGuidance(3.0), cond, (2,), range(8), seed=0)
+    Acceleration(compile=True).apply(model, CPU)
+    compiled = sample(model, diffusion, ClassifierFreeGuidance(3.0), cond, (2,), range(8), seed=0)
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_cli_flags_reach_the_config_but_not_the_sample_key():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    cfg = config_from_args(parser.parse_args(["--compile", "--no-channels-last"]))
+    plain = config_from_args(parser.parse_args([]))
+    assert cfg.acceleration() == Acceleration(channels_last=False, compile=True, cuda_graphs=False)
+    assert plain.acceleration() == Acceleration()
+    assert cfg.cell_hash("cfg", 3.0, 0) == plain.cell_hash("cfg", 3.0, 0)
+    assert cfg.config_hash() == plain.config_hash()
