@@ -65,12 +65,13 @@ def report(c, runs, out=None):
 
 
 @task(help={"models": "subset of unet,classifier,noised_clip,eval_clip,eval_classifier",
-            "budget": "seconds per model", "device": "cuda or cpu", "small": "tiny architectures (smoke test)"})
+            "budget": "seconds per model", "device": "cuda or cpu", "small": "tiny architectures (smoke test)",
+            "init_from": "continue from the exported models in this directory (e.g. guidance/zoo/weights)"})
 def train(c, models=None, budget=600, steps=None, batch=None, device=None, small=False, data=None, out=None,
-          run_dir=None):
+          run_dir=None, init_from=None):
     """Rebuild the emoji dataset and train the embedded zoo (resumes from runs/train), then its reference files."""
     args = _flags(models=models, budget=budget, steps=steps, batch=batch, device=device, small=small, data=data,
-                  out=out, run_dir=run_dir)
+                  out=out, run_dir=run_dir, init_from=init_from)
     c.run(f"{PY} -m guidance.zoo.train {args}")
     c.run(f"{PY} -m guidance.zoo.reference {_flags(data=data, out=out)}")
     c.run(f"{PY} -m guidance.zoo.cards {_flags(out=out)}")

@@ -440,13 +440,35 @@ def test_one_guided_ddim_step_with_the_zoo(zoo, zoo_case, name):
 
 
 def test_autoguidance_without_a_weak_model_is_a_clear_error_and_all_skips_it(zoo, monkeypatch, capsys):
+    from dataclasses import replace
+
+    no_weak = replace(zoo, weak=None)
     with pytest.raises(ValueError, match="autoguidance.*needs a weak model"):
-        make_guidance("autoguidance", 2.0, zoo.guiding_models())
+        make_guidance("autoguidance", 2.0, no_weak.guiding_models())
     import guidance.zoo.load as load
     from bench.cli import guidance_list
 
-    monkeypatch.setattr(load, "load_zoo", lambda root=None, device="cpu": zoo)
+    monkeypatch.setattr(load, "load_zoo", lambda root=None, device="cpu": no_weak)
     names = guidance_list("all")
     assert "autoguidance" not in names and set(names) == set(REGISTRY) - {"autoguidance"}
+    monkeypatch.setattr(load, "load_zoo", lambda root=None, device="cpu": zoo)
+    assert set(guidance_list("all")) == set(REGISTRY)  # the committed zoo has its weak model
+
+
+def test_autoguidance_with_the_committed_weak_model(zoo, zoo_case):
+    """The zoo's weak model: same family and vocabulary, smaller; one step follows Karras et al.'s formula."""
+    assert zoo.weak is not None, "guidance/zoo/weights/weak_unet.safetensors is missing (invoke train --models weak_unet)"
+    assert sum(p.numel() for p in zoo.weak.parameters()) < sum(p.numel() for p in zoo.denoiser.parameters()) / 2
+    assert torch.equal(zoo.weak.vocab, zoo.denoiser.vocab)
+    diffusion, index, x, cond, plain = zoo_case
+    step = step_info(diffusion, index, 1, x.device)
+    with torch.no_grad():
+        guided = AutoGuidance(zoo.weak, 2.0).predict(zoo.denoiser, x, step, cond)
+        main = zoo.denoiser(x, step.t, cond.model)[:, :3]
+        weak = zoo.weak(x, step.t, cond.model)[:, :3]
+        out = ddim_step(zoo.denoiser, diffusion, AutoGuidance(zoo.weak, 2.0), x, index, cond)
+    torch.testing.assert_close(guided.eps, weak + 2.0 * (main - weak), rtol=1e-5, atol=1e-5)
+    assert (main - weak).abs().mean() > 1e-3, "the weak model predicts the same eps as the main one"
+    assert torch.isfinite(out.x_prev).all() and not torch.allclose(out.x_prev, plain.x_prev)
     assert "skips 'autoguidance'" in capsys.readouterr().err
     assert guidance_list("cfg,autoguidance") == ["cfg", "autoguidance"]  # named: kept, so the run errors

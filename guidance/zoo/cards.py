@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 
-from guidance.zoo.load import ZOO_DIR, KINDS, load_zoo
+from guidance.zoo.load import ZOO_DIR, load_zoo
 from guidance.zoo.store import read_metadata
 
 ROLES = {
@@ -23,12 +23,16 @@ ROLES = {
                  "from the guiding CLIP: used only to score.",
     "eval_classifier": "Clean-image identity classifier: its penultimate features serve FID/KID on this domain, its "
                        "top-1 accuracy serves as alignment accuracy.",
+    "weak_unet": "Weak diffusion model for autoguidance (Karras et al. 2024): the same UNet family as `unet` at a "
+                 "quarter of the width, trained for far fewer images, so its errors resemble the main model's, "
+                 "only larger. It only guides `unet`; benchmarks never sample from it alone.",
 }
+DIFFUSION_MODELS = ("unet", "weak_unet")
 SAMPLE_PROMPTS = 32
 
 
-def sample_grid(out: Path, scale: float = 3.0, steps: int = 50) -> Path:
-    """CFG samples for the first prompts of the fixed emoji200 set, written as a PNG grid."""
+def sample_grid(out: Path, name: str = "unet", scale: float = 3.0, steps: int = 50) -> Path:
+    """CFG samples of one diffusion model for the first prompts of the fixed emoji200 set, as a PNG grid."""
     from bench.emoji_prompts import emoji200
     from bench.run import to_hwc_uint8
     from guidance.guiders import make_guidance
@@ -38,19 +42,20 @@ def sample_grid(out: Path, scale: float = 3.0, steps: int = 50) -> Path:
 
     zoo = load_zoo(out)
     texts = emoji200().texts()[:SAMPLE_PROMPTS]
-    x = sample(zoo.denoiser, zoo.diffusion.respace(str(steps)), make_guidance("cfg", scale),
+    model = zoo.weak if name == "weak_unet" else zoo.denoiser
+    x = sample(model, zoo.diffusion.respace(str(steps)), make_guidance("cfg", scale),
                Conditions(model=zoo.tokenizer(texts)), (3, 32, 32), range(len(texts)), seed=0)
     images = to_hwc_uint8(x)
-    path = out / "unet_samples.png"
+    path = out / f"{name}_samples.png"
     save_grid(images, path, cols=8, scale=3)
-    (out / "unet_samples.txt").write_text("\n".join(texts) + "\n")
+    (out / f"{name}_samples.txt").write_text("\n".join(texts) + "\n")
     return path
 
 
-def card(kind: str, out: Path) -> str:
-    meta = read_metadata(out / f"{kind}.safetensors")
+def card(name: str, out: Path) -> str:
+    meta = read_metadata(out / f"{name}.safetensors")
     info = meta["info"]
-    lines = [f"# {kind}", "", ROLES[kind], "",
+    lines = [f"# {name}", "", ROLES[name], "",
              "| field | value |", "|---|---|",
              f"| parameters | {info.get('parameters', 0):,} |",
              f"| training steps | {info.get('steps')} (batch {info.get('batch_size')}) |",
@@ -62,10 +67,10 @@ def card(kind: str, out: Path) -> str:
              "| stored as | fp16 safetensors, config and this record in the file metadata |", ""]
     if info.get("evaluation"):
         lines += ["## Evaluation", "", "```json", json.dumps(info["evaluation"], indent=1), "```", ""]
-    grid = "unet_samples.png" if kind == "unet" else "dataset_grid.png"
+    grid = f"{name}_samples.png" if name in DIFFUSION_MODELS else "dataset_grid.png"
     if (out / grid).exists():
-        what = ("CFG s=3, 50 DDIM steps, the first 32 prompts of emoji200 (listed in unet_samples.txt)"
-                if kind == "unet" else "real renders it was trained on")
+        what = (f"CFG s=3, 50 DDIM steps, the first 32 prompts of emoji200 (listed in {name}_samples.txt)"
+                if name in DIFFUSION_MODELS else "real renders it was trained on")
         lines += ["## Samples", "", f"![{what}]({grid})", "", what, ""]
     lines += ["## Config", "", "```json", json.dumps(meta["config"], indent=1), "```", "",
               "Trained by `invoke train` (guidance/zoo/train.py) on the emoji dataset (Noto Color Emoji, OFL-1.1; "
@@ -84,11 +89,14 @@ def main(argv: list[str] | None = None) -> None:
         from guidance.zoo.emoji_data import EmojiDataset, save_grid
 
         save_grid(EmojiDataset.load(args.data).images[:64], out / "dataset_grid.png", cols=16, scale=2)
+    names = [name for name in ROLES if (out / f"{name}.safetensors").exists()]
     if not args.no_samples:
-        print(f"wrote {sample_grid(out)}")
-    for kind in KINDS:
-        (out / f"{kind}.md").write_text(card(kind, out))
-    print(f"wrote model cards for {', '.join(KINDS)} to {out}")
+        for name in DIFFUSION_MODELS:
+            if name in names:
+                print(f"wrote {sample_grid(out, name)}")
+    for name in names:
+        (out / f"{name}.md").write_text(card(name, out))
+    print(f"wrote model cards for {', '.join(names)} to {out}")
 
 
 if __name__ == "__main__":

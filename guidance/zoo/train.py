@@ -255,11 +255,40 @@ def retrieval_report(model: nn.Module, data: Data, device: torch.device, noised_
     return report
 
 
+def init_from_export(job: Job, path: Path) -> dict:
+    """Start from an exported model (e.g. the committed zoo) instead of random weights; returns its record.
+
+    A GPU session can then continue the committed model's training rather than start over.
+    """
+    from guidance.zoo.store import CheckpointError, load_weights, read_metadata
+
+    meta = read_metadata(path)
+    if json.loads(json.dumps(job.config)) != meta["config"]:
+        raise CheckpointError(f"--init-from {path}: its config differs from the {job.name} being trained "
+                              f"(architecture or caption vocabulary); train from scratch or pass a matching export")
+    vocab = getattr(job.model, "vocab", None)
+    vocab = vocab.clone() if vocab is not None else None
+    load_weights(job.model, path)
+    if vocab is not None and not torch.equal(vocab, job.model.vocab):
+        raise CheckpointError(f"--init-from {path}: its caption vocabulary differs from this dataset's; "
+                              f"train from scratch or rebuild the dataset the export was trained on")
+    print(f"[{job.name}] initialised from {path} ({meta['info'].get('steps')} steps already done)")
+    return {key: meta["info"].get(key) for key in ("steps", "wall_time_s", "device")}
+
+
 def train(job: Job, steps: int, budget: float, run_dir: Path, device: torch.device, seed: int,
-          checkpoint_every: float = 60.0, log_every: int = 50) -> tuple[nn.Module, dict]:
-    """Optimise until `steps` or `budget` seconds; resumable from run_dir/<name>.pt."""
+          checkpoint_every: float = 60.0, log_every: int = 50, init: Path | None = None) -> tuple[nn.Module, dict]:
+    """Optimise until `steps` or `budget` seconds; resumable from run_dir/<name>.pt.
+
+    With `init` (an exported .safetensors) and no run checkpoint yet, training continues from that
+    export; the exported record's steps and wall time are added to this run's.
+    """
     from tqdm.auto import tqdm
 
+    ckpt = run_dir / f"{job.name}.pt"
+    before = {"steps": 0, "wall_time_s": 0.0}
+    if init is not None and init.exists() and not ckpt.exists():
+        before = init_from_export(job, init)
     model = job.model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -269,7 +298,6 @@ def train(job: Job, steps: int, budget: float, run_dir: Path, device: torch.devi
         job.ema_decay)) if job.ema_decay else None
     g = torch.Generator(device).manual_seed(seed)
     step, elapsed, history = 0, 0.0, []
-    ckpt = run_dir / f"{job.name}.pt"
     if ckpt.exists():  # resume: our own checkpoint, still loaded without unpickling code
         state = torch.load(ckpt, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
@@ -278,12 +306,13 @@ def train(job: Job, steps: int, budget: float, run_dir: Path, device: torch.devi
             ema.load_state_dict(state["ema"])
         g.set_state(state["rng"].cpu())
         step, elapsed, history = int(state["step"]), float(state["elapsed"]), state["history"]
+        before = state.get("before", before)
         print(f"[{job.name}] resumed at step {step} ({elapsed:.0f}s done)")
 
     def save_checkpoint() -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
-                 "history": history, "rng": g.get_state()}
+                 "history": history, "rng": g.get_state(), "before": before}
         if ema is not None:
             state["ema"] = ema.state_dict()
         torch.save(state, str(ckpt) + ".tmp")
@@ -321,10 +350,14 @@ def train(job: Job, steps: int, budget: float, run_dir: Path, device: torch.devi
     elapsed = time.time() - start
     save_checkpoint()
     final = ema.module if ema is not None else model
-    info = {"steps": step, "wall_time_s": round(elapsed, 1), "batch_size": None, "seed": seed,
+    info = {"steps": step + int(before.get("steps") or 0),
+            "wall_time_s": round(elapsed + float(before.get("wall_time_s") or 0.0), 1), "batch_size": None, "seed": seed,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "final_losses": history[-1] if history else {}, "history": history[-20:],
             "parameters": sum(p.numel() for p in final.parameters())}
+    if before["steps"]:
+        info["continued_from"] = {"steps": before["steps"], "wall_time_s": before["wall_time_s"],
+                                  "device": before.get("device"), "this_run": {"steps": step, "wall_time_s": round(elapsed, 1)}}
     return final, info
 
 
@@ -341,6 +374,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--small", action="store_true", help="tiny architectures for smoke tests")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N emoji (smoke tests)")
+    parser.add_argument("--init-from", default=None,
+                        help="directory of exported models to continue from (e.g. guidance/zoo/weights)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -355,7 +390,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.models.split(","):
         torch.manual_seed(args.seed)
         job = make_job(name.strip(), data, args.batch, device, args.small)
-        model, info = train(job, args.steps, args.budget, Path(args.run_dir), device, args.seed)
+        init = Path(args.init_from) / f"{job.name}.safetensors" if args.init_from else None
+        model, info = train(job, args.steps, args.budget, Path(args.run_dir), device, args.seed, init=init)
         info.update(batch_size=args.batch, dataset_checksum=dataset.checksum, dataset_size=len(dataset),
                     evaluation=job.evaluate(model) if job.evaluate else {})
         kind = job.kind or job.name

@@ -1,0 +1,75 @@
+"""`invoke train` on a tiny synthetic emoji set: fixed seeds, resuming, continuing from an export."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from guidance.zoo.emoji_data import EmojiDataset
+from guidance.zoo.store import CheckpointError, read_metadata
+from guidance.zoo.train import main as train_main
+
+NAMES = ["red apple", "green apple", "grinning face", "rocket", "dog face", "cat face"]
+
+
+@pytest.fixture(scope="module")
+def data_path(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    n = len(NAMES)
+    dataset = EmojiDataset(
+        images=rng.integers(0, 256, (2 * n, 32, 32, 3), dtype=np.uint8), captions=NAMES * 2,
+        identity=np.tile(np.arange(n), 2), subgroup=np.tile(np.arange(n) % 3, 2), group=np.tile(np.arange(n) % 2, 2),
+        style=np.repeat([0, 1], n), identity_names=NAMES, subgroup_names=["a", "b", "c"], group_names=["g", "h"],
+        style_names=["noto", "openmoji"], identity_subgroup=np.arange(n) % 3, identity_group=np.arange(n) % 2,
+        identity_codepoints=["1F34E"] * n)
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    dataset.save(path)
+    return path
+
+
+def run(data_path, out, run_dir, *extra: str) -> dict:
+    train_main(["--models", "weak_unet", "--data", str(data_path), "--small", "--batch", "4", "--device", "cpu",
+                "--out", str(out), "--run-dir", str(run_dir), *extra])
+    return read_metadata(out / "weak_unet.safetensors")
+
+
+def test_fixed_seed_training_is_reproducible(data_path, tmp_path):
+    first = run(data_path, tmp_path / "a", tmp_path / "ra", "--steps", "2")
+    run(data_path, tmp_path / "b", tmp_path / "rb", "--steps", "2")
+    assert first["info"]["steps"] == 2 and first["kind"] == "unet"
+    a, b = load_file(tmp_path / "a" / "weak_unet.safetensors"), load_file(tmp_path / "b" / "weak_unet.safetensors")
+    assert all(np.array_equal(a[k].float().numpy(), b[k].float().numpy()) for k in a)
+
+
+def test_training_resumes_exactly_from_its_checkpoint(data_path, tmp_path, capsys):
+    run(data_path, tmp_path / "out", tmp_path / "run", "--steps", "2")
+    assert (tmp_path / "run" / "weak_unet.pt").exists()
+    resumed = run(data_path, tmp_path / "out", tmp_path / "run", "--steps", "3")
+    assert "resumed at step 2" in capsys.readouterr().out and resumed["info"]["steps"] == 3
+    run(data_path, tmp_path / "straight", tmp_path / "run2", "--steps", "3")
+    a = load_file(tmp_path / "out" / "weak_unet.safetensors")
+    b = load_file(tmp_path / "straight" / "weak_unet.safetensors")
+    assert all(np.array_equal(a[k].float().numpy(), b[k].float().numpy()) for k in a), \
+        "2 steps + resume + 1 step must equal 3 steps in one go (model, optimiser, EMA and RNG restored)"
+
+
+def test_training_continues_from_an_export_and_counts_its_steps(data_path, tmp_path):
+    run(data_path, tmp_path / "first", tmp_path / "r1", "--steps", "2")
+    meta = run(data_path, tmp_path / "second", tmp_path / "r2", "--steps", "1", "--init-from", str(tmp_path / "first"))
+    assert meta["info"]["steps"] == 3
+    assert meta["info"]["continued_from"]["steps"] == 2 and meta["info"]["continued_from"]["this_run"]["steps"] == 1
+    run(data_path, tmp_path / "third", tmp_path / "r3", "--steps", "0", "--init-from", str(tmp_path / "first"))
+    a, b = load_file(tmp_path / "first" / "weak_unet.safetensors"), load_file(tmp_path / "third" / "weak_unet.safetensors")
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a), "the export's weights are the starting point"
+
+
+def test_continuing_from_another_architecture_is_a_clear_error(data_path, tmp_path):
+    run(data_path, tmp_path / "weak", tmp_path / "r1", "--steps", "1")
+    shutil.copy(tmp_path / "weak" / "weak_unet.safetensors", tmp_path / "weak" / "unet.safetensors")
+    with pytest.raises(CheckpointError, match="config differs"):
+        train_main(["--models", "unet", "--data", str(data_path), "--small", "--batch", "4", "--device", "cpu",
+                    "--steps", "1", "--out", str(tmp_path / "o"), "--run-dir", str(tmp_path / "r2"),
+                    "--init-from", str(tmp_path / "weak")])
