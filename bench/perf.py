@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from contextlib import nullcontext
 
 import torch
 
@@ -81,18 +82,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="autocast dtype (default: bfloat16 on CUDA, float32 on CPU)")
     add_arguments(parser)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     zoo = load_zoo(device=device)
     zoo.accelerate(from_args(args), device)
-    rows = [measure(g.strip(), zoo, args.batch, args.steps, device, args.repeats) for g in args.guidance.split(",")
-            if g.strip() in REGISTRY]
+    names = [g.strip() for g in args.guidance.split(",") if g.strip()]
+    unknown = [g for g in names if g not in REGISTRY]
+    if unknown:
+        raise SystemExit(f"error: unknown guidance {unknown}; valid: {', '.join(REGISTRY)}")
+    with autocast:
+        rows = [measure(g, zoo, args.batch, args.steps, device, args.repeats) for g in names]
     import pandas as pd
 
     table = pd.DataFrame(rows).set_index("guidance")
     with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
-        print(f"device {device} ({from_args(args).describe(device)}), batch {args.batch}, {args.steps} DDIM steps, "
+        print(f"device {device} ({from_args(args).describe(device)}, {dtype}), batch {args.batch}, {args.steps} DDIM steps, "
               f"mean of {args.repeats} runs")
         print(table.to_string())
     return 0
