@@ -14,7 +14,6 @@ measured dense bf16 matmul peak. Random weights: the speed, not the samples, is 
 from __future__ import annotations
 
 import argparse
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.perf import timed
 from guidance.accelerate import Acceleration, add_arguments, from_args
 from guidance.diffusion import GaussianDiffusion
 from guidance.guiders import make_guidance
@@ -110,18 +110,6 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 8192, repeats
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     seconds = timed(lambda: a @ b, device, repeats)
     return 2 * n**3 / seconds
-
-
-def timed(fn, device: torch.device, repeats: int) -> float:
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) / repeats
 
 
 def measure(models: dict, size: SizeConfig, guidance_name: str, batch: int, steps: int, device: torch.device,
