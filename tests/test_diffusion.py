@@ -63,7 +63,7 @@ def test_parameter_conversions_round_trip():
 def test_posterior_matches_bayes_rule_closed_form():
     d = GaussianDiffusion.from_schedule("linear", 1000)
     t = 500
-    beta, abar, abar_prev = d.betas[t], d.alphas_cumprod[t], d.alphas_cumprod_prev[t]
+    beta, abar_prev = d.betas[t], d.alphas_cumprod_prev[t]
     x0, x_t = torch.tensor([[0.3]], dtype=torch.float64), torch.tensor([[-0.7]], dtype=torch.float64)
     # q(x_{t-1}|x0) = N(sqrt(abar_prev) x0, 1-abar_prev); q(x_t|x_{t-1}) = N(sqrt(1-beta) x_{t-1}, beta)
     prec = 1 / (1 - abar_prev) + (1 - beta) / beta

@@ -451,6 +451,8 @@ def test_autoguidance_without_a_weak_model_is_a_clear_error_and_all_skips_it(zoo
     monkeypatch.setattr(load, "load_zoo", lambda root=None, device="cpu": no_weak)
     names = guidance_list("all")
     assert "autoguidance" not in names and set(names) == set(REGISTRY) - {"autoguidance"}
+    assert "skips 'autoguidance'" in capsys.readouterr().err
+    assert guidance_list("cfg,autoguidance") == ["cfg", "autoguidance"]  # named: kept, so the run errors
     monkeypatch.setattr(load, "load_zoo", lambda root=None, device="cpu": zoo)
     assert set(guidance_list("all")) == set(REGISTRY)  # the committed zoo has its weak model
 
@@ -470,5 +472,3 @@ def test_autoguidance_with_the_committed_weak_model(zoo, zoo_case):
     torch.testing.assert_close(guided.eps, weak + 2.0 * (main - weak), rtol=1e-5, atol=1e-5)
     assert (main - weak).abs().mean() > 1e-3, "the weak model predicts the same eps as the main one"
     assert torch.isfinite(out.x_prev).all() and not torch.allclose(out.x_prev, plain.x_prev)
-    assert "skips 'autoguidance'" in capsys.readouterr().err
-    assert guidance_list("cfg,autoguidance") == ["cfg", "autoguidance"]  # named: kept, so the run errors
