@@ -287,8 +287,11 @@ def train(job: Job, steps: int, budget: float, run_dir: Path, device: torch.devi
 
     ckpt = run_dir / f"{job.name}.pt"
     before = {"steps": 0, "wall_time_s": 0.0}
-    if init is not None and init.exists() and not ckpt.exists():
-        before = init_from_export(job, init)
+    if init is not None and not ckpt.exists():
+        if init.exists():
+            before = init_from_export(job, init)
+        else:
+            print(f"[{job.name}] no export at {init}: training from scratch")
     model = job.model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -296,7 +299,8 @@ def train(job: Job, steps: int, budget: float, run_dir: Path, device: torch.devi
                             fused=device.type == "cuda")
     ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(
         job.ema_decay)) if job.ema_decay else None
-    g = torch.Generator(device).manual_seed(seed)
+    # a continued model draws fresh batches and noise, not a replay of its first run's
+    g = torch.Generator(device).manual_seed(seed + int(before.get("steps") or 0))
     step, elapsed, history = 0, 0.0, []
     if ckpt.exists():  # resume: our own checkpoint, still loaded without unpickling code
         state = torch.load(ckpt, map_location=device, weights_only=True)
