@@ -30,10 +30,10 @@ def data_path(tmp_path_factory):
     return path
 
 
-def run(data_path, out, run_dir, *extra: str) -> dict:
-    train_main(["--models", "weak_unet", "--data", str(data_path), "--small", "--batch", "4", "--device", "cpu",
+def run(data_path, out, run_dir, *extra: str, model: str = "weak_unet") -> dict:
+    train_main(["--models", model, "--data", str(data_path), "--small", "--batch", "4", "--device", "cpu",
                 "--out", str(out), "--run-dir", str(run_dir), *extra])
-    return read_metadata(out / "weak_unet.safetensors")
+    return read_metadata(out / f"{model}.safetensors")
 
 
 def test_fixed_seed_training_is_reproducible(data_path, tmp_path):
@@ -44,16 +44,39 @@ def test_fixed_seed_training_is_reproducible(data_path, tmp_path):
     assert all(np.array_equal(a[k].float().numpy(), b[k].float().numpy()) for k in a)
 
 
-def test_training_resumes_exactly_from_its_checkpoint(data_path, tmp_path, capsys):
-    run(data_path, tmp_path / "out", tmp_path / "run", "--steps", "2")
-    assert (tmp_path / "run" / "weak_unet.pt").exists()
-    resumed = run(data_path, tmp_path / "out", tmp_path / "run", "--steps", "3")
+@pytest.mark.parametrize("model", ["weak_unet", "unet"])  # the last iterate, and an EMA export
+def test_training_resumes_exactly_from_its_checkpoint(data_path, tmp_path, capsys, model):
+    run(data_path, tmp_path / "out", tmp_path / "run", "--steps", "2", model=model)
+    assert (tmp_path / "run" / f"{model}.pt").exists()
+    resumed = run(data_path, tmp_path / "out", tmp_path / "run", "--steps", "3", model=model)
     assert "resumed at step 2" in capsys.readouterr().out and resumed["info"]["steps"] == 3
-    run(data_path, tmp_path / "straight", tmp_path / "run2", "--steps", "3")
-    a = load_file(tmp_path / "out" / "weak_unet.safetensors")
-    b = load_file(tmp_path / "straight" / "weak_unet.safetensors")
+    run(data_path, tmp_path / "straight", tmp_path / "run2", "--steps", "3", model=model)
+    a = load_file(tmp_path / "out" / f"{model}.safetensors")
+    b = load_file(tmp_path / "straight" / f"{model}.safetensors")
     assert all(np.array_equal(a[k].float().numpy(), b[k].float().numpy()) for k in a), \
         "2 steps + resume + 1 step must equal 3 steps in one go (model, optimiser, EMA and RNG restored)"
+
+
+def test_ema_warms_up_and_follows_its_formula():
+    import torch
+
+    from guidance.zoo.train import EMA
+
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = EMA(model, decay=0.999)
+    assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(10**6) == 0.999
+    expected = 0.0
+    for step in range(1, 30):
+        with torch.no_grad():
+            model.weight.fill_(float(step))
+        ema.update(model)
+        d = min(0.999, (1 + step - 1) / (10 + step - 1))
+        expected = d * expected + (1 - d) * step
+        assert ema.module.weight[0, 0].item() == pytest.approx(expected, rel=1e-6)
+    # after 29 updates the initial weights (0) hold a negligible share, unlike a plain 0.999 EMA (97%)
+    assert ema.module.weight[0, 0].item() > 20
 
 
 def test_training_continues_from_an_export_and_counts_its_steps(data_path, tmp_path):

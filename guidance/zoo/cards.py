@@ -64,7 +64,17 @@ def card(name: str, out: Path) -> str:
              f"| seed | {info.get('seed')} |",
              f"| final losses | {json.dumps({k: round(v, 4) for k, v in info.get('final_losses', {}).items() if k not in ('step', 'time')})} |",
              f"| dataset | {info.get('dataset_size')} images, sha256 {info.get('dataset_checksum')} |",
-             "| stored as | fp16 safetensors, config and this record in the file metadata |", ""]
+             "| stored as | fp16 safetensors, config and this record in the file metadata |"]
+    if info.get("continued_from"):
+        lines.append(f"| continued from | {json.dumps(info['continued_from'])} |")
+    if info.get("weights"):
+        lines.append(f"| weights | {info['weights']} |")
+    if info.get("ema_correction"):
+        c = info["ema_correction"]
+        lines.append(f"| EMA correction | the EMA (no warm-up in the trainer then) held {c['initial_weight_share']:.2%} "
+                     f"of the initial weights; removed by `{c['by']}` (eps MSE {c['eps_mse_before']} -> "
+                     f"{c['eps_mse_after']}) |")
+    lines.append("")
     if info.get("evaluation"):
         lines += ["## Evaluation", "", "```json", json.dumps(info["evaluation"], indent=1), "```", ""]
     grid = f"{name}_samples.png" if name in DIFFUSION_MODELS else "dataset_grid.png"
