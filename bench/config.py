@@ -70,9 +70,11 @@ class BenchConfig:
     out: str = "reports"
     run_id: str | None = None
     preset: str = "quick"
+    model_fingerprint: str | None = None  # hash of the sampling and guiding weights, set when a run loads them
 
-    # fields that change the samples: the resume key
-    SAMPLE_FIELDS = ("prompts", "prompt_limit", "samples_per_prompt", "sampler", "steps", "eta", "dtype", "model")
+    # fields that change the samples: the resume key (new weights under the same --model never reuse samples)
+    SAMPLE_FIELDS = ("prompts", "prompt_limit", "samples_per_prompt", "sampler", "steps", "eta", "dtype", "model",
+                     "model_fingerprint")
 
     @classmethod
     def from_preset(cls, preset: str = "quick", **overrides: Any) -> "BenchConfig":

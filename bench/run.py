@@ -14,7 +14,7 @@ import resource
 import subprocess
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
@@ -225,7 +225,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
     zoo = load_zoo(None if cfg.model == "emoji" else cfg.model, device)
     check_compatible(cfg, prompts, zoo)
     zoo.accelerate(cfg.acceleration(), device)
-    cfg = agree_on_run_id(cfg, shard)
+    cfg = replace(agree_on_run_id(cfg, shard), model_fingerprint=zoo.fingerprint())
     run_dir = prepare_output(cfg)
     if shard.is_main:
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
@@ -275,6 +275,11 @@ def merge_shards(run_dir: Path, progress: bool = True) -> Path:
     cfg.scales = {g: list(v) for g, v in cfg.scales.items()}
     prompts = load_prompt_set(cfg)
     n = len(prompts) * cfg.samples_per_prompt
+    device = torch.device(cfg.device if cfg.device == "cpu" or torch.cuda.is_available() else "cpu")
+    zoo = load_zoo(None if cfg.model == "emoji" else cfg.model, device)
+    if cfg.model_fingerprint not in (None, zoo.fingerprint()):
+        raise ValueError(f"the weights under --model {cfg.model} changed since the shards were sampled "
+                         f"(fingerprint {zoo.fingerprint()} vs {cfg.model_fingerprint}); resample with the current weights")
     cells = [Cell(g, s, k, seed) for g, scales in cfg.scale_grid().items() for s in scales
              for k, seed in enumerate(cfg.seeds)]
     for cell in cells:
@@ -286,8 +291,6 @@ def merge_shards(run_dir: Path, progress: bool = True) -> Path:
             raise ValueError(f"{cell.name}: samples {missing[:5]}... are missing; run the remaining shard jobs "
                              f"(same command with their --shard K/N) before merging")
         store.merge()
-    device = torch.device(cfg.device if cfg.device == "cpu" or torch.cuda.is_available() else "cpu")
-    zoo = load_zoo(None if cfg.model == "emoji" else cfg.model, device)
     return finish_run(cfg, Path(run_dir), cells, zoo, device, Shard(), 0.0, n, progress)
 
 

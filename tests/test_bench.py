@@ -67,6 +67,26 @@ def test_rerun_reuses_finished_samples(tiny_run):
 
 
 @pytest.mark.slow
+def test_new_weights_under_the_same_model_are_resampled_not_reused(tiny_run, tmp_path, monkeypatch):
+    import shutil
+
+    from guidance.zoo.load import Zoo
+
+    copy = tmp_path / "e2e"
+    shutil.copytree(tiny_run, copy)
+    cfg = BenchConfig(**json.loads((copy / "config.json").read_text()))
+    assert cfg.model_fingerprint, "the run must record which weights made its samples"
+    cfg.out, cfg.scales = str(tmp_path), {"none": [0.0]}
+    cfg.guidance = ["none"]
+    before = {p.name: p.stat().st_mtime_ns for p in (copy / "samples").glob("none_*.npz")}
+    monkeypatch.setattr(Zoo, "fingerprint", lambda self: "0123456789abcdef")
+    run_benchmark(cfg, progress=False)
+    after = {p.name: p.stat().st_mtime_ns for p in (copy / "samples").glob("none_*.npz")}
+    assert before.keys() == after.keys() and all(after[k] != before[k] for k in before)
+    assert json.loads((copy / "config.json").read_text())["model_fingerprint"] == "0123456789abcdef"
+
+
+@pytest.mark.slow
 def test_batch_size_does_not_change_samples(tmp_path):
     """Per-sample noise is batch-independent; oneDNN convolutions may still round differently per batch
     shape, so the real UNet agrees to one 8-bit level on a handful of pixels (the analytic model is

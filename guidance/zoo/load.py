@@ -8,6 +8,7 @@ that config loads the same weights.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +120,14 @@ class Zoo:
         for model in [self.denoiser, *self.guiding_models().values()]:
             if model is not None:
                 acceleration.apply(model, device)
+
+    def fingerprint(self) -> str:
+        """Hash of the weights that shape samples (diffusion and guiding models, not the evaluation ones)."""
+        from hashlib import sha256
+
+        sums = {k: v for k, v in self.checksums().items()
+                if k in ("unet.safetensors", "classifier.safetensors", "noised_clip.safetensors", "weak_unet.safetensors")}
+        return sha256(json.dumps(sums, sort_keys=True).encode()).hexdigest()[:16]
 
     def checksums(self) -> dict[str, str]:
         from hashlib import sha256
