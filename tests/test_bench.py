@@ -88,16 +88,17 @@ def test_new_weights_under_the_same_model_are_resampled_not_reused(tiny_run, tmp
 
 @pytest.mark.slow
 def test_batch_size_does_not_change_samples(tmp_path):
-    """Per-sample noise is batch-independent; oneDNN convolutions may still round differently per batch
-    shape, so the real UNet agrees to one 8-bit level on a handful of pixels (the analytic model is
-    bit-identical: tests/test_diffusion.py)."""
+    """Per-sample noise is batch-independent; the network may still round differently per batch shape
+    (oneDNN convolutions, the fused attention kernel), so the real UNet agrees to one 8-bit level on a
+    small share of pixels (the analytic model is bit-identical: tests/test_diffusion.py)."""
     kwargs = dict(guidance=["cfg"], scales={"cfg": [3.0]}, out=str(tmp_path), prompt_limit=5, seeds=[0], steps=3,
                   metrics=["accuracy"])
     a = run_benchmark(BenchConfig.from_preset("tiny", run_id="a", batch_size=5, **kwargs), progress=False)
     b = run_benchmark(BenchConfig.from_preset("tiny", run_id="b", batch_size=2, **kwargs), progress=False)
     with np.load(a / "samples" / "cfg_s3_seed0.npz") as x, np.load(b / "samples" / "cfg_s3_seed0.npz") as y:
         diff = np.abs(x["images"].astype(int) - y["images"].astype(int))
-    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
+    # measured: 0.14-0.22% of pixels one level apart (depends on the weights); wrong noise moves most pixels a lot
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-2, (diff.max(), (diff > 0).mean())
 
 
 @pytest.mark.slow
