@@ -25,7 +25,7 @@ def _flags(**options: object) -> str:
     "nproc": "processes to launch with torchrun", "shard": "K/N: sample shard K of N, merge later",
     "scales": "'1,3,6' for all methods, or 'cfg=1,3,6;clip=1,5,10'",
     "prompts": "built-in set (emoji200, emoji-all) or a prompt file (.txt, .csv, .tsv, .jsonl, COCO .json)",
-    "preset": "quick (default, ~3 min on 2 CPU cores), full (GPU) or tiny",
+    "preset": "quick (default, ~2 min on 2 CPU cores), full (GPU) or tiny",
     "model": "'emoji' (embedded zoo) or a directory of zoo checkpoints",
     "run_id": "run directory name; rerun with the same id to resume an interrupted run",
     "channels_last": "NHWC layout: on, off or auto (default: on for CUDA, off for CPU)",

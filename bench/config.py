@@ -32,7 +32,7 @@ FULL_SCALES: dict[str, list[float]] = {"none": [0.0], "cfg": [1.0, 1.5, 2.0, 3.0
 SCALE_RANGE = (0.0, 1000.0)
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # finishes in about 3 minutes on a 2-core CPU for `--guidance cfg`, and still shows the trade-off
+    # finishes in about 2 minutes on a 2-core CPU for `--guidance cfg`, and still shows the trade-off
     "quick": {"prompts": "emoji200", "prompt_limit": 20, "samples_per_prompt": 1, "seeds": [0, 1, 2],
               "steps": 20, "sampler": "ddim", "batch_size": 72},
     # thousands of samples per cell: meant for a GPU
