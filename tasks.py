@@ -64,7 +64,7 @@ def report(c, runs, out=None):
     c.run(f"{PY} -m bench report {dirs} {_flags(out=out)}")
 
 
-@task(help={"models": "subset of unet,classifier,noised_clip,eval_clip,eval_classifier",
+@task(help={"models": "subset of unet,classifier,noised_clip,eval_clip,eval_classifier,weak_unet",
             "budget": "seconds per model", "device": "cuda or cpu", "small": "tiny architectures (smoke test)",
             "init_from": "continue from the exported models in this directory (e.g. guidance/zoo/weights)"})
 def train(c, models=None, budget=600, steps=None, batch=None, device=None, small=False, data=None, out=None,

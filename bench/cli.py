@@ -38,15 +38,12 @@ def guidance_list(text: str, model: str | None = None) -> list[str]:
 
     if text.strip() != "all":
         return [g.strip() for g in text.split(",") if g.strip()]
-    try:
-        from guidance.zoo.load import load_zoo
+    from guidance.zoo.load import guiding_models_present
 
-        guiding = load_zoo(None if model in (None, "emoji") else model).guiding_models()
-    except (OSError, ValueError):  # a bad --model: the run itself reports it
-        return list(REGISTRY)
+    present = guiding_models_present(None if model in (None, "emoji") else model)  # a bad --model: the run says so
     names = []
     for name, (_, needs) in REGISTRY.items():
-        if needs is not None and guiding.get(needs) is None:
+        if needs is not None and not present.get(needs, False):
             print(f"note: --guidance all skips {name!r}: the model set has no {needs} model", file=sys.stderr)
             continue
         names.append(name)
@@ -109,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.guidance.strip() == "list":
         print_guidance_list()
         return 0
-    from bench.distributed import parse_shard
+    from bench.distributed import init_from_env, parse_shard
     from bench.run import run_benchmark, summary_table
 
     cfg = config_from_args(args)
@@ -117,11 +114,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return launch_torchrun(args.nproc, args.argv)
     shard = parse_shard(args.shard)
     run_dir = run_benchmark(cfg, shard=shard if shard.world > 1 else None)
-    if (shard.world > 1 and not shard.launched) or not (run_dir / "results.csv").exists():
+    if shard.world > 1 or not (run_dir / "results.csv").exists():  # an independent shard: merge scores it
         return 0
-    import os
-
-    if os.environ.get("RANK", "0") != "0":
+    if not init_from_env(cfg.device).is_main:  # under torchrun: rank 0 prints and reports
         return 0
     summary = summary_table(run_dir)
     print(format_summary(summary, run_dir))

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.perf import timed
+from bench.perf import SCALES, timed
 from guidance.accelerate import Acceleration, add_arguments, from_args
 from guidance.diffusion import GaussianDiffusion
 from guidance.guiders import make_guidance
@@ -29,11 +29,6 @@ from guidance.protocols import Conditions
 from guidance.sampling import ddim_step, sample
 from guidance.zoo.encoders import EncoderConfig, NoiseAwareClassifier, NoisedCLIPModel
 from guidance.zoo.unet import TextUNet, UNetConfig
-
-if TYPE_CHECKING:
-    import pandas as pd
-
-SCALES = {"none": 0.0, "cfg": 3.0, "classifier": 5.0, "clip": 5.0}
 
 
 @dataclass(frozen=True)
@@ -112,10 +107,9 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 8192, repeats
     return 2 * n**3 / seconds
 
 
-def measure(models: dict, size: SizeConfig, guidance_name: str, batch: int, steps: int, device: torch.device,
-            autocast, repeats: int) -> tuple[float, float]:
+def measure(models: dict, size: SizeConfig, guidance_name: str, batch: int, diffusion: GaussianDiffusion,
+            device: torch.device, autocast, repeats: int) -> tuple[float, float]:
     """(seconds per sampling run of `batch` images, peak memory in MiB)."""
-    diffusion = GaussianDiffusion.from_schedule("cosine", 1000, learned_variance=True).respace(f"ddim{steps}")
     guidance = make_guidance(guidance_name, SCALES[guidance_name], models)
     cond = conditions(size, batch, device)
     shape = (3, size.unet.image_size, size.unet.image_size)
@@ -132,10 +126,8 @@ def measure(models: dict, size: SizeConfig, guidance_name: str, batch: int, step
 
 
 def benchmark(config: str, guidance: list[str], batches: list[int], steps: int, device: torch.device,
-              dtype: torch.dtype, acceleration: Acceleration = Acceleration(), repeats: int = 1) -> "pd.DataFrame":
+              dtype: torch.dtype, acceleration: Acceleration = Acceleration(), repeats: int = 1) -> pd.DataFrame:
     """One row per (guidance, batch): img/s, FLOPs per image, TFLOP/s, share of peak, peak memory."""
-    import pandas as pd
-
     unknown = [g for g in guidance if g not in SCALES]
     if unknown:
         raise ValueError(f"--guidance {unknown}: this script measures {', '.join(SCALES)}")
@@ -155,7 +147,7 @@ def benchmark(config: str, guidance: list[str], batches: list[int], steps: int, 
     for name in guidance:
         flops = step_flops(models, name, size, diffusion, device, autocast) * steps
         for batch in batches:
-            seconds, memory = measure(models, size, name, batch, steps, device, autocast, repeats)
+            seconds, memory = measure(models, size, name, batch, diffusion, device, autocast, repeats)
             rate = batch / seconds
             rows.append({"guidance": name, "batch": batch, "img_per_s": rate, "GFLOP_per_img": flops / 1e9,
                          "TFLOP_per_s": flops * rate / 1e12, "share_of_peak": flops * rate / peak,
@@ -182,8 +174,6 @@ def main(argv: list[str] | None = None) -> int:
                           getattr(torch, args.dtype), from_args(args), args.repeats)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
-    import pandas as pd
-
     with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
         print(f"\n{args.steps} DDIM steps, mean of {args.repeats} run(s) after one warm-up")
         print(table.to_string())

@@ -20,6 +20,7 @@ from guidance.protocols import Conditions
 from guidance.sampling import sample, step_info
 from guidance.zoo.load import load_zoo
 
+# the scale each method is timed at (others: 3, a typical CFG-convention scale); shared by bench.limit and benchmarks/
 SCALES = {"none": 0.0, "cfg": 3.0, "classifier": 5.0, "clip": 5.0}
 
 

@@ -49,6 +49,12 @@ class Cell:
         return f"{self.guidance}_s{format_scale(self.scale)}_seed{self.seed_set}"
 
 
+def grid_cells(cfg: BenchConfig) -> list[Cell]:
+    """Every (guidance, scale, seed set) cell of a run, in run order."""
+    return [Cell(g, s, k, seed) for g, scales in cfg.scale_grid().items() for s in scales
+            for k, seed in enumerate(cfg.seeds)]
+
+
 def load_prompt_set(cfg: BenchConfig) -> PromptSet:
     import bench.emoji_prompts  # noqa: F401  (registers the built-in sets)
 
@@ -104,6 +110,11 @@ class SampleStore:
         self.final = run_dir / "samples" / f"{cell.name}.npz"
         self.parts = run_dir / "samples" / f"{cell.name}.{cell_hash}.parts"
         self.cell_hash = cell_hash
+
+    @classmethod
+    def of(cls, cfg: BenchConfig, run_dir: Path, cell: Cell) -> "SampleStore":
+        """The store of `cell` under `cfg`, keyed by what its samples depend on."""
+        return cls(Path(run_dir), cell, cfg.cell_hash(cell.guidance, cell.scale, cell.seed))
 
     def done(self) -> bool:
         if not self.final.exists():
@@ -231,11 +242,10 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     n = len(prompts) * cfg.samples_per_prompt
     indices = list(range(n))
-    cells = [Cell(g, s, k, seed) for g, scales in cfg.scale_grid().items() for s in scales
-             for k, seed in enumerate(cfg.seeds)]
+    cells = grid_cells(cfg)
     bar = tqdm(total=n * len(cells), desc="sampling", unit="img", disable=not progress, dynamic_ncols=True)
     for cell in cells:
-        store = SampleStore(run_dir, cell, cfg.cell_hash(cell.guidance, cell.scale, cell.seed))
+        store = SampleStore.of(cfg, run_dir, cell)
         if store.done():
             bar.update(n)
             continue
@@ -277,13 +287,13 @@ def merge_shards(run_dir: Path, progress: bool = True) -> Path:
     n = len(prompts) * cfg.samples_per_prompt
     device = torch.device(cfg.device if cfg.device == "cpu" or torch.cuda.is_available() else "cpu")
     zoo = load_zoo(None if cfg.model == "emoji" else cfg.model, device)
-    if cfg.model_fingerprint not in (None, zoo.fingerprint()):
+    now = zoo.fingerprint()
+    if cfg.model_fingerprint not in (None, now):
         raise ValueError(f"the weights under --model {cfg.model} changed since the shards were sampled "
-                         f"(fingerprint {zoo.fingerprint()} vs {cfg.model_fingerprint}); resample with the current weights")
-    cells = [Cell(g, s, k, seed) for g, scales in cfg.scale_grid().items() for s in scales
-             for k, seed in enumerate(cfg.seeds)]
+                         f"(fingerprint {now} vs {cfg.model_fingerprint}); resample with the current weights")
+    cells = grid_cells(cfg)
     for cell in cells:
-        store = SampleStore(Path(run_dir), cell, cfg.cell_hash(cell.guidance, cell.scale, cell.seed))
+        store = SampleStore.of(cfg, run_dir, cell)
         if store.done():
             continue
         missing = sorted(set(range(n)) - store.finished_indices())

@@ -78,11 +78,16 @@ def my_chunks(n: int, size: int, shard: "Shard") -> list[tuple[int, int]]:
     return chunks[k * shard.rank // shard.world: k * (shard.rank + 1) // shard.world]
 
 
-def merged_throughput(run_dir: Path, cell_name: str) -> dict[str, float] | None:
+def load_throughput(run_dir: Path) -> list[dict[str, dict[str, float]]]:
+    """Every process's timing file (cell name -> work and seconds), read once per scoring."""
+    return [json.loads(path.read_text()) for path in sorted(run_dir.glob("throughput.rank*.json"))]
+
+
+def merged_throughput(per_process: list[dict[str, dict[str, float]]], cell_name: str) -> dict[str, float] | None:
     """Combine every process's timing of a cell through Throughput's reductions (torchmetrics merge_state)."""
     total = None
-    for path in sorted(run_dir.glob("throughput.rank*.json")):
-        spent = json.loads(path.read_text()).get(cell_name)
+    for timings in per_process:
+        spent = timings.get(cell_name)
         if spent is None:
             continue
         part = Throughput(sync_on_compute=False)
@@ -114,9 +119,10 @@ def score_cells(cfg: "BenchConfig", run_dir: Path, cells: list["Cell"], device: 
     group_of_subgroup = [0] * len(labels_meta["subgroup_names"])
     for sub, grp in zip(labels_meta["identity_subgroup"], labels_meta["identity_group"]):
         group_of_subgroup[sub] = grp
+    timings = load_throughput(run_dir)
     rows, fid = [], None
     for cell in tqdm(cells, desc="scoring", disable=not progress, dynamic_ncols=True):
-        store = SampleStore(run_dir, cell, cfg.cell_hash(cell.guidance, cell.scale, cell.seed))
+        store = SampleStore.of(cfg, run_dir, cell)
         images_np, texts, indices = store.load()
         n = len(images_np)
         row: dict[str, float | str | int] = {"guidance": cell.guidance, "scale": cell.scale, "seed_set": cell.seed_set,
@@ -162,7 +168,7 @@ def score_cells(cfg: "BenchConfig", run_dir: Path, cells: list["Cell"], device: 
             row["clip_score"] = float(clip.compute())
         if acc is not None:
             row.update({k: float(v) for k, v in acc.compute().items()})
-        spent = merged_throughput(run_dir, cell.name)
+        spent = merged_throughput(timings, cell.name)
         if spent:
             row.update(spent)
         rows.append(row)

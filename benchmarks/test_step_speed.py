@@ -8,13 +8,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench.perf import SCALES
 from guidance.guiders import REGISTRY, make_guidance
 from guidance.protocols import Conditions
 from guidance.sampling import ddim_step, ddpm_step
 from guidance.zoo.load import load_zoo
 
 BATCH = 8
-SCALES = {"none": 0.0, "cfg": 3.0, "classifier": 5.0, "clip": 5.0}
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def setup():
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
-@pytest.mark.parametrize("name", [n for n in REGISTRY if n != "autoguidance"])
+@pytest.mark.parametrize("name", list(REGISTRY))
 def test_one_step(benchmark, setup, name, sampler):
     zoo, cond, diffusion, x = setup
     guidance = make_guidance(name, SCALES.get(name, 3.0), zoo.guiding_models())

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from guidance.zoo.emoji_data import EmojiDataset
-from guidance.zoo.load import load_model
+from guidance.zoo.load import load_model, training_process
 from guidance.zoo.store import read_metadata, save_model
 from guidance.zoo.train import NUM_TIMESTEPS, Data, make_job
 
@@ -63,9 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     fixed = copy.deepcopy(model)
     fixed.load_state_dict({k: (v.float() - share * init[k].float()) / (1 - share) if v.is_floating_point() else v
                            for k, v in model.state_dict().items()})
-    from guidance.zoo.load import load_zoo
-
-    diffusion = load_zoo(path.parent).diffusion
+    diffusion = training_process(model)
     before, after = eps_mse(model, data, diffusion), eps_mse(fixed, data, diffusion)
     print(f"initial-weight share {share:.4f}; eps MSE on 256 noised training images {before:.4f} -> {after:.4f}")
     if not after < before:

@@ -439,21 +439,22 @@ def test_one_guided_ddim_step_with_the_zoo(zoo, zoo_case, name):
         torch.testing.assert_close(out.x_prev, cfg.x_prev, rtol=1e-5, atol=1e-5)
 
 
-def test_autoguidance_without_a_weak_model_is_a_clear_error_and_all_skips_it(zoo, monkeypatch, capsys):
+def test_autoguidance_without_a_weak_model_is_a_clear_error_and_all_skips_it(zoo, tmp_path, capsys):
     from dataclasses import replace
+
+    from bench.cli import guidance_list
+    from guidance.zoo.load import ZOO_DIR
 
     no_weak = replace(zoo, weak=None)
     with pytest.raises(ValueError, match="autoguidance.*needs a weak model"):
         make_guidance("autoguidance", 2.0, no_weak.guiding_models())
-    import guidance.zoo.load as load
-    from bench.cli import guidance_list
-
-    monkeypatch.setattr(load, "load_zoo", lambda root=None, device="cpu": no_weak)
-    names = guidance_list("all")
+    for f in ZOO_DIR.glob("*.safetensors"):  # a model directory like the zoo, without its weak model
+        if f.name != "weak_unet.safetensors":
+            (tmp_path / f.name).symlink_to(f)
+    names = guidance_list("all", str(tmp_path))
     assert "autoguidance" not in names and set(names) == set(REGISTRY) - {"autoguidance"}
     assert "skips 'autoguidance'" in capsys.readouterr().err
     assert guidance_list("cfg,autoguidance") == ["cfg", "autoguidance"]  # named: kept, so the run errors
-    monkeypatch.setattr(load, "load_zoo", lambda root=None, device="cpu": zoo)
     assert set(guidance_list("all")) == set(REGISTRY)  # the committed zoo has its weak model
 
 

@@ -34,5 +34,4 @@ class AutoGuidance(Guidance):
         return Prediction(weak.eps + scale * (main.eps - weak.eps), main.var_values)
 
     def cost(self, sigma: float | None = None) -> GuidanceCost:
-        scale = self.scale(sigma) if callable(self.scale) and sigma is not None else self.scale
-        return GuidanceCost(network_passes=1 if scale == 1.0 else 2)  # main + weak denoiser passes
+        return GuidanceCost(network_passes=1 if self.scale_for_cost(sigma) == 1.0 else 2)  # main + weak passes

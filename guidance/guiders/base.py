@@ -98,6 +98,16 @@ class Guidance(ABC):
         """Cost per image per step at noise level sigma (None: the cost where guidance is active)."""
         return GuidanceCost(network_passes=1)
 
+    def scale_for_cost(self, sigma: float | None) -> float | None:
+        """The scale at sigma (the constant scale when there is no schedule); None for a schedule and no sigma."""
+        if not callable(self.scale):
+            return float(self.scale)
+        return None if sigma is None else float(self.scale(sigma))
+
+    def network_sigmas(self, diffusion: GaussianDiffusion) -> list[float]:
+        """Noise levels of the steps that run this method (all of them, unless a method skips steps)."""
+        return diffusion.sigmas.tolist()
+
     def cost_per_image(self, diffusion: GaussianDiffusion) -> GuidanceCost:
         """Total work per image over the whole process: the sum of `cost(sigma_i)` over its steps.
 
@@ -105,7 +115,7 @@ class Guidance(ABC):
         levels (guidance interval: one pass outside it) and for methods that skip steps.
         """
         total = GuidanceCost(network_passes=0)
-        for sigma in diffusion.sigmas.tolist():
+        for sigma in self.network_sigmas(diffusion):
             total = total + self.cost(float(sigma))
         return total
 

@@ -44,5 +44,4 @@ class ClassifierFreeGuidance(Guidance):
         return Prediction(self.combine(pred_c.eps, pred_u.eps, scale, step), pred_c.var_values)
 
     def cost(self, sigma: float | None = None) -> GuidanceCost:
-        scale = self.scale(sigma) if callable(self.scale) and sigma is not None else self.scale
-        return GuidanceCost(network_passes=1 if scale == 1.0 else 2)
+        return GuidanceCost(network_passes=1 if self.scale_for_cost(sigma) == 1.0 else 2)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from guidance.diffusion import GaussianDiffusion, extract
-from guidance.guiders.base import GuidanceCost, Prediction, StepInfo, at_least_fp32
+from guidance.guiders.base import Prediction, StepInfo, at_least_fp32
 from guidance.guiders.cfg import ClassifierFreeGuidance
 from guidance.protocols import Conditions, Denoiser
 
@@ -77,13 +77,9 @@ class CFGZeroStar(ClassifierFreeGuidance):
         eps = (a32 * v + x32) / (a32 + b32)
         return Prediction(eps.to(pred_c.eps.dtype), pred_c.var_values)
 
-    def cost_per_image(self, diffusion: GaussianDiffusion) -> GuidanceCost:
-        """Sum of cost(sigma) over the steps after the zero-init ones (those run no network)."""
-        n = diffusion.num_timesteps
-        total = GuidanceCost(network_passes=0)
-        for sigma in diffusion.sigmas[: max(n - self.zero_init_steps, 0)].tolist():
-            total = total + self.cost(float(sigma))
-        return total
+    def network_sigmas(self, diffusion: GaussianDiffusion) -> list[float]:
+        """The steps after the zero-init ones (those run no network)."""
+        return diffusion.sigmas[: max(diffusion.num_timesteps - self.zero_init_steps, 0)].tolist()
 
     def __repr__(self) -> str:
         return f"CFGZeroStar(scale={self.scale}, zero_init_steps={self.zero_init_steps})"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,19 @@ def load_eval_clip(path: str | os.PathLike | None = None, device: str | torch.de
     return EvalCLIPScorer(model, tokenizer, cfg.get("preprocess_cfg", {}), "zoo:eval_clip").to(device)
 
 
+# guiding role -> (file in a model directory, checkpoint kind)
+GUIDING_FILES = {"classifier": ("classifier.safetensors", "classifier"),
+                 "clip": ("noised_clip.safetensors", "noised_clip"),
+                 "weak": ("weak_unet.safetensors", "unet")}
+SAMPLING_FILES = ("unet.safetensors", *(name for name, _ in GUIDING_FILES.values()))
+
+
+def guiding_models_present(root: str | os.PathLike | None = None) -> dict[str, bool]:
+    """Which guiding models a model directory holds, from its files alone (nothing is loaded)."""
+    root = Path(root) if root else ZOO_DIR
+    return {role: (root / name).exists() for role, (name, _) in GUIDING_FILES.items()}
+
+
 @dataclass
 class Zoo:
     """The models one benchmark run needs, loaded from a model directory."""
@@ -111,6 +124,7 @@ class Zoo:
     clip_tokenizer: CaptionTokenizer | None
     root: Path
     weak: TextUNet | None = None  # a weaker diffusion model of the same family, for autoguidance
+    _checksums: dict[str, str] | None = field(default=None, repr=False)  # hashed once: run and manifest share it
 
     def guiding_models(self) -> dict[str, nn.Module | None]:
         return {"classifier": self.classifier, "clip": self.noised_clip, "weak": self.weak}
@@ -125,21 +139,29 @@ class Zoo:
         """Hash of the weights that shape samples (diffusion and guiding models, not the evaluation ones)."""
         from hashlib import sha256
 
-        sums = {k: v for k, v in self.checksums().items()
-                if k in ("unet.safetensors", "classifier.safetensors", "noised_clip.safetensors", "weak_unet.safetensors")}
+        sums = {k: v for k, v in self.checksums().items() if k in SAMPLING_FILES}
         return sha256(json.dumps(sums, sort_keys=True).encode()).hexdigest()[:16]
 
     def checksums(self) -> dict[str, str]:
         from hashlib import sha256
 
-        out = {}
-        for f in sorted(self.root.glob("*.safetensors")):
-            h = sha256()
-            with open(f, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
-            out[f.name] = h.hexdigest()
-        return out
+        if self._checksums is None:
+            out = {}
+            for f in sorted(self.root.glob("*.safetensors")):
+                h = sha256()
+                with open(f, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(block)
+                out[f.name] = h.hexdigest()
+            self._checksums = out
+        return self._checksums
+
+
+def training_process(denoiser: TextUNet) -> GaussianDiffusion:
+    """The diffusion process a denoiser was trained on, from the schedule recorded in its config."""
+    extra = denoiser.config.extra
+    return GaussianDiffusion.from_schedule(extra.get("schedule", "cosine"), int(extra.get("num_timesteps", 1000)),
+                                           learned_variance=denoiser.learned_variance)
 
 
 def load_zoo(root: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Zoo:
@@ -150,17 +172,13 @@ def load_zoo(root: str | os.PathLike | None = None, device: str | torch.device =
                               f"holding unet.safetensors (and classifier/noised_clip for gradient guidance)")
     unet_path = root / "unet.safetensors"
     denoiser: TextUNet = load_model(unet_path, "unet", device)  # type: ignore[assignment]
-    extra = denoiser.config.extra
-    diffusion = GaussianDiffusion.from_schedule(extra.get("schedule", "cosine"), int(extra.get("num_timesteps", 1000)),
-                                                learned_variance=denoiser.learned_variance)
+    diffusion = training_process(denoiser)
     tokenizer = CaptionTokenizer(denoiser.vocab.cpu(), denoiser.config.context_length)
-    classifier = load_model(root / "classifier.safetensors", "classifier", device) \
-        if (root / "classifier.safetensors").exists() else None
-    clip = load_model(root / "noised_clip.safetensors", "noised_clip", device) \
-        if (root / "noised_clip.safetensors").exists() else None
+    guiding = {role: load_model(root / name, kind, device) if (root / name).exists() else None
+               for role, (name, kind) in GUIDING_FILES.items()}
+    clip, weak = guiding["clip"], guiding["weak"]
     clip_tok = CaptionTokenizer(clip.vocab.cpu(), clip.config.context_length) if clip is not None else None
-    weak = load_model(root / "weak_unet.safetensors", "unet", device) if (root / "weak_unet.safetensors").exists() else None
     if weak is not None and not torch.equal(weak.vocab.cpu(), denoiser.vocab.cpu()):
-        raise CheckpointError(f"{root / 'weak_unet.safetensors'} uses another caption vocabulary than unet.safetensors")
-    return Zoo(denoiser, diffusion, tokenizer, classifier, clip, clip_tok, root, weak)  # type: ignore[arg-type]
+        raise CheckpointError(f"{root / GUIDING_FILES['weak'][0]} uses another caption vocabulary than unet.safetensors")
+    return Zoo(denoiser, diffusion, tokenizer, guiding["classifier"], clip, clip_tok, root, weak)  # type: ignore[arg-type]
 

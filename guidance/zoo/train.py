@@ -102,6 +102,7 @@ class Job:
     loss: Callable[[torch.Generator], tuple[Tensor, dict[str, Tensor]]]
     config: dict
     lr: float
+    weight_decay: float = 0.01
     ema_decay: float | None = None
     evaluate: Callable[[nn.Module], dict] | None = None
     kind: str | None = None  # what the checkpoint holds, when it differs from the job's name
@@ -177,8 +178,10 @@ def make_job(name: str, data: Data, batch: int, device: torch.device, small: boo
             return hybrid_loss(diffusion, out, x0, x_t, t, noise)
 
         # the weak model exports its last iterate: a short run's EMA lags behind it (and it is meant to be weak)
-        return Job(name, model, unet_loss, cfg.to_dict(), lr=3e-4, ema_decay=0.999 if name == "unet" else None,
-                   kind="unet")
+        # (the committed weak model was trained with AdamW's weight decay 0.01, the main UNet without)
+        main = name == "unet"
+        return Job(name, model, unet_loss, cfg.to_dict(), lr=3e-4, weight_decay=0.0 if main else 0.01,
+                   ema_decay=0.999 if main else None, kind="unet")
 
     if name in ("classifier", "eval_classifier"):
         noisy = name == "classifier"
@@ -331,7 +334,7 @@ def train(job: Job, steps: int, budget: float, run_dir: Path, device: torch.devi
     model = job.model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=job.lr, weight_decay=0.0 if job.name == "unet" else 0.01,
+    opt = torch.optim.AdamW(model.parameters(), lr=job.lr, weight_decay=job.weight_decay,
                             fused=device.type == "cuda")
     ema = EMA(model, job.ema_decay) if job.ema_decay else None
     # a continued model draws fresh batches and noise, not a replay of its first run's
