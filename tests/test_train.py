@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -87,6 +88,22 @@ def test_training_continues_from_an_export_and_counts_its_steps(data_path, tmp_p
     run(data_path, tmp_path / "third", tmp_path / "r3", "--steps", "0", "--init-from", str(tmp_path / "first"))
     a, b = load_file(tmp_path / "first" / "weak_unet.safetensors"), load_file(tmp_path / "third" / "weak_unet.safetensors")
     assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a), "the export's weights are the starting point"
+
+
+def test_an_export_older_than_a_config_option_still_continues(data_path, tmp_path):
+    """The committed UNet predates `head_channels`: a missing option compares at its default."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    run(data_path, tmp_path / "first", tmp_path / "r1", "--steps", "1")
+    path = tmp_path / "first" / "weak_unet.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata())
+    config = json.loads(meta["config"])
+    assert config.pop("head_channels") is None
+    save_file(load_file(path), str(path), metadata={**meta, "config": json.dumps(config)})
+    meta = run(data_path, tmp_path / "second", tmp_path / "r2", "--steps", "1", "--init-from", str(tmp_path / "first"))
+    assert meta["info"]["steps"] == 2
 
 
 def test_continuing_from_another_architecture_is_a_clear_error(data_path, tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -294,6 +295,18 @@ def retrieval_report(model: nn.Module, data: Data, device: torch.device, noised_
     return report
 
 
+def same_config(job: Job, saved: dict) -> bool:
+    """Whether an export's config describes the job's model; compared through the model's config class
+    where it has one, so options added after the export was written compare at their defaults."""
+    config = getattr(job.model, "config", None)
+    if dataclasses.is_dataclass(config) and hasattr(config, "from_dict"):
+        try:
+            return type(config).from_dict(saved) == config
+        except TypeError:  # a key this version does not know
+            return False
+    return json.loads(json.dumps(job.config)) == saved
+
+
 def init_from_export(job: Job, path: Path) -> dict:
     """Start from an exported model (e.g. the committed zoo) instead of random weights; returns its record.
 
@@ -302,7 +315,7 @@ def init_from_export(job: Job, path: Path) -> dict:
     from guidance.zoo.store import CheckpointError, load_weights, read_metadata
 
     meta = read_metadata(path)
-    if json.loads(json.dumps(job.config)) != meta["config"]:
+    if not same_config(job, meta["config"]):
         raise CheckpointError(f"--init-from {path}: its config differs from the {job.name} being trained "
                               f"(architecture or caption vocabulary); train from scratch or pass a matching export")
     vocab = getattr(job.model, "vocab", None)
