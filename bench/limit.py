@@ -9,6 +9,7 @@ measured dense bf16 matmul peak. Random weights: the speed, not the samples, is 
 
     python -m bench.limit --device cuda --batches 1,16,64 --steps 100 --guidance cfg,classifier,clip
     python -m bench.limit --config tiny --device cpu --steps 2 --batches 1,2   # smoke test
+    python -m bench.limit --device cuda --guidance cfg --batches 64 --profile  # where a step's time goes
 """
 
 from __future__ import annotations
@@ -125,6 +126,36 @@ def measure(models: dict, size: SizeConfig, guidance_name: str, batch: int, diff
     return seconds, memory
 
 
+def profile_step(config: str, guidance_name: str, batch: int, device: torch.device, dtype: torch.dtype,
+                 acceleration: Acceleration = Acceleration(), rows: int = 25) -> str:
+    """Operator table (device time first) of guided DDIM steps after a warm-up: where a step's time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    size = CONFIGS[config]
+    models = build_models(size, device)
+    for model in models.values():
+        acceleration.apply(model, device)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    diffusion = GaussianDiffusion.from_schedule("cosine", 1000, learned_variance=True).respace("ddim10")
+    guidance = make_guidance(guidance_name, SCALES[guidance_name], models)
+    cond = conditions(size, batch, device)
+    x = torch.randn(batch, 3, size.unet.image_size, size.unet.image_size, device=device)
+
+    def steps() -> None:
+        with autocast:
+            for index in (9, 5, 1):
+                ddim_step(models["unet"], diffusion, guidance, x, index, cond)
+
+    steps()  # warm-up (autotuning, compilation)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        steps()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    return prof.key_averages().table(sort_by=sort, row_limit=rows)
+
+
 def benchmark(config: str, guidance: list[str], batches: list[int], steps: int, device: torch.device,
               dtype: torch.dtype, acceleration: Acceleration = Acceleration(), repeats: int = 1) -> pd.DataFrame:
     """One row per (guidance, batch): img/s, FLOPs per image, TFLOP/s, share of peak, peak memory."""
@@ -165,9 +196,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--profile", action="store_true",
+                        help="print the operator table of 3 guided steps (first guidance, largest batch) and exit")
     add_arguments(parser)
     args = parser.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if args.profile:
+        guidance = args.guidance.split(",")[0].strip()
+        batch = max(int(b) for b in args.batches.split(","))
+        print(f"{args.config}, {guidance}, batch {batch}, 3 DDIM steps:")
+        print(profile_step(args.config, guidance, batch, torch.device(args.device), getattr(torch, args.dtype),
+                           from_args(args)))
+        return 0
     try:
         table = benchmark(args.config, [g.strip() for g in args.guidance.split(",") if g.strip()],
                           [int(b) for b in args.batches.split(",")], args.steps, torch.device(args.device),

@@ -106,8 +106,15 @@ def on_device(table: Tensor, device: torch.device) -> Tensor:
     return copy
 
 
-def extract(table: Tensor, index: Tensor, like: Tensor) -> Tensor:
-    """table[index] shaped to broadcast against `like` ([B] -> [B,1,1,...]) in like's dtype and device."""
+def extract(table: Tensor, index: Tensor | int, like: Tensor) -> Tensor | float:
+    """table[index] shaped to broadcast against `like`.
+
+    A sampler steps the whole batch at one process step (an int): then the coefficient is a Python
+    float read from the host table, so the step launches no indexing or casting work on the device.
+    Per-sample steps (a [B] tensor, as in training) give [B, 1, 1, ...] in like's dtype and device.
+    """
+    if isinstance(index, int):
+        return float(table[index])
     out = on_device(table, like.device)[index.to(like.device)]
     return out.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
@@ -169,47 +176,49 @@ class GaussianDiffusion:
     def num_timesteps(self) -> int:
         return int(self.betas.shape[0])
 
-    def model_timesteps(self, index: Tensor) -> Tensor:
+    def model_timesteps(self, index: Tensor | int) -> Tensor:
         """The original timesteps that the network sees for process steps `index`."""
         return on_device(self.timestep_map, index.device)[index]
 
     # forward process ----------------------------------------------------------------------------
-    def q_sample(self, x0: Tensor, index: Tensor, noise: Tensor) -> Tensor:
+    def q_sample(self, x0: Tensor, index: Tensor | int, noise: Tensor) -> Tensor:
         return extract(self.sqrt_alphas_cumprod, index, x0) * x0 + extract(self.sqrt_one_minus_alphas_cumprod, index, x0) * noise
 
-    def q_posterior(self, x0: Tensor, x_t: Tensor, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def q_posterior(self, x0: Tensor, x_t: Tensor, index: Tensor | int) -> tuple[Tensor, Tensor, Tensor]:
         """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
         mean = extract(self.posterior_mean_coef1, index, x_t) * x0 + extract(self.posterior_mean_coef2, index, x_t) * x_t
         return mean, extract(self.posterior_variance, index, x_t), extract(self.posterior_log_variance_clipped, index, x_t)
 
     # parameter conversions ------------------------------------------------------------------------
-    def x0_from_eps(self, x_t: Tensor, index: Tensor, eps: Tensor) -> Tensor:
+    def x0_from_eps(self, x_t: Tensor, index: Tensor | int, eps: Tensor) -> Tensor:
         return extract(self.sqrt_recip_alphas_cumprod, index, x_t) * x_t - extract(self.sqrt_recipm1_alphas_cumprod, index, x_t) * eps
 
-    def eps_from_x0(self, x_t: Tensor, index: Tensor, x0: Tensor) -> Tensor:
+    def eps_from_x0(self, x_t: Tensor, index: Tensor | int, x0: Tensor) -> Tensor:
         return (extract(self.sqrt_recip_alphas_cumprod, index, x_t) * x_t - x0) / extract(self.sqrt_recipm1_alphas_cumprod, index, x_t)
 
-    def v_from_eps(self, x0: Tensor, index: Tensor, eps: Tensor) -> Tensor:
+    def v_from_eps(self, x0: Tensor, index: Tensor | int, eps: Tensor) -> Tensor:
         """v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho, 2022)."""
         return extract(self.sqrt_alphas_cumprod, index, x0) * eps - extract(self.sqrt_one_minus_alphas_cumprod, index, x0) * x0
 
-    def eps_from_v(self, x_t: Tensor, index: Tensor, v: Tensor) -> Tensor:
+    def eps_from_v(self, x_t: Tensor, index: Tensor | int, v: Tensor) -> Tensor:
         return extract(self.sqrt_one_minus_alphas_cumprod, index, x_t) * x_t + extract(self.sqrt_alphas_cumprod, index, x_t) * v
 
-    def x0_from_v(self, x_t: Tensor, index: Tensor, v: Tensor) -> Tensor:
+    def x0_from_v(self, x_t: Tensor, index: Tensor | int, v: Tensor) -> Tensor:
         return extract(self.sqrt_alphas_cumprod, index, x_t) * x_t - extract(self.sqrt_one_minus_alphas_cumprod, index, x_t) * v
 
     # reverse process ---------------------------------------------------------------------------
-    def model_log_variance(self, index: Tensor, like: Tensor, var_values: Tensor | None) -> Tensor:
+    def model_log_variance(self, index: Tensor | int, like: Tensor, var_values: Tensor | None) -> Tensor:
         """log Sigma of p(x_{t-1} | x_t): fixed beta-tilde, or learned interpolation of log beta and log beta-tilde."""
         min_log = extract(self.posterior_log_variance_clipped, index, like)
         if var_values is None:
+            if isinstance(min_log, float):
+                return like.new_full((1,) * like.ndim, min_log).expand_as(like)
             return min_log.expand_as(like)
         max_log = extract(self.log_betas, index, like)
         frac = (var_values + 1) / 2
         return frac * max_log + (1 - frac) * min_log
 
-    def p_mean_variance(self, x_t: Tensor, index: Tensor, eps: Tensor, var_values: Tensor | None = None,
+    def p_mean_variance(self, x_t: Tensor, index: Tensor | int, eps: Tensor, var_values: Tensor | None = None,
                         clip_denoised: bool = False) -> dict[str, Tensor]:
         """Mean, variance, log-variance and x0 prediction of the reverse step from an eps prediction."""
         log_var = self.model_log_variance(index, x_t, var_values)

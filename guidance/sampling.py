@@ -8,13 +8,14 @@ step's variance, fixed or learned); DDIM corrects the score, eps - sqrt(1 - abar
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
 import torch
 from torch import Tensor
 
-from guidance.diffusion import GaussianDiffusion, extract
+from guidance.diffusion import GaussianDiffusion
 from guidance.guiders.base import Guidance, Prediction, StepInfo
 from guidance.protocols import Conditions, Denoiser
 from guidance.rng import SampleNoise
@@ -35,9 +36,8 @@ class StepOutput:
 
 
 def step_info(diffusion: GaussianDiffusion, index: int, batch: int, device: torch.device) -> StepInfo:
-    idx = torch.full((batch,), index, dtype=torch.long, device=device)
-    return StepInfo(index=idx, t=diffusion.model_timesteps(idx), sigma=float(diffusion.sigmas[index]),
-                    diffusion=diffusion)
+    t = torch.full((batch,), int(diffusion.timestep_map[index]), dtype=torch.long, device=device)
+    return StepInfo(index=index, t=t, sigma=float(diffusion.sigmas[index]), diffusion=diffusion)
 
 
 def _predict(model: Denoiser, guidance: Guidance, x: Tensor, step: StepInfo, cond: Conditions) -> Prediction:
@@ -51,7 +51,7 @@ def ddpm_step(model: Denoiser, diffusion: GaussianDiffusion, guidance: Guidance,
     """One ancestral step x_t -> x_{t-1}; gradient guidance shifts the mean by Sigma * g."""
     step = step_info(diffusion, index, x.shape[0], x.device)
     pred = _predict(model, guidance, x, step, cond)
-    out = diffusion.p_mean_variance(x, step.index, pred.eps, pred.var_values, clip_denoised)
+    out = diffusion.p_mean_variance(x, index, pred.eps, pred.var_values, clip_denoised)
     mean = out["mean"]
     grad = guidance.gradient(x, step, cond)
     if grad is not None:
@@ -69,16 +69,16 @@ def ddim_step(model: Denoiser, diffusion: GaussianDiffusion, guidance: Guidance,
     step = step_info(diffusion, index, x.shape[0], x.device)
     eps = _predict(model, guidance, x, step, cond).eps
     grad = guidance.gradient(x, step, cond)
+    # the batch shares the step, so the coefficients are host floats: no device work for them
+    abar, abar_prev = float(diffusion.alphas_cumprod[index]), float(diffusion.alphas_cumprod_prev[index])
     if grad is not None:
-        eps = eps - extract(diffusion.sqrt_one_minus_alphas_cumprod, step.index, x) * grad
-    x0 = diffusion.x0_from_eps(x, step.index, eps)
+        eps = eps - math.sqrt(1 - abar) * grad
+    x0 = diffusion.x0_from_eps(x, index, eps)
     if clip_denoised:
         x0 = x0.clamp(-1, 1)
-        eps = diffusion.eps_from_x0(x, step.index, x0)
-    abar = extract(diffusion.alphas_cumprod, step.index, x)
-    abar_prev = extract(diffusion.alphas_cumprod_prev, step.index, x)
-    sigma = eta * ((1 - abar_prev) / (1 - abar)).sqrt() * (1 - abar / abar_prev).sqrt()
-    x_prev = x0 * abar_prev.sqrt() + (1 - abar_prev - sigma**2).sqrt() * eps
+        eps = diffusion.eps_from_x0(x, index, x0)
+    sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
+    x_prev = x0 * math.sqrt(abar_prev) + math.sqrt(1 - abar_prev - sigma**2) * eps
     if eta > 0 and index > 0 and noise is not None:
         x_prev = x_prev + sigma * noise
     return StepOutput(x_prev, x0, eps)
@@ -104,7 +104,7 @@ def sample(model: Denoiser, diffusion: GaussianDiffusion, guidance: Guidance, co
     x = noise.randn(shape, dtype) if x_T is None else x_T.to(device=device, dtype=dtype)
     cond = cond.to(device)
     guidance.reset()
-    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    peaks: list[Tensor] = []  # max |x| per step (NaN propagates), read once at the end: no host sync per step
     steps = range(diffusion.num_timesteps - 1, -1, -1)
     if progress:
         from tqdm.auto import tqdm
@@ -118,12 +118,12 @@ def sample(model: Denoiser, diffusion: GaussianDiffusion, guidance: Guidance, co
         else:
             out = ddim_step(model, diffusion, guidance, x, index, cond, step_noise, eta, clip_denoised)
         x = out.x_prev
-        bad = ~torch.isfinite(x).all()
-        first_bad.masked_fill_((first_bad < 0) & bad, index)  # stays on the device: no sync per step
+        peaks.append(x.abs().amax())
         if callback is not None:
             callback(index, out)
-    bad_step = int(first_bad)
-    if bad_step >= 0:
+    bad = (~torch.isfinite(torch.stack(peaks))).nonzero() if peaks else []
+    if len(bad):
+        bad_step = diffusion.num_timesteps - 1 - int(bad[0])
         raise NonFiniteSampleError(
             f"NaN/Inf in samples with guidance {guidance.name!r} at scale {guidance.scale}, first at step "
             f"{bad_step} (timestep {int(diffusion.timestep_map[bad_step])}); lower the scale or check the model")

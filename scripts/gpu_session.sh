@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Everything a session with a lent GPU should do, in one device call (device time is short), in
 # order of value, each step bounded so that one slow or failing step cannot take the rest with it:
-#   1. near-limit figures (issue 6): GLIDE-base-sized UNet, CFG / classifier / CLIP, batch 1, 16, 64;
+#   1. near-limit figures (issue 6): GLIDE-base-sized UNet, CFG / classifier / CLIP, batch 1, 16, 64,
+#      and the operator table of a CFG step at batch 64 (where the time goes);
 #   2. the time-split table of the zoo models on the GPU (overhead vs a bare loop);
 #   3. continue training the committed UNet (issue 3) for what the deadline leaves;
-#   4. CFG at batch 64 with CUDA graphs (torch.compile reduce-overhead; compiling takes minutes).
+#   4. CFG at batch 1 and 64 with CUDA graphs (torch.compile reduce-overhead; compiling takes minutes).
 # Logs go to $OUT; the continued UNet comes back as $OUT/unet.safetensors.part-* (the device tool
 # returns files of at most 16 MiB): `cat unet.safetensors.part-* > unet.safetensors` to rebuild.
 # Usage: OUT=/path DEADLINE_S=560 bash scripts/gpu_session.sh
@@ -28,6 +29,7 @@ python3 -c "import torch, open_clip; print('torch', torch.__version__, 'open_cli
 
 if [ "${MEASURE:-1}" != 0 ]; then
   step limit_eager 220 python3 -m bench.limit --device cuda --batches 1,16,64 --steps 100 --guidance cfg,classifier,clip
+  step profile 60 python3 -m bench.limit --device cuda --guidance cfg --batches 64 --profile
   step perf 90 python3 -m bench.perf --device cuda --batch 64 --steps 50 --repeats 3
 fi
 
@@ -42,6 +44,6 @@ fi
 graphs=$(( $(left) - 5 ))
 if [ "$graphs" -gt 30 ]; then
   # perf_hints prints why inductor skips CUDA graphs (2026-11-26: graphs gave no speed-up; cause not found yet)
-  TORCH_LOGS=perf_hints step limit_cuda_graphs "$graphs" python3 -m bench.limit --device cuda --batches "${GRAPH_BATCHES:-64}" --steps 100 --guidance cfg --cuda-graphs
+  TORCH_LOGS=perf_hints step limit_cuda_graphs "$graphs" python3 -m bench.limit --device cuda --batches "${GRAPH_BATCHES:-1,64}" --steps 100 --guidance cfg --cuda-graphs
 fi
 ls -la "$OUT"

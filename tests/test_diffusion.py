@@ -158,3 +158,23 @@ def test_extract_on_another_device_reads_the_right_entries():
     assert out.device.type == "meta" and out.shape == (3, 1, 1, 1) and out.dtype == like.dtype
     cpu = extract(diffusion.alphas_cumprod, torch.tensor([0, 7, 49]), torch.zeros(3, 2, 4, 4))
     torch.testing.assert_close(cpu.flatten(), diffusion.alphas_cumprod[[0, 7, 49]].float())
+
+
+def test_a_step_shared_by_the_batch_gives_what_per_sample_steps_give():
+    """Samplers pass one int step (coefficients as host floats); training passes [B] steps."""
+    diffusion = GaussianDiffusion.from_schedule("cosine", 50, learned_variance=True)
+    g = torch.Generator().manual_seed(0)
+    x, eps, v = (torch.randn(3, 2, 4, 4, generator=g) for _ in range(3))
+    v = v.clamp(-1, 1)
+    for i in (0, 7, 49):
+        per_sample = torch.full((3,), i)
+        coef = extract(diffusion.alphas_cumprod, i, x)
+        assert isinstance(coef, float) and coef == float(diffusion.alphas_cumprod[i])
+        torch.testing.assert_close(diffusion.x0_from_eps(x, i, eps), diffusion.x0_from_eps(x, per_sample, eps))
+        torch.testing.assert_close(diffusion.eps_from_x0(x, i, eps), diffusion.eps_from_x0(x, per_sample, eps))
+        for var_values in (None, v):
+            shared = diffusion.p_mean_variance(x, i, eps, var_values, clip_denoised=True)
+            each = diffusion.p_mean_variance(x, per_sample, eps, var_values, clip_denoised=True)
+            for key in each:
+                assert shared[key].shape == each[key].shape, key
+                torch.testing.assert_close(shared[key], each[key])

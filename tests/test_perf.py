@@ -62,3 +62,54 @@ def test_perf_table_splits_time_for_cfg():
     assert row["network_passes_per_img"] == 4 and row["backward_passes_per_img"] == 0
     assert row["sampler_s"] > 0 and row["network_s"] > 0 and row["guidance_extra_s"] == 0
     assert row["img_per_s"] == pytest.approx(2 / row["sampler_s"])
+
+
+class _OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the aten ops that would launch device work (views and host-table reads excluded)."""
+
+    FREE = {"view", "slice", "select", "expand", "split", "_local_scalar_dense", "unsqueeze", "reshape", "t"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name not in self.FREE:
+            self.ops[name] = self.ops.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("guidance", ["none", "cfg"])
+def test_a_sampling_step_launches_only_the_arithmetic_of_the_update(guidance):
+    """On a GPU every op outside the network is a kernel launch the bare loop does not pay (the
+    overhead column of `invoke perf`). The batch shares its step, so the coefficients are host floats:
+    no table indexing or casting per step, and a DDIM step (x0, clamp, eps, update, NaN flag) stays small."""
+    from guidance.diffusion import GaussianDiffusion
+    from guidance.guiders import make_guidance
+    from guidance.sampling import sample
+
+    size = limit.CONFIGS["tiny"]
+    models = limit.build_models(size, torch.device("cpu"))
+    cond = limit.conditions(size, 2, torch.device("cpu"))
+    steps = 10
+    diffusion = GaussianDiffusion.from_schedule("cosine", 1000, learned_variance=True).respace(f"ddim{steps}")
+    method = make_guidance(guidance, 3.0, models)
+    with _OpCounter() as run:
+        sample(models["unet"], diffusion, method, cond, (3, 16, 16), range(2), sampler="ddim")
+    passes = 2 if guidance == "cfg" else 1
+    with _OpCounter() as net, torch.no_grad():
+        models["unet"](torch.zeros(2 * passes, 3, 16, 16), torch.zeros(2 * passes, dtype=torch.long),
+                       torch.cat([cond.model] * passes))
+    extra = {k: (v - steps * net.ops.get(k, 0)) / steps for k, v in run.ops.items()}
+    extra = {k: round(v, 2) for k, v in extra.items() if v > 0}
+    assert "index" not in extra and "_to_copy" not in extra, extra
+    # cfg adds its batching (cat of x, t and tokens) and its combination eps_u + s (eps_c - eps_u)
+    assert sum(extra.values()) <= {"none": 14, "cfg": 20}[guidance], extra
+
+
+def test_limit_profile_lists_the_convolutions_of_a_guided_step(capsys):
+    assert limit.main(["--config", "tiny", "--device", "cpu", "--dtype", "float32", "--guidance", "cfg",
+                       "--batches", "2", "--profile"]) == 0
+    table = capsys.readouterr().out
+    assert "tiny, cfg, batch 2, 3 DDIM steps" in table and "aten::conv2d" in table

@@ -39,7 +39,7 @@ class GuidanceCost:
 class StepInfo:
     """Where the sampler is: process step index (respaced), model timestep and noise level."""
 
-    index: Tensor  # [B] process step indices
+    index: int  # the process step (respaced), shared by the batch
     t: Tensor  # [B] timesteps the networks see
     sigma: float  # sqrt((1 - abar) / abar), the noise level; schedules are functions of it
     diffusion: GaussianDiffusion

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from guidance.diffusion import GaussianDiffusion, extract
+from guidance.diffusion import GaussianDiffusion
 from guidance.guiders.base import Prediction, StepInfo, at_least_fp32
 from guidance.guiders.cfg import ClassifierFreeGuidance
 from guidance.protocols import Conditions, Denoiser
@@ -57,24 +57,25 @@ class CFGZeroStar(ClassifierFreeGuidance):
         return k > 0 and step.sigma >= float(step.diffusion.sigmas[max(n - k, 0)])
 
     @staticmethod
-    def _ab(step: StepInfo, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _ab(step: StepInfo) -> tuple[float, float]:
+        """sqrt(abar) and sqrt(1 - abar) at this step (host floats: the batch shares the step)."""
         d = step.diffusion
-        return extract(d.sqrt_alphas_cumprod, step.index, x), extract(d.sqrt_one_minus_alphas_cumprod, step.index, x)
+        return float(d.sqrt_alphas_cumprod[step.index]), float(d.sqrt_one_minus_alphas_cumprod[step.index])
 
     def predict(self, model: Denoiser, x: Tensor, step: StepInfo, cond: Conditions) -> Prediction:
-        a, b = self._ab(step, x)
+        a, b = self._ab(step)
         if self.is_zero_init(step):
             return Prediction(x / (a + b), None)
         scale = self.scale_at(step)
         if scale == 1.0 and cond.negative is None:
             return super().predict(model, x, step, cond)
         pred_c, pred_u = self.branches(model, x, step, cond)
-        x32, a32, b32 = at_least_fp32(x), at_least_fp32(a), at_least_fp32(b)
-        v_c = ((a32 + b32) * at_least_fp32(pred_c.eps) - x32) / a32
-        v_u = ((a32 + b32) * at_least_fp32(pred_u.eps) - x32) / a32
+        x32 = at_least_fp32(x)
+        v_c = ((a + b) * at_least_fp32(pred_c.eps) - x32) / a
+        v_u = ((a + b) * at_least_fp32(pred_u.eps) - x32) / a
         s_star = optimized_scale(v_c, v_u) if self.use_optimized_scale else torch.ones_like(v_c[:, :1])
         v = s_star * v_u + scale * (v_c - s_star * v_u)
-        eps = (a32 * v + x32) / (a32 + b32)
+        eps = (a * v + x32) / (a + b)
         return Prediction(eps.to(pred_c.eps.dtype), pred_c.var_values)
 
     def network_sigmas(self, diffusion: GaussianDiffusion) -> list[float]:
