@@ -22,24 +22,12 @@ import torch
 from guidance.zoo.emoji_data import EmojiDataset
 from guidance.zoo.load import load_model, training_process
 from guidance.zoo.store import read_metadata, save_model
-from guidance.zoo.train import NUM_TIMESTEPS, Data, make_job
+from guidance.zoo.train import Data, denoising_report, make_job
 
 
 def initial_weights(name: str, data: Data, seed: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)  # what guidance.zoo.train.main does right before make_job
     return make_job(name, data, 1, torch.device("cpu"), small=False).model.state_dict()
-
-
-def eps_mse(model: torch.nn.Module, data: Data, diffusion, n: int = 256) -> float:
-    g = torch.Generator().manual_seed(123)
-    idx = torch.randint(0, len(data.images), (n,), generator=g)
-    t = torch.randint(0, NUM_TIMESTEPS, (n,), generator=g)
-    noise = torch.randn(data.images[idx].shape, generator=g)
-    x_t = diffusion.q_sample(data.images[idx].contiguous(), t, noise)
-    with torch.no_grad():
-        errors = [((model(x, s, c)[:, :3] - e) ** 2).mean(dim=(1, 2, 3))
-                  for x, s, c, e in zip(x_t.split(64), t.split(64), data.tokens[idx].split(64), noise.split(64))]
-    return float(torch.cat(errors).mean())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     fixed.load_state_dict({k: (v.float() - share * init[k].float()) / (1 - share) if v.is_floating_point() else v
                            for k, v in model.state_dict().items()})
     diffusion = training_process(model)
-    before, after = eps_mse(model, data, diffusion), eps_mse(fixed, data, diffusion)
+    key = "eps_mse_256_noised_training_images"
+    before, after = (denoising_report(m, data, diffusion, n=256)[key] for m in (model, fixed))
     print(f"initial-weight share {share:.4f}; eps MSE on 256 noised training images {before:.4f} -> {after:.4f}")
     if not after < before:
         raise SystemExit("the correction did not lower the MSE: the initial weights were not reproduced; file unchanged")

@@ -84,7 +84,11 @@ def test_training_continues_from_an_export_and_counts_its_steps(data_path, tmp_p
     run(data_path, tmp_path / "first", tmp_path / "r1", "--steps", "2")
     meta = run(data_path, tmp_path / "second", tmp_path / "r2", "--steps", "1", "--init-from", str(tmp_path / "first"))
     assert meta["info"]["steps"] == 3
-    assert meta["info"]["continued_from"]["steps"] == 2 and meta["info"]["continued_from"]["this_run"]["steps"] == 1
+    earlier = meta["info"]["continued_from"]
+    assert earlier["steps"] == 2 and earlier["this_run"]["steps"] == 1
+    key = "eps_mse_64_noised_training_images"  # the earlier export's record travels with the continued one
+    assert earlier["evaluation"][key] == read_metadata(tmp_path / "first" / "weak_unet.safetensors")["info"]["evaluation"][key]
+    assert meta["info"]["evaluation"][key] > 0
     run(data_path, tmp_path / "third", tmp_path / "r3", "--steps", "0", "--init-from", str(tmp_path / "first"))
     a, b = load_file(tmp_path / "first" / "weak_unet.safetensors"), load_file(tmp_path / "third" / "weak_unet.safetensors")
     assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a), "the export's weights are the starting point"

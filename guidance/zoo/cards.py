@@ -65,13 +65,19 @@ def card(name: str, out: Path) -> str:
              f"| final losses | {json.dumps({k: round(v, 4) for k, v in info.get('final_losses', {}).items() if k not in ('step', 'time')})} |",
              f"| dataset | {info.get('dataset_size')} images, sha256 {info.get('dataset_checksum')} |",
              "| stored as | fp16 safetensors, config and this record in the file metadata |"]
-    if info.get("continued_from"):
-        lines.append(f"| continued from | {json.dumps(info['continued_from'])} |")
+    earlier = info.get("continued_from") or {}
+    if earlier:
+        this_run = earlier.get("this_run", {})
+        evaluation = "; ".join(f"{k} {v}" for k, v in (earlier.get("evaluation") or {}).items())
+        lines.append(f"| continued from | an export of {earlier.get('steps')} steps ({earlier.get('wall_time_s')} s on "
+                     f"{earlier.get('device')}{'; ' + evaluation if evaluation else ''}); this run added "
+                     f"{this_run.get('steps')} steps in {this_run.get('wall_time_s')} s |")
     if info.get("weights"):
         lines.append(f"| weights | {info['weights']} |")
-    if info.get("ema_correction"):
-        c = info["ema_correction"]
-        lines.append(f"| EMA correction | the EMA (no warm-up in the trainer then) held {c['initial_weight_share']:.2%} "
+    correction = info.get("ema_correction") or earlier.get("ema_correction")
+    if correction:
+        c, whose = correction, "" if info.get("ema_correction") else " (of the export continued from)"
+        lines.append(f"| EMA correction{whose} | the EMA (no warm-up in the trainer then) held {c['initial_weight_share']:.2%} "
                      f"of the initial weights; removed by `{c['by']}` (eps MSE {c['eps_mse_before']} -> "
                      f"{c['eps_mse_after']}) |")
     lines.append("")

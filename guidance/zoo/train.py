@@ -182,7 +182,8 @@ def make_job(name: str, data: Data, batch: int, device: torch.device, small: boo
         # (the committed weak model was trained with AdamW's weight decay 0.01, the main UNet without)
         main = name == "unet"
         return Job(name, model, unet_loss, cfg.to_dict(), lr=3e-4, weight_decay=0.0 if main else 0.01,
-                   ema_decay=0.999 if main else None, kind="unet")
+                   ema_decay=0.999 if main else None, kind="unet",
+                   evaluate=lambda m: denoising_report(m, data, diffusion, n=64 if small else 1024))
 
     if name in ("classifier", "eval_classifier"):
         noisy = name == "classifier"
@@ -249,6 +250,26 @@ def clip_loss(zi: Tensor, zt: Tensor, logit_scale: Tensor) -> tuple[Tensor, dict
 
 
 @torch.no_grad()
+def denoising_report(model: nn.Module, data: Data, diffusion: GaussianDiffusion, n: int = 1024) -> dict:
+    """eps-prediction MSE on a fixed draw of noised training images (same images, timesteps and noise
+    for every model): compares exports of one diffusion model, e.g. before and after more training."""
+    g = torch.Generator().manual_seed(123)
+    idx = torch.randint(0, len(data.images), (n,), generator=g)
+    t = torch.randint(0, NUM_TIMESTEPS, (n,), generator=g)
+    x0 = data.images[idx.to(data.images.device)].float().cpu().contiguous()
+    noise = torch.randn(x0.shape, generator=g)
+    x_t = diffusion.q_sample(x0, t, noise)
+    tokens = data.tokens[idx.to(data.tokens.device)]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        errors = [((model(x.to(device), s.to(device), c.to(device))[:, :3].float().cpu() - e) ** 2).mean(dim=(1, 2, 3))
+                  for x, s, c, e in zip(x_t.split(128), t.split(128), tokens.split(128), noise.split(128))]
+    model.train(was_training)
+    return {f"eps_mse_{n}_noised_training_images": round(float(torch.cat(errors).mean()), 5)}
+
+
 def classifier_report(model: nn.Module, data: Data, diffusion: GaussianDiffusion, noisy: bool, device: torch.device) -> dict:
     """Top-1 identity accuracy on held-out augmented renders (and at several noise levels if noisy)."""
     model.eval()
@@ -325,7 +346,8 @@ def init_from_export(job: Job, path: Path) -> dict:
         raise CheckpointError(f"--init-from {path}: its caption vocabulary differs from this dataset's; "
                               f"train from scratch or rebuild the dataset the export was trained on")
     print(f"[{job.name}] initialised from {path} ({meta['info'].get('steps')} steps already done)")
-    return {key: meta["info"].get(key) for key in ("steps", "wall_time_s", "device")}
+    return {key: meta["info"][key] for key in ("steps", "wall_time_s", "device", "evaluation", "ema_correction",
+                                                "continued_from") if meta["info"].get(key) is not None}
 
 
 def train(job: Job, steps: int, budget: float, run_dir: Path, device: torch.device, seed: int,
@@ -410,9 +432,9 @@ def train(job: Job, steps: int, budget: float, run_dir: Path, device: torch.devi
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "final_losses": history[-1] if history else {}, "history": history[-20:],
             "parameters": sum(p.numel() for p in final.parameters())}
-    if before["steps"]:
-        info["continued_from"] = {"steps": before["steps"], "wall_time_s": before["wall_time_s"],
-                                  "device": before.get("device"), "this_run": {"steps": step, "wall_time_s": round(elapsed, 1)}}
+    if before.get("steps"):
+        # the export continued from, with its own record (evaluation, corrections, what it continued)
+        info["continued_from"] = {**before, "this_run": {"steps": step, "wall_time_s": round(elapsed, 1)}}
     return final, info
 
 
