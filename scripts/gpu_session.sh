@@ -10,6 +10,10 @@
 # returns files of at most 16 MiB): `cat unet.safetensors.part-* > unet.safetensors` to rebuild.
 # Usage: OUT=/path DEADLINE_S=560 bash scripts/gpu_session.sh
 #   MEASURE=0 skips steps 1-2 (a second call that only trains); GRAPH_BATCHES=1,64 picks step 4's batches.
+# The device tool moves at most 64 MiB: the committed weights are 59 MiB, so the dataset travels as an
+# xz'd uncompressed npz (3.4 MiB) with the open_clip/ftfy/wcwidth wheels in one carried folder, and
+# weak_unet.safetensors (unused here) is taken out of the index for the call (`git rm --cached` + an
+# exclude line; `git reset -- <file>` after).
 set -uo pipefail
 OUT=${OUT:?set OUT to an output directory}
 DEADLINE_S=${DEADLINE_S:-560}   # the whole script, in seconds
