@@ -15,7 +15,6 @@ measured dense bf16 matmul peak. Random weights: the speed, not the samples, is 
 from __future__ import annotations
 
 import argparse
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import pandas as pd
@@ -23,7 +22,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.perf import SCALES, timed
-from guidance.accelerate import Acceleration, add_arguments, from_args
+from guidance.accelerate import Acceleration, add_arguments, autocast_context, from_args
 from guidance.diffusion import GaussianDiffusion
 from guidance.guiders import make_guidance
 from guidance.protocols import Conditions
@@ -126,17 +125,22 @@ def measure(models: dict, size: SizeConfig, guidance_name: str, batch: int, diff
     return seconds, memory
 
 
+def prepare(config: str, device: torch.device, dtype: torch.dtype, acceleration: Acceleration, steps: int):
+    """(size, models with the speed-ups applied, autocast context, DDIM process of `steps` steps)."""
+    size = CONFIGS[config]
+    models = build_models(size, device)
+    for model in models.values():
+        acceleration.apply(model, device)
+    diffusion = GaussianDiffusion.from_schedule("cosine", 1000, learned_variance=True).respace(f"ddim{steps}")
+    return size, models, autocast_context(device, dtype), diffusion
+
+
 def profile_step(config: str, guidance_name: str, batch: int, device: torch.device, dtype: torch.dtype,
                  acceleration: Acceleration = Acceleration(), rows: int = 25) -> str:
     """Operator table (device time first) of guided DDIM steps after a warm-up: where a step's time goes."""
     from torch.profiler import ProfilerActivity, profile
 
-    size = CONFIGS[config]
-    models = build_models(size, device)
-    for model in models.values():
-        acceleration.apply(model, device)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-    diffusion = GaussianDiffusion.from_schedule("cosine", 1000, learned_variance=True).respace("ddim10")
+    size, models, autocast, diffusion = prepare(config, device, dtype, acceleration, steps=10)
     guidance = make_guidance(guidance_name, SCALES[guidance_name], models)
     cond = conditions(size, batch, device)
     x = torch.randn(batch, 3, size.unet.image_size, size.unet.image_size, device=device)
@@ -162,12 +166,7 @@ def benchmark(config: str, guidance: list[str], batches: list[int], steps: int, 
     unknown = [g for g in guidance if g not in SCALES]
     if unknown:
         raise ValueError(f"--guidance {unknown}: this script measures {', '.join(SCALES)}")
-    size = CONFIGS[config]
-    models = build_models(size, device)
-    for model in models.values():
-        acceleration.apply(model, device)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-    diffusion = GaussianDiffusion.from_schedule("cosine", 1000, learned_variance=True).respace(f"ddim{steps}")
+    size, models, autocast, diffusion = prepare(config, device, dtype, acceleration, steps)
     params = sum(p.numel() for p in models["unet"].parameters())
     forward = step_flops(models, "none", size, diffusion, device, autocast)
     peak = matmul_peak(device, dtype)

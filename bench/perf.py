@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from contextlib import nullcontext
 
 import torch
 
-from guidance.accelerate import add_arguments, from_args
+from guidance.accelerate import add_arguments, autocast_context, from_args
 from guidance.guiders import REGISTRY, make_guidance
 from guidance.protocols import Conditions
 from guidance.sampling import sample, step_info
@@ -89,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    autocast = autocast_context(device, dtype)
     zoo = load_zoo(device=device)
     zoo.accelerate(from_args(args), device)
     names = [g.strip() for g in args.guidance.split(",") if g.strip()]

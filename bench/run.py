@@ -13,7 +13,6 @@ import platform
 import resource
 import subprocess
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +26,7 @@ from torch import Tensor
 from bench.config import BenchConfig
 from bench.distributed import Shard, init_from_env, local_device
 from bench.prompts import PromptSet, load_prompts
+from guidance.accelerate import autocast_context
 from guidance.guiders import Guidance, make_guidance
 from guidance.protocols import Conditions
 from guidance.sampling import sample
@@ -174,7 +174,7 @@ def sample_cell(cfg: BenchConfig, zoo: Zoo, prompts: PromptSet, cell: Cell, guid
     cost = guidance.cost_per_image(diffusion)  # per image over all steps: exact for interval guidance
     spent = {"images": 0, "seconds": 0.0, "network_passes": 0.0, "guide_passes": 0.0, "backward_passes": 0.0}
     dtype = DTYPES[cfg.dtype]
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    autocast = autocast_context(device, dtype)
     # batches are numbered over the whole cell, so shard ownership and batch members never depend on
     # what other processes or earlier (killed) runs already saved
     for number, batch in enumerate(batches(sorted(sample_indices), cfg.batch_size)):

@@ -8,6 +8,7 @@ part of a run's sample key. Each is opt-in except channels_last, which defaults 
 from __future__ import annotations
 
 import argparse
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +49,11 @@ class Acceleration:
         if self.compile_mode is not None:
             parts.append(f"torch.compile({self.compile_mode})")
         return ", ".join(parts)
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype) -> AbstractContextManager:
+    """Mixed precision for the networks: autocast to `dtype`, or nothing for float32."""
+    return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -176,7 +176,7 @@ class GaussianDiffusion:
     def num_timesteps(self) -> int:
         return int(self.betas.shape[0])
 
-    def model_timesteps(self, index: Tensor | int) -> Tensor:
+    def model_timesteps(self, index: Tensor) -> Tensor:
         """The original timesteps that the network sees for process steps `index`."""
         return on_device(self.timestep_map, index.device)[index]
 

@@ -263,13 +263,13 @@ def denoising_report(model: nn.Module, data: Data, diffusion: GaussianDiffusion,
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        errors = [((model(x.to(device), s.to(device), c.to(device))[:, :3].float().cpu() - e) ** 2).mean(dim=(1, 2, 3))
-                  for x, s, c, e in zip(x_t.split(128), t.split(128), tokens.split(128), noise.split(128))]
+    errors = [((model(x.to(device), s.to(device), c.to(device))[:, :3].float().cpu() - e) ** 2).mean(dim=(1, 2, 3))
+              for x, s, c, e in zip(x_t.split(128), t.split(128), tokens.split(128), noise.split(128))]
     model.train(was_training)
     return {f"eps_mse_{n}_noised_training_images": round(float(torch.cat(errors).mean()), 5)}
 
 
+@torch.no_grad()
 def classifier_report(model: nn.Module, data: Data, diffusion: GaussianDiffusion, noisy: bool, device: torch.device) -> dict:
     """Top-1 identity accuracy on held-out augmented renders (and at several noise levels if noisy)."""
     model.eval()
