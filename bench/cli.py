@@ -86,7 +86,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
                      samples_per_prompt=args.samples_per_prompt, sampler=args.sampler, steps=args.steps,
                      batch_size=args.batch_size, device=args.device, dtype=args.dtype, model=args.model,
                      channels_last=args.channels_last, compile=args.compile or None,
-                     cuda_graphs=args.cuda_graphs or None,
+                     cuda_graphs=args.cuda_graphs or None, cudnn_benchmark=args.cudnn_benchmark,
                      clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
                      score_with_guiding_clip=args.score_with_guiding_clip or None,
                      fid_inception_weights=args.fid_inception_weights, out=args.out, run_id=args.run_id,

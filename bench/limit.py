@@ -22,7 +22,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.perf import SCALES, timed
-from guidance.accelerate import Acceleration, add_arguments, autocast_context, from_args
+from guidance.accelerate import Acceleration, add_arguments, autocast_context, compile_report, from_args
 from guidance.diffusion import GaussianDiffusion
 from guidance.guiders import make_guidance
 from guidance.protocols import Conditions
@@ -116,23 +116,27 @@ def measure(models: dict, size: SizeConfig, guidance_name: str, batch: int, diff
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    def run() -> None:
+    def run(process: GaussianDiffusion = diffusion) -> None:
         with autocast:
-            sample(models["unet"], diffusion, guidance, cond, shape, range(batch), sampler="ddim", device=device)
+            sample(models["unet"], process, guidance, cond, shape, range(batch), sampler="ddim", device=device)
 
-    seconds = timed(run, device, repeats)
+    # two steps warm up what the whole run uses (same shapes); CUDA graphs record on their second call
+    seconds = timed(run, device, repeats, warmup=lambda: run(diffusion.respace([min(2, diffusion.num_timesteps)])))
     memory = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
     return seconds, memory
 
 
-def prepare(config: str, device: torch.device, dtype: torch.dtype, acceleration: Acceleration, steps: int):
-    """(size, models with the speed-ups applied, autocast context, DDIM process of `steps` steps)."""
+def prepare(config: str, device: torch.device, dtype: torch.dtype, steps: int):
+    """(size, models, autocast context, DDIM process of `steps` steps); speed-ups not yet applied, so that
+    FLOPs are counted on the plain modules (a compiled module met first under a dispatch mode may stay eager)."""
     size = CONFIGS[config]
-    models = build_models(size, device)
+    diffusion = GaussianDiffusion.from_schedule("cosine", 1000, learned_variance=True).respace(f"ddim{steps}")
+    return size, build_models(size, device), autocast_context(device, dtype), diffusion
+
+
+def accelerate(models: dict[str, torch.nn.Module], acceleration: Acceleration, device: torch.device) -> None:
     for model in models.values():
         acceleration.apply(model, device)
-    diffusion = GaussianDiffusion.from_schedule("cosine", 1000, learned_variance=True).respace(f"ddim{steps}")
-    return size, models, autocast_context(device, dtype), diffusion
 
 
 def profile_step(config: str, guidance_name: str, batch: int, device: torch.device, dtype: torch.dtype,
@@ -140,7 +144,8 @@ def profile_step(config: str, guidance_name: str, batch: int, device: torch.devi
     """Operator table (device time first) of guided DDIM steps after a warm-up: where a step's time goes."""
     from torch.profiler import ProfilerActivity, profile
 
-    size, models, autocast, diffusion = prepare(config, device, dtype, acceleration, steps=10)
+    size, models, autocast, diffusion = prepare(config, device, dtype, steps=10)
+    accelerate(models, acceleration, device)
     guidance = make_guidance(guidance_name, SCALES[guidance_name], models)
     cond = conditions(size, batch, device)
     x = torch.randn(batch, 3, size.unet.image_size, size.unet.image_size, device=device)
@@ -166,23 +171,26 @@ def benchmark(config: str, guidance: list[str], batches: list[int], steps: int, 
     unknown = [g for g in guidance if g not in SCALES]
     if unknown:
         raise ValueError(f"--guidance {unknown}: this script measures {', '.join(SCALES)}")
-    size, models, autocast, diffusion = prepare(config, device, dtype, acceleration, steps)
+    size, models, autocast, diffusion = prepare(config, device, dtype, steps)
     params = sum(p.numel() for p in models["unet"].parameters())
     forward = step_flops(models, "none", size, diffusion, device, autocast)
+    flops = {name: step_flops(models, name, size, diffusion, device, autocast) * steps for name in guidance}
+    accelerate(models, acceleration, device)
     peak = matmul_peak(device, dtype)
     print(f"{config}: UNet {params / 1e6:.3g}M parameters, {forward / 1e9:.3g} GFLOP per forward per image; "
           f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, {dtype}, "
           f"{acceleration.describe(device)}; measured matmul peak {peak / 1e12:.1f} TFLOP/s", flush=True)
     rows = []
     for name in guidance:
-        flops = step_flops(models, name, size, diffusion, device, autocast) * steps
         for batch in batches:
             seconds, memory = measure(models, size, name, batch, diffusion, device, autocast, repeats)
             rate = batch / seconds
-            rows.append({"guidance": name, "batch": batch, "img_per_s": rate, "GFLOP_per_img": flops / 1e9,
-                         "TFLOP_per_s": flops * rate / 1e12, "share_of_peak": flops * rate / peak,
-                         "limit_img_per_s": peak / flops, "peak_mem_MiB": memory})
+            rows.append({"guidance": name, "batch": batch, "img_per_s": rate, "GFLOP_per_img": flops[name] / 1e9,
+                         "TFLOP_per_s": flops[name] * rate / 1e12, "share_of_peak": flops[name] * rate / peak,
+                         "limit_img_per_s": peak / flops[name], "peak_mem_MiB": memory})
             print(rows[-1], flush=True)
+    if acceleration.compile_mode is not None:
+        print(compile_report(), flush=True)
     return pd.DataFrame(rows).set_index(["guidance", "batch"])
 
 

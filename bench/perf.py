@@ -28,8 +28,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device: torch.device, repeats: int) -> float:
-    fn()  # warm-up (allocator, oneDNN primitives, autotuning)
+def timed(fn, device: torch.device, repeats: int, warmup=None) -> float:
+    """Mean seconds per call of `fn` after one call of `warmup` (default `fn`): allocator, oneDNN
+    primitives, autotuning and compilation happen there. A warm-up needs the shapes, not the length."""
+    (warmup or fn)()
     _sync(device)
     start = time.perf_counter()
     for _ in range(repeats):

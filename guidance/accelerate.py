@@ -20,6 +20,7 @@ class Acceleration:
     channels_last: bool | None = None  # None: on for CUDA, off for CPU
     compile: bool = False  # torch.compile (inductor); the first batch of each shape pays the compile time
     cuda_graphs: bool = False  # torch.compile mode "reduce-overhead": replays whole forwards as CUDA graphs
+    cudnn_benchmark: bool | None = None  # None: on for CUDA; cuDNN times its convolution algorithms per shape
 
     def check(self, device: torch.device) -> None:
         """Raise a one-line ValueError for a combination this device cannot run."""
@@ -40,12 +41,18 @@ class Acceleration:
         self.check(device)
         if self.uses_channels_last(device):
             model.to(memory_format=torch.channels_last)
+        if device.type == "cuda" and self.cudnn_benchmark is not False:
+            # sampling repeats one shape hundreds of times, so timing the algorithms once pays off
+            # (a process-wide switch; results may differ from heuristic algorithms by float rounding)
+            torch.backends.cudnn.benchmark = True
         if self.compile_mode is not None:
             model.compile(mode=self.compile_mode, dynamic=False)
         return model
 
     def describe(self, device: torch.device) -> str:
         parts = ["channels_last" if self.uses_channels_last(device) else "contiguous"]
+        if device.type == "cuda":
+            parts.append(f"cudnn.benchmark {self.cudnn_benchmark is not False}")
         if self.compile_mode is not None:
             parts.append(f"torch.compile({self.compile_mode})")
         return ", ".join(parts)
@@ -56,13 +63,27 @@ def autocast_context(device: torch.device, dtype: torch.dtype) -> AbstractContex
     return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
 
+def compile_report() -> str:
+    """What torch.compile did in this process, from dynamo's counters: a speed-up flag that silently ran
+    eager (a frame skipped, a graph break, CUDA graphs refused) shows here rather than as a missing gain."""
+    from torch._dynamo.utils import counters
+
+    stats = counters["stats"]
+    breaks = sum(counters["graph_break"].values())
+    skips = {k: v for k, v in counters["inductor"].items() if "cudagraph" in k}
+    return (f"torch.compile: {stats['unique_graphs']} graph(s) compiled, {stats['calls_captured']} ops captured, "
+            f"{breaks} graph break(s), {dict(counters['frames'])} frames, cudagraph counters {skips or 'none'}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The speed-up flags, shared by every command that samples."""
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                         help="NHWC network layout (default: on for CUDA, off for CPU)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks (first batch compiles)")
     parser.add_argument("--cuda-graphs", action="store_true", help="torch.compile with CUDA graphs (CUDA only)")
+    parser.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=None,
+                        help="let cuDNN time its convolution algorithms per shape (default: on for CUDA)")
 
 
 def from_args(args: argparse.Namespace) -> Acceleration:
-    return Acceleration(args.channels_last, args.compile, args.cuda_graphs)
+    return Acceleration(args.channels_last, args.compile, args.cuda_graphs, args.cudnn_benchmark)
