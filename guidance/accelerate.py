@@ -68,11 +68,11 @@ def compile_report() -> str:
     eager (a frame skipped, a graph break, CUDA graphs refused) shows here rather than as a missing gain."""
     from torch._dynamo.utils import counters
 
-    stats = counters["stats"]
-    breaks = sum(counters["graph_break"].values())
-    skips = {k: v for k, v in counters["inductor"].items() if "cudagraph" in k}
-    return (f"torch.compile: {stats['unique_graphs']} graph(s) compiled, {stats['calls_captured']} ops captured, "
-            f"{breaks} graph break(s), {dict(counters['frames'])} frames, cudagraph counters {skips or 'none'}")
+    frames, stats = counters["frames"], counters["stats"]
+    cudagraphs = {k: v for k, v in counters["inductor"].items() if "cudagraph" in k}
+    return (f"torch.compile: {stats['unique_graphs']} graph(s) compiled from {frames['ok']} of {frames['total']} "
+            f"frames, {stats['calls_captured']} ops captured, {sum(counters['graph_break'].values())} graph "
+            f"break(s); CUDA-graph counters: {cudagraphs or 'none'}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
