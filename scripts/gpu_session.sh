@@ -6,7 +6,7 @@
 #      CFG step at batch 64 (where the time goes), and eager without cudnn.benchmark;
 #   2. the time-split table of the zoo models on the GPU (overhead vs a bare loop);
 #   3. continue training the committed UNet (issue 3) for what the deadline leaves.
-# Logs go to $OUT; the continued UNet comes back as $OUT/unet.safetensors.part-* (the device tool
+# Logs come back in $OUT/logs.tar; the continued UNet comes back as $OUT/unet.safetensors.part-* (the device tool
 # returns files of at most 16 MiB): `cat unet.safetensors.part-* > unet.safetensors` to rebuild.
 # Usage: OUT=/path DEADLINE_S=560 bash scripts/gpu_session.sh
 #   MEASURE=0 skips steps 1-2 (a call that only trains); GRAPH_BATCHES=64,1 picks the CUDA-graph batches.
@@ -19,13 +19,15 @@ OUT=${OUT:?set OUT to an output directory}
 DEADLINE_S=${DEADLINE_S:-560}   # the whole script, in seconds
 T0=$(date +%s)
 left() { echo $((DEADLINE_S - ($(date +%s) - T0))); }
-step() {  # step NAME SECONDS COMMAND...: run bounded, log to $OUT/NAME.txt, never abort the script
+LOGS=/tmp/gpu_session_logs  # bundled into $OUT/logs.tar after each step: the tool returns at most 8 files
+step() {  # step NAME SECONDS COMMAND...: run bounded, log to $LOGS/NAME.txt, never abort the script
   local name=$1 limit=$2; shift 2
   echo "== $name (at most ${limit}s, $(left)s left)"
-  timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.txt" 2>&1
-  echo "== $name exit $? after $(( $(date +%s) - T0 ))s"; tail -n 25 "$OUT/$name.txt"
+  timeout --kill-after=10 "$limit" "$@" > "$LOGS/$name.txt" 2>&1
+  echo "== $name exit $? after $(( $(date +%s) - T0 ))s"; tail -n 25 "$LOGS/$name.txt"
+  tar -cf "$OUT/logs.tar" -C "$LOGS" .
 }
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$LOGS"
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=20
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__)"
