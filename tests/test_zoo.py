@@ -87,3 +87,40 @@ def test_missing_truncated_and_mismatched_checkpoints_are_clear_errors(tmp_path)
         load_zoo(bad)
     with pytest.raises(CheckpointError, match="model directory not found"):
         load_zoo(tmp_path / "missing")
+
+
+def _bench_run(run_dir, unet_sha: str) -> None:
+    """A finished bench run's two files: manifest (with the sampled weights' sha256) and tidy results."""
+    run_dir.mkdir()
+    manifest = {"run_id": run_dir.name, "created": "2026-11-26T18:00:00+00:00", "device": "cpu (2 cores)",
+                "wall_time_s": 12.0, "models": {"unet.safetensors": unet_sha},
+                "config": {"prompts": "emoji200", "prompt_limit": 4, "samples_per_prompt": 1, "sampler": "ddim",
+                           "steps": 50, "seeds": [0, 1]}}
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    rows = ["guidance,scale,seed_set,n_samples,fid,kid_mean,clip_score,acc_identity,acc_subgroup,acc_group",
+            "cfg,3.0,0,4,200.0,1.0,20.0,0.25,0.50,0.75", "cfg,3.0,1,4,220.0,1.0,22.0,0.25,0.25,0.75"]
+    (run_dir / "results.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_unet_card_records_a_benchmark_of_its_own_weights_only(tmp_path):
+    from hashlib import sha256
+
+    from guidance.zoo import cards
+
+    zoo_dir = tmp_path / "zoo"
+    zoo_dir.mkdir()
+    (zoo_dir / "unet.safetensors").write_bytes(b"weights v1")
+    _bench_run(tmp_path / "ours", sha256(b"weights v1").hexdigest())
+    _bench_run(tmp_path / "theirs", sha256(b"other weights").hexdigest())
+    with pytest.raises(ValueError, match="sampled other UNet weights"):
+        cards.benchmark_record([tmp_path / "ours", tmp_path / "theirs"], zoo_dir)
+
+    record = cards.benchmark_record([tmp_path / "ours"], zoo_dir)
+    cell = record["runs"][0]["cells"][0]
+    assert cell["acc_identity"][0] == 0.25 and cell["acc_subgroup"][0] == 0.375 and cell["fid"][0] == 210.0
+    assert cell["acc_subgroup"][1] < 0.375 < cell["acc_subgroup"][2]  # a t-interval over the 2 seed sets
+    (zoo_dir / cards.BENCHMARK_FILE).write_text(json.dumps(record))
+    table = "\n".join(cards.benchmark_lines(zoo_dir))
+    assert "| cfg | 3 | 25.0% [25.0, 25.0] | 37.5% [-121.3, 196.3] | 75.0% [75.0, 75.0] | 210.0 [82.9, 337.1] |" in table
+    (zoo_dir / "unet.safetensors").write_bytes(b"weights v2")  # retrained: the record no longer applies
+    assert "measured on other weights" in "\n".join(cards.benchmark_lines(zoo_dir))

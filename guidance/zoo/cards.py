@@ -1,7 +1,10 @@
 """Model cards for the zoo: one markdown file per checkpoint, written from the training record in it.
 
 Also writes `unet_samples.png` (CFG samples of the diffusion model) and, when the dataset is
-available, `dataset_grid.png` (the real renders the models were trained on).
+available, `dataset_grid.png` (the real renders the models were trained on). With `--benchmark
+RUN_DIR` (a finished `python -m bench run` directory, repeatable) it records that run's per-cell
+metrics with their confidence intervals in `unet_benchmark.json`, which the UNet's card shows, and
+refuses a run that sampled other UNet weights.
 """
 
 from __future__ import annotations
@@ -29,6 +32,82 @@ ROLES = {
 }
 DIFFUSION_MODELS = ("unet", "weak_unet")
 SAMPLE_PROMPTS = 32
+BENCHMARK_FILE = "unet_benchmark.json"
+BENCHMARK_METRICS = ("acc_identity", "acc_subgroup", "acc_group", "fid", "clip_score")
+
+
+def _sha256(path: Path) -> str:
+    from hashlib import sha256
+
+    h = sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def benchmark_record(run_dirs: list[Path], out: Path) -> dict:
+    """Per-cell means and 95% CIs over seed sets of finished bench runs of the UNet in `out`."""
+    import pandas as pd
+
+    from bench.stats import summarize
+
+    unet_sha = _sha256(out / "unet.safetensors")
+    runs = []
+    for run_dir in run_dirs:
+        manifest_path, results_path = run_dir / "manifest.json", run_dir / "results.csv"
+        if not manifest_path.exists() or not results_path.exists():
+            raise ValueError(f"{run_dir} lacks manifest.json or results.csv; pass a finished `python -m bench run` directory")
+        manifest = json.loads(manifest_path.read_text())
+        if manifest["models"].get("unet.safetensors") != unet_sha:
+            raise ValueError(f"{run_dir} sampled other UNet weights than {out / 'unet.safetensors'}; "
+                             f"rerun the benchmark with these weights")
+        cfg = manifest["config"]
+        cells = []
+        for row in summarize(pd.read_csv(results_path)).to_dict("records"):
+            cell = {"guidance": row["guidance"], "scale": row["scale"], "seed_sets": row["n_seed_sets"],
+                    "samples": row["n_samples"]}
+            for m in BENCHMARK_METRICS:
+                cell[m] = [round(row[k], 4) for k in (m, f"{m}_lo", f"{m}_hi")]
+            cells.append(cell)
+        runs.append({"run_id": manifest["run_id"], "created": manifest["created"], "device": manifest["device"],
+                     "wall_time_s": manifest["wall_time_s"],
+                     "protocol": {k: cfg[k] for k in ("prompts", "prompt_limit", "samples_per_prompt", "sampler",
+                                                       "steps", "seeds")},
+                     "cells": cells})
+    return {"unet_sha256": unet_sha, "runs": runs}
+
+
+def benchmark_lines(out: Path) -> list[str]:
+    """The card's benchmark section, or nothing when no record is kept; a stale record says so."""
+    path = out / BENCHMARK_FILE
+    if not path.exists():
+        return []
+    record = json.loads(path.read_text())
+    lines = ["## Benchmark", ""]
+    if record["unet_sha256"] != _sha256(out / "unet.safetensors"):
+        return lines + [f"`{BENCHMARK_FILE}` was measured on other weights: rerun the benchmark and "
+                        "`python -m guidance.zoo.cards --benchmark RUN_DIR`.", ""]
+
+    def fmt(values: list[float], percent: bool) -> str:
+        mean, lo, hi = (v * 100 if percent else v for v in values)
+        ci = "" if lo != lo else f" [{lo:.1f}, {hi:.1f}]"  # NaN: a single seed set has no interval
+        return f"{mean:.1f}{'%' if percent else ''}{ci}"
+
+    for run in record["runs"]:
+        p = run["protocol"]
+        lines += [f"Run `{run['run_id']}` ({run['created'][:10]}, {run['device']}, {run['wall_time_s']:.0f} s): "
+                  f"{p['prompt_limit']} prompts of {p['prompts']}, {p['sampler']} {p['steps']} steps, seed sets "
+                  f"{p['seeds']}; mean [95% CI over seed sets]. Accuracies by the evaluation classifier "
+                  "(identity 1,870-way, subgroup 99-way, group 9-way), FID on its features, CLIP score by the "
+                  "evaluation CLIP.", "",
+                  "| guidance | scale | identity | subgroup | group | FID | CLIP score |", "|---|---|---|---|---|---|---|"]
+        for c in run["cells"]:
+            lines.append(f"| {c['guidance']} | {c['scale']:g} | {fmt(c['acc_identity'], True)} | "
+                         f"{fmt(c['acc_subgroup'], True)} | {fmt(c['acc_group'], True)} | {fmt(c['fid'], False)} | "
+                         f"{fmt(c['clip_score'], False)} |")
+        lines.append("")
+    return lines
 
 
 def sample_grid(out: Path, name: str = "unet", scale: float = 3.0, steps: int = 50) -> Path:
@@ -83,6 +162,8 @@ def card(name: str, out: Path) -> str:
     lines.append("")
     if info.get("evaluation"):
         lines += ["## Evaluation", "", "```json", json.dumps(info["evaluation"], indent=1), "```", ""]
+    if name == "unet":
+        lines += benchmark_lines(out)
     grid = f"{name}_samples.png" if name in DIFFUSION_MODELS else "dataset_grid.png"
     if (out / grid).exists():
         what = (f"CFG s=3, 50 DDIM steps, the first 32 prompts of emoji200 (listed in {name}_samples.txt)"
@@ -99,8 +180,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(ZOO_DIR))
     parser.add_argument("--data", default=None, help="dataset .npz for dataset_grid.png (optional)")
     parser.add_argument("--no-samples", action="store_true")
+    parser.add_argument("--benchmark", action="append", default=[], metavar="RUN_DIR",
+                        help="record this finished bench run of the UNet in its card (repeatable; replaces the record)")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    if args.benchmark:
+        try:
+            record = benchmark_record([Path(d) for d in args.benchmark], out)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
+        (out / BENCHMARK_FILE).write_text(json.dumps(record, indent=1) + "\n")
+        print(f"wrote {out / BENCHMARK_FILE}")
     if args.data:
         from guidance.zoo.emoji_data import EmojiDataset, save_grid
 
