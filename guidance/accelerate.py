@@ -41,10 +41,10 @@ class Acceleration:
         self.check(device)
         if self.uses_channels_last(device):
             model.to(memory_format=torch.channels_last)
-        if device.type == "cuda" and self.cudnn_benchmark is not False:
+        if device.type == "cuda":
             # sampling repeats one shape hundreds of times, so timing the algorithms once pays off
             # (a process-wide switch; results may differ from heuristic algorithms by float rounding)
-            torch.backends.cudnn.benchmark = True
+            torch.backends.cudnn.benchmark = self.cudnn_benchmark is not False
         if self.compile_mode is not None:
             model.compile(mode=self.compile_mode, dynamic=False)
         return model

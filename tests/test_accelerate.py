@@ -24,6 +24,10 @@ def test_channels_last_defaults_by_device_and_can_be_forced():
     assert not Acceleration(channels_last=False).uses_channels_last(CUDA)
     assert Acceleration(cuda_graphs=True).compile_mode == "reduce-overhead"
     assert Acceleration(compile=True).compile_mode == "default" and Acceleration().compile_mode is None
+    # cuDNN's algorithm search: on by default for CUDA, named in the run's description, meaningless on CPU
+    assert "cudnn.benchmark True" in Acceleration().describe(CUDA)
+    assert "cudnn.benchmark False" in Acceleration(cudnn_benchmark=False).describe(CUDA)
+    assert "cudnn" not in Acceleration().describe(CPU)
 
 
 def test_cuda_graphs_on_cpu_is_refused_with_the_fix():
@@ -67,9 +71,10 @@ def test_cli_flags_reach_the_config_but_not_the_sample_key():
 
     parser = argparse.ArgumentParser()
     add_run_arguments(parser)
-    cfg = config_from_args(parser.parse_args(["--compile", "--no-channels-last"]))
+    cfg = config_from_args(parser.parse_args(["--compile", "--no-channels-last", "--no-cudnn-benchmark"]))
     plain = config_from_args(parser.parse_args([]))
-    assert cfg.acceleration() == Acceleration(channels_last=False, compile=True, cuda_graphs=False)
+    assert cfg.acceleration() == Acceleration(channels_last=False, compile=True, cuda_graphs=False,
+                                              cudnn_benchmark=False)
     assert plain.acceleration() == Acceleration()
     assert cfg.cell_hash("cfg", 3.0, 0) == plain.cell_hash("cfg", 3.0, 0)
     assert cfg.config_hash() == plain.config_hash()
