@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 from guidance.zoo.load import ZOO_DIR, load_zoo
-from guidance.zoo.store import read_metadata
+from guidance.zoo.store import file_sha256, read_metadata
 
 ROLES = {
     "unet": "Text-conditional diffusion model (eps and learned-range variance), 32x32, cosine schedule, T=1000; "
@@ -36,23 +36,13 @@ BENCHMARK_FILE = "unet_benchmark.json"
 BENCHMARK_METRICS = ("acc_identity", "acc_subgroup", "acc_group", "fid", "clip_score")
 
 
-def _sha256(path: Path) -> str:
-    from hashlib import sha256
-
-    h = sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def benchmark_record(run_dirs: list[Path], out: Path) -> dict:
     """Per-cell means and 95% CIs over seed sets of finished bench runs of the UNet in `out`."""
     import pandas as pd
 
     from bench.stats import summarize
 
-    unet_sha = _sha256(out / "unet.safetensors")
+    unet_sha = file_sha256(out / "unet.safetensors")
     runs = []
     for run_dir in run_dirs:
         manifest_path, results_path = run_dir / "manifest.json", run_dir / "results.csv"
@@ -85,7 +75,7 @@ def benchmark_lines(out: Path) -> list[str]:
         return []
     record = json.loads(path.read_text())
     lines = ["## Benchmark", ""]
-    if record["unet_sha256"] != _sha256(out / "unet.safetensors"):
+    if record["unet_sha256"] != file_sha256(out / "unet.safetensors"):
         return lines + [f"`{BENCHMARK_FILE}` was measured on other weights: rerun the benchmark and "
                         "`python -m guidance.zoo.cards --benchmark RUN_DIR`.", ""]
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from guidance.accelerate import Acceleration
 from guidance.diffusion import GaussianDiffusion
 from guidance.zoo.encoders import EncoderConfig, EvalClassifier, NoiseAwareClassifier, NoisedCLIPModel
-from guidance.zoo.store import CheckpointError, load_weights, read_metadata
+from guidance.zoo.store import CheckpointError, file_sha256, load_weights, read_metadata
 from guidance.zoo.text import CaptionTokenizer
 from guidance.zoo.unet import TextUNet, UNetConfig
 
@@ -143,17 +143,8 @@ class Zoo:
         return sha256(json.dumps(sums, sort_keys=True).encode()).hexdigest()[:16]
 
     def checksums(self) -> dict[str, str]:
-        from hashlib import sha256
-
         if self._checksums is None:
-            out = {}
-            for f in sorted(self.root.glob("*.safetensors")):
-                h = sha256()
-                with open(f, "rb") as fh:
-                    for block in iter(lambda: fh.read(1 << 20), b""):
-                        h.update(block)
-                out[f.name] = h.hexdigest()
-            self._checksums = out
+            self._checksums = {f.name: file_sha256(f) for f in sorted(self.root.glob("*.safetensors"))}
         return self._checksums
 
 

@@ -14,6 +14,17 @@ from torch import nn
 FORMAT_VERSION = "1"
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in blocks: names the exact weights a run or record used."""
+    from hashlib import sha256
+
+    h = sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 class CheckpointError(ValueError):
     """A checkpoint is missing, truncated, of the wrong kind or does not fit its architecture."""
 
