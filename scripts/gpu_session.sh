@@ -27,7 +27,7 @@ step() {  # step NAME SECONDS COMMAND...: run bounded, log to $LOGS/NAME.txt, ne
   echo "== $name exit $? after $(( $(date +%s) - T0 ))s"; tail -n 25 "$LOGS/$name.txt"
   tar -cf "$OUT/logs.tar" -C "$LOGS" .
 }
-mkdir -p "$OUT" "$LOGS"
+rm -rf "$LOGS"; mkdir -p "$OUT" "$LOGS"  # a warm machine keeps /tmp: no earlier call's logs
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=20
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__)"
@@ -38,7 +38,7 @@ if [ "${MEASURE:-1}" != 0 ]; then
   step limit_eager 150 python3 -m bench.limit --device cuda --batches 64,1 --steps 100 --guidance cfg
   step profile 60 python3 -m bench.limit --device cuda --guidance cfg --batches 64 --profile
   step limit_compile 170 python3 -m bench.limit --device cuda --batches 64 --steps 100 --guidance cfg --compile
-  TORCH_LOGS=perf_hints step limit_cuda_graphs $(( $(left) > 200 ? 200 : $(left) - 5 )) python3 -m bench.limit \
+  [ "$(left)" -gt 35 ] && TORCH_LOGS=perf_hints step limit_cuda_graphs $(( $(left) > 200 ? 200 : $(left) - 5 )) python3 -m bench.limit \
     --device cuda --batches "${GRAPH_BATCHES:-64,1}" --steps 100 --guidance cfg --cuda-graphs
   [ "$(left)" -gt 60 ] && step limit_no_cudnn_benchmark 50 python3 -m bench.limit --device cuda --batches 64 \
     --steps 100 --guidance cfg --no-cudnn-benchmark

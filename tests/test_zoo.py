@@ -89,16 +89,17 @@ def test_missing_truncated_and_mismatched_checkpoints_are_clear_errors(tmp_path)
         load_zoo(tmp_path / "missing")
 
 
-def _bench_run(run_dir, unet_sha: str) -> None:
-    """A finished bench run's two files: manifest (with the sampled weights' sha256) and tidy results."""
+def _bench_run(run_dir, models: dict, clip_scorer: str = "zoo:eval_clip") -> None:
+    """A finished bench run's two files: manifest (the sha256 of every zoo file it used) and tidy results."""
     run_dir.mkdir()
     manifest = {"run_id": run_dir.name, "created": "2026-11-26T18:00:00+00:00", "device": "cpu (2 cores)",
-                "wall_time_s": 12.0, "models": {"unet.safetensors": unet_sha},
+                "wall_time_s": 12.0, "models": models, "clip_scorer": clip_scorer,
                 "config": {"prompts": "emoji200", "prompt_limit": 4, "samples_per_prompt": 1, "sampler": "ddim",
-                           "steps": 50, "seeds": [0, 1]}}
+                           "steps": 50, "seeds": [0, 1], "fid_inception_weights": None}}
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
     rows = ["guidance,scale,seed_set,n_samples,fid,kid_mean,clip_score,acc_identity,acc_subgroup,acc_group",
-            "cfg,3.0,0,4,200.0,1.0,20.0,0.25,0.50,0.75", "cfg,3.0,1,4,220.0,1.0,22.0,0.25,0.25,0.75"]
+            "cfg,3.0,0,4,200.0,1.0,20.0,0.25,0.50,0.75", "cfg,3.0,1,4,220.0,1.0,22.0,0.25,0.25,0.75",
+            "none,0.0,0,4,300.0,1.0,,0.0,0.25,0.5"]  # a cell without CLIP score and with one seed set
     (run_dir / "results.csv").write_text("\n".join(rows) + "\n")
 
 
@@ -110,17 +111,24 @@ def test_unet_card_records_a_benchmark_of_its_own_weights_only(tmp_path):
     zoo_dir = tmp_path / "zoo"
     zoo_dir.mkdir()
     (zoo_dir / "unet.safetensors").write_bytes(b"weights v1")
-    _bench_run(tmp_path / "ours", sha256(b"weights v1").hexdigest())
-    _bench_run(tmp_path / "theirs", sha256(b"other weights").hexdigest())
-    with pytest.raises(ValueError, match="sampled other UNet weights"):
-        cards.benchmark_record([tmp_path / "ours", tmp_path / "theirs"], zoo_dir)
+    (zoo_dir / "eval_clip.safetensors").write_bytes(b"scorer v1")
+    ours = {"unet.safetensors": sha256(b"weights v1").hexdigest(), "eval_clip.safetensors": sha256(b"scorer v1").hexdigest()}
+    _bench_run(tmp_path / "ours", ours)
+    _bench_run(tmp_path / "other_scorer_file", {**ours, "eval_clip.safetensors": sha256(b"scorer v0").hexdigest()})
+    _bench_run(tmp_path / "guiding_clip_scores", ours, clip_scorer="GUIDING noised CLIP (scores inflated)")
+    with pytest.raises(ValueError, match="other model files"):
+        cards.benchmark_record([tmp_path / "ours", tmp_path / "other_scorer_file"], zoo_dir)
+    with pytest.raises(ValueError, match="evaluation CLIP"):
+        cards.benchmark_record([tmp_path / "guiding_clip_scores"], zoo_dir)
 
     record = cards.benchmark_record([tmp_path / "ours"], zoo_dir)
-    cell = record["runs"][0]["cells"][0]
-    assert cell["acc_identity"][0] == 0.25 and cell["acc_subgroup"][0] == 0.375 and cell["fid"][0] == 210.0
-    assert cell["acc_subgroup"][1] < 0.375 < cell["acc_subgroup"][2]  # a t-interval over the 2 seed sets
-    (zoo_dir / cards.BENCHMARK_FILE).write_text(json.dumps(record))
+    cfg_cell, none_cell = record["runs"][0]["cells"]
+    assert cfg_cell["acc_identity"][0] == 0.25 and cfg_cell["acc_subgroup"][0] == 0.375 and cfg_cell["fid"][0] == 210.0
+    assert cfg_cell["acc_subgroup"][1] < 0.375 < cfg_cell["acc_subgroup"][2]  # a t-interval over the 2 seed sets
+    assert none_cell["clip_score"] == [None, None, None] and none_cell["fid"] == [300.0, None, None]
+    (zoo_dir / cards.BENCHMARK_FILE).write_text(json.dumps(record, allow_nan=False))
     table = "\n".join(cards.benchmark_lines(zoo_dir))
     assert "| cfg | 3 | 25.0% [25.0, 25.0] | 37.5% [-121.3, 196.3] | 75.0% [75.0, 75.0] | 210.0 [82.9, 337.1] |" in table
-    (zoo_dir / "unet.safetensors").write_bytes(b"weights v2")  # retrained: the record no longer applies
-    assert "measured on other weights" in "\n".join(cards.benchmark_lines(zoo_dir))
+    assert "| none | 0 | 0.0% | 25.0% | 50.0% | 300.0 | - |" in table
+    (zoo_dir / "eval_clip.safetensors").write_bytes(b"scorer v2")  # a retrained scorer: the record no longer applies
+    assert "measured with other model files" in "\n".join(cards.benchmark_lines(zoo_dir))

@@ -36,36 +36,48 @@ BENCHMARK_FILE = "unet_benchmark.json"
 BENCHMARK_METRICS = ("acc_identity", "acc_subgroup", "acc_group", "fid", "clip_score")
 
 
+def _zoo_checksums(out: Path) -> dict[str, str]:
+    return {f.name: file_sha256(f) for f in sorted(out.glob("*.safetensors"))}
+
+
+def _interval(row: dict, metric: str) -> list[float | None]:
+    """(mean, lo, hi) rounded, None where not computed (JSON has no NaN)."""
+    return [None if row[k] != row[k] else round(row[k], 4) for k in (metric, f"{metric}_lo", f"{metric}_hi")]
+
+
 def benchmark_record(run_dirs: list[Path], out: Path) -> dict:
-    """Per-cell means and 95% CIs over seed sets of finished bench runs of the UNet in `out`."""
+    """Per-cell means and 95% CIs over seed sets of finished bench runs of the zoo in `out`.
+
+    Only runs that sampled and scored with exactly these files, the evaluation CLIP and the
+    evaluation classifier's features are accepted: the card labels its columns that way."""
     import pandas as pd
 
     from bench.stats import summarize
 
-    unet_sha = file_sha256(out / "unet.safetensors")
+    checksums = _zoo_checksums(out)
     runs = []
     for run_dir in run_dirs:
         manifest_path, results_path = run_dir / "manifest.json", run_dir / "results.csv"
         if not manifest_path.exists() or not results_path.exists():
             raise ValueError(f"{run_dir} lacks manifest.json or results.csv; pass a finished `python -m bench run` directory")
         manifest = json.loads(manifest_path.read_text())
-        if manifest["models"].get("unet.safetensors") != unet_sha:
-            raise ValueError(f"{run_dir} sampled other UNet weights than {out / 'unet.safetensors'}; "
-                             f"rerun the benchmark with these weights")
-        cfg = manifest["config"]
+        cfg = manifest.get("config", {})
+        if manifest.get("models") != checksums:
+            raise ValueError(f"{run_dir} used other model files than those in {out}; rerun the benchmark with these weights")
+        if manifest.get("clip_scorer") != "zoo:eval_clip" or cfg.get("fid_inception_weights"):
+            raise ValueError(f"{run_dir} scored with {manifest.get('clip_scorer')!r} / Inception weights "
+                             f"{cfg.get('fid_inception_weights')!r}; the card records runs scored by the zoo's "
+                             "evaluation CLIP and evaluation-classifier features (the defaults)")
         cells = []
         for row in summarize(pd.read_csv(results_path)).to_dict("records"):
-            cell = {"guidance": row["guidance"], "scale": row["scale"], "seed_sets": row["n_seed_sets"],
-                    "samples": row["n_samples"]}
-            for m in BENCHMARK_METRICS:
-                cell[m] = [round(row[k], 4) for k in (m, f"{m}_lo", f"{m}_hi")]
-            cells.append(cell)
+            cells.append({"guidance": row["guidance"], "scale": row["scale"], "seed_sets": row["n_seed_sets"],
+                          "samples": row["n_samples"], **{m: _interval(row, m) for m in BENCHMARK_METRICS}})
         runs.append({"run_id": manifest["run_id"], "created": manifest["created"], "device": manifest["device"],
                      "wall_time_s": manifest["wall_time_s"],
-                     "protocol": {k: cfg[k] for k in ("prompts", "prompt_limit", "samples_per_prompt", "sampler",
-                                                       "steps", "seeds")},
+                     "protocol": {k: cfg.get(k) for k in ("prompts", "prompt_limit", "samples_per_prompt", "sampler",
+                                                          "steps", "seeds")},
                      "cells": cells})
-    return {"unet_sha256": unet_sha, "runs": runs}
+    return {"models": checksums, "runs": runs}
 
 
 def benchmark_lines(out: Path) -> list[str]:
@@ -75,20 +87,22 @@ def benchmark_lines(out: Path) -> list[str]:
         return []
     record = json.loads(path.read_text())
     lines = ["## Benchmark", ""]
-    if record["unet_sha256"] != file_sha256(out / "unet.safetensors"):
-        return lines + [f"`{BENCHMARK_FILE}` was measured on other weights: rerun the benchmark and "
+    if record.get("models") != _zoo_checksums(out):
+        return lines + [f"`{BENCHMARK_FILE}` was measured with other model files: rerun the benchmark and "
                         "`python -m guidance.zoo.cards --benchmark RUN_DIR`.", ""]
 
-    def fmt(values: list[float], percent: bool) -> str:
-        mean, lo, hi = (v * 100 if percent else v for v in values)
-        ci = "" if lo != lo else f" [{lo:.1f}, {hi:.1f}]"  # NaN: a single seed set has no interval
+    def fmt(values: list[float | None], percent: bool) -> str:
+        mean, lo, hi = (None if v is None else v * 100 if percent else v for v in values)
+        if mean is None:
+            return "-"
+        ci = "" if lo is None else f" [{lo:.1f}, {hi:.1f}]"  # a single seed set has no interval
         return f"{mean:.1f}{'%' if percent else ''}{ci}"
 
     for run in record["runs"]:
         p = run["protocol"]
         lines += [f"Run `{run['run_id']}` ({run['created'][:10]}, {run['device']}, {run['wall_time_s']:.0f} s): "
-                  f"{p['prompt_limit']} prompts of {p['prompts']}, {p['sampler']} {p['steps']} steps, seed sets "
-                  f"{p['seeds']}; mean [95% CI over seed sets]. Accuracies by the evaluation classifier "
+                  f"{p['prompt_limit'] or 'all'} prompts of {p['prompts']}, {p['sampler']} {p['steps']} steps, seed "
+                  f"sets {p['seeds']}; mean [95% CI over seed sets]. Accuracies by the evaluation classifier "
                   "(identity 1,870-way, subgroup 99-way, group 9-way), FID on its features, CLIP score by the "
                   "evaluation CLIP.", "",
                   "| guidance | scale | identity | subgroup | group | FID | CLIP score |", "|---|---|---|---|---|---|---|"]
@@ -98,27 +112,6 @@ def benchmark_lines(out: Path) -> list[str]:
                          f"{fmt(c['clip_score'], False)} |")
         lines.append("")
     return lines
-
-
-def sample_grid(out: Path, name: str = "unet", scale: float = 3.0, steps: int = 50) -> Path:
-    """CFG samples of one diffusion model for the first prompts of the fixed emoji200 set, as a PNG grid."""
-    from bench.emoji_prompts import emoji200
-    from bench.run import to_hwc_uint8
-    from guidance.guiders import make_guidance
-    from guidance.protocols import Conditions
-    from guidance.sampling import sample
-    from guidance.zoo.emoji_data import save_grid
-
-    zoo = load_zoo(out)
-    texts = emoji200().texts()[:SAMPLE_PROMPTS]
-    model = zoo.weak if name == "weak_unet" else zoo.denoiser
-    x = sample(model, zoo.diffusion.respace(str(steps)), make_guidance("cfg", scale),
-               Conditions(model=zoo.tokenizer(texts)), (3, 32, 32), range(len(texts)), seed=0)
-    images = to_hwc_uint8(x)
-    path = out / f"{name}_samples.png"
-    save_grid(images, path, cols=8, scale=3)
-    (out / f"{name}_samples.txt").write_text("\n".join(texts) + "\n")
-    return path
 
 
 def card(name: str, out: Path) -> str:
