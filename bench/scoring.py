@@ -11,7 +11,7 @@ import torch
 
 from bench.metrics import (CLIPScore, DomainFeatures, LabelAccuracy, Reference, Throughput, domain_fid, domain_kid,
                            inception_fid, load_eval_classifier)
-from guidance.zoo.load import ZOO_DIR, EvalCLIPScorer, load_eval_clip
+from guidance.zoo.load import EVAL_CLIP_LABEL, ZOO_DIR, EvalCLIPScorer, load_eval_clip
 
 if TYPE_CHECKING:
     from bench.config import BenchConfig
@@ -24,7 +24,7 @@ KID_MAX_SUBSET = 100
 def scorer_label(cfg: "BenchConfig") -> str:
     if cfg.score_with_guiding_clip:
         return "GUIDING noised CLIP (scores inflated for CLIP guidance)"
-    return f"open_clip:{cfg.clip_model}" if cfg.clip_model else "zoo:eval_clip"
+    return f"open_clip:{cfg.clip_model}" if cfg.clip_model else EVAL_CLIP_LABEL
 
 
 class GuidingCLIPScorer(EvalCLIPScorer):

@@ -132,3 +132,15 @@ def test_unet_card_records_a_benchmark_of_its_own_weights_only(tmp_path):
     assert "| none | 0 | 0.0% | 25.0% | 50.0% | 300.0 | - |" in table
     (zoo_dir / "eval_clip.safetensors").write_bytes(b"scorer v2")  # a retrained scorer: the record no longer applies
     assert "measured with other model files" in "\n".join(cards.benchmark_lines(zoo_dir))
+
+
+def test_cards_command_writes_the_sample_grid_and_the_card(tmp_path, monkeypatch):
+    """`python -m guidance.zoo.cards` end to end on a copy of the UNet: samples, grid PNG, prompt list, card."""
+    from guidance.zoo import cards
+
+    monkeypatch.setattr(cards, "SAMPLE_PROMPTS", 4)  # the command samples 32; 4 keep the test short
+    shutil.copy(ZOO_DIR / "unet.safetensors", tmp_path / "unet.safetensors")
+    cards.main(["--out", str(tmp_path)])
+    assert (tmp_path / "unet_samples.png").stat().st_size > 0
+    assert len((tmp_path / "unet_samples.txt").read_text().splitlines()) == cards.SAMPLE_PROMPTS
+    assert "![CFG s=3, 50 DDIM steps" in (tmp_path / "unet.md").read_text()

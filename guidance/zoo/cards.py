@@ -4,7 +4,7 @@ Also writes `unet_samples.png` (CFG samples of the diffusion model) and, when th
 available, `dataset_grid.png` (the real renders the models were trained on). With `--benchmark
 RUN_DIR` (a finished `python -m bench run` directory, repeatable) it records that run's per-cell
 metrics with their confidence intervals in `unet_benchmark.json`, which the UNet's card shows, and
-refuses a run that sampled other UNet weights.
+refuses a run made with other model files or scorers.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 
 
-from guidance.zoo.load import ZOO_DIR, load_zoo
-from guidance.zoo.store import file_sha256, read_metadata
+from guidance.zoo.load import EVAL_CLIP_LABEL, ZOO_DIR, load_zoo
+from guidance.zoo.store import dir_checksums, read_metadata
 
 ROLES = {
     "unet": "Text-conditional diffusion model (eps and learned-range variance), 32x32, cosine schedule, T=1000; "
@@ -36,13 +36,30 @@ BENCHMARK_FILE = "unet_benchmark.json"
 BENCHMARK_METRICS = ("acc_identity", "acc_subgroup", "acc_group", "fid", "clip_score")
 
 
-def _zoo_checksums(out: Path) -> dict[str, str]:
-    return {f.name: file_sha256(f) for f in sorted(out.glob("*.safetensors"))}
-
-
 def _interval(row: dict, metric: str) -> list[float | None]:
     """(mean, lo, hi) rounded, None where not computed (JSON has no NaN)."""
     return [None if row[k] != row[k] else round(row[k], 4) for k in (metric, f"{metric}_lo", f"{metric}_hi")]
+
+
+def sample_grid(out: Path, name: str = "unet", scale: float = 3.0, steps: int = 50) -> Path:
+    """CFG samples of one diffusion model for the first prompts of the fixed emoji200 set, as a PNG grid."""
+    from bench.emoji_prompts import emoji200
+    from bench.run import to_hwc_uint8
+    from guidance.guiders import make_guidance
+    from guidance.protocols import Conditions
+    from guidance.sampling import sample
+    from guidance.zoo.emoji_data import save_grid
+
+    zoo = load_zoo(out)
+    texts = emoji200().texts()[:SAMPLE_PROMPTS]
+    model = zoo.weak if name == "weak_unet" else zoo.denoiser
+    x = sample(model, zoo.diffusion.respace(str(steps)), make_guidance("cfg", scale),
+               Conditions(model=zoo.tokenizer(texts)), (3, 32, 32), range(len(texts)), seed=0)
+    images = to_hwc_uint8(x)
+    path = out / f"{name}_samples.png"
+    save_grid(images, path, cols=8, scale=3)
+    (out / f"{name}_samples.txt").write_text("\n".join(texts) + "\n")
+    return path
 
 
 def benchmark_record(run_dirs: list[Path], out: Path) -> dict:
@@ -54,7 +71,7 @@ def benchmark_record(run_dirs: list[Path], out: Path) -> dict:
 
     from bench.stats import summarize
 
-    checksums = _zoo_checksums(out)
+    checksums = dir_checksums(out)
     runs = []
     for run_dir in run_dirs:
         manifest_path, results_path = run_dir / "manifest.json", run_dir / "results.csv"
@@ -64,7 +81,7 @@ def benchmark_record(run_dirs: list[Path], out: Path) -> dict:
         cfg = manifest.get("config", {})
         if manifest.get("models") != checksums:
             raise ValueError(f"{run_dir} used other model files than those in {out}; rerun the benchmark with these weights")
-        if manifest.get("clip_scorer") != "zoo:eval_clip" or cfg.get("fid_inception_weights"):
+        if manifest.get("clip_scorer") != EVAL_CLIP_LABEL or cfg.get("fid_inception_weights"):
             raise ValueError(f"{run_dir} scored with {manifest.get('clip_scorer')!r} / Inception weights "
                              f"{cfg.get('fid_inception_weights')!r}; the card records runs scored by the zoo's "
                              "evaluation CLIP and evaluation-classifier features (the defaults)")
@@ -87,7 +104,7 @@ def benchmark_lines(out: Path) -> list[str]:
         return []
     record = json.loads(path.read_text())
     lines = ["## Benchmark", ""]
-    if record.get("models") != _zoo_checksums(out):
+    if record.get("models") != dir_checksums(out):
         return lines + [f"`{BENCHMARK_FILE}` was measured with other model files: rerun the benchmark and "
                         "`python -m guidance.zoo.cards --benchmark RUN_DIR`.", ""]
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from guidance.accelerate import Acceleration
 from guidance.diffusion import GaussianDiffusion
 from guidance.zoo.encoders import EncoderConfig, EvalClassifier, NoiseAwareClassifier, NoisedCLIPModel
-from guidance.zoo.store import CheckpointError, file_sha256, load_weights, read_metadata
+from guidance.zoo.store import CheckpointError, dir_checksums, load_weights, read_metadata
 from guidance.zoo.text import CaptionTokenizer
 from guidance.zoo.unet import TextUNet, UNetConfig
 
@@ -77,6 +77,9 @@ class EvalCLIPScorer(nn.Module):
         return self.model.encode_text(tokens, normalize=True)
 
 
+EVAL_CLIP_LABEL = "zoo:eval_clip"  # how manifests and reports name the zoo's evaluation CLIP as scorer
+
+
 def load_eval_clip(path: str | os.PathLike | None = None, device: str | torch.device = "cpu", arch: str | None = None,
                    pretrained: str | None = None) -> EvalCLIPScorer:
     """The zoo's evaluation CLIP, or any open_clip architecture with a local pretrained file."""
@@ -96,7 +99,7 @@ def load_eval_clip(path: str | os.PathLike | None = None, device: str | torch.de
     cfg = meta["config"]
     context = cfg["model_cfg"]["text_cfg"]["context_length"]
     tokenizer = lambda texts: open_clip.tokenize(texts, context_length=context)  # noqa: E731
-    return EvalCLIPScorer(model, tokenizer, cfg.get("preprocess_cfg", {}), "zoo:eval_clip").to(device)
+    return EvalCLIPScorer(model, tokenizer, cfg.get("preprocess_cfg", {}), EVAL_CLIP_LABEL).to(device)
 
 
 # guiding role -> (file in a model directory, checkpoint kind)
@@ -144,7 +147,7 @@ class Zoo:
 
     def checksums(self) -> dict[str, str]:
         if self._checksums is None:
-            self._checksums = {f.name: file_sha256(f) for f in sorted(self.root.glob("*.safetensors"))}
+            self._checksums = dir_checksums(self.root)
         return self._checksums
 
 

@@ -25,6 +25,11 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def dir_checksums(root: str | os.PathLike) -> dict[str, str]:
+    """File name -> sha256 of every safetensors file in a model directory."""
+    return {f.name: file_sha256(f) for f in sorted(Path(root).glob("*.safetensors"))}
+
+
 class CheckpointError(ValueError):
     """A checkpoint is missing, truncated, of the wrong kind or does not fit its architecture."""
 
