@@ -62,6 +62,7 @@ class BenchConfig:
     compile: bool = False  # torch.compile the networks
     cuda_graphs: bool = False  # torch.compile in "reduce-overhead" mode (CUDA graphs)
     cudnn_benchmark: bool | None = None  # None: on for CUDA (cuDNN times its convolution algorithms)
+    autotune: bool = False  # with compile / cuda_graphs: inductor max-autotune
     model: str = "emoji"  # the embedded zoo, or a directory of zoo-format checkpoints
     clip_model: str | None = None  # open_clip architecture for CLIP score (default: the zoo's eval CLIP)
     clip_pretrained: str | None = None  # local pretrained file for clip_model
@@ -93,7 +94,7 @@ class BenchConfig:
         return {g: [float(s) for s in self.scales.get(g, defaults.get(g, [1.0]))] for g in self.guidance}
 
     def acceleration(self) -> Acceleration:
-        return Acceleration(self.channels_last, self.compile, self.cuda_graphs, self.cudnn_benchmark)
+        return Acceleration(self.channels_last, self.compile, self.cuda_graphs, self.cudnn_benchmark, self.autotune)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -109,7 +110,7 @@ class BenchConfig:
     def config_hash(self) -> str:
         data = self.to_dict()
         for volatile in ("out", "run_id", "device", "batch_size", "channels_last", "compile", "cuda_graphs",
-                         "cudnn_benchmark"):
+                         "cudnn_benchmark", "autotune"):
             data.pop(volatile)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -139,6 +140,8 @@ class BenchConfig:
             raise ValueError("--seeds needs at least one seed (two or more for confidence intervals)")
         if self.cuda_graphs and not self.device.startswith("cuda"):
             raise ValueError(f"--cuda-graphs needs --device cuda (got --device {self.device}); drop the flag on CPU")
+        if self.autotune and not (self.compile or self.cuda_graphs):
+            raise ValueError("--autotune tunes torch.compile's kernels; add --compile or --cuda-graphs")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"unknown dtype {self.dtype!r}; valid: float32, bfloat16, float16")
         bad = [m for m in self.metrics if m not in ("fid", "kid", "clip_score", "accuracy")]

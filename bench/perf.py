@@ -3,13 +3,17 @@
 For each method it times (1) the real sampler, (2) a bare loop that only calls the denoiser the
 same number of times on the same batch shapes, (3) the guiding-model work (forward + backward)
 alone, and (4) scoring the images. Overhead = sampler time / (bare + guide) - 1: the cost of the
-sampler and guidance code itself. All figures come from one process, measured side by side.
+sampler and guidance code itself. All figures come from one process, measured side by side: the
+sampler, the bare loop and the guide are timed in interleaved rounds (the order reversed every other
+round) and each takes its median, so a drift in clocks or background load cannot land on one of them.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+from typing import Callable
 
 import torch
 
@@ -40,6 +44,27 @@ def timed(fn, device: torch.device, repeats: int, warmup=None) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def timed_side_by_side(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, float]:
+    """Median seconds per call of each fn, in `repeats` interleaved rounds after one warm-up call each.
+
+    Timing one variant after the other lets a clock ramp, a warming cache or a neighbour's load favour
+    whichever ran later (suspected behind the +17% that `none`, measured first, once showed on an
+    H100); in rounds of alternating order (A B, B A, ...) all meet the same conditions, so ratios hold.
+    """
+    for fn in fns.values():
+        fn()
+    _sync(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    for round_ in range(repeats):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            fns[name]()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def measure(name: str, zoo, batch: int, steps: int, device: torch.device, repeats: int) -> dict[str, float]:
     texts = ["grinning face", "red apple", "flag: Japan", "rocket"] * (batch // 4 + 1)
     texts = texts[:batch]
@@ -55,14 +80,14 @@ def measure(name: str, zoo, batch: int, steps: int, device: torch.device, repeat
     cb = zoo.tokenizer((texts * 2)[:net_batch]).to(device)
     t = torch.full((net_batch,), 500, device=device)
 
-    with torch.no_grad():
-        full = timed(lambda: sample(zoo.denoiser, diffusion, guidance, cond, (3, 32, 32), range(batch),
-                                    device=device), device, repeats)
-        bare = timed(lambda: [zoo.denoiser(xb, t, cb) for _ in range(steps)], device, repeats)
-    guide = 0.0
+    info = step_info(diffusion, steps // 2, batch, device)
+    runs = {"sampler": lambda: sample(zoo.denoiser, diffusion, guidance, cond, (3, 32, 32), range(batch), device=device),
+            "bare": lambda: [zoo.denoiser(xb, t, cb) for _ in range(steps)]}
     if cost.guide_passes:
-        info = step_info(diffusion, steps // 2, batch, device)
-        guide = timed(lambda: [guidance.gradient(x, info, cond) for _ in range(steps)], device, repeats)
+        runs["guide"] = lambda: [guidance.gradient(x, info, cond) for _ in range(steps)]
+    with torch.no_grad():
+        seconds = timed_side_by_side(runs, device, repeats)
+    full, bare, guide = seconds["sampler"], seconds["bare"], seconds.get("guide", 0.0)
     from bench.metrics import CLIPScore, DomainFeatures, load_eval_classifier
     from guidance.zoo.load import load_eval_clip
 
@@ -82,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance", default="none,cfg,classifier,clip")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                         help="autocast dtype (default: bfloat16 on CUDA, float32 on CPU)")
@@ -104,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     table = pd.DataFrame(rows).set_index("guidance")
     with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
         print(f"device {device} ({from_args(args).describe(device)}, {dtype}), batch {args.batch}, {args.steps} DDIM steps, "
-              f"mean of {args.repeats} runs")
+              f"median of {args.repeats} interleaved runs")
         print(table.to_string())
     return 0
 

@@ -1,4 +1,5 @@
-"""Optional speed-ups applied to the networks before sampling: channels_last, torch.compile, CUDA graphs.
+"""Optional speed-ups applied to the networks before sampling: channels_last, torch.compile, CUDA graphs,
+inductor's max-autotune.
 
 They change how a network runs, never what it computes (beyond float rounding), so they are not
 part of a run's sample key. Each is opt-in except channels_last, which defaults to on for CUDA
@@ -21,11 +22,14 @@ class Acceleration:
     compile: bool = False  # torch.compile (inductor); the first batch of each shape pays the compile time
     cuda_graphs: bool = False  # torch.compile mode "reduce-overhead": replays whole forwards as CUDA graphs
     cudnn_benchmark: bool | None = None  # None: on for CUDA; cuDNN times its convolution algorithms per shape
+    autotune: bool = False  # inductor's max-autotune: benchmarks Triton/template kernels per shape (slow to compile)
 
     def check(self, device: torch.device) -> None:
         """Raise a one-line ValueError for a combination this device cannot run."""
         if self.cuda_graphs and device.type != "cuda":
             raise ValueError(f"--cuda-graphs needs a CUDA device, not {device}; drop the flag or use --device cuda")
+        if self.autotune and not (self.compile or self.cuda_graphs):
+            raise ValueError("--autotune tunes torch.compile's kernels; add --compile or --cuda-graphs")
 
     def uses_channels_last(self, device: torch.device) -> bool:
         return device.type == "cuda" if self.channels_last is None else self.channels_last
@@ -33,8 +37,10 @@ class Acceleration:
     @property
     def compile_mode(self) -> str | None:
         if self.cuda_graphs:
-            return "reduce-overhead"
-        return "default" if self.compile else None
+            return "max-autotune" if self.autotune else "reduce-overhead"
+        if self.compile:
+            return "max-autotune-no-cudagraphs" if self.autotune else "default"
+        return None
 
     def apply(self, model: nn.Module, device: torch.device) -> nn.Module:
         """Convert and compile `model` in place (it keeps its type and attributes); returns it."""
@@ -83,7 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cuda-graphs", action="store_true", help="torch.compile with CUDA graphs (CUDA only)")
     parser.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=None,
                         help="let cuDNN time its convolution algorithms per shape (default: on for CUDA)")
+    parser.add_argument("--autotune", action="store_true",
+                        help="with --compile/--cuda-graphs: inductor max-autotune (minutes of kernel tuning per shape)")
 
 
 def from_args(args: argparse.Namespace) -> Acceleration:
-    return Acceleration(args.channels_last, args.compile, args.cuda_graphs, args.cudnn_benchmark)
+    return Acceleration(args.channels_last, args.compile, args.cuda_graphs, args.cudnn_benchmark, args.autotune)

@@ -30,6 +30,16 @@ def test_channels_last_defaults_by_device_and_can_be_forced():
     assert "cudnn" not in Acceleration().describe(CPU)
 
 
+def test_autotune_picks_inductors_max_autotune_modes_and_needs_compile():
+    assert Acceleration(compile=True, autotune=True).compile_mode == "max-autotune-no-cudagraphs"
+    assert Acceleration(cuda_graphs=True, autotune=True).compile_mode == "max-autotune"
+    assert "torch.compile(max-autotune)" in Acceleration(cuda_graphs=True, autotune=True).describe(CUDA)
+    with pytest.raises(ValueError, match="add --compile or --cuda-graphs"):
+        Acceleration(autotune=True).apply(torch.nn.Linear(2, 2), CPU)
+    with pytest.raises(ValueError, match="add --compile or --cuda-graphs"):
+        BenchConfig(autotune=True).validate()
+
+
 def test_cuda_graphs_on_cpu_is_refused_with_the_fix():
     with pytest.raises(ValueError, match="needs a CUDA device"):
         Acceleration(cuda_graphs=True).apply(torch.nn.Linear(2, 2), CPU)
@@ -71,10 +81,11 @@ def test_cli_flags_reach_the_config_but_not_the_sample_key():
 
     parser = argparse.ArgumentParser()
     add_run_arguments(parser)
-    cfg = config_from_args(parser.parse_args(["--compile", "--no-channels-last", "--no-cudnn-benchmark"]))
+    cfg = config_from_args(parser.parse_args(["--compile", "--no-channels-last", "--no-cudnn-benchmark",
+                                              "--autotune"]))
     plain = config_from_args(parser.parse_args([]))
     assert cfg.acceleration() == Acceleration(channels_last=False, compile=True, cuda_graphs=False,
-                                              cudnn_benchmark=False)
+                                              cudnn_benchmark=False, autotune=True)
     assert plain.acceleration() == Acceleration()
     assert cfg.cell_hash("cfg", 3.0, 0) == plain.cell_hash("cfg", 3.0, 0)
     assert cfg.config_hash() == plain.config_hash()

@@ -64,6 +64,26 @@ def test_perf_table_splits_time_for_cfg():
     assert row["img_per_s"] == pytest.approx(2 / row["sampler_s"])
 
 
+def test_side_by_side_timing_interleaves_rounds_and_takes_medians(monkeypatch):
+    """A one-off slow call (a clock ramp, a background burst) must not move a variant's figure, and
+    neither variant may always run first."""
+    from bench import perf
+
+    clock, calls = [0.0], []
+    costs = {"a": [1.0, 1.0, 9.0, 1.0], "b": [2.0, 2.0, 2.0, 2.0]}  # first entry: the warm-up call
+
+    def run(name: str):
+        def fn() -> None:
+            clock[0] += costs[name][sum(c == name for c in calls)]
+            calls.append(name)
+        return fn
+
+    monkeypatch.setattr(perf.time, "perf_counter", lambda: clock[0])
+    seconds = perf.timed_side_by_side({"a": run("a"), "b": run("b")}, torch.device("cpu"), repeats=3)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
+    assert seconds == {"a": 1.0, "b": 2.0}
+
+
 class _OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
     """Counts the aten ops that would launch device work (views and host-table reads excluded)."""
 
