@@ -1,7 +1,7 @@
 """Where sampling time goes, per guidance: `python -m bench.perf` (what `invoke perf` prints).
 
-For each method it times (1) the real sampler, (2) a bare loop that only calls the denoiser the
-same number of times on the same batch shapes, (3) the guiding-model work (forward + backward)
+For each method it times (1) the real sampler, (2) a bare loop that replays the network calls the
+sampler made (same networks, same batch shapes, recorded from one sampling run), (3) the guiding-model work (forward + backward)
 alone, and (4) scoring the images. Overhead = sampler time / (bare + guide) - 1: the cost of the
 sampler and guidance code itself. All figures come from one process, measured side by side: the
 sampler, the bare loop and the guide are timed in interleaved rounds (the order reversed every other
@@ -65,6 +65,37 @@ def timed_side_by_side(fns: dict[str, Callable[[], object]], device: torch.devic
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+class _RecordingDenoiser:
+    """Forwards to a denoiser and keeps each call's module and arguments, for the bare loop to replay."""
+
+    def __init__(self, model: torch.nn.Module, calls: list) -> None:
+        self.model, self.calls = model, calls
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        self.calls.append((self.model, (x, t, cond)))
+        return self.model(x, t, cond)
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+
+def network_calls(name: str, zoo, diffusion, cond: Conditions, batch: int, device: torch.device) -> list:
+    """(denoiser, args) of every network pass one sampling run makes, in order: the bare loop's work.
+
+    Recorded rather than derived from the method's cost, so the bare loop calls the same networks on
+    the same batch shapes as the sampler: a weak model's passes (autoguidance) stay the weak model's,
+    and steps outside a guidance interval keep their single pass.
+    """
+    calls: list = []
+    models = {k: _RecordingDenoiser(m, calls) if k == "weak" and m is not None else m
+              for k, m in zoo.guiding_models().items()}
+    guidance = make_guidance(name, SCALES.get(name, 3.0), models)
+    with torch.no_grad():
+        sample(_RecordingDenoiser(zoo.denoiser, calls), diffusion, guidance, cond, (3, 32, 32), range(batch),
+               device=device)
+    return calls
+
+
 def measure(name: str, zoo, batch: int, steps: int, device: torch.device, repeats: int) -> dict[str, float]:
     texts = ["grinning face", "red apple", "flag: Japan", "rocket"] * (batch // 4 + 1)
     texts = texts[:batch]
@@ -73,16 +104,11 @@ def measure(name: str, zoo, batch: int, steps: int, device: torch.device, repeat
     diffusion = zoo.diffusion.respace(str(steps))
     guidance = make_guidance(name, SCALES.get(name, 3.0), zoo.guiding_models())
     cost = guidance.cost_per_image(diffusion)
-    per_step = cost.network_passes / steps  # average denoiser passes per image per step
+    calls = network_calls(name, zoo, diffusion, cond, batch, device)
     x = torch.randn(batch, 3, 32, 32, device=device)
-    net_batch = max(1, round(batch * per_step))
-    xb = torch.randn(net_batch, 3, 32, 32, device=device)
-    cb = zoo.tokenizer((texts * 2)[:net_batch]).to(device)
-    t = torch.full((net_batch,), 500, device=device)
-
     info = step_info(diffusion, steps // 2, batch, device)
     runs = {"sampler": lambda: sample(zoo.denoiser, diffusion, guidance, cond, (3, 32, 32), range(batch), device=device),
-            "bare": lambda: [zoo.denoiser(xb, t, cb) for _ in range(steps)]}
+            "bare": lambda: [model(*args) for model, args in calls]}
     if cost.guide_passes:
         runs["guide"] = lambda: [guidance.gradient(x, info, cond) for _ in range(steps)]
     with torch.no_grad():

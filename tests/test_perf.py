@@ -64,6 +64,23 @@ def test_perf_table_splits_time_for_cfg():
     assert row["img_per_s"] == pytest.approx(2 / row["sampler_s"])
 
 
+def test_bare_loop_replays_the_networks_the_sampler_called():
+    """The bare loop must call what the sampler called: autoguidance's second pass is the weak model's
+    (a quarter of the main UNet's FLOPs), not another main-model pass."""
+    from bench.perf import network_calls
+    from guidance.protocols import Conditions
+    from guidance.zoo.load import load_zoo
+
+    zoo = load_zoo(device="cpu")
+    cond = Conditions(model=zoo.tokenizer(["red apple", "rocket"]))
+    diffusion = zoo.diffusion.respace("3")
+    cfg = network_calls("cfg", zoo, diffusion, cond, 2, torch.device("cpu"))
+    assert [(model, args[0].shape[0]) for model, args in cfg] == [(zoo.denoiser, 4)] * 3
+    auto = network_calls("autoguidance", zoo, diffusion, cond, 2, torch.device("cpu"))
+    assert [model for model, _ in auto] == [zoo.denoiser, zoo.weak] * 3
+    assert all(args[0].shape[0] == 2 for _, args in auto)
+
+
 def test_side_by_side_timing_interleaves_rounds_and_takes_medians(monkeypatch):
     """A one-off slow call (a clock ramp, a background burst) must not move a variant's figure, and
     neither variant may always run first."""
