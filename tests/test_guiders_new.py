@@ -129,6 +129,52 @@ def test_cost_per_image_sums_the_steps():
     assert AutoGuidance(torch.nn.Identity(), 2.0).cost_per_image(DIFFUSION).network_passes == 2 * n
 
 
+class _Counting:
+    """Wraps a network and counts the rows it evaluates, and the rows that will be backpropagated."""
+
+    def __init__(self, model) -> None:
+        self.model, self.rows, self.backward_rows = model, 0, 0
+
+    def _count(self, x: torch.Tensor) -> None:
+        self.rows += len(x)
+        self.backward_rows += len(x) if x.requires_grad else 0
+
+    def __call__(self, x, t, *rest):
+        self._count(x)
+        return self.model(x, t, *rest)
+
+    def encode_image(self, x, t):
+        self._count(x)
+        return self.model.encode_image(x, t)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
+@pytest.mark.parametrize("negative", [False, True])
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_reported_cost_is_the_work_the_sampler_does(name, negative):
+    """cost_per_image against passes counted in a real sampling run, at the identity scale (where
+    methods skip work, unless a negative prompt keeps CFG's second branch) and at a guiding scale."""
+    from bench import limit
+
+    size = limit.CONFIGS["tiny"]
+    nets = limit.build_models(size, torch.device("cpu"))
+    cond = limit.conditions(size, 2, torch.device("cpu"))
+    if negative:
+        cond = Conditions(cond.model, cond.labels, cond.clip_tokens, negative=cond.model.flip(0))
+    diffusion = GaussianDiffusion.from_schedule("cosine", 1000, learned_variance=True).respace("ddim6")
+    identity = REGISTRY[name][0].identity_scale
+    for scale in (identity, 4.0):
+        unet, weak, guide = _Counting(nets["unet"]), _Counting(nets["unet"]), _Counting(None)
+        guide.model = nets["clip" if name == "clip" else "classifier"]
+        method = make_guidance(name, scale, {"classifier": guide, "clip": guide, "weak": weak})
+        sample(unet, diffusion, method, cond, (3, 16, 16), range(2), sampler="ddim")
+        cost = method.cost_per_image(diffusion, negative=negative)
+        assert cost.network_passes == (unet.rows + weak.rows) / 2, (name, scale)
+        assert cost.guide_passes == guide.rows / 2 and cost.backward_passes == guide.backward_rows / 2, (name, scale)
+
+
 # ---------------------------------------------------------------- CFG rescale
 
 

@@ -33,5 +33,5 @@ class AutoGuidance(Guidance):
         weak = split_output(self.weak(x, step.t, cond.model), x.shape[1], self.weak.learned_variance)
         return Prediction(weak.eps + scale * (main.eps - weak.eps), main.var_values)
 
-    def cost(self, sigma: float | None = None) -> GuidanceCost:
-        return GuidanceCost(network_passes=1 if self.scale_for_cost(sigma) == 1.0 else 2)  # main + weak passes
+    def cost(self, sigma: float | None = None, negative: bool = False) -> GuidanceCost:
+        return GuidanceCost(network_passes=2 if self.active_at(sigma) else 1)  # main + weak passes

@@ -94,9 +94,18 @@ class Guidance(ABC):
         """Scaled gradient of a log-density w.r.t. x_t, or None for combining methods."""
         return None
 
-    def cost(self, sigma: float | None = None) -> GuidanceCost:
-        """Cost per image per step at noise level sigma (None: the cost where guidance is active)."""
+    def cost(self, sigma: float | None = None, negative: bool = False) -> GuidanceCost:
+        """Cost per image per step at noise level sigma (None: the cost where guidance is active).
+
+        `negative`: the batch carries a negative prompt, so a combining method runs its second branch
+        even where the scale is the identity (the negative prompt still steers there).
+        """
         return GuidanceCost(network_passes=1)
+
+    def active_at(self, sigma: float | None) -> bool:
+        """Whether the method departs from its identity scale at sigma (a schedule without sigma: yes)."""
+        scale = self.scale_for_cost(sigma)
+        return scale is None or scale != self.identity_scale
 
     def scale_for_cost(self, sigma: float | None) -> float | None:
         """The scale at sigma (the constant scale when there is no schedule); None for a schedule and no sigma."""
@@ -108,7 +117,7 @@ class Guidance(ABC):
         """Noise levels of the steps that run this method (all of them, unless a method skips steps)."""
         return diffusion.sigmas.tolist()
 
-    def cost_per_image(self, diffusion: GaussianDiffusion) -> GuidanceCost:
+    def cost_per_image(self, diffusion: GaussianDiffusion, negative: bool = False) -> GuidanceCost:
         """Total work per image over the whole process: the sum of `cost(sigma_i)` over its steps.
 
         Unlike `cost() * steps`, this is exact for schedules that switch guidance off at some noise
@@ -116,7 +125,7 @@ class Guidance(ABC):
         """
         total = GuidanceCost(network_passes=0)
         for sigma in self.network_sigmas(diffusion):
-            total = total + self.cost(float(sigma))
+            total = total + self.cost(float(sigma), negative)
         return total
 
     def __repr__(self) -> str:

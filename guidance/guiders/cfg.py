@@ -43,5 +43,5 @@ class ClassifierFreeGuidance(Guidance):
         pred_c, pred_u = self.branches(model, x, step, cond)
         return Prediction(self.combine(pred_c.eps, pred_u.eps, scale, step), pred_c.var_values)
 
-    def cost(self, sigma: float | None = None) -> GuidanceCost:
-        return GuidanceCost(network_passes=1 if self.scale_for_cost(sigma) == 1.0 else 2)
+    def cost(self, sigma: float | None = None, negative: bool = False) -> GuidanceCost:
+        return GuidanceCost(network_passes=2 if negative or self.active_at(sigma) else 1)

@@ -34,5 +34,6 @@ class ClassifierGuidance(Guidance):
         labels = cond.require("labels", self.name)
         return scale * input_gradient(lambda x_in: self.log_prob(x_in, step.t, labels), x).to(x.dtype)
 
-    def cost(self, sigma: float | None = None) -> GuidanceCost:
-        return GuidanceCost(network_passes=1, guide_passes=1, backward_passes=1)
+    def cost(self, sigma: float | None = None, negative: bool = False) -> GuidanceCost:
+        guided = float(self.active_at(sigma))  # at scale 0 the guide does not run
+        return GuidanceCost(network_passes=1, guide_passes=guided, backward_passes=guided)

@@ -38,5 +38,6 @@ class CLIPGuidance(Guidance):
             text_emb = F.normalize(at_least_fp32(self.clip.encode_text(tokens)), dim=-1)
         return scale * input_gradient(lambda x_in: self.similarity(x_in, step.t, text_emb), x).to(x.dtype)
 
-    def cost(self, sigma: float | None = None) -> GuidanceCost:
-        return GuidanceCost(network_passes=1, guide_passes=1, backward_passes=1)
+    def cost(self, sigma: float | None = None, negative: bool = False) -> GuidanceCost:
+        guided = float(self.active_at(sigma))  # at scale 0 the guide does not run
+        return GuidanceCost(network_passes=1, guide_passes=guided, backward_passes=guided)
