@@ -119,6 +119,13 @@ def extract(table: Tensor, index: Tensor | int, like: Tensor) -> Tensor | float:
     return out.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
 
+def expand_like(value: Tensor | float, like: Tensor) -> Tensor:
+    """A coefficient from `extract` (host float or [B, 1, ...]) as a tensor of like's shape, without copies."""
+    if isinstance(value, float):
+        return like.new_full((1,) * like.ndim, value).expand_as(like)
+    return value.expand_as(like)
+
+
 @dataclass
 class GaussianDiffusion:
     """A (possibly respaced) discrete diffusion process.
@@ -211,9 +218,7 @@ class GaussianDiffusion:
         """log Sigma of p(x_{t-1} | x_t): fixed beta-tilde, or learned interpolation of log beta and log beta-tilde."""
         min_log = extract(self.posterior_log_variance_clipped, index, like)
         if var_values is None:
-            if isinstance(min_log, float):
-                return like.new_full((1,) * like.ndim, min_log).expand_as(like)
-            return min_log.expand_as(like)
+            return expand_like(min_log, like)
         max_log = extract(self.log_betas, index, like)
         frac = (var_values + 1) / 2
         return frac * max_log + (1 - frac) * min_log
@@ -225,5 +230,8 @@ class GaussianDiffusion:
         x0 = self.x0_from_eps(x_t, index, eps)
         if clip_denoised:
             x0 = x0.clamp(-1, 1)
-        mean, _, _ = self.q_posterior(x0, x_t, index)
-        return {"mean": mean, "variance": log_var.exp(), "log_variance": log_var, "x0": x0}
+        mean, posterior_variance, _ = self.q_posterior(x0, x_t, index)
+        # fixed variance is beta-tilde itself, 0 at t = 0 (guided-diffusion's FIXED_SMALL): gradient guidance
+        # (mu + Sigma g) must not move the last step; only the log, for the noise and the KL, is clipped
+        variance = log_var.exp() if var_values is not None else expand_like(posterior_variance, x_t)
+        return {"mean": mean, "variance": variance, "log_variance": log_var, "x0": x0}

@@ -73,13 +73,15 @@ def test_cfg_scale_zero_is_unconditional_and_one_skips_pass(base, mixture):
     assert ClassifierFreeGuidance(3.0).cost().network_passes == 2
 
 
-def test_ddpm_gradient_guidance_is_variance_weighted_mean_shift(base, mixture):
-    """mu_guided - mu_plain == Sigma * s * grad log p(y|x_t), with Sigma the step's variance."""
+@pytest.mark.parametrize("index", [20, 0])
+def test_ddpm_gradient_guidance_is_variance_weighted_mean_shift(base, mixture, index):
+    """mu_guided - mu_plain == Sigma * s * grad log p(y|x_t), with Sigma the step's fixed variance
+    beta-tilde, which is 0 at the last step (guided-diffusion's condition_mean does not move it; the
+    clipped log-variance, nonzero there, is only for noise and likelihoods)."""
     diffusion = base.respace("40")
     model = MixtureDenoiser(mixture)
     x, y = rand_state()
     cond = Conditions(model=y, labels=y)
-    index = 20
     plain = ddpm_step(model, diffusion, NoGuidance(), x, index, cond, noise=None, clip_denoised=False)
     guided = ddpm_step(model, diffusion, ClassifierGuidance(MixtureClassifier(mixture), 2.0), x, index, cond,
                        noise=None, clip_denoised=False)
@@ -88,6 +90,7 @@ def test_ddpm_gradient_guidance_is_variance_weighted_mean_shift(base, mixture):
     logp = torch.log_softmax(mixture.class_logits(x_req, t), -1)[torch.arange(len(y)), y].sum()
     (grad,) = torch.autograd.grad(logp, x_req)
     variance = diffusion.posterior_variance[index]
+    assert (variance == 0) == (index == 0)
     torch.testing.assert_close(guided.x_prev - plain.x_prev, variance * 2.0 * grad, rtol=1e-9, atol=1e-12)
 
 
