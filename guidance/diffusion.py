@@ -79,8 +79,11 @@ def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> 
         if count < 1 or count > size:
             raise ValueError(f"cannot keep {count} steps in a section of {size} (T={num_timesteps}, "
                              f"respacing {section_counts!r}); each count must be in [1, {size}]")
-        stride = (size - 1) / (count - 1) if count > 1 else 1.0
-        kept += [start + round(stride * j) for j in range(count)]
+        # guided-diffusion accumulates the fractional stride (its rounding of ties differs from stride * j)
+        stride, position = ((size - 1) / (count - 1) if count > 1 else 1.0), 0.0
+        for _ in range(count):
+            kept.append(start + round(position))
+            position += stride
         start += size
     return sorted(set(kept))
 

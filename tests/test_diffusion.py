@@ -39,6 +39,8 @@ def test_space_timesteps_matches_known_values():
     assert space_timesteps(100, "ddim10") == list(range(0, 100, 10))
     assert space_timesteps(100, "4") == [0, 33, 66, 99]
     assert space_timesteps(10, [2, 1]) == [0, 4, 5]
+    # guided-diffusion adds the stride 999/20 ten times (499.4999...), it does not multiply (499.5 -> 500)
+    assert space_timesteps(1000, "21")[9:12] == [450, 499, 549]
     with pytest.raises(ValueError, match="each count"):
         space_timesteps(10, "6,6,6")
     with pytest.raises(ValueError, match="fixed stride"):
