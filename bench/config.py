@@ -74,9 +74,10 @@ class BenchConfig:
     preset: str = "quick"
     model_fingerprint: str | None = None  # hash of the sampling and guiding weights, set when a run loads them
 
-    # fields that change the samples: the resume key (new weights under the same --model never reuse samples)
-    SAMPLE_FIELDS = ("prompts", "prompt_limit", "samples_per_prompt", "sampler", "steps", "eta", "dtype", "model",
-                     "model_fingerprint")
+    # fields that change the samples besides each sample's prompt and label (those are checked per sample, so
+    # --prompt-limit and the prompt file may change without resampling what still holds): the resume key
+    # (new weights under the same --model never reuse samples)
+    SAMPLE_FIELDS = ("sampler", "steps", "eta", "dtype", "model", "model_fingerprint")
 
     @classmethod
     def from_preset(cls, preset: str = "quick", **overrides: Any) -> "BenchConfig":

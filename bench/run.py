@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import resource
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass, replace
@@ -103,8 +105,43 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+PART_NAME = re.compile(r"(\d+)-(\d+)\.npz")  # a complete batch file; a write cut short is `.<name>.partial`
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What each global sample index of a run is conditioned on: its caption and label (-1: none).
+
+    A saved sample is reused only where both still match, so an edited prompt file resamples exactly
+    the samples whose prompt changed, and a larger --prompt-limit keeps the samples already made.
+    """
+
+    texts: np.ndarray  # str [n]
+    labels: np.ndarray  # int64 [n]
+
+    @classmethod
+    def of(cls, prompts: PromptSet, n: int, samples_per_prompt: int) -> "Expected":
+        chosen = [prompts.prompts[i // samples_per_prompt] for i in range(n)]
+        return cls(np.array([p.text for p in chosen], dtype=str),
+                   np.array([-1 if p.label is None else p.label for p in chosen], dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def matches(self, stored: "np.lib.npyio.NpzFile") -> np.ndarray:
+        """Per stored row: is its index in this run, with the caption and label that index asks for now?"""
+        indices = stored["indices"]
+        if "labels" not in stored.files:  # written before labels were stored: cannot be checked, so not reused
+            return np.zeros(len(indices), dtype=bool)
+        inside = (indices >= 0) & (indices < len(self))
+        at = np.where(inside, indices, 0)
+        return inside & (self.texts[at] == stored["prompts"]) & (self.labels[at] == stored["labels"])
+
+
 class SampleStore:
-    """Batches of one cell on disk: `<cell>.<hash>.parts/<first>-<last>.npz`, merged when complete."""
+    """Samples of one cell on disk: batches `<cell>.<hash>.parts/<first>-<last>.npz`, merged into
+    `<cell>.npz` once the cell is complete. The hash keys what samples depend on besides their prompt
+    (sampler, steps, weights, guidance, scale, seed); prompts and labels are checked per sample."""
 
     def __init__(self, run_dir: Path, cell: Cell, cell_hash: str) -> None:
         self.final = run_dir / "samples" / f"{cell.name}.npz"
@@ -116,40 +153,61 @@ class SampleStore:
         """The store of `cell` under `cfg`, keyed by what its samples depend on."""
         return cls(Path(run_dir), cell, cfg.cell_hash(cell.guidance, cell.scale, cell.seed))
 
-    def done(self) -> bool:
+    def _final_current(self) -> bool:
+        """The merged file exists and was made under this key (older formats and keys are resampled)."""
         if not self.final.exists():
             return False
         with np.load(self.final, allow_pickle=False) as data:
-            return str(data["cell_hash"]) == self.cell_hash
+            return "labels" in data.files and str(data["cell_hash"]) == self.cell_hash
 
-    def finished_indices(self) -> set[int]:
+    def _sources(self) -> list[Path]:
+        """Files holding samples of this cell: the merged file, then complete batches (later ones win)."""
+        parts = [p for p in self.parts.glob("*.npz") if PART_NAME.fullmatch(p.name)] if self.parts.is_dir() else []
+        return ([self.final] if self._final_current() else []) + sorted(parts, key=lambda p: int(p.name.split("-")[0]))
+
+    def done(self, expected: Expected) -> bool:
+        """The merged file holds exactly samples 0..n-1, each with the prompt and label it has now."""
+        if not self._final_current():
+            return False
+        with np.load(self.final, allow_pickle=False) as data:
+            indices = data["indices"]
+            return (np.array_equal(indices, np.arange(len(expected)))
+                    and bool(expected.matches(data).all()))
+
+    def finished_indices(self, expected: Expected) -> set[int]:
         found: set[int] = set()
-        for part in self.parts.glob("*.npz"):
-            first, last = (int(v) for v in part.stem.split("-"))
-            found.update(range(first, last + 1))
+        for path in self._sources():
+            with np.load(path, allow_pickle=False) as data:
+                indices = data["indices"]
+                found.update(indices[expected.matches(data)].tolist())
         return found
 
-    def write_batch(self, indices: list[int], images: Tensor, texts: list[str]) -> None:
+    def write_batch(self, indices: list[int], images: Tensor, expected: Expected) -> None:
         self.parts.mkdir(parents=True, exist_ok=True)
         path = self.parts / f"{indices[0]}-{indices[-1]}.npz"
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, images=to_hwc_uint8(images), prompts=np.array(texts), indices=np.array(indices))
+        tmp = self.parts / f".{path.name}.partial"  # never matches PART_NAME: a killed write is ignored
+        with open(tmp, "wb") as f:
+            np.savez(f, images=to_hwc_uint8(images), prompts=expected.texts[indices], labels=expected.labels[indices],
+                     indices=np.array(indices))
         os.replace(tmp, path)  # atomic: a killed run leaves whole batches or none
 
-    def merge(self) -> None:
-        parts = sorted(self.parts.glob("*.npz"), key=lambda p: int(p.stem.split("-")[0]))
-        loaded = [np.load(p, allow_pickle=False) for p in parts]
-        images = np.concatenate([d["images"] for d in loaded])
-        prompts = np.concatenate([d["prompts"] for d in loaded])
-        indices = np.concatenate([d["indices"] for d in loaded])
-        order = np.argsort(indices)
-        tmp = self.final.with_suffix(".tmp.npz")
-        np.savez(tmp, images=images[order], prompts=prompts[order], indices=indices[order],
-                 cell_hash=np.array(self.cell_hash))
+    def merge(self, expected: Expected) -> None:
+        """Write samples 0..n-1 as one file from every valid stored sample, then drop the batches."""
+        images: dict[int, np.ndarray] = {}
+        for path in self._sources():
+            with np.load(path, allow_pickle=False) as data:
+                indices, stored = data["indices"], data["images"]
+                for row in np.flatnonzero(expected.matches(data)):
+                    images[int(indices[row])] = stored[row]
+        missing = sorted(set(range(len(expected))) - images.keys())
+        if missing:
+            raise ValueError(f"{self.final.stem}: samples {missing[:5]} are missing; sample them before merging")
+        tmp = self.final.with_name(f".{self.final.name}.partial")
+        with open(tmp, "wb") as f:
+            np.savez(f, images=np.stack([images[i] for i in range(len(expected))]), prompts=expected.texts,
+                     labels=expected.labels, indices=np.arange(len(expected)), cell_hash=np.array(self.cell_hash))
         os.replace(tmp, self.final)
-        for p in parts:
-            p.unlink()
-        self.parts.rmdir()
+        shutil.rmtree(self.parts, ignore_errors=True)
 
     def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         with np.load(self.final, allow_pickle=False) as data:
@@ -167,17 +225,17 @@ def batches(todo: list[int], size: int) -> Iterator[list[int]]:
 
 
 def sample_cell(cfg: BenchConfig, zoo: Zoo, prompts: PromptSet, cell: Cell, guidance: Guidance, store: SampleStore,
-                sample_indices: list[int], device: torch.device, progress, shard: Shard = Shard()) -> dict[str, float]:
+                expected: Expected, device: torch.device, progress, shard: Shard = Shard()) -> dict[str, float]:
     """Sample this shard's missing batches of one cell; returns the time and work spent (for throughput)."""
     diffusion = zoo.diffusion.respace(str(cfg.steps))
-    finished = store.finished_indices()
+    finished = store.finished_indices(expected)
     cost = guidance.cost_per_image(diffusion)  # per image over all steps: exact for interval guidance
     spent = {"images": 0, "seconds": 0.0, "network_passes": 0.0, "guide_passes": 0.0, "backward_passes": 0.0}
     dtype = DTYPES[cfg.dtype]
     autocast = autocast_context(device, dtype)
     # batches are numbered over the whole cell, so shard ownership and batch members never depend on
     # what other processes or earlier (killed) runs already saved
-    for number, batch in enumerate(batches(sorted(sample_indices), cfg.batch_size)):
+    for number, batch in enumerate(batches(list(range(len(expected))), cfg.batch_size)):
         idx = [i for i in batch if i not in finished]
         if not idx or not shard.owns(number):
             continue
@@ -195,7 +253,7 @@ def sample_cell(cfg: BenchConfig, zoo: Zoo, prompts: PromptSet, cell: Cell, guid
         spent["network_passes"] += cost.network_passes * len(idx)
         spent["guide_passes"] += cost.guide_passes * len(idx)
         spent["backward_passes"] += cost.backward_passes * len(idx)
-        store.write_batch(idx, images, [prompts.prompts[i // cfg.samples_per_prompt].text for i in idx])
+        store.write_batch(idx, images, expected)
         progress.update(len(idx))
     return spent
 
@@ -241,23 +299,23 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
     if shard.is_main:
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     n = len(prompts) * cfg.samples_per_prompt
-    indices = list(range(n))
+    expected = Expected.of(prompts, n, cfg.samples_per_prompt)
     cells = grid_cells(cfg)
     bar = tqdm(total=n * len(cells), desc="sampling", unit="img", disable=not progress, dynamic_ncols=True)
     for cell in cells:
         store = SampleStore.of(cfg, run_dir, cell)
-        if store.done():
+        if store.done(expected):
             bar.update(n)
             continue
         guidance = make_guidance(cell.guidance, cell.scale, zoo.guiding_models())
         bar.set_postfix_str(cell.name)
-        spent = sample_cell(cfg, zoo, prompts, cell, guidance, store, indices, device, bar, shard)
+        spent = sample_cell(cfg, zoo, prompts, cell, guidance, store, expected, device, bar, shard)
         spent["peak_mem_mb"] = peak_memory_mb(device)
-        save_throughput(run_dir, cell, spent, shard)
+        save_throughput(run_dir, cell, spent, store.cell_hash, shard)
         shard.barrier()
         if shard.launched or shard.world == 1:
             if shard.is_main:
-                store.merge()
+                store.merge(expected)
             shard.barrier()
     bar.close()
     if not shard.launched and shard.world > 1:
@@ -285,6 +343,7 @@ def merge_shards(run_dir: Path, progress: bool = True) -> Path:
     cfg.scales = {g: list(v) for g, v in cfg.scales.items()}
     prompts = load_prompt_set(cfg)
     n = len(prompts) * cfg.samples_per_prompt
+    expected = Expected.of(prompts, n, cfg.samples_per_prompt)
     device = torch.device(cfg.device if cfg.device == "cpu" or torch.cuda.is_available() else "cpu")
     zoo = load_zoo(None if cfg.model == "emoji" else cfg.model, device)
     now = zoo.fingerprint()
@@ -294,13 +353,13 @@ def merge_shards(run_dir: Path, progress: bool = True) -> Path:
     cells = grid_cells(cfg)
     for cell in cells:
         store = SampleStore.of(cfg, run_dir, cell)
-        if store.done():
+        if store.done(expected):
             continue
-        missing = sorted(set(range(n)) - store.finished_indices())
+        missing = sorted(set(range(n)) - store.finished_indices(expected))
         if missing:
             raise ValueError(f"{cell.name}: samples {missing[:5]}... are missing; run the remaining shard jobs "
                              f"(same command with their --shard K/N) before merging")
-        store.merge()
+        store.merge(expected)
     return finish_run(cfg, Path(run_dir), cells, zoo, device, Shard(), 0.0, n, progress)
 
 
@@ -317,11 +376,19 @@ def agree_on_run_id(cfg: BenchConfig, shard: Shard) -> BenchConfig:
     return cfg
 
 
-def save_throughput(run_dir: Path, cell: Cell, spent: dict[str, float], shard: Shard = Shard()) -> None:
-    """Timing of the sampling that actually ran, one file per process (merged when scoring)."""
+def save_throughput(run_dir: Path, cell: Cell, spent: dict[str, float], cell_hash: str, shard: Shard = Shard()) -> None:
+    """Timing of the sampling that actually ran, one file per process (merged when scoring).
+
+    A resumed cell adds its work to what earlier (killed) runs of the same key recorded, so a resume
+    that had nothing left to sample keeps the timings instead of zeroing them.
+    """
     path = run_dir / f"throughput.rank{shard.rank}.json"
     data = json.loads(path.read_text()) if path.exists() else {}
-    data[cell.name] = spent
+    before = data.get(cell.name)
+    if before is not None and before.get("cell_hash") == cell_hash:
+        peak = max(before.get("peak_mem_mb", 0.0), spent.get("peak_mem_mb", 0.0))
+        spent = {k: before.get(k, 0.0) + v for k, v in spent.items()} | {"peak_mem_mb": peak}
+    data[cell.name] = {**spent, "cell_hash": cell_hash}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, path)

@@ -91,7 +91,7 @@ def merged_throughput(per_process: list[dict[str, dict[str, float]]], cell_name:
         if spent is None:
             continue
         part = Throughput(sync_on_compute=False)
-        part.update(**spent)
+        part.update(**{k: v for k, v in spent.items() if k != "cell_hash"})
         if total is None:
             total = part
         else:

@@ -210,3 +210,56 @@ def test_independent_shard_jobs_merge_offline(tmp_path):
     ref = pd.read_csv(tmp_path / "ref" / "results.csv")
     merged = pd.read_csv(tmp_path / "sharded" / "results.csv")
     np.testing.assert_allclose(merged["fid"], ref["fid"], rtol=1e-9)
+
+
+def _throughput(run_dir: Path, cell: str) -> dict:
+    return json.loads((run_dir / "throughput.rank0.json").read_text())[cell]
+
+
+@pytest.mark.slow
+def test_resume_checks_each_samples_prompt(tmp_path):
+    """An edited prompt file resamples exactly the samples whose prompt changed; a larger
+    --prompt-limit keeps the samples already made; a batch file cut short by a kill is ignored."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("red apple\nrocket\ngrinning face\nflag: Japan\n")
+    common = ["--preset", "tiny", "--guidance", "none", "--seeds", "0", "--steps", "2", "--batch-size", "2",
+              "--prompts", str(prompts), "--metrics", "clip_score", "--out", str(tmp_path), "--no-report",
+              "--run-id", "r"]
+    samples = tmp_path / "r" / "samples"
+    assert cli_main(["run", *common, "--prompt-limit", "2"]) == 0
+    with np.load(samples / "none_s0_seed0.npz") as data:
+        first = data["images"].copy()
+    assert _throughput(tmp_path / "r", "none_s0_seed0")["images"] == 2
+
+    assert cli_main(["run", *common, "--prompt-limit", "4"]) == 0
+    with np.load(samples / "none_s0_seed0.npz") as data:
+        np.testing.assert_array_equal(data["images"][:2], first)  # reused, not redrawn
+        assert list(data["prompts"]) == ["red apple", "rocket", "grinning face", "flag: Japan"]
+        four = data["images"].copy()
+    assert _throughput(tmp_path / "r", "none_s0_seed0")["images"] == 4  # 2 earlier + 2 now, not 4 redone
+
+    prompts.write_text("red apple\nrocket\nsmiling cat\nflag: Japan\n")
+    cell_hash = _throughput(tmp_path / "r", "none_s0_seed0")["cell_hash"]
+    stale = samples / f"none_s0_seed0.{cell_hash}.parts"  # a kill mid-write leaves a partial file
+    stale.mkdir()
+    (stale / "2-3.tmp.npz").write_bytes(b"cut short")  # as versions before 2026-11-26 named them
+    (stale / ".2-3.npz.partial").write_bytes(b"cut short")
+    assert cli_main(["run", *common, "--prompt-limit", "4"]) == 0
+    with np.load(samples / "none_s0_seed0.npz") as data:
+        assert list(data["prompts"]) == ["red apple", "rocket", "smiling cat", "flag: Japan"]
+        changed = [i for i in range(4) if not np.array_equal(data["images"][i], four[i])]
+    assert changed == [2]
+    assert _throughput(tmp_path / "r", "none_s0_seed0")["images"] == 5 and not stale.exists()
+
+
+def test_a_resume_with_nothing_left_to_sample_keeps_the_timings(tmp_path):
+    from bench.run import Cell, save_throughput
+
+    cell = Cell("cfg", 3.0, 0, 0)
+    work = {"images": 8, "seconds": 27.0, "network_passes": 160.0, "guide_passes": 0.0, "backward_passes": 0.0,
+            "peak_mem_mb": 900.0}
+    save_throughput(tmp_path, cell, work, "abc")
+    save_throughput(tmp_path, cell, {**{k: 0 for k in work}, "peak_mem_mb": 1000.0}, "abc")
+    assert _throughput(tmp_path, cell.name) == {**work, "peak_mem_mb": 1000.0, "cell_hash": "abc"}
+    save_throughput(tmp_path, cell, {**work, "images": 4}, "new")  # other samples: the old timing no longer applies
+    assert _throughput(tmp_path, cell.name)["images"] == 4
