@@ -157,8 +157,12 @@ def _iter_txt(path: Path, text: str) -> Iterator[Prompt]:
 
 
 def _iter_delimited(path: Path, text: str, delimiter: str) -> Iterator[Prompt]:
-    """A header row naming a prompt column, then one prompt per row (PartiPrompts, COCO-30k)."""
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    """A header row naming a prompt column, then one prompt per row (PartiPrompts, COCO-30k).
+
+    CSV fields may be quoted; TSV has no quoting (PartiPrompts' `"G I G G L E" painted ...` keeps its quotes).
+    """
+    tsv = delimiter == "\t"
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
     header = next(reader, None)
     if not header:
         return
@@ -181,7 +185,8 @@ def _iter_delimited(path: Path, text: str, delimiter: str) -> Iterator[Prompt]:
         if len(row) != len(header):
             raise PromptFileError(
                 path, line, f"{len(row)} fields but the header has {len(header)}",
-                "quote fields that contain the delimiter, and check the suffix matches the delimiter",
+                ("a TSV field cannot hold a tab" if tsv else "quote fields that contain the delimiter")
+                + ", and check the suffix matches the delimiter",
             )
         yield _record_to_prompt(dict(zip(header, row)), prompt_key, path, line)
 

@@ -28,7 +28,7 @@ def test_txt_one_prompt_per_line_with_stem_as_category() -> None:
 
 def test_tsv_partiprompts_columns() -> None:
     ps = load_prompt_file(FIXTURES / "parti.tsv")
-    assert len(ps) == 3
+    assert len(ps) == 4
     assert ps.prompts[0] == Prompt(
         text="bond",
         category="Abstract",
@@ -37,6 +37,9 @@ def test_tsv_partiprompts_columns() -> None:
     assert ps.prompts[1].text.startswith('A robot painted as graffiti. The words "Fly an airplane"')
     assert ps.prompts[1].category == "Outdoor Scenes"
     assert ps.prompts[2].text == "a café in Zürich"
+    # TSV has no quoting: a prompt that starts with a quoted word keeps it (PartiPrompts line 1562)
+    assert ps.prompts[3].text == '"G I G G L E" painted in thick colorful lettering as graffiti.'
+    assert ps.prompts[3].category == "Illustrations"
 
 
 def test_csv_coco30k_keeps_other_columns_as_meta() -> None:
