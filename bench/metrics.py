@@ -7,6 +7,7 @@ score uses an open_clip model that never guided the samples unless the user asks
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -70,11 +71,35 @@ def domain_kid(feature_net: DomainFeatures, reference: Reference, subset_size: i
 
 
 def inception_fid(weights_path: str) -> FrechetInceptionDistance:
-    """FID on Inception-v3 pool features from a local weights file (nothing is downloaded)."""
-    if not Path(weights_path).is_file():
+    """FID on Inception-v3 pool features from a local weights file (nothing is downloaded).
+
+    torchmetrics' Inception comes from torch-fidelity, which unpickles the file with weights_only=False.
+    So the file (a torch state dict, or .safetensors) is copied to a private directory and loaded there
+    with weights_only=True first: only a copy that holds nothing but tensors reaches torch-fidelity.
+    """
+    import importlib.util
+    import tempfile
+
+    path = Path(weights_path)
+    if not path.is_file():
         raise CheckpointError(f"Inception weights not found: {weights_path}; pass a local FID Inception "
                               f"checkpoint (pt_inception-2015-12-05) with --fid-inception-weights")
-    return FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=weights_path)
+    if importlib.util.find_spec("torch_fidelity") is None:
+        raise ValueError("FID on Inception features needs torch-fidelity (torchmetrics' Inception-v3); "
+                         "install it with `pip install -e '.[fid]'` or drop --fid-inception-weights")
+    with tempfile.TemporaryDirectory() as private:
+        checked = Path(private) / "inception.pt"
+        try:
+            if path.suffix == ".safetensors":
+                torch.save(load_file(str(path)), checked)
+            else:
+                shutil.copyfile(path, checked)
+                torch.load(checked, map_location="cpu", weights_only=True)
+        except Exception as err:  # any unreadable or unsafe file: one clear error naming the file
+            raise CheckpointError(f"--fid-inception-weights {weights_path} is not a plain tensor state dict "
+                                  f"({type(err).__name__}; torch.load(weights_only=True) refuses it); pass "
+                                  f"torch-fidelity's pt_inception-2015-12-05 weights, or the same as .safetensors") from None
+        return FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(checked))
 
 
 class CLIPScore(Metric):

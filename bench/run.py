@@ -293,6 +293,9 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
         raise ValueError("--device cuda was asked for but no CUDA device is available; use --device cpu")
     zoo = load_zoo(None if cfg.model == "emoji" else cfg.model, device)
     check_compatible(cfg, prompts, zoo)
+    from bench.scoring import check_scorers
+
+    check_scorers(cfg, device)
     zoo.accelerate(cfg.acceleration(), device)
     cfg = replace(agree_on_run_id(cfg, shard), model_fingerprint=zoo.fingerprint())
     run_dir = prepare_output(cfg)

@@ -12,6 +12,7 @@ import torch
 from bench.metrics import (CLIPScore, DomainFeatures, LabelAccuracy, Reference, Throughput, domain_fid, domain_kid,
                            inception_fid, load_eval_classifier)
 from guidance.zoo.load import EVAL_CLIP_LABEL, ZOO_DIR, EvalCLIPScorer, load_eval_clip
+from guidance.zoo.store import CheckpointError
 
 if TYPE_CHECKING:
     from bench.config import BenchConfig
@@ -49,6 +50,30 @@ def make_scorer(cfg: "BenchConfig", device: torch.device) -> EvalCLIPScorer:
 
         return GuidingCLIPScorer(load_zoo(None if cfg.model == "emoji" else cfg.model, device)).to(device)
     return load_eval_clip(device=device, arch=cfg.clip_model, pretrained=cfg.clip_pretrained)
+
+
+def check_scorers(cfg: "BenchConfig", device: torch.device) -> None:
+    """Build the external scorers once before any sampling: a wrong architecture name or weights file
+    fails in seconds with the flag named, not after hours of sampling (the zoo's own scorers are tested)."""
+    import pickle
+
+    loaders = []
+    if "clip_score" in cfg.metrics and cfg.clip_model and not cfg.score_with_guiding_clip:
+        loaders.append((f"--clip-model {cfg.clip_model} --clip-pretrained {cfg.clip_pretrained}",
+                        lambda: make_scorer(cfg, device),
+                        "check the name against open_clip.list_models() and that the file holds its weights"))
+    if "fid" in cfg.metrics and cfg.fid_inception_weights:
+        loaders.append((f"--fid-inception-weights {cfg.fid_inception_weights}",
+                        lambda: inception_fid(cfg.fid_inception_weights),
+                        "pass torchmetrics' FID Inception checkpoint (pt_inception-2015-12-05)"))
+    for flags, load, fix in loaders:
+        try:
+            load()
+        except CheckpointError:
+            raise  # already names the file and the fix
+        except (RuntimeError, OSError, KeyError, EOFError, pickle.UnpicklingError, ValueError) as err:
+            detail = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+            raise ValueError(f"{flags}: cannot load ({detail}); {fix}") from err
 
 
 def make_fid(cfg: "BenchConfig", features: DomainFeatures, reference: Reference, device: torch.device):

@@ -140,6 +140,8 @@ def test_killed_run_resumes_and_matches_uninterrupted(tmp_path):
     (["--steps", "5000"], "--steps 5000 is out of range"),
     (["--fid-inception-weights", "/nope/inception.pth"], "file not found"),
     (["--clip-model", "ViT-B-32"], "needs --clip-pretrained"),
+    (["--clip-model", "ViT-B-99", "--clip-pretrained", str(ROOT / "README.md")], "--clip-model ViT-B-99 --clip-pretrained"),
+    (["--fid-inception-weights", str(ROOT / "README.md")], "not a plain tensor state dict"),
     (["--preset", "tiny", "--device", "cuda:0"], "CUDA"),
 ])
 def test_bad_input_gets_one_clear_line(argv, message, capsys, tmp_path):
