@@ -28,6 +28,16 @@ def parse_scales(text: str) -> dict[str, list[float]] | list[float]:
     return out
 
 
+def parse_prompt_limit(text: str) -> int | str:
+    """A count (checked by BenchConfig.validate), or 'all': every prompt of the set, whatever the preset's limit."""
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad --prompt-limit {text!r}; use a positive count or 'all'") from None
+
+
 def guidance_list(text: str, model: str | None = None) -> list[str]:
     """Comma-separated names as given, or for 'all' every registered method the model set can run.
 
@@ -54,7 +64,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", default="cfg", help="comma-separated methods, 'all', or 'list' to print them")
     p.add_argument("--scales", default=None, help="'1,3,6' for all methods or 'cfg=1,3,6;clip=1,5,10'")
     p.add_argument("--prompts", default=None, help="built-in set name (emoji200, emoji-all) or a file path")
-    p.add_argument("--prompt-limit", type=int, default=None, help="use the first N prompts")
+    p.add_argument("--prompt-limit", type=parse_prompt_limit, default=None,
+                   help="use the first N prompts, or 'all' (default: the preset's: quick 20, tiny 8, full all)")
     p.add_argument("--samples-per-prompt", type=int, default=None)
     p.add_argument("--seeds", default=None, help="seed sets, e.g. 0,1,2 (>= 2 for confidence intervals)")
     p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None)
@@ -82,7 +93,9 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     scales = parse_scales(args.scales) if args.scales else {}
     if isinstance(scales, list):
         scales = {g: scales for g in guidance}
-    overrides = dict(guidance=guidance, scales=scales, prompts=args.prompts, prompt_limit=args.prompt_limit,
+    every_prompt = args.prompt_limit == "all"
+    overrides = dict(guidance=guidance, scales=scales, prompts=args.prompts,
+                     prompt_limit=None if every_prompt else args.prompt_limit,
                      samples_per_prompt=args.samples_per_prompt, sampler=args.sampler, steps=args.steps,
                      batch_size=args.batch_size, device=args.device, dtype=args.dtype, model=args.model,
                      channels_last=args.channels_last, compile=args.compile or None,
@@ -93,7 +106,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
                      fid_inception_weights=args.fid_inception_weights, out=args.out, run_id=args.run_id,
                      seeds=[int(v) for v in parse_floats(args.seeds)] if args.seeds else None,
                      metrics=[m.strip() for m in args.metrics.split(",")] if args.metrics else None)
-    return BenchConfig.from_preset(args.preset, **overrides)
+    cfg = BenchConfig.from_preset(args.preset, **overrides)
+    return cfg.with_overrides(prompt_limit=None) if every_prompt else cfg
 
 
 def print_guidance_list() -> None:

@@ -137,8 +137,14 @@ class BenchConfig:
             raise ValueError(f"--eta {self.eta} is out of range; use [0, 1]")
         if self.samples_per_prompt < 1 or self.batch_size < 1:
             raise ValueError("--samples-per-prompt and --batch-size must be at least 1")
+        if self.prompt_limit is not None and self.prompt_limit < 1:
+            raise ValueError(f"--prompt-limit {self.prompt_limit} is out of range; use a positive count or 'all'")
         if not self.seeds:
             raise ValueError("--seeds needs at least one seed (two or more for confidence intervals)")
+        repeated = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
+        if repeated:
+            raise ValueError(f"--seeds repeats {repeated}: a repeated seed set redraws the same samples and "
+                             f"shrinks the confidence intervals falsely; give distinct seeds")
         if self.cuda_graphs and not self.device.startswith("cuda"):
             raise ValueError(f"--cuda-graphs needs --device cuda (got --device {self.device}); drop the flag on CPU")
         if self.autotune and not (self.compile or self.cuda_graphs):

@@ -288,6 +288,8 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
     shard = shard or init_from_env(cfg.device)
     progress = progress and shard.is_main
     prompts = load_prompt_set(cfg)
+    if progress and cfg.prompt_limit is not None and len(prompts) == cfg.prompt_limit:
+        print(f"prompts: the first {cfg.prompt_limit} of {prompts.name} (--prompt-limit N or all to change)")
     device = torch.device(local_device(cfg.device))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but no CUDA device is available; use --device cpu")

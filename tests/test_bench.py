@@ -140,6 +140,8 @@ def test_killed_run_resumes_and_matches_uninterrupted(tmp_path):
     (["--steps", "5000"], "--steps 5000 is out of range"),
     (["--fid-inception-weights", "/nope/inception.pth"], "file not found"),
     (["--clip-model", "ViT-B-32"], "needs --clip-pretrained"),
+    (["--seeds", "0,1,0"], "--seeds repeats [0]"),
+    (["--prompt-limit", "0"], "--prompt-limit 0 is out of range; use a positive count or 'all'"),
     (["--clip-model", "ViT-B-99", "--clip-pretrained", str(ROOT / "README.md")], "--clip-model ViT-B-99 --clip-pretrained"),
     (["--fid-inception-weights", str(ROOT / "README.md")], "not a plain tensor state dict"),
     (["--preset", "tiny", "--device", "cuda:0"], "CUDA"),
@@ -167,6 +169,18 @@ def test_unwritable_output_fails_before_sampling(tmp_path, capsys):
     blocker.write_text("not a directory")
     assert cli_main(["run", "--preset", "tiny", "--out", str(blocker / "sub"), "--no-report"]) == 2
     assert "not writable" in capsys.readouterr().err
+
+
+def test_prompt_limit_all_uses_every_prompt_whatever_the_preset():
+    import argparse
+
+    from bench.cli import add_run_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    assert config_from_args(parser.parse_args(["--prompt-limit", "all"])).prompt_limit is None
+    assert config_from_args(parser.parse_args(["--prompt-limit", "5"])).prompt_limit == 5
+    assert config_from_args(parser.parse_args([])).prompt_limit == 20  # the quick preset's
 
 
 def test_guidance_list_prints_every_method(capsys):
