@@ -611,8 +611,9 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         (plot_throughput(summary, out / "plots" / "throughput.png"), "throughput per guidance and scale"),
     ]
     grids = []
-    for run, label in zip(runs, labels):
-        grids += _make_grids(run, label, f"{_safe_name(label)}__" if several else "", out)
+    for number, (run, label) in enumerate(zip(runs, labels), 1):
+        # numbered: labels that differ only in characters _safe_name replaces ("my run", "my_run") stay apart
+        grids += _make_grids(run, label, f"run{number}_{_safe_name(label)}__" if several else "", out)
     index = out / "index.html"
     index.write_text(_page(runs, labels, summary, ranking, plots, grids), encoding="utf-8")
     return index

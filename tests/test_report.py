@@ -193,6 +193,13 @@ def test_two_runs_with_different_n_warn(tmp_path: Path) -> None:
     assert "not comparable" not in same.read_text(encoding="utf-8")
 
 
+def test_runs_whose_names_differ_only_in_unsafe_characters_keep_their_own_grids(tmp_path: Path) -> None:
+    a, b = make_fake_run(tmp_path / "a", "my run", seed=1), make_fake_run(tmp_path / "b", "my_run", seed=2)
+    index = build_report([a, b], tmp_path / "out")
+    grids = sorted((index.parent / "grids").glob("*cfg_s3.png"))
+    assert len(grids) == 2 and grids[0].read_bytes() != grids[1].read_bytes()
+
+
 def test_missing_results_csv_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = make_fake_run(tmp_path)
     (run / "results.csv").unlink()
