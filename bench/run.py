@@ -99,10 +99,26 @@ def conditions(zoo: Zoo, prompts: PromptSet, indices: list[int], spp: int) -> Co
     return Conditions(model=zoo.tokenizer(texts), labels=labels, clip_tokens=clip_tokens)
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a cell's peak-memory window, so each cell reports its own peak, not the run's so far:
+    CUDA's allocator peak, or on Linux the process's peak RSS (VmHWM, reset through clear_refs)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # not Linux, or not allowed: the figure stays the process peak
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE).group(1)) / 1024
+    except (OSError, AttributeError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 PART_NAME = re.compile(r"(\d+)-(\d+)\.npz")  # a complete batch file; a write cut short is `.<name>.partial`
@@ -314,6 +330,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
             continue
         guidance = make_guidance(cell.guidance, cell.scale, zoo.guiding_models())
         bar.set_postfix_str(cell.name)
+        reset_peak_memory(device)
         spent = sample_cell(cfg, zoo, prompts, cell, guidance, store, expected, device, bar, shard)
         spent["peak_mem_mb"] = peak_memory_mb(device)
         save_throughput(run_dir, cell, spent, store.cell_hash, shard)
@@ -326,17 +343,17 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
     if not shard.launched and shard.world > 1:
         print(f"shard {shard.rank}/{shard.world} sampled; when every shard is done: python -m bench merge {run_dir}")
         return run_dir
-    return finish_run(cfg, run_dir, cells, zoo, device, shard, time.time() - started, n, progress)
+    return finish_run(cfg, run_dir, cells, zoo, device, shard, time.time() - started, n, progress, shard.world)
 
 
 def finish_run(cfg: BenchConfig, run_dir: Path, cells: list[Cell], zoo: Zoo, device: torch.device, shard: Shard,
-               wall: float, n: int, progress: bool) -> Path:
+               wall: float | None, n: int, progress: bool, processes: int) -> Path:
     from bench.scoring import score_cells
 
     results = score_cells(cfg, run_dir, cells, device, progress, shard)
     if shard.is_main:
         results.to_csv(run_dir / "results.csv", index=False)
-        write_manifest(cfg, run_dir, zoo, device, wall, n, shard)
+        write_manifest(cfg, run_dir, zoo, device, wall, n, processes)
     shard.barrier()
     return run_dir
 
@@ -365,7 +382,9 @@ def merge_shards(run_dir: Path, progress: bool = True) -> Path:
             raise ValueError(f"{cell.name}: samples {missing[:5]}... are missing; run the remaining shard jobs "
                              f"(same command with their --shard K/N) before merging")
         store.merge(expected)
-    return finish_run(cfg, Path(run_dir), cells, zoo, device, Shard(), 0.0, n, progress)
+    # independent jobs: their wall time is not known here (they may have run at once or in turn)
+    jobs = len(list(Path(run_dir).glob("throughput.rank*.json"))) or 1
+    return finish_run(cfg, Path(run_dir), cells, zoo, device, Shard(), None, n, progress, jobs)
 
 
 def agree_on_run_id(cfg: BenchConfig, shard: Shard) -> BenchConfig:
@@ -399,8 +418,8 @@ def save_throughput(run_dir: Path, cell: Cell, spent: dict[str, float], cell_has
     os.replace(tmp, path)
 
 
-def write_manifest(cfg: BenchConfig, run_dir: Path, zoo: Zoo, device: torch.device, wall: float, n: int,
-                   shard: Shard = Shard()) -> None:
+def write_manifest(cfg: BenchConfig, run_dir: Path, zoo: Zoo, device: torch.device, wall: float | None, n: int,
+                   processes: int = 1) -> None:
     from bench.scoring import scorer_label
 
     manifest = {
@@ -408,8 +427,8 @@ def write_manifest(cfg: BenchConfig, run_dir: Path, zoo: Zoo, device: torch.devi
         "config": cfg.to_dict(), "config_hash": cfg.config_hash(), "versions": versions(),
         "models": zoo.checksums(), "model_dir": str(zoo.root), "git_commit": git_commit(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
-        "seeds": cfg.seeds, "samples_per_cell": n, "processes": shard.world,
-        "acceleration": cfg.acceleration().describe(device), "wall_time_s": round(wall, 1), "clip_scorer": scorer_label(cfg),
+        "seeds": cfg.seeds, "samples_per_cell": n, "processes": processes,
+        "acceleration": cfg.acceleration().describe(device), "wall_time_s": None if wall is None else round(wall, 1), "clip_scorer": scorer_label(cfg),
     }
     (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
 

@@ -225,7 +225,25 @@ def test_independent_shard_jobs_merge_offline(tmp_path):
     assert cli_main(["merge", str(tmp_path / "sharded"), "--no-report"]) == 0
     ref = pd.read_csv(tmp_path / "ref" / "results.csv")
     merged = pd.read_csv(tmp_path / "sharded" / "results.csv")
+    manifest = json.loads((tmp_path / "sharded" / "manifest.json").read_text())
+    assert manifest["processes"] == 2 and manifest["wall_time_s"] is None  # two jobs; their wall time is unknown
     np.testing.assert_allclose(merged["fid"], ref["fid"], rtol=1e-9)
+
+
+def test_each_cell_gets_its_own_peak_memory_window():
+    """The peak of an earlier, larger cell must not carry over into the next cell's figure."""
+    import torch
+
+    from bench.run import peak_memory_mb, reset_peak_memory
+
+    cpu = torch.device("cpu")
+    big = np.ones(300 * 2**20 // 8)  # 300 MiB, touched
+    del big
+    before = peak_memory_mb(cpu)
+    reset_peak_memory(cpu)
+    if peak_memory_mb(cpu) == before:
+        pytest.skip("this kernel does not let a process reset its peak RSS (/proc/self/clear_refs)")
+    assert peak_memory_mb(cpu) < before - 200
 
 
 def _throughput(run_dir: Path, cell: str) -> dict:
