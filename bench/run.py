@@ -353,6 +353,7 @@ def finish_run(cfg: BenchConfig, run_dir: Path, cells: list[Cell], zoo: Zoo, dev
     results = score_cells(cfg, run_dir, cells, device, progress, shard)
     if shard.is_main:
         results.to_csv(run_dir / "results.csv", index=False)
+        summary_table(run_dir).to_csv(run_dir / "summary.csv", index=False)  # also without the HTML report
         write_manifest(cfg, run_dir, zoo, device, wall, n, processes)
     shard.barrier()
     return run_dir

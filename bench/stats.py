@@ -77,7 +77,11 @@ def _summarize_cell(cell: pd.DataFrame, confidence: float) -> dict[str, object]:
             note = f"n_samples differs between seed sets ({', '.join(map(str, ns))}); min kept"
     else:
         row["n_samples"] = math.nan
-    row["n_samples_note"] = note
+    # a metric that failed (NaN) in some seed sets has its interval over fewer values than "seed sets" says
+    partial = [f"{m} over {int(pd.to_numeric(cell[m], errors='coerce').notna().sum())} of {len(cell)} seed sets"
+               for m in QUALITY_METRICS if m in cell.columns
+               and 0 < pd.to_numeric(cell[m], errors="coerce").notna().sum() < len(cell)]
+    row["n_samples_note"] = "; ".join([note, *partial] if note else partial)
     for m in THROUGHPUT_METRICS:
         row[m] = float(pd.to_numeric(cell[m], errors="coerce").mean()) if m in cell.columns else math.nan
     return row

@@ -35,6 +35,7 @@ def tiny_run(tmp_path_factory) -> Path:
 def test_end_to_end_tiny_run_writes_results_manifest_and_samples(tiny_run):
     results = pd.read_csv(tiny_run / "results.csv")
     assert len(results) == 5 * 2  # (cfg x2, classifier, clip, none) x 2 seed sets
+    assert len(pd.read_csv(tiny_run / "summary.csv")) == 5  # written with or without the HTML report
     for col in ("fid", "kid_mean", "clip_score", "acc_identity", "acc_subgroup", "acc_group", "img_per_s",
                 "network_passes_per_img", "backward_passes_per_img", "peak_mem_mb"):
         assert results[col].notna().all(), col

@@ -119,6 +119,14 @@ def test_summarize_cis_and_n_note(tmp_path: Path) -> None:
     assert cfg["n_samples_note"].str.contains("differs").all()
 
 
+def test_a_metric_missing_in_some_seed_sets_is_noted() -> None:
+    rows = pd.DataFrame({"guidance": "cfg", "scale": 3.0, "seed_set": [0, 1, 2], "n_samples": 64,
+                         "fid": [100.0, 110.0, math.nan], "clip_score": [30.0, 31.0, 32.0]})
+    row = summarize(rows).iloc[0]
+    assert row["n_seed_sets"] == 3 and row["fid"] == pytest.approx(105.0)
+    assert row["n_samples_note"] == "fid over 2 of 3 seed sets"
+
+
 def test_rank_methods_picks_frontier_point() -> None:
     summary = pd.DataFrame({
         "guidance": ["a", "a", "a", "b", "b"],
