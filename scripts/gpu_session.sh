@@ -35,11 +35,14 @@ export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=20
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__)"
 
-bounded() { local want=$1; echo $(( $(left) - 20 < want ? $(left) - 20 : want )); }  # never past the deadline
+# a step's limit: at most WANT seconds and never past the deadline (callers check left > 60 first, so the
+# value stays positive: `timeout 0` would mean no limit at all)
+bounded() { local want=$1; echo $(( $(left) - 20 < want ? $(left) - 20 : want )); }
 if [ "${MEASURE:-1}" != 0 ]; then
   # FLOPs are counted before compiling and each compiled run prints dynamo's counters, so a flag that
   # silently ran eager shows
-  step limit_eager 90 python3 -m bench.limit --device cuda --batches 64 --steps 100 --guidance cfg
+  [ "$(left)" -gt 60 ] && step limit_eager "$(bounded 90)" python3 -m bench.limit --device cuda --batches 64 \
+    --steps 100 --guidance cfg
   [ "$(left)" -gt 60 ] && TORCH_LOGS=perf_hints step limit_autotune "$(bounded 260)" python3 -m bench.limit \
     --device cuda --batches 64 --steps 100 --guidance cfg --cuda-graphs --autotune
   [ "$(left)" -gt 60 ] && step perf "$(bounded 90)" python3 -m bench.perf --device cuda --batch 64 --steps 50 \
