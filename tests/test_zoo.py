@@ -89,6 +89,23 @@ def test_missing_truncated_and_mismatched_checkpoints_are_clear_errors(tmp_path)
         load_zoo(tmp_path / "missing")
 
 
+def test_a_config_from_another_version_is_a_clear_error(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    source = ZOO_DIR / "classifier.safetensors"
+    meta = read_metadata(source)
+    tensors = load_file(str(source))
+    newer = tmp_path / "newer.safetensors"
+    save_file(tensors, str(newer), metadata={"kind": "classifier", "info": "{}",
+                                             "config": json.dumps({**meta["config"], "newkey": 1})})
+    with pytest.raises(CheckpointError, match="newer.safetensors: its config does not fit"):
+        load_model(newer)
+    damaged = tmp_path / "damaged.safetensors"
+    save_file(tensors, str(damaged), metadata={"kind": "classifier", "info": "{}", "config": "{not json"})
+    with pytest.raises(CheckpointError, match="damaged.safetensors: its metadata is not valid JSON"):
+        load_model(damaged)
+
+
 def _bench_run(run_dir, models: dict, clip_scorer: str = "zoo:eval_clip") -> None:
     """A finished bench run's two files: manifest (the sha256 of every zoo file it used) and tidy results."""
     run_dir.mkdir()

@@ -49,7 +49,14 @@ def load_model(path: str | os.PathLike, expected_kind: str | None = None, device
     meta = read_metadata(path)
     if expected_kind and meta["kind"] != expected_kind:
         raise CheckpointError(f"{path} holds a {meta['kind']!r} model, but a {expected_kind!r} model was expected")
-    model = load_weights(_build(meta["kind"], meta["config"]), path)
+    try:
+        model = _build(meta["kind"], meta["config"])
+    except (TypeError, KeyError, ValueError) as err:
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(f"{path}: its config does not fit this version's {meta['kind']!r} architecture "
+                              f"({err}); it was written by another version of the suite") from err
+    model = load_weights(model, path)
     model.zoo_info = meta  # type: ignore[attr-defined]
     return model.float().eval().requires_grad_(False).to(device)
 

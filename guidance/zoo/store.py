@@ -63,7 +63,12 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"cannot read checkpoint {path}: {err}; the file is truncated or not safetensors") from err
     if "kind" not in meta:
         raise CheckpointError(f"{path} has no zoo metadata (kind/config); it was not written by guidance.zoo")
-    return {"kind": meta["kind"], "config": json.loads(meta.get("config", "{}")), "info": json.loads(meta.get("info", "{}"))}
+    try:
+        return {"kind": meta["kind"], "config": json.loads(meta.get("config", "{}")),
+                "info": json.loads(meta.get("info", "{}"))}
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: its metadata is not valid JSON ({err.msg}); the file is damaged or was "
+                              f"not written by guidance.zoo") from err
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
