@@ -52,7 +52,11 @@ class Acceleration:
             # (a process-wide switch; results may differ from heuristic algorithms by float rounding)
             torch.backends.cudnn.benchmark = self.cudnn_benchmark is not False
         if self.compile_mode is not None:
-            model.compile(mode=self.compile_mode, dynamic=False)
+            # a model whose callers use other methods than forward (a noised CLIP's encode_image and
+            # encode_text) names the submodules those methods run; compiling forward would miss them
+            parts = [getattr(model, name) for name in getattr(model, "compiled_parts", ())] or [model]
+            for part in parts:
+                part.compile(mode=self.compile_mode, dynamic=False)
         return model
 
     def describe(self, device: torch.device) -> str:

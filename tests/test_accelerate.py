@@ -76,6 +76,24 @@ def test_compiled_model_gives_the_same_samples():
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
 
 
+def test_compile_reaches_the_towers_clip_guidance_calls():
+    """CLIP guidance calls encode_image / encode_text, not forward: those towers are what must compile."""
+    from torch._dynamo.utils import counters
+
+    from bench.limit import CONFIGS, build_models, random_tokens
+
+    size = CONFIGS["tiny"]
+    clip = build_models(size, CPU)["clip"]
+    torch._dynamo.reset()
+    counters.clear()
+    Acceleration(compile=True).apply(clip, CPU)
+    x = torch.randn(2, 3, size.guide.image_size, size.guide.image_size)
+    image, text = clip.encode_image(x, torch.zeros(2)), clip.encode_text(random_tokens(2, size.guide.context_length,
+                                                                                        size.guide.vocab_size, CPU))
+    assert counters["frames"]["ok"] >= 2, dict(counters["frames"])
+    assert image.shape[0] == text.shape[0] == 2
+
+
 def test_cli_flags_reach_the_config_but_not_the_sample_key():
     import argparse
 

@@ -9,6 +9,7 @@ The evaluation CLIP is an open_clip model (a different architecture and seed fro
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +73,9 @@ class NoiseAwareClassifier(_TwoHeadClassifier):
 
 class NoisedCLIPModel(nn.Module):
     """NoisedCLIP protocol: encode_image(x_t, t), encode_text(packed tokens), logit_scale."""
+
+    # guidance calls encode_image / encode_text, never forward: torch.compile these towers (guidance/accelerate.py)
+    compiled_parts: ClassVar[tuple[str, ...]] = ("image", "text")
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
