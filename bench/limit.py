@@ -15,7 +15,9 @@ measured dense bf16 matmul peak. Random weights: the speed, not the samples, is 
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import pandas as pd
 import torch
@@ -85,6 +87,22 @@ class _GlobalScope:
         return None
 
 
+@contextmanager
+def countable_kernels() -> Iterator[None]:
+    """Run the same maths through ops that `FlopCounterMode` counts: nn.TransformerEncoderLayer's fused
+    inference fast path and the CPU flash-attention kernel have no FLOP formula (they counted 0), so the
+    slow path and SDPA's math backend stand in while counting. CUDA autocast already avoided both."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
 def step_flops(models: dict, guidance_name: str, size: SizeConfig, diffusion: GaussianDiffusion,
                device: torch.device, autocast) -> float:
     """FLOPs of one guided DDIM step per image (forward passes, and backward for gradient guidance)."""
@@ -93,7 +111,7 @@ def step_flops(models: dict, guidance_name: str, size: SizeConfig, diffusion: Ga
     x, cond = torch.randn(shape, device=device), conditions(size, 2, device)
     counter = FlopCounterMode(display=False)
     counter.mod_tracker = _GlobalScope()
-    with counter, autocast:
+    with countable_kernels(), counter, autocast:
         ddim_step(models["unet"], diffusion, guidance, x, diffusion.num_timesteps // 2, cond)
     return counter.get_total_flops() / shape[0]
 

@@ -35,6 +35,22 @@ def test_limit_counts_flops_of_every_pass(tiny_table):
     assert set(tiny_table.index.get_level_values("batch")) == {1, 2}
 
 
+def test_flop_count_includes_the_text_transformer_and_attention():
+    """Per layer and caption: QKV, output and 4x MLP projections 24 L W^2, attention 4 L^2 W. Without
+    the counting context, eval-mode inference took fused kernels that counted 0 (CPU, or CUDA fp32)."""
+    from guidance.zoo.nn import TextTransformer
+
+    L, W, layers, batch = 8, 32, 2, 3
+    text = TextTransformer(64, L, W, layers, 4).eval()
+    tokens = torch.randint(1, 64, (batch, L))
+    with torch.no_grad(), limit.countable_kernels(), FlopCounterMode(display=False) as counter:
+        text(tokens, torch.full((batch,), L - 1))
+    assert counter.get_total_flops() == batch * layers * (24 * L * W**2 + 4 * L**2 * W)
+    with torch.no_grad(), FlopCounterMode(display=False) as plain:
+        text(tokens, torch.full((batch,), L - 1))
+    assert plain.get_total_flops() < counter.get_total_flops()  # what the context is for (on this CPU)
+
+
 def test_limit_rates_are_consistent(tiny_table):
     row = tiny_table.loc[("cfg", 2)]
     assert row.img_per_s > 0 and math.isfinite(row.TFLOP_per_s)
