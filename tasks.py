@@ -114,7 +114,8 @@ def test(c, fast=False):
 
 
 @task(help={"compare": "fail if slower than the last saved run by this much, e.g. mean:10%",
-            "device": "cpu or cuda", "table_only": "print the time-split table only"})
+            "device": "cpu or cuda, for the table (the pytest-benchmark steps run on the CPU)",
+            "table_only": "print the time-split table only"})
 def perf(c, compare=None, device=None, table_only=False):
     """Time split per guidance (table), then pytest-benchmark of one step per guidance (saved, compared)."""
     c.run(f"{PY} -m bench.perf {_flags(device=device)}")

@@ -16,18 +16,21 @@ from guidance.zoo.train import main as train_main
 NAMES = ["red apple", "green apple", "grinning face", "rocket", "dog face", "cat face"]
 
 
-@pytest.fixture(scope="module")
-def data_path(tmp_path_factory):
-    rng = np.random.default_rng(0)
+def synthetic_dataset(seed: int) -> EmojiDataset:
+    rng = np.random.default_rng(seed)
     n = len(NAMES)
-    dataset = EmojiDataset(
+    return EmojiDataset(
         images=rng.integers(0, 256, (2 * n, 32, 32, 3), dtype=np.uint8), captions=NAMES * 2,
         identity=np.tile(np.arange(n), 2), subgroup=np.tile(np.arange(n) % 3, 2), group=np.tile(np.arange(n) % 2, 2),
         style=np.repeat([0, 1], n), identity_names=NAMES, subgroup_names=["a", "b", "c"], group_names=["g", "h"],
         style_names=["noto", "openmoji"], identity_subgroup=np.arange(n) % 3, identity_group=np.arange(n) % 2,
         identity_codepoints=["1F34E"] * n)
+
+
+@pytest.fixture(scope="module")
+def data_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    dataset.save(path)
+    synthetic_dataset(0).save(path)
     return path
 
 
@@ -117,3 +120,18 @@ def test_continuing_from_another_architecture_is_a_clear_error(data_path, tmp_pa
         train_main(["--models", "unet", "--data", str(data_path), "--small", "--batch", "4", "--device", "cpu",
                     "--steps", "1", "--out", str(tmp_path / "o"), "--run-dir", str(tmp_path / "r2"),
                     "--init-from", str(tmp_path / "weak")])
+
+
+def test_a_run_checkpoint_resumes_only_the_run_that_wrote_it(data_path, tmp_path, capsys):
+    """Other data or another starting export under the same --run-dir is refused, not silently resumed
+    (which would export the old run's weights under the new run's record)."""
+    run(data_path, tmp_path / "first", tmp_path / "run", "--steps", "1")
+    other_path = tmp_path / "other.npz"
+    synthetic_dataset(1).save(other_path)
+    with pytest.raises(CheckpointError, match="dataset differ"):
+        run(other_path, tmp_path / "o1", tmp_path / "run", "--steps", "2")
+    with pytest.raises(CheckpointError, match="init_from differ"):
+        run(data_path, tmp_path / "o2", tmp_path / "run", "--steps", "2", "--init-from", str(tmp_path / "first"))
+    assert run(data_path, tmp_path / "o3", tmp_path / "run", "--steps", "2")["info"]["steps"] == 2  # the same run resumes
+    run(data_path, tmp_path / "o4", tmp_path / "run", "--steps", "5", "--budget", "0")
+    assert "spent its --budget" in capsys.readouterr().out

@@ -350,14 +350,28 @@ def init_from_export(job: Job, path: Path) -> dict:
                                                 "continued_from") if meta["info"].get(key) is not None}
 
 
+def run_record(job: Job, dataset_checksum: str, batch: int, seed: int, init: Path | None) -> dict:
+    """What a run checkpoint belongs to: resuming it under other data, settings or starting export would
+    mix two runs' weights under the new run's record."""
+    from guidance.zoo.store import file_sha256
+
+    return {"dataset": dataset_checksum, "batch": batch, "seed": seed,
+            "config": json.dumps(job.config, sort_keys=True, default=str),
+            "init_from": file_sha256(init) if init is not None and init.exists() else None}
+
+
 def train(job: Job, steps: int, budget: float, run_dir: Path, device: torch.device, seed: int,
-          checkpoint_every: float = 60.0, log_every: int = 50, init: Path | None = None) -> tuple[nn.Module, dict]:
-    """Optimise until `steps` or `budget` seconds; resumable from run_dir/<name>.pt.
+          checkpoint_every: float = 60.0, log_every: int = 50, init: Path | None = None,
+          record: dict | None = None) -> tuple[nn.Module, dict]:
+    """Optimise until `steps` or `budget` seconds (the run's total, resumed time included); resumable
+    from run_dir/<name>.pt, which is refused when its `record` (run_record) differs from this run's.
 
     With `init` (an exported .safetensors) and no run checkpoint yet, training continues from that
     export; the exported record's steps and wall time are added to this run's.
     """
     from tqdm.auto import tqdm
+
+    from guidance.zoo.store import CheckpointError
 
     ckpt = run_dir / f"{job.name}.pt"
     before = {"steps": 0, "wall_time_s": 0.0}
@@ -377,6 +391,11 @@ def train(job: Job, steps: int, budget: float, run_dir: Path, device: torch.devi
     step, elapsed, history = 0, 0.0, []
     if ckpt.exists():  # resume: our own checkpoint, still loaded without unpickling code
         state = torch.load(ckpt, map_location=device, weights_only=True)
+        if record is not None and state.get("run") != record:
+            saved = state.get("run") or {}
+            differs = [k for k in record if saved.get(k) != record[k]] if saved else ["no record: an older version"]
+            raise CheckpointError(f"{ckpt} is another training run's checkpoint ({', '.join(differs)} differ from "
+                                  f"this run's); pass another --run-dir, or delete the file to start over")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         if ema is not None:
@@ -385,11 +404,13 @@ def train(job: Job, steps: int, budget: float, run_dir: Path, device: torch.devi
         step, elapsed, history = int(state["step"]), float(state["elapsed"]), state["history"]
         before = state.get("before", before)
         print(f"[{job.name}] resumed at step {step} ({elapsed:.0f}s done)")
+        if elapsed >= budget and step < steps:
+            print(f"[{job.name}] this run has spent its --budget of {budget:.0f}s: raise it to train further")
 
     def save_checkpoint() -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
-                 "history": history, "rng": g.get_state(), "before": before}
+                 "history": history, "rng": g.get_state(), "before": before, "run": record}
         if ema is not None:
             state["ema"] = ema.state_dict()
         torch.save(state, str(ckpt) + ".tmp")
@@ -446,7 +467,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-dir", default="runs/train", help="checkpoints for resuming")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=100_000)
-    parser.add_argument("--budget", type=float, default=600.0, help="seconds per model")
+    parser.add_argument("--budget", type=float, default=600.0,
+                        help="seconds per model, for the whole run: time spent before a resume counts")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--small", action="store_true", help="tiny architectures for smoke tests")
@@ -468,7 +490,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.manual_seed(args.seed)
         job = make_job(name.strip(), data, args.batch, device, args.small)
         init = Path(args.init_from) / f"{job.name}.safetensors" if args.init_from else None
-        model, info = train(job, args.steps, args.budget, Path(args.run_dir), device, args.seed, init=init)
+        record = run_record(job, dataset.checksum, args.batch, args.seed, init)
+        model, info = train(job, args.steps, args.budget, Path(args.run_dir), device, args.seed, init=init,
+                            record=record)
         info.update(batch_size=args.batch, dataset_checksum=dataset.checksum, dataset_size=len(dataset),
                     evaluation=job.evaluate(model) if job.evaluate else {})
         kind = job.kind or job.name
