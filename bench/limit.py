@@ -226,17 +226,18 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    acceleration = from_args(args, torch.device(args.device))
     if args.profile:
         guidance = args.guidance.split(",")[0].strip()
         batch = max(int(b) for b in args.batches.split(","))
         print(f"{args.config}, {guidance}, batch {batch}, 3 DDIM steps:")
         print(profile_step(args.config, guidance, batch, torch.device(args.device), getattr(torch, args.dtype),
-                           from_args(args)))
+                           acceleration))
         return 0
     try:
         table = benchmark(args.config, [g.strip() for g in args.guidance.split(",") if g.strip()],
                           [int(b) for b in args.batches.split(",")], args.steps, torch.device(args.device),
-                          getattr(torch, args.dtype), from_args(args), args.repeats)
+                          getattr(torch, args.dtype), acceleration, args.repeats)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):

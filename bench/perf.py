@@ -142,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     autocast = autocast_context(device, dtype)
+    acceleration = from_args(args, device)
     zoo = load_zoo(device=device)
-    zoo.accelerate(from_args(args), device)
+    zoo.accelerate(acceleration, device)
     names = [g.strip() for g in args.guidance.split(",") if g.strip()]
     unknown = [g for g in names if g not in REGISTRY]
     if unknown:
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
     table = pd.DataFrame(rows).set_index("guidance")
     with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
-        print(f"device {device} ({from_args(args).describe(device)}, {dtype}), batch {args.batch}, {args.steps} DDIM steps, "
+        print(f"device {device} ({acceleration.describe(device)}, {dtype}), batch {args.batch}, {args.steps} DDIM steps, "
               f"median of {args.repeats} interleaved runs")
         print(table.to_string())
     return 0

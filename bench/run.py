@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import glob
 import platform
 import re
 import resource
@@ -181,6 +182,13 @@ class SampleStore:
         parts = [p for p in self.parts.glob("*.npz") if PART_NAME.fullmatch(p.name)] if self.parts.is_dir() else []
         return ([self.final] if self._final_current() else []) + sorted(parts, key=lambda p: int(p.name.split("-")[0]))
 
+    def under_another_key(self) -> bool:
+        """Samples of this cell were saved under another key (an earlier version of the suite, other
+        weights or sampler settings): they stay on disk but are not reused."""
+        pattern = f"{glob.escape(self.final.stem)}.*.parts"
+        others = [p for p in self.final.parent.glob(pattern) if p != self.parts]
+        return bool(others) or (self.final.exists() and not self._final_current())
+
     def done(self, expected: Expected) -> bool:
         """The merged file holds exactly samples 0..n-1, each with the prompt and label it has now."""
         if not self._final_current():
@@ -328,6 +336,9 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
         if store.done(expected):
             bar.update(n)
             continue
+        if progress and store.under_another_key():
+            bar.write(f"{cell.name}: samples saved under another key (an earlier version, other weights or "
+                      f"sampler settings) are not reused: sampling afresh")
         guidance = make_guidance(cell.guidance, cell.scale, zoo.guiding_models())
         bar.set_postfix_str(cell.name)
         reset_peak_memory(device)
@@ -379,6 +390,9 @@ def merge_shards(run_dir: Path, progress: bool = True) -> Path:
         if store.done(expected):
             continue
         missing = sorted(set(range(n)) - store.finished_indices(expected))
+        if missing and store.under_another_key() and len(missing) == n:
+            raise ValueError(f"{cell.name}: its samples were saved under another key (an earlier version of the "
+                             f"suite, other weights or sampler settings) and are not reused; rerun every shard job")
         if missing:
             raise ValueError(f"{cell.name}: samples {missing[:5]}... are missing; run the remaining shard jobs "
                              f"(same command with their --shard K/N) before merging")

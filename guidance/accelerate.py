@@ -97,5 +97,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --compile/--cuda-graphs: inductor max-autotune (minutes of kernel tuning per shape)")
 
 
-def from_args(args: argparse.Namespace) -> Acceleration:
-    return Acceleration(args.channels_last, args.compile, args.cuda_graphs, args.cudnn_benchmark, args.autotune)
+def from_args(args: argparse.Namespace, device: torch.device | None = None) -> Acceleration:
+    """The flags as an Acceleration; with `device`, a combination it cannot run exits with one line (CLIs)."""
+    acceleration = Acceleration(args.channels_last, args.compile, args.cuda_graphs, args.cudnn_benchmark, args.autotune)
+    if device is not None:
+        try:
+            acceleration.check(device)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
+    return acceleration

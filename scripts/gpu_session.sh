@@ -12,7 +12,7 @@
 # Logs come back in $OUT/logs.tar; the continued UNet comes back as $OUT/unet.safetensors.part-* (the device tool
 # returns files of at most 16 MiB): `cat unet.safetensors.part-* > unet.safetensors` to rebuild.
 # Usage: OUT=/path DEADLINE_S=560 bash scripts/gpu_session.sh
-#   MEASURE=0 skips steps 1-2 (a call that only trains).
+#   MEASURE=0 TRAIN=1 runs step 3 alone (a call that only trains).
 # The device tool moves at most 64 MiB: the committed weights are 59 MiB, so the dataset travels as an
 # xz'd uncompressed npz (3.4 MiB) with the open_clip/ftfy/wcwidth wheels in one carried folder, and
 # weak_unet.safetensors (unused here) is taken out of the index for the call (`git rm --cached` + an

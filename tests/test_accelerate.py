@@ -94,6 +94,15 @@ def test_compile_reaches_the_towers_clip_guidance_calls():
     assert image.shape[0] == text.shape[0] == 2
 
 
+def test_perf_and_limit_refuse_autotune_alone_in_one_line():
+    from bench import limit, perf
+
+    for main, argv in ((limit.main, ["--config", "tiny", "--device", "cpu", "--profile"]),
+                       (perf.main, ["--device", "cpu", "--guidance", "none"])):
+        with pytest.raises(SystemExit, match="^error: --autotune tunes torch.compile's kernels; add --compile"):
+            main([*argv, "--autotune"])
+
+
 def test_cli_flags_reach_the_config_but_not_the_sample_key():
     import argparse
 

@@ -215,7 +215,7 @@ def test_two_processes_give_the_same_images_and_fid_as_one(tmp_path):
 
 
 @pytest.mark.slow
-def test_independent_shard_jobs_merge_offline(tmp_path):
+def test_independent_shard_jobs_merge_offline(tmp_path, capsys):
     common = ["--preset", "tiny", "--guidance", "cfg", "--scales", "3", "--prompt-limit", "5", "--seeds", "0",
               "--steps", "3", "--batch-size", "2", "--out", str(tmp_path), "--no-report", "--metrics", "fid,accuracy"]
     assert cli_main(["run", *common, "--run-id", "ref"]) == 0
@@ -223,6 +223,12 @@ def test_independent_shard_jobs_merge_offline(tmp_path):
     assert not (tmp_path / "sharded" / "results.csv").exists()
     assert cli_main(["merge", str(tmp_path / "sharded"), "--no-report"]) == 2  # shard 1 missing: clear error
     assert cli_main(["run", *common, "--run-id", "sharded", "--shard", "1/2"]) == 0
+    config = tmp_path / "sharded" / "config.json"
+    original = config.read_text()
+    config.write_text(json.dumps({**json.loads(original), "steps": 4}))  # as if the jobs had another sample key
+    assert cli_main(["merge", str(tmp_path / "sharded"), "--no-report"]) == 2
+    assert "saved under another key" in capsys.readouterr().err
+    config.write_text(original)
     assert cli_main(["merge", str(tmp_path / "sharded"), "--no-report"]) == 0
     ref = pd.read_csv(tmp_path / "ref" / "results.csv")
     merged = pd.read_csv(tmp_path / "sharded" / "results.csv")

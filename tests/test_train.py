@@ -10,7 +10,7 @@ import pytest
 from safetensors.torch import load_file
 
 from guidance.zoo.emoji_data import EmojiDataset
-from guidance.zoo.store import CheckpointError, read_metadata
+from guidance.zoo.store import read_metadata
 from guidance.zoo.train import main as train_main
 
 NAMES = ["red apple", "green apple", "grinning face", "rocket", "dog face", "cat face"]
@@ -116,7 +116,7 @@ def test_an_export_older_than_a_config_option_still_continues(data_path, tmp_pat
 def test_continuing_from_another_architecture_is_a_clear_error(data_path, tmp_path):
     run(data_path, tmp_path / "weak", tmp_path / "r1", "--steps", "1")
     shutil.copy(tmp_path / "weak" / "weak_unet.safetensors", tmp_path / "weak" / "unet.safetensors")
-    with pytest.raises(CheckpointError, match="config differs"):
+    with pytest.raises(SystemExit, match="error: --init-from .* config differs"):
         train_main(["--models", "unet", "--data", str(data_path), "--small", "--batch", "4", "--device", "cpu",
                     "--steps", "1", "--out", str(tmp_path / "o"), "--run-dir", str(tmp_path / "r2"),
                     "--init-from", str(tmp_path / "weak")])
@@ -128,10 +128,19 @@ def test_a_run_checkpoint_resumes_only_the_run_that_wrote_it(data_path, tmp_path
     run(data_path, tmp_path / "first", tmp_path / "run", "--steps", "1")
     other_path = tmp_path / "other.npz"
     synthetic_dataset(1).save(other_path)
-    with pytest.raises(CheckpointError, match="dataset differ"):
+    with pytest.raises(SystemExit, match=r"error: .*\(dataset differ"):
         run(other_path, tmp_path / "o1", tmp_path / "run", "--steps", "2")
-    with pytest.raises(CheckpointError, match="init_from differ"):
+    with pytest.raises(SystemExit, match=r"error: .*\(init_from differ"):
         run(data_path, tmp_path / "o2", tmp_path / "run", "--steps", "2", "--init-from", str(tmp_path / "first"))
     assert run(data_path, tmp_path / "o3", tmp_path / "run", "--steps", "2")["info"]["steps"] == 2  # the same run resumes
     run(data_path, tmp_path / "o4", tmp_path / "run", "--steps", "5", "--budget", "0")
     assert "spent its --budget" in capsys.readouterr().out
+
+
+def test_a_run_that_exports_into_its_init_folder_still_resumes(data_path, tmp_path, capsys):
+    """`--init-from W` with the default `--out W`: the first export replaces the init file, and the
+    same command with a larger --steps must resume, not be refused."""
+    run(data_path, tmp_path / "w", tmp_path / "r0", "--steps", "1")
+    for steps in ("2", "3"):
+        meta = run(data_path, tmp_path / "w", tmp_path / "run", "--steps", steps, "--init-from", str(tmp_path / "w"))
+    assert "resumed at step 2" in capsys.readouterr().out and meta["info"]["steps"] == 1 + 3

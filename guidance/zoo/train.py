@@ -30,7 +30,7 @@ from guidance.zoo.emoji_data import EmojiDataset
 from guidance.zoo.encoders import (EVAL_CLIP_PREPROCESS, EncoderConfig, EvalClassifier, NoiseAwareClassifier,
                                    NoisedCLIPModel, eval_clip_config)
 from guidance.zoo.losses import hybrid_loss
-from guidance.zoo.store import save_model
+from guidance.zoo.store import CheckpointError, save_model
 from guidance.zoo.text import CaptionTokenizer, bpe_tokenize, build_vocab
 from guidance.zoo.unet import TextUNet, UNetConfig
 
@@ -333,7 +333,7 @@ def init_from_export(job: Job, path: Path) -> dict:
 
     A GPU session can then continue the committed model's training rather than start over.
     """
-    from guidance.zoo.store import CheckpointError, load_weights, read_metadata
+    from guidance.zoo.store import load_weights, read_metadata
 
     meta = read_metadata(path)
     if not same_config(job, meta["config"]):
@@ -352,12 +352,11 @@ def init_from_export(job: Job, path: Path) -> dict:
 
 def run_record(job: Job, dataset_checksum: str, batch: int, seed: int, init: Path | None) -> dict:
     """What a run checkpoint belongs to: resuming it under other data, settings or starting export would
-    mix two runs' weights under the new run's record."""
-    from guidance.zoo.store import file_sha256
-
+    mix two runs' weights under the new run's record. The starting export is named by its path: a run
+    that exports into its own --init-from folder (the default --out) must still resume."""
     return {"dataset": dataset_checksum, "batch": batch, "seed": seed,
             "config": json.dumps(job.config, sort_keys=True, default=str),
-            "init_from": file_sha256(init) if init is not None and init.exists() else None}
+            "init_from": str(init.resolve()) if init is not None and init.exists() else None}
 
 
 def train(job: Job, steps: int, budget: float, run_dir: Path, device: torch.device, seed: int,
@@ -370,8 +369,6 @@ def train(job: Job, steps: int, budget: float, run_dir: Path, device: torch.devi
     export; the exported record's steps and wall time are added to this run's.
     """
     from tqdm.auto import tqdm
-
-    from guidance.zoo.store import CheckpointError
 
     ckpt = run_dir / f"{job.name}.pt"
     before = {"steps": 0, "wall_time_s": 0.0}
@@ -391,9 +388,11 @@ def train(job: Job, steps: int, budget: float, run_dir: Path, device: torch.devi
     step, elapsed, history = 0, 0.0, []
     if ckpt.exists():  # resume: our own checkpoint, still loaded without unpickling code
         state = torch.load(ckpt, map_location=device, weights_only=True)
-        if record is not None and state.get("run") != record:
-            saved = state.get("run") or {}
-            differs = [k for k in record if saved.get(k) != record[k]] if saved else ["no record: an older version"]
+        saved = state.get("run")
+        if saved is None:
+            print(f"[{job.name}] {ckpt} predates run records: resuming it unchecked")
+        elif record is not None and saved != record:
+            differs = [k for k in record if saved.get(k) != record[k]]
             raise CheckpointError(f"{ckpt} is another training run's checkpoint ({', '.join(differs)} differ from "
                                   f"this run's); pass another --run-dir, or delete the file to start over")
         model.load_state_dict(state["model"])
@@ -491,8 +490,11 @@ def main(argv: list[str] | None = None) -> None:
         job = make_job(name.strip(), data, args.batch, device, args.small)
         init = Path(args.init_from) / f"{job.name}.safetensors" if args.init_from else None
         record = run_record(job, dataset.checksum, args.batch, args.seed, init)
-        model, info = train(job, args.steps, args.budget, Path(args.run_dir), device, args.seed, init=init,
-                            record=record)
+        try:
+            model, info = train(job, args.steps, args.budget, Path(args.run_dir), device, args.seed, init=init,
+                                record=record)
+        except CheckpointError as err:
+            raise SystemExit(f"error: {err}") from None
         info.update(batch_size=args.batch, dataset_checksum=dataset.checksum, dataset_size=len(dataset),
                     evaluation=job.evaluate(model) if job.evaluate else {})
         kind = job.kind or job.name
