@@ -208,6 +208,22 @@ def test_runs_whose_names_differ_only_in_unsafe_characters_keep_their_own_grids(
     assert len(grids) == 2 and grids[0].read_bytes() != grids[1].read_bytes()
 
 
+def test_run_ids_devices_and_guidance_names_are_escaped(tmp_path: Path) -> None:
+    """Every user string reaches the page escaped: run ids and directories, the device, guidance names."""
+    run = make_fake_run(tmp_path, "<script>run")
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**manifest, "device": "<script>dev"}))
+    results = pd.read_csv(run / "results.csv")
+    results["guidance"] = results["guidance"].replace("clip", "<script>g")
+    results.to_csv(run / "results.csv", index=False)
+    for sample in (run / "samples").glob("clip_*.npz"):
+        sample.rename(sample.with_name(sample.name.replace("clip", "<script>g")))
+    for runs in ([run], [run, make_fake_run(tmp_path, "other")]):
+        text = build_report(runs, tmp_path / f"out{len(runs)}").read_text(encoding="utf-8")
+        assert "<script" not in text.lower()
+        assert "&lt;script&gt;run" in text and "&lt;script&gt;dev" in text and "&lt;script&gt;g" in text
+
+
 def test_missing_results_csv_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = make_fake_run(tmp_path)
     (run / "results.csv").unlink()

@@ -1,0 +1,109 @@
+"""Small exact checks of the metric states, the statistics and the sample key (each written after a
+mutation of that line went unnoticed by the end-to-end tests)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+import pytest
+import torch
+from scipy import stats as sps
+from torch import nn
+
+from bench.config import BenchConfig
+from bench.metrics import CLIPScore, DomainFeatures, LabelAccuracy, Throughput
+from bench.stats import mean_ci, pareto_front, summarize
+
+
+class _FixedScorer(nn.Module):
+    """Image embeddings given per image, one text embedding: cosines known in advance."""
+
+    def __init__(self, images: torch.Tensor, text: torch.Tensor) -> None:
+        super().__init__()
+        self.images, self.text = images, text
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return self.images[: len(images)]
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        return self.text.expand(len(texts), -1)
+
+
+def test_clip_score_is_100_times_the_cosine_floored_at_zero():
+    images = torch.tensor([[1.0, 0.0], [0.6, 0.8], [-1.0, 0.0]])  # cos with [1, 0]: 1, 0.6, -1
+    metric = CLIPScore(_FixedScorer(images, torch.tensor([[1.0, 0.0]])))
+    metric.update(torch.zeros(3, 3, 8, 8), ["a", "b", "c"])
+    assert float(metric.compute()) == pytest.approx(100 * (1.0 + 0.6 + 0.0) / 3)
+
+
+class _FixedClassifier(nn.Module):
+    def __init__(self, identity: list[int], subgroup: list[int]) -> None:
+        super().__init__()
+        self.identity, self.subgroup = torch.tensor(identity), torch.tensor(subgroup)
+
+    def heads(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return nn.functional.one_hot(self.identity, 4).float(), nn.functional.one_hot(self.subgroup, 3).float()
+
+
+def test_label_accuracy_counts_identity_subgroup_and_group():
+    # identities 0..3 -> subgroups [0, 1, 2, 2]; subgroups -> groups [0, 0, 1]
+    classifier = _FixedClassifier(identity=[0, 2, 3, 1], subgroup=[1, 2, 1, 0])
+    metric = LabelAccuracy(classifier, subgroup_of=[0, 1, 2, 2], group_of_subgroup=[0, 0, 1])
+    metric.update(torch.zeros(4, 3, 8, 8), torch.tensor([0, 1, 2, 3]))
+    # true subgroups 0, 1, 2, 2 vs predicted 1, 2, 1, 0: none right; groups 0, 0, 1, 1 vs 0, 1, 0, 0: one right
+    assert {k: float(v) for k, v in metric.compute().items()} == {"acc_identity": 0.25, "acc_subgroup": 0.0,
+                                                                  "acc_group": 0.25}
+
+
+def test_domain_features_see_uint8_images_in_minus_one_to_one():
+    seen = []
+
+    class Probe(nn.Module):
+        config = dataclasses.make_dataclass("C", [("features", int)])(2)
+
+        def features(self, x):
+            seen.append(x)
+            return x.flatten(1)[:, :2]
+
+    DomainFeatures(Probe())(torch.tensor([[[[0, 255]]]], dtype=torch.uint8))
+    torch.testing.assert_close(seen[0], torch.tensor([[[[-1.0, 1.0]]]]))
+
+
+def test_throughput_adds_work_and_takes_the_slowest_process_time():
+    a, b = Throughput(sync_on_compute=False), Throughput(sync_on_compute=False)
+    a.update(images=8, seconds=10.0, network_passes=80, guide_passes=0, backward_passes=0, peak_mem_mb=100)
+    b.update(images=8, seconds=12.0, network_passes=80, guide_passes=0, backward_passes=0, peak_mem_mb=300)
+    a.merge_state(b)
+    out = {k: float(v) for k, v in a.compute().items()}
+    assert out["img_per_s"] == pytest.approx(16 / 12) and out["peak_mem_mb"] == 300
+    assert out["network_passes_per_img"] == pytest.approx(10)
+
+
+def test_mean_ci_uses_the_requested_confidence():
+    values = [1.0, 2.0, 4.0, 7.0]
+    mean, lo, hi = mean_ci(values, confidence=0.8)
+    sem = pd.Series(values).std(ddof=1) / 2
+    assert hi - mean == pytest.approx(sps.t.ppf(0.9, df=3) * sem)
+
+
+def test_summary_throughput_is_the_mean_over_seed_sets():
+    rows = pd.DataFrame({"guidance": "cfg", "scale": 3.0, "seed_set": [0, 1], "n_samples": 8, "fid": [1.0, 2.0],
+                         "clip_score": [3.0, 4.0], "img_per_s": [1.0, 3.0]})
+    assert summarize(rows).iloc[0]["img_per_s"] == 2.0
+
+
+def test_identical_points_are_both_on_the_pareto_front():
+    table = pd.DataFrame({"clip_score": [30.0, 30.0, 20.0], "fid": [100.0, 100.0, 150.0]})
+    assert list(pareto_front(table)) == [True, True, False]
+
+
+def test_every_sample_field_changes_the_sample_key_and_nothing_else_does():
+    plain = BenchConfig()
+    changed = {"sampler": "ddpm", "steps": 21, "eta": 0.5, "dtype": "bfloat16", "model": "/other/zoo",
+               "model_fingerprint": "f" * 16}
+    assert set(changed) == set(BenchConfig.SAMPLE_FIELDS)
+    for field, value in changed.items():
+        assert BenchConfig(**{field: value}).cell_hash("cfg", 3.0, 0) != plain.cell_hash("cfg", 3.0, 0), field
+    for field, value in {"batch_size": 5, "device": "cuda", "prompt_limit": 7, "out": "elsewhere"}.items():
+        assert BenchConfig(**{field: value}).cell_hash("cfg", 3.0, 0) == plain.cell_hash("cfg", 3.0, 0), field
