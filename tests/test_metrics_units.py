@@ -107,3 +107,21 @@ def test_every_sample_field_changes_the_sample_key_and_nothing_else_does():
         assert BenchConfig(**{field: value}).cell_hash("cfg", 3.0, 0) != plain.cell_hash("cfg", 3.0, 0), field
     for field, value in {"batch_size": 5, "device": "cuda", "prompt_limit": 7, "out": "elsewhere"}.items():
         assert BenchConfig(**{field: value}).cell_hash("cfg", 3.0, 0) == plain.cell_hash("cfg", 3.0, 0), field
+
+
+def test_a_saved_sample_is_reused_only_with_its_own_prompt_and_label(tmp_path):
+    import numpy as np
+
+    from bench.prompts import Prompt, PromptSet
+    from bench.run import Expected
+
+    prompts = PromptSet("p", (Prompt("red apple", label=1), Prompt("rocket", label=2)), "test")
+    expected = Expected.of(prompts, n=4, samples_per_prompt=2)  # indices 0, 1 -> apple; 2, 3 -> rocket
+    stored = tmp_path / "part.npz"
+    np.savez(stored, indices=np.array([0, 1, 2, 3, 4]), prompts=np.array(["red apple", "red apple", "rocket", "moon", "x"]),
+             labels=np.array([1, 7, 2, 2, 0]))
+    with np.load(stored) as data:
+        assert list(expected.matches(data)) == [True, False, True, False, False]  # label, text, index out of range
+    np.savez(stored, indices=np.array([0]), prompts=np.array(["red apple"]))  # an older file without labels
+    with np.load(stored) as data:
+        assert not expected.matches(data).any()
