@@ -88,10 +88,9 @@ def test_compile_reaches_the_towers_clip_guidance_calls():
     counters.clear()
     Acceleration(compile=True).apply(clip, CPU)
     x = torch.randn(2, 3, size.guide.image_size, size.guide.image_size)
-    image, text = clip.encode_image(x, torch.zeros(2)), clip.encode_text(random_tokens(2, size.guide.context_length,
-                                                                                        size.guide.vocab_size, CPU))
+    clip.encode_image(x, torch.zeros(2))
+    clip.encode_text(random_tokens(2, size.guide.context_length, size.guide.vocab_size, CPU))
     assert counters["frames"]["ok"] >= 2, dict(counters["frames"])
-    assert image.shape[0] == text.shape[0] == 2
 
 
 def test_perf_and_limit_refuse_autotune_alone_in_one_line():

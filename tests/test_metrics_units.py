@@ -125,3 +125,14 @@ def test_a_saved_sample_is_reused_only_with_its_own_prompt_and_label(tmp_path):
     np.savez(stored, indices=np.array([0]), prompts=np.array(["red apple"]))  # an older file without labels
     with np.load(stored) as data:
         assert not expected.matches(data).any()
+
+
+def test_seed_sets_draw_independent_streams():
+    """Sample i of seed set s and sample j of seed set s' share no stream unless (s, i) == (s', j)."""
+    from guidance.rng import SampleNoise
+
+    draws = {(seed, index): SampleNoise(seed, [index]).randn((16,))[0] for seed in range(3) for index in range(3)}
+    keys = list(draws)
+    for a in range(len(keys)):
+        for b in range(a + 1, len(keys)):
+            assert not torch.equal(draws[keys[a]], draws[keys[b]]), (keys[a], keys[b])
