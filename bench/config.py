@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from guidance.accelerate import Acceleration
 from guidance.guiders import REGISTRY
 
@@ -147,8 +149,8 @@ class BenchConfig:
                              f"shrinks the confidence intervals falsely; give distinct seeds")
         if self.cuda_graphs and not self.device.startswith("cuda"):
             raise ValueError(f"--cuda-graphs needs --device cuda (got --device {self.device}); drop the flag on CPU")
-        if self.autotune and not (self.compile or self.cuda_graphs):
-            raise ValueError("--autotune tunes torch.compile's kernels; add --compile or --cuda-graphs")
+        if self.autotune:
+            self.acceleration().check(torch.device(self.device))  # the flag rule lives in Acceleration.check
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"unknown dtype {self.dtype!r}; valid: float32, bfloat16, float16")
         bad = [m for m in self.metrics if m not in ("fid", "kid", "clip_score", "accuracy")]

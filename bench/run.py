@@ -92,14 +92,6 @@ def check_compatible(cfg: BenchConfig, prompts: PromptSet, zoo: Zoo) -> None:
                              f"drop it from --guidance or point --model at a directory that has one")
 
 
-def conditions(zoo: Zoo, prompts: PromptSet, indices: list[int], spp: int) -> Conditions:
-    chosen = [prompts.prompts[i // spp] for i in indices]
-    texts = [p.text for p in chosen]
-    labels = torch.tensor([p.label for p in chosen]) if all(p.label is not None for p in chosen) else None
-    clip_tokens = zoo.clip_tokenizer(texts) if zoo.clip_tokenizer is not None else None
-    return Conditions(model=zoo.tokenizer(texts), labels=labels, clip_tokens=clip_tokens)
-
-
 def reset_peak_memory(device: torch.device) -> None:
     """Start a cell's peak-memory window, so each cell reports its own peak, not the run's so far:
     CUDA's allocator peak, or on Linux the process's peak RSS (VmHWM, reset through clear_refs)."""
@@ -155,6 +147,15 @@ class Expected:
         return inside & (self.texts[at] == stored["prompts"]) & (self.labels[at] == stored["labels"])
 
 
+def conditions(zoo: Zoo, expected: Expected, indices: list[int]) -> Conditions:
+    """The batch's conditions, from the captions and labels its global sample indices ask for."""
+    texts = [str(t) for t in expected.texts[indices]]
+    labels = expected.labels[indices]
+    clip_tokens = zoo.clip_tokenizer(texts) if zoo.clip_tokenizer is not None else None
+    return Conditions(model=zoo.tokenizer(texts), labels=torch.from_numpy(labels) if (labels >= 0).all() else None,
+                      clip_tokens=clip_tokens)
+
+
 class SampleStore:
     """Samples of one cell on disk: batches `<cell>.<hash>.parts/<first>-<last>.npz`, merged into
     `<cell>.npz` once the cell is complete. The hash keys what samples depend on besides their prompt
@@ -198,13 +199,15 @@ class SampleStore:
             return (np.array_equal(indices, np.arange(len(expected)))
                     and bool(expected.matches(data).all()))
 
-    def finished_indices(self, expected: Expected) -> set[int]:
-        found: set[int] = set()
+    def _valid_rows(self, expected: Expected) -> Iterator[tuple["np.lib.npyio.NpzFile", np.ndarray]]:
+        """Per file holding this cell's samples: the open file and its rows that still match their
+        prompt and label."""
         for path in self._sources():
             with np.load(path, allow_pickle=False) as data:
-                indices = data["indices"]
-                found.update(indices[expected.matches(data)].tolist())
-        return found
+                yield data, np.flatnonzero(expected.matches(data))
+
+    def finished_indices(self, expected: Expected) -> set[int]:
+        return {int(i) for data, rows in self._valid_rows(expected) for i in data["indices"][rows]}
 
     def write_batch(self, indices: list[int], images: Tensor, expected: Expected) -> None:
         self.parts.mkdir(parents=True, exist_ok=True)
@@ -218,11 +221,9 @@ class SampleStore:
     def merge(self, expected: Expected) -> None:
         """Write samples 0..n-1 as one file from every valid stored sample, then drop the batches."""
         images: dict[int, np.ndarray] = {}
-        for path in self._sources():
-            with np.load(path, allow_pickle=False) as data:
-                indices, stored = data["indices"], data["images"]
-                for row in np.flatnonzero(expected.matches(data)):
-                    images[int(indices[row])] = stored[row]
+        for data, rows in self._valid_rows(expected):
+            stored = data["images"]
+            images.update((int(i), stored[r]) for i, r in zip(data["indices"][rows], rows))
         missing = sorted(set(range(len(expected))) - images.keys())
         if missing:
             raise ValueError(f"{self.final.stem}: samples {missing[:5]} are missing; sample them before merging")
@@ -248,8 +249,8 @@ def batches(todo: list[int], size: int) -> Iterator[list[int]]:
         yield todo[start:start + size]
 
 
-def sample_cell(cfg: BenchConfig, zoo: Zoo, prompts: PromptSet, cell: Cell, guidance: Guidance, store: SampleStore,
-                expected: Expected, device: torch.device, progress, shard: Shard = Shard()) -> dict[str, float]:
+def sample_cell(cfg: BenchConfig, zoo: Zoo, cell: Cell, guidance: Guidance, store: SampleStore, expected: Expected,
+                device: torch.device, progress, shard: Shard = Shard()) -> dict[str, float]:
     """Sample this shard's missing batches of one cell; returns the time and work spent (for throughput)."""
     diffusion = zoo.diffusion.respace(str(cfg.steps))
     finished = store.finished_indices(expected)
@@ -263,7 +264,7 @@ def sample_cell(cfg: BenchConfig, zoo: Zoo, prompts: PromptSet, cell: Cell, guid
         idx = [i for i in batch if i not in finished]
         if not idx or not shard.owns(number):
             continue
-        cond = conditions(zoo, prompts, idx, cfg.samples_per_prompt)
+        cond = conditions(zoo, expected, idx)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
@@ -342,7 +343,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
         guidance = make_guidance(cell.guidance, cell.scale, zoo.guiding_models())
         bar.set_postfix_str(cell.name)
         reset_peak_memory(device)
-        spent = sample_cell(cfg, zoo, prompts, cell, guidance, store, expected, device, bar, shard)
+        spent = sample_cell(cfg, zoo, cell, guidance, store, expected, device, bar, shard)
         spent["peak_mem_mb"] = peak_memory_mb(device)
         save_throughput(run_dir, cell, spent, store.cell_hash, shard)
         shard.barrier()

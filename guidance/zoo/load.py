@@ -51,9 +51,9 @@ def load_model(path: str | os.PathLike, expected_kind: str | None = None, device
         raise CheckpointError(f"{path} holds a {meta['kind']!r} model, but a {expected_kind!r} model was expected")
     try:
         model = _build(meta["kind"], meta["config"])
+    except CheckpointError:
+        raise
     except (TypeError, KeyError, ValueError) as err:
-        if isinstance(err, CheckpointError):
-            raise
         raise CheckpointError(f"{path}: its config does not fit this version's {meta['kind']!r} architecture "
                               f"({err}); it was written by another version of the suite") from err
     model = load_weights(model, path)
