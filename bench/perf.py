@@ -13,12 +13,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import dataclass
 from typing import Callable
 
+import pandas as pd
 import torch
 
 from guidance.accelerate import add_arguments, autocast_context, from_args
 from guidance.guiders import REGISTRY, make_guidance
+from guidance.guiders.base import GuidanceCost
 from guidance.protocols import Conditions
 from guidance.sampling import sample, step_info
 from guidance.zoo.load import load_zoo
@@ -96,7 +99,17 @@ def network_calls(name: str, zoo, diffusion, cond: Conditions, batch: int, devic
     return calls
 
 
-def measure(name: str, zoo, batch: int, steps: int, device: torch.device, repeats: int) -> dict[str, float]:
+@dataclass
+class Workload:
+    """What one method's row times: the sampler, the bare loop and the guide, with their inputs."""
+
+    texts: list[str]
+    x: torch.Tensor
+    cost: GuidanceCost
+    runs: dict[str, Callable[[], object]]
+
+
+def workload(name: str, zoo, batch: int, steps: int, device: torch.device) -> Workload:
     texts = ["grinning face", "red apple", "flag: Japan", "rocket"] * (batch // 4 + 1)
     texts = texts[:batch]
     cond = Conditions(model=zoo.tokenizer(texts), labels=torch.arange(batch) % 100,
@@ -111,8 +124,53 @@ def measure(name: str, zoo, batch: int, steps: int, device: torch.device, repeat
             "bare": lambda: [model(*args) for model, args in calls]}
     if cost.guide_passes:
         runs["guide"] = lambda: [guidance.gradient(x, info, cond) for _ in range(steps)]
+    return Workload(texts, x, cost, runs)
+
+
+# CUDA runtime calls that make the host wait for the device (a sampler must make none inside its loop)
+SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
+
+
+def trace(fn: Callable[[], object], device: torch.device) -> dict[str, float]:
+    """Host-side counts of one call of `fn` (after a warm-up): operators dispatched, kernels launched,
+    host-device synchronisations, and the device's busy time. Where the sampler's extra time over the
+    bare loop goes when the GPU waits for the host (a launch-bound network): more launches, or a sync."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    _sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        fn()
+        _sync(device)
+    wall = time.perf_counter() - start
+    events = prof.key_averages()
+    count = lambda keep: sum(e.count for e in events if keep(e.key))  # noqa: E731
+    row = {"wall_s": wall, "aten_ops": count(lambda k: k.startswith("aten::")),
+           "kernel_launches": count(lambda k: k.startswith(("cudaLaunch", "cuLaunch"))),
+           "syncs": count(lambda k: k.startswith(SYNC_CALLS) and "Async" not in k)}
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+    row["device_busy_s"] = sum(e.self_device_time_total for e in kernels) / 1e6
+    return row
+
+
+def trace_table(name: str, zoo, batch: int, steps: int, device: torch.device) -> pd.DataFrame:
+    """The sampler's and the bare loop's traces side by side, with the sampler's extra per step."""
+    runs = workload(name, zoo, batch, steps, device).runs
     with torch.no_grad():
-        seconds = timed_side_by_side(runs, device, repeats)
+        rows = {part: trace(runs[part], device) for part in ("sampler", "bare")}
+    table = pd.DataFrame(rows).T
+    table.loc["extra_per_step"] = (table.loc["sampler"] - table.loc["bare"]) / steps
+    return table
+
+
+def measure(name: str, zoo, batch: int, steps: int, device: torch.device, repeats: int) -> dict[str, float]:
+    work = workload(name, zoo, batch, steps, device)
+    texts, x, cost = work.texts, work.x, work.cost
+    with torch.no_grad():
+        seconds = timed_side_by_side(work.runs, device, repeats)
     full, bare, guide = seconds["sampler"], seconds["bare"], seconds.get("guide", 0.0)
     from bench.metrics import CLIPScore, DomainFeatures, load_eval_classifier
     from guidance.zoo.load import load_eval_clip
@@ -137,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                         help="autocast dtype (default: bfloat16 on CUDA, float32 on CPU)")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of the table: per method, operators, kernel launches, host-device syncs and "
+                             "device busy time of one sampling run beside its bare loop (why a sampler is slower)")
     add_arguments(parser)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -149,10 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [g for g in names if g not in REGISTRY]
     if unknown:
         raise SystemExit(f"error: unknown guidance {unknown}; valid: {', '.join(REGISTRY)}")
+    if args.profile:
+        with autocast, pd.option_context("display.width", 160, "display.float_format", "{:.4g}".format):
+            for name in names:
+                print(f"{name}: one sampling run and its bare loop, traced (batch {args.batch}, {args.steps} steps)")
+                print(trace_table(name, zoo, args.batch, args.steps, device).to_string())
+        return 0
     with autocast:
         rows = [measure(g, zoo, args.batch, args.steps, device, args.repeats) for g in names]
-    import pandas as pd
-
     table = pd.DataFrame(rows).set_index("guidance")
     with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
         print(f"device {device} ({acceleration.describe(device)}, {dtype}), batch {args.batch}, {args.steps} DDIM steps, "

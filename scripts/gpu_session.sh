@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Everything a session with a lent GPU should do, in one device call (device time is short), in
 # order of value, each step bounded so that one slow or failing step cannot take the rest with it:
-#   1. near-limit figures (issue 6), side by side on one card: the GLIDE-base-sized UNet with CFG at
-#      batch 64 eager (the reference for the ratios), then CUDA graphs with inductor's max-autotune
-#      (the try for >= 45% of peak; 2026-11-26 reduce-overhead gave 44.2%), then CUDA graphs at batch
-#      16 and for classifier and CLIP guidance at batch 64 (the issue's table; compiling takes a
-#      minute or two per shape and model);
-#   2. the time-split table of the zoo models on the GPU (overhead vs a bare loop, interleaved timing);
+#   1. why `none` pays more sampler time than the bare loop on the GPU (+12.5% and +23.2% on
+#      2026-11-26, interleaved; cfg -0.8%): a trace of one sampling run beside its bare loop (kernel
+#      launches, host-device syncs, device busy time), then the table at batch 64 and at batch 256
+#      (where the zoo UNet is no longer launch-bound);
+#   2. near-limit figures (issue 6), side by side on one card: the GLIDE-base-sized UNet with CFG at
+#      batch 64 under CUDA graphs (44.2% of peak twice), then the same with inductor's freezing (weights
+#      become constants: the per-forward fp32 -> bf16 weight casts, about 2.2 GB of traffic per
+#      forward, are folded away), then freezing with coordinate-descent tuning of the fused kernels.
+#      max-autotune is not tried again: on 2026-11-26 it had not finished compiling after 410 s
+#      (two calls), and ATen/cuDNN won every convolution it benchmarked but the 3-channel stem;
 #   3. with TRAIN=1, continue training the committed UNet for what the deadline leaves (a new UNet
 #      means new cards, a new gate baseline and a new protocol run: see README).
 # Logs come back in $OUT/logs.tar; the continued UNet comes back as $OUT/unet.safetensors.part-* (the device tool
@@ -39,16 +43,19 @@ python3 -c "import torch, open_clip; print('torch', torch.__version__, 'open_cli
 # value stays positive: `timeout 0` would mean no limit at all)
 bounded() { local want=$1; echo $(( $(left) - 20 < want ? $(left) - 20 : want )); }
 if [ "${MEASURE:-1}" != 0 ]; then
+  [ "$(left)" -gt 60 ] && step perf_trace "$(bounded 60)" python3 -m bench.perf --device cuda --batch 64 --steps 50 \
+    --guidance none,cfg --profile
   # FLOPs are counted before compiling and each compiled run prints dynamo's counters, so a flag that
   # silently ran eager shows
-  [ "$(left)" -gt 60 ] && step limit_eager "$(bounded 90)" python3 -m bench.limit --device cuda --batches 64 \
-    --steps 100 --guidance cfg
-  [ "$(left)" -gt 60 ] && TORCH_LOGS=perf_hints step limit_autotune "$(bounded 260)" python3 -m bench.limit \
-    --device cuda --batches 64 --steps 100 --guidance cfg --cuda-graphs --autotune
-  [ "$(left)" -gt 60 ] && step perf "$(bounded 90)" python3 -m bench.perf --device cuda --batch 64 --steps 50 \
-    --repeats 5 --guidance none,cfg,none,classifier,clip  # none showed +16.8% (measured first, not interleaved)
-  [ "$(left)" -gt 60 ] && step limit_cuda_graphs "$(bounded 200)" python3 -m bench.limit --device cuda \
-    --batches 16,64 --steps 100 --guidance cfg,classifier,clip --cuda-graphs
+  limit=(python3 -m bench.limit --device cuda --batches 64 --steps 100 --guidance cfg --cuda-graphs)
+  [ "$(left)" -gt 60 ] && step limit_cuda_graphs "$(bounded 120)" "${limit[@]}"
+  [ "$(left)" -gt 60 ] && TORCHINDUCTOR_FREEZING=1 step limit_freezing "$(bounded 120)" "${limit[@]}"
+  [ "$(left)" -gt 60 ] && step perf "$(bounded 80)" python3 -m bench.perf --device cuda --batch 64 --steps 50 \
+    --repeats 3 --guidance none,cfg,none
+  [ "$(left)" -gt 60 ] && step perf_256 "$(bounded 60)" python3 -m bench.perf --device cuda --batch 256 --steps 25 \
+    --repeats 2 --guidance none,cfg
+  [ "$(left)" -gt 60 ] && TORCHINDUCTOR_FREEZING=1 TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 \
+    step limit_freezing_cdt "$(bounded 200)" "${limit[@]}"
 fi
 
 budget=$(( $(left) - 60 ))

@@ -182,3 +182,17 @@ def test_limit_with_compile_runs_the_compiled_network(capsys):
     assert counters["stats"]["unique_graphs"] >= 1 and not counters["graph_break"]
     assert "graph(s) compiled from 1 of 1 frames" in capsys.readouterr().out
     assert table.loc[("cfg", 1)].img_per_s > 0
+
+
+def test_perf_trace_counts_the_samplers_extra_work():
+    """`bench.perf --profile`: the sampler dispatches what the bare loop does plus its own step
+    arithmetic (tens of operators per step, not hundreds: a bound that a per-step regression breaks)."""
+    from bench.perf import trace_table
+    from guidance.zoo.load import load_zoo
+
+    table = trace_table("cfg", load_zoo(device="cpu"), batch=2, steps=3, device=torch.device("cpu"))
+    assert table.loc["bare", "aten_ops"] > 1000  # the network's operators are counted
+    assert 10 < table.loc["extra_per_step", "aten_ops"] < 250
+    assert table.loc["sampler", "syncs"] == 0 and table.loc["sampler", "kernel_launches"] == 0  # CPU: none
+    assert table.loc["extra_per_step", "wall_s"] == pytest.approx(
+        (table.loc["sampler", "wall_s"] - table.loc["bare", "wall_s"]) / 3)
