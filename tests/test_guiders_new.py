@@ -374,15 +374,37 @@ def mixture():
     return GaussianMixture(means, torch.tensor([0.5, 0.3, 0.7]), torch.tensor([0.5, 0.3, 0.2]), base.alphas_cumprod)
 
 
+class _NullIs(torch.nn.Module):
+    """A denoiser whose null caption is a given condition (what a negative prompt stands in for)."""
+
+    learned_variance = False
+
+    def __init__(self, model: torch.nn.Module, null: torch.Tensor) -> None:
+        super().__init__()
+        self.model, self.null = model, null
+
+    def forward(self, x, t, cond):
+        return self.model(x, t, cond)
+
+    def null_cond(self, cond):
+        return self.null
+
+
 @pytest.mark.parametrize("cls", [ClassifierFreeGuidance, RescaledCFG, AdaptiveProjectedGuidance, CFGZeroStar,
                                  DynamicThresholdCFG, IntervalCFG])
 def test_negative_prompt_replaces_the_unconditional_branch(mixture, cls):
     model = MixtureDenoiser(mixture)
     x, y = randn(6, 3, seed=4), torch.tensor([0, 1, 2, 0, 1, 2])
-    step = step_info(DIFFUSION, 12, 6, torch.device("cpu"))
+    step = step_info(DIFFUSION, 8, 6, torch.device("cpu"))  # sigma 2.27: inside the guidance interval too
     plain = cls(3.0).predict(model, x, step, Conditions(model=y)).eps
     null = cls(3.0).predict(model, x, step, Conditions(model=y, negative=torch.full_like(y, -1))).eps
     torch.testing.assert_close(null, plain, rtol=0, atol=1e-12)
+    # a real negative acts exactly as a model whose null caption is that negative would
+    neg = (y + 1) % 3
+    got = cls(3.0).predict(model, x, step, Conditions(model=y, negative=neg)).eps
+    as_null = cls(3.0).predict(_NullIs(model, neg), x, step, Conditions(model=y)).eps
+    torch.testing.assert_close(got, as_null, rtol=0, atol=1e-12)
+    assert cls(3.0).active_at(step.sigma) and not torch.allclose(got, plain)  # and it steers
     if cls is ClassifierFreeGuidance:
         neg = (y + 1) % 3
         got = cls(3.0).predict(model, x, step, Conditions(model=y, negative=neg)).eps
