@@ -173,6 +173,7 @@ def test_reported_cost_is_the_work_the_sampler_does(name, negative):
         cost = method.cost_per_image(diffusion, negative=negative)
         assert cost.network_passes == (unet.rows + weak.rows) / 2, (name, scale)
         assert cost.guide_passes == guide.rows / 2 and cost.backward_passes == guide.backward_rows / 2, (name, scale)
+        assert unet.backward_rows == weak.backward_rows == 0, (name, scale)  # backward through the guide only
 
 
 # ---------------------------------------------------------------- CFG rescale
