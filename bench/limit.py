@@ -152,9 +152,10 @@ def prepare(config: str, device: torch.device, dtype: torch.dtype, steps: int):
     return size, build_models(size, device), autocast_context(device, dtype), diffusion
 
 
-def accelerate(models: dict[str, torch.nn.Module], acceleration: Acceleration, device: torch.device) -> None:
+def accelerate(models: dict[str, torch.nn.Module], acceleration: Acceleration, device: torch.device,
+               dtype: torch.dtype) -> None:
     for model in models.values():
-        acceleration.apply(model, device)
+        acceleration.apply(model, device, dtype)
 
 
 def profile_step(config: str, guidance_name: str, batch: int, device: torch.device, dtype: torch.dtype,
@@ -163,7 +164,7 @@ def profile_step(config: str, guidance_name: str, batch: int, device: torch.devi
     from torch.profiler import ProfilerActivity, profile
 
     size, models, autocast, diffusion = prepare(config, device, dtype, steps=10)
-    accelerate(models, acceleration, device)
+    accelerate(models, acceleration, device, dtype)
     guidance = make_guidance(guidance_name, SCALES[guidance_name], models)
     cond = conditions(size, batch, device)
     x = torch.randn(batch, 3, size.unet.image_size, size.unet.image_size, device=device)
@@ -193,11 +194,11 @@ def benchmark(config: str, guidance: list[str], batches: list[int], steps: int, 
     params = sum(p.numel() for p in models["unet"].parameters())
     forward = step_flops(models, "none", size, diffusion, device, autocast)
     flops = {name: step_flops(models, name, size, diffusion, device, autocast) * steps for name in guidance}
-    accelerate(models, acceleration, device)
+    accelerate(models, acceleration, device, dtype)
     peak = matmul_peak(device, dtype)
     print(f"{config}: UNet {params / 1e6:.3g}M parameters, {forward / 1e9:.3g} GFLOP per forward per image; "
           f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, {dtype}, "
-          f"{acceleration.describe(device)}; measured matmul peak {peak / 1e12:.1f} TFLOP/s", flush=True)
+          f"{acceleration.describe(device, dtype)}; measured matmul peak {peak / 1e12:.1f} TFLOP/s", flush=True)
     rows = []
     for name in guidance:
         for batch in batches:

@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     autocast = autocast_context(device, dtype)
     acceleration = from_args(args, device)
     zoo = load_zoo(device=device)
-    zoo.accelerate(acceleration, device)
+    zoo.accelerate(acceleration, device, dtype)
     names = [g.strip() for g in args.guidance.split(",") if g.strip()]
     unknown = [g for g in names if g not in REGISTRY]
     if unknown:
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [measure(g, zoo, args.batch, args.steps, device, args.repeats) for g in names]
     table = pd.DataFrame(rows).set_index("guidance")
     with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
-        print(f"device {device} ({acceleration.describe(device)}, {dtype}), batch {args.batch}, {args.steps} DDIM steps, "
+        print(f"device {device} ({acceleration.describe(device, dtype)}, {dtype}), batch {args.batch}, {args.steps} DDIM steps, "
               f"median of {args.repeats} interleaved runs")
         print(table.to_string())
     return 0

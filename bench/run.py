@@ -323,7 +323,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
     from bench.scoring import check_scorers
 
     check_scorers(cfg, device)
-    zoo.accelerate(cfg.acceleration(), device)
+    zoo.accelerate(cfg.acceleration(), device, DTYPES[cfg.dtype])
     cfg = replace(agree_on_run_id(cfg, shard), model_fingerprint=zoo.fingerprint())
     run_dir = prepare_output(cfg)
     if shard.is_main:
@@ -444,7 +444,7 @@ def write_manifest(cfg: BenchConfig, run_dir: Path, zoo: Zoo, device: torch.devi
         "models": zoo.checksums(), "model_dir": str(zoo.root), "git_commit": git_commit(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
         "seeds": cfg.seeds, "samples_per_cell": n, "processes": processes,
-        "acceleration": cfg.acceleration().describe(device), "wall_time_s": None if wall is None else round(wall, 1), "clip_scorer": scorer_label(cfg),
+        "acceleration": cfg.acceleration().describe(device, DTYPES[cfg.dtype]), "wall_time_s": None if wall is None else round(wall, 1), "clip_scorer": scorer_label(cfg),
     }
     (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
 

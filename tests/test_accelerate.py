@@ -115,3 +115,27 @@ def test_cli_flags_reach_the_config_but_not_the_sample_key():
     assert plain.acceleration() == Acceleration()
     assert cfg.cell_hash("cfg", 3.0, 0) == plain.cell_hash("cfg", 3.0, 0)
     assert cfg.config_hash() == plain.config_hash()
+
+
+@pytest.mark.parametrize("name", ["cfg", "classifier", "clip"])
+def test_weights_stored_in_half_precision_compute_what_autocast_did(name):
+    """Under bf16 autocast, convolution and linear weights stored in bf16 give the same samples bit for
+    bit (autocast rounded them to bf16 at every call); norms and embeddings stay fp32."""
+    from guidance.guiders import make_guidance
+    from guidance.zoo.load import load_zoo
+
+    def run(zoo, texts=("grinning face", "rocket")):
+        cond = Conditions(model=zoo.tokenizer(list(texts)), labels=torch.tensor([3, 7]),
+                          clip_tokens=zoo.clip_tokenizer(list(texts)))
+        method = make_guidance(name, 3.0, zoo.guiding_models())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return sample(zoo.denoiser, zoo.diffusion.respace("3"), method, cond, (3, 32, 32), range(2), seed=5)
+
+    plain, stored = load_zoo(device="cpu"), load_zoo(device="cpu")
+    stored.accelerate(Acceleration(), CPU, torch.bfloat16)
+    dtypes = {p.dtype for p in stored.denoiser.parameters()}
+    assert dtypes == {torch.bfloat16, torch.float32}  # conv/linear in bf16; norms, embeddings fp32
+    assert stored.denoiser.stem.weight.dtype == torch.bfloat16
+    assert all(m.weight.dtype == torch.float32 for m in stored.denoiser.modules() if isinstance(m, torch.nn.GroupNorm))
+    assert torch.equal(run(stored), run(plain))
+    assert "weights stored in bfloat16" in Acceleration().describe(CPU, torch.bfloat16)

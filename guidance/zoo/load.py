@@ -139,11 +139,12 @@ class Zoo:
     def guiding_models(self) -> dict[str, nn.Module | None]:
         return {"classifier": self.classifier, "clip": self.noised_clip, "weak": self.weak}
 
-    def accelerate(self, acceleration: Acceleration, device: torch.device) -> None:
-        """Apply channels_last / torch.compile / CUDA graphs to every network that samples or guides."""
+    def accelerate(self, acceleration: Acceleration, device: torch.device, dtype: torch.dtype = torch.float32) -> None:
+        """Apply channels_last / torch.compile / CUDA graphs (and, for half-precision autocast `dtype`,
+        weights stored in it) to every network that samples or guides."""
         for model in [self.denoiser, *self.guiding_models().values()]:
             if model is not None:
-                acceleration.apply(model, device)
+                acceleration.apply(model, device, dtype)
 
     def fingerprint(self) -> str:
         """Hash of the weights that shape samples (diffusion and guiding models, not the evaluation ones)."""
