@@ -100,7 +100,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
                      batch_size=args.batch_size, device=args.device, dtype=args.dtype, model=args.model,
                      channels_last=args.channels_last, compile=args.compile or None,
                      cuda_graphs=args.cuda_graphs or None, cudnn_benchmark=args.cudnn_benchmark,
-                     autotune=args.autotune or None,
+                     autotune=args.autotune or None, half_weights=args.half_weights,
                      clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
                      score_with_guiding_clip=args.score_with_guiding_clip or None,
                      fid_inception_weights=args.fid_inception_weights, out=args.out, run_id=args.run_id,

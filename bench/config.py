@@ -65,6 +65,7 @@ class BenchConfig:
     cuda_graphs: bool = False  # torch.compile in "reduce-overhead" mode (CUDA graphs)
     cudnn_benchmark: bool | None = None  # None: on for CUDA (cuDNN times its convolution algorithms)
     autotune: bool = False  # with compile / cuda_graphs: inductor max-autotune
+    half_weights: bool = True  # under bf16/fp16 autocast, conv/linear weights stored in it (same samples)
     model: str = "emoji"  # the embedded zoo, or a directory of zoo-format checkpoints
     clip_model: str | None = None  # open_clip architecture for CLIP score (default: the zoo's eval CLIP)
     clip_pretrained: str | None = None  # local pretrained file for clip_model
@@ -97,7 +98,8 @@ class BenchConfig:
         return {g: [float(s) for s in self.scales.get(g, defaults.get(g, [1.0]))] for g in self.guidance}
 
     def acceleration(self) -> Acceleration:
-        return Acceleration(self.channels_last, self.compile, self.cuda_graphs, self.cudnn_benchmark, self.autotune)
+        return Acceleration(self.channels_last, self.compile, self.cuda_graphs, self.cudnn_benchmark, self.autotune,
+                            self.half_weights)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -113,7 +115,7 @@ class BenchConfig:
     def config_hash(self) -> str:
         data = self.to_dict()
         for volatile in ("out", "run_id", "device", "batch_size", "channels_last", "compile", "cuda_graphs",
-                         "cudnn_benchmark", "autotune"):
+                         "cudnn_benchmark", "autotune", "half_weights"):
             data.pop(volatile)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

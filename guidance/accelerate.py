@@ -24,6 +24,7 @@ class Acceleration:
     cuda_graphs: bool = False  # torch.compile mode "reduce-overhead": replays whole forwards as CUDA graphs
     cudnn_benchmark: bool | None = None  # None: on for CUDA; cuDNN times its convolution algorithms per shape
     autotune: bool = False  # inductor's max-autotune: benchmarks Triton/template kernels per shape (slow to compile)
+    half_weights: bool = True  # under half-precision autocast, store conv/linear weights in it (same samples)
 
     def check(self, device: torch.device) -> None:
         """Raise a one-line ValueError for a combination this device cannot run."""
@@ -49,7 +50,7 @@ class Acceleration:
         `dtype` is the autocast dtype the model will run under: half precision stores the weights autocast
         casts in it, so the model must then only run under that autocast."""
         self.check(device)
-        if dtype in HALF:
+        if dtype in HALF and self.half_weights:
             store_autocast_weights(model, dtype)
         if self.uses_channels_last(device):
             model.to(memory_format=torch.channels_last)
@@ -67,7 +68,7 @@ class Acceleration:
 
     def describe(self, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
         parts = ["channels_last" if self.uses_channels_last(device) else "contiguous"]
-        if dtype in HALF:
+        if dtype in HALF and self.half_weights:
             parts.append(f"weights stored in {str(dtype).removeprefix('torch.')}")
         if device.type == "cuda":
             parts.append(f"cudnn.benchmark {self.cudnn_benchmark is not False}")
@@ -132,11 +133,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="let cuDNN time its convolution algorithms per shape (default: on for CUDA)")
     parser.add_argument("--autotune", action="store_true",
                         help="with --compile/--cuda-graphs: inductor max-autotune (minutes of kernel tuning per shape)")
+    parser.add_argument("--half-weights", action=argparse.BooleanOptionalAction, default=None,
+                        help="under bf16/fp16 autocast, store conv/linear weights in that precision once instead of "
+                             "autocast re-casting them at every call (default: on; same samples bit for bit)")
 
 
 def from_args(args: argparse.Namespace, device: torch.device | None = None) -> Acceleration:
     """The flags as an Acceleration; with `device`, a combination it cannot run exits with one line (CLIs)."""
-    acceleration = Acceleration(args.channels_last, args.compile, args.cuda_graphs, args.cudnn_benchmark, args.autotune)
+    acceleration = Acceleration(args.channels_last, args.compile, args.cuda_graphs, args.cudnn_benchmark, args.autotune,
+                                args.half_weights is not False)
     if device is not None:
         try:
             acceleration.check(device)

@@ -3,14 +3,13 @@
 # order of value, each step bounded so that one slow or failing step cannot take the rest with it:
 #   1. why `none` pays more sampler time than the bare loop on the GPU (+12.5% and +23.2% on
 #      2026-11-26, interleaved; cfg -0.8%): a trace of one sampling run beside its bare loop (kernel
-#      launches, host-device syncs, device busy time), then the table at batch 64 and at batch 256
-#      (where the zoo UNet is no longer launch-bound);
+#      launches, host-device syncs, device busy time);
 #   2. near-limit figures (issue 6), side by side on one card: the GLIDE-base-sized UNet with CFG at
-#      batch 64 under CUDA graphs (44.2% of peak twice), then the same with inductor's freezing (weights
-#      become constants: the per-forward fp32 -> bf16 weight casts, about 2.2 GB of traffic per
-#      forward, are folded away), then freezing with coordinate-descent tuning of the fused kernels.
-#      max-autotune is not tried again: on 2026-11-26 it had not finished compiling after 410 s
-#      (two calls), and ATen/cuDNN won every convolution it benchmarked but the 3-channel stem;
+#      batch 64 under CUDA graphs, with the weights stored in bf16 (the default since 2026-11-26:
+#      autocast no longer re-casts 366M weights per forward) and with --no-half-weights (what gave
+#      44.2% of peak twice), then the perf table (zoo models, eager), then inductor's freezing (weights
+#      as constants) on top. max-autotune is not tried again: on 2026-11-26 it had not finished
+#      compiling after 410 s (two calls), and cuDNN won every convolution it benchmarked but the stem;
 #   3. with TRAIN=1, continue training the committed UNet for what the deadline leaves (a new UNet
 #      means new cards, a new gate baseline and a new protocol run: see README).
 # Logs come back in $OUT/logs.tar; the continued UNet comes back as $OUT/unet.safetensors.part-* (the device tool
@@ -48,14 +47,13 @@ if [ "${MEASURE:-1}" != 0 ]; then
   # FLOPs are counted before compiling and each compiled run prints dynamo's counters, so a flag that
   # silently ran eager shows
   limit=(python3 -m bench.limit --device cuda --batches 64 --steps 100 --guidance cfg --cuda-graphs)
-  [ "$(left)" -gt 60 ] && step limit_cuda_graphs "$(bounded 120)" "${limit[@]}"
-  [ "$(left)" -gt 60 ] && TORCHINDUCTOR_FREEZING=1 step limit_freezing "$(bounded 120)" "${limit[@]}"
+  [ "$(left)" -gt 60 ] && step limit_half_weights "$(bounded 120)" "${limit[@]}"
+  [ "$(left)" -gt 60 ] && step limit_fp32_weights "$(bounded 120)" "${limit[@]}" --no-half-weights
   [ "$(left)" -gt 60 ] && step perf "$(bounded 80)" python3 -m bench.perf --device cuda --batch 64 --steps 50 \
     --repeats 3 --guidance none,cfg,none
-  [ "$(left)" -gt 60 ] && step perf_256 "$(bounded 60)" python3 -m bench.perf --device cuda --batch 256 --steps 25 \
-    --repeats 2 --guidance none,cfg
-  [ "$(left)" -gt 60 ] && TORCHINDUCTOR_FREEZING=1 TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 \
-    step limit_freezing_cdt "$(bounded 200)" "${limit[@]}"
+  [ "$(left)" -gt 60 ] && TORCHINDUCTOR_FREEZING=1 step limit_freezing "$(bounded 120)" "${limit[@]}"
+  [ "$(left)" -gt 60 ] && step perf_fp32_weights "$(bounded 80)" python3 -m bench.perf --device cuda --batch 64 \
+    --steps 50 --repeats 3 --guidance none,cfg --no-half-weights
 fi
 
 budget=$(( $(left) - 60 ))

@@ -108,11 +108,11 @@ def test_cli_flags_reach_the_config_but_not_the_sample_key():
     parser = argparse.ArgumentParser()
     add_run_arguments(parser)
     cfg = config_from_args(parser.parse_args(["--compile", "--no-channels-last", "--no-cudnn-benchmark",
-                                              "--autotune"]))
+                                              "--autotune", "--no-half-weights"]))
     plain = config_from_args(parser.parse_args([]))
     assert cfg.acceleration() == Acceleration(channels_last=False, compile=True, cuda_graphs=False,
-                                              cudnn_benchmark=False, autotune=True)
-    assert plain.acceleration() == Acceleration()
+                                              cudnn_benchmark=False, autotune=True, half_weights=False)
+    assert plain.acceleration() == Acceleration() and Acceleration().half_weights
     assert cfg.cell_hash("cfg", 3.0, 0) == plain.cell_hash("cfg", 3.0, 0)
     assert cfg.config_hash() == plain.config_hash()
 
@@ -139,3 +139,7 @@ def test_weights_stored_in_half_precision_compute_what_autocast_did(name):
     assert all(m.weight.dtype == torch.float32 for m in stored.denoiser.modules() if isinstance(m, torch.nn.GroupNorm))
     assert torch.equal(run(stored), run(plain))
     assert "weights stored in bfloat16" in Acceleration().describe(CPU, torch.bfloat16)
+    off = load_zoo(device="cpu")
+    off.accelerate(Acceleration(half_weights=False), CPU, torch.bfloat16)  # --no-half-weights: the A/B switch
+    assert {p.dtype for p in off.denoiser.parameters()} == {torch.float32}
+    assert "weights stored" not in Acceleration(half_weights=False).describe(CPU, torch.bfloat16)
