@@ -1,15 +1,18 @@
 """No host-device synchronisation inside the sampling loop, for every method and both samplers.
 
-A sync (`.item()`, `bool(tensor)`, a data-dependent shape) makes the host wait for the GPU at each
-step, so the next step's kernels cannot be queued while this one runs. Without a GPU, the `meta`
-device stands in: it has shapes but no data, so any such read raises at once. The loop must run every
-step on meta and fail only at the one data-dependent check the sampler makes after the loop (NaN/Inf).
+A sync (`.item()`, `bool(tensor)`, a data-dependent shape, a copy from pageable host memory) makes
+the host wait for the GPU at each step, so the next step's kernels cannot be queued while this one
+runs. Without a GPU, the `meta` device stands in: it has shapes but no data, so any read raises at
+once, and a dispatch mode watches for host tensors moved to it. The loop must run every step on meta
+and fail only at the one data-dependent check the sampler makes after the loop (NaN/Inf).
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 import guidance.sampling as sampling
 from guidance.guiders import REGISTRY, make_guidance
@@ -30,6 +33,23 @@ class _MetaNoise:
         return torch.empty(self.batch, *shape, dtype=dtype, device=META)
 
 
+class _HostCopies(TorchDispatchMode):
+    """Records operators that bring a host tensor to the device (a 0-dim host tensor is a kernel argument
+    on CUDA, not a copy, so it is allowed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensors = [a for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+        to_meta = func is torch.ops.aten._to_copy.default and kwargs.get("device") == META
+        if any(t.device.type == "cpu" and t.ndim > 0 for t in tensors) and (to_meta or any(t.is_meta for t in tensors)):
+            self.seen.append(str(func))
+        return func(*args, **kwargs)
+
+
 @pytest.fixture(scope="module")
 def zoo_on_meta():
     zoo = load_zoo(device="cpu")
@@ -48,7 +68,15 @@ def test_sampling_loop_reads_nothing_back_from_the_device(zoo_on_meta, monkeypat
     monkeypatch.setattr(sampling, "SampleNoise", _MetaNoise)
     method = make_guidance(name, 3.0, zoo.guiding_models())
     steps: list[int] = []
-    with pytest.raises(NotImplementedError, match="nonzero"):  # the NaN check after the loop, and only it
+    with pytest.raises(NotImplementedError, match="nonzero"), _HostCopies() as copies:  # the NaN check after the loop
         sampling.sample(zoo.denoiser, zoo.diffusion.respace(str(STEPS)), method, cond, (3, 32, 32), range(2),
                         sampler=sampler, device=META, callback=lambda index, out: steps.append(index))
     assert steps == list(range(STEPS - 1, -1, -1))
+    assert copies.seen == []
+
+
+def test_host_copy_watch_sees_a_copy():
+    with _HostCopies() as copies:
+        torch.ones(3).to(META)
+        torch.empty(3, device=META) * torch.tensor(2.0)  # a host scalar: a kernel argument, allowed
+    assert copies.seen == ["aten._to_copy.default"]
