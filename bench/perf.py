@@ -131,10 +131,11 @@ def workload(name: str, zoo, batch: int, steps: int, device: torch.device) -> Wo
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
 
 
-def trace(fn: Callable[[], object], device: torch.device) -> dict[str, float]:
+def trace(fn: Callable[[], object], device: torch.device) -> tuple[dict[str, float], dict[str, tuple[float, int]]]:
     """Host-side counts of one call of `fn` (after a warm-up): operators dispatched, kernels launched,
-    host-device synchronisations, and the device's busy time. Where the sampler's extra time over the
-    bare loop goes when the GPU waits for the host (a launch-bound network): more launches, or a sync."""
+    host-device synchronisations, and the device's busy time; and host self-time per event name.
+    Where the sampler's extra time over the bare loop goes when the GPU waits for the host (a
+    launch-bound network): more launches, a sync, or one slow call."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -153,17 +154,23 @@ def trace(fn: Callable[[], object], device: torch.device) -> dict[str, float]:
            "syncs": count(lambda k: k.startswith(SYNC_CALLS) and "Async" not in k)}
     kernels = [e for e in events if e.device_type == DeviceType.CUDA]
     row["device_busy_s"] = sum(e.self_device_time_total for e in kernels) / 1e6
-    return row
+    host = {e.key: (e.self_cpu_time_total / 1e6, e.count) for e in events if e.device_type != DeviceType.CUDA}
+    return row, host
 
 
-def trace_table(name: str, zoo, batch: int, steps: int, device: torch.device) -> pd.DataFrame:
-    """The sampler's and the bare loop's traces side by side, with the sampler's extra per step."""
+def trace_table(name: str, zoo, batch: int, steps: int, device: torch.device) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The sampler's and the bare loop's traces side by side, with the sampler's extra per step; and per
+    event name, the host self-time and calls the sampler spends beyond the bare loop (most time first)."""
     runs = workload(name, zoo, batch, steps, device).runs
     with torch.no_grad():
-        rows = {part: trace(runs[part], device) for part in ("sampler", "bare")}
-    table = pd.DataFrame(rows).T
+        traced = {part: trace(runs[part], device) for part in ("sampler", "bare")}
+    table = pd.DataFrame({part: row for part, (row, _) in traced.items()}).T
     table.loc["extra_per_step"] = (table.loc["sampler"] - table.loc["bare"]) / steps
-    return table
+    sampler_host, bare_host = traced["sampler"][1], traced["bare"][1]
+    extra = pd.DataFrame({key: {"extra_host_s": seconds - bare_host.get(key, (0.0, 0))[0],
+                                "extra_calls": calls - bare_host.get(key, (0.0, 0))[1]}
+                          for key, (seconds, calls) in sampler_host.items()}).T
+    return table, extra.sort_values("extra_host_s", ascending=False, kind="stable")
 
 
 def measure(name: str, zoo, batch: int, steps: int, device: torch.device, repeats: int) -> dict[str, float]:
@@ -214,7 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         with autocast, pd.option_context("display.width", 160, "display.float_format", "{:.4g}".format):
             for name in names:
                 print(f"{name}: one sampling run and its bare loop, traced (batch {args.batch}, {args.steps} steps)")
-                print(trace_table(name, zoo, args.batch, args.steps, device).to_string())
+                table, extra = trace_table(name, zoo, args.batch, args.steps, device)
+                print(table.to_string())
+                print("host self-time and calls beyond the bare loop, by event (per run, most time first):")
+                print(extra.head(10).to_string())
         return 0
     with autocast:
         rows = [measure(g, zoo, args.batch, args.steps, device, args.repeats) for g in names]
