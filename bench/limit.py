@@ -135,7 +135,8 @@ def measure(models: dict, size: SizeConfig, guidance_name: str, batch: int, diff
         torch.cuda.reset_peak_memory_stats(device)
 
     def run(process: GaussianDiffusion = diffusion) -> None:
-        with autocast:
+        # gradient guidance turns gradients on for its guide alone; inductor freezes weights only without them
+        with autocast, torch.no_grad():
             sample(models["unet"], process, guidance, cond, shape, range(batch), sampler="ddim", device=device)
 
     # two steps warm up what the whole run uses (same shapes); CUDA graphs record on their second call
@@ -170,7 +171,7 @@ def profile_step(config: str, guidance_name: str, batch: int, device: torch.devi
     x = torch.randn(batch, 3, size.unet.image_size, size.unet.image_size, device=device)
 
     def steps() -> None:
-        with autocast:
+        with autocast, torch.no_grad():
             for index in (9, 5, 1):
                 ddim_step(models["unet"], diffusion, guidance, x, index, cond)
 

@@ -132,25 +132,27 @@ SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchr
 
 
 def trace(fn: Callable[[], object], device: torch.device) -> tuple[dict[str, float], dict[str, tuple[float, int]]]:
-    """Host-side counts of one call of `fn` (after a warm-up): operators dispatched, kernels launched,
-    host-device synchronisations, and the device's busy time; and host self-time per event name.
-    Where the sampler's extra time over the bare loop goes when the GPU waits for the host (a
-    launch-bound network): more launches, a sync, or one slow call."""
+    """Host-side counts of one call of `fn`: operators dispatched, launches (kernels and CUDA graphs),
+    host-device synchronisations (the final one that ends the timing included), and the device's busy
+    time; and host self-time and calls per event name. Where the sampler's extra time over the bare loop
+    goes when the GPU waits for the host (a launch-bound network): more launches, a sync, or one slow call.
+    The warm-up call runs under a profiler too, so the timed call pays no profiler start-up (CUPTI)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    fn()
-    _sync(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    start = time.perf_counter()
-    with profile(activities=activities) as prof:
+    with profile(activities=activities):
         fn()
         _sync(device)
-    wall = time.perf_counter() - start
-    events = prof.key_averages()
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        wall = time.perf_counter() - start
+    events = [e for e in prof.key_averages() if not getattr(e, "is_user_annotation", False)]
     count = lambda keep: sum(e.count for e in events if keep(e.key))  # noqa: E731
     row = {"wall_s": wall, "aten_ops": count(lambda k: k.startswith("aten::")),
-           "kernel_launches": count(lambda k: k.startswith(("cudaLaunch", "cuLaunch"))),
+           "launches": count(lambda k: k.startswith(("cudaLaunch", "cuLaunch", "cudaGraphLaunch"))),
            "syncs": count(lambda k: k.startswith(SYNC_CALLS) and "Async" not in k)}
     kernels = [e for e in events if e.device_type == DeviceType.CUDA]
     row["device_busy_s"] = sum(e.self_device_time_total for e in kernels) / 1e6
@@ -159,18 +161,21 @@ def trace(fn: Callable[[], object], device: torch.device) -> tuple[dict[str, flo
 
 
 def trace_table(name: str, zoo, batch: int, steps: int, device: torch.device) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The sampler's and the bare loop's traces side by side, with the sampler's extra per step; and per
-    event name, the host self-time and calls the sampler spends beyond the bare loop (most time first)."""
+    """The sampler's, the bare loop's (and the guide's) traces side by side, with the sampler's own extra
+    per step (sampler - bare - guide: what the sampler and guidance code add); and per event name, the
+    host self-time and calls of that extra over the whole run (most time first). The sampler's run syncs
+    once more than the bare loop by design (its NaN check after the loop): more means a sync inside it."""
     runs = workload(name, zoo, batch, steps, device).runs
     with torch.no_grad():
-        traced = {part: trace(runs[part], device) for part in ("sampler", "bare")}
+        traced = {part: trace(fn, device) for part, fn in runs.items()}
     table = pd.DataFrame({part: row for part, (row, _) in traced.items()}).T
-    table.loc["extra_per_step"] = (table.loc["sampler"] - table.loc["bare"]) / steps
-    sampler_host, bare_host = traced["sampler"][1], traced["bare"][1]
-    extra = pd.DataFrame({key: {"extra_host_s": seconds - bare_host.get(key, (0.0, 0))[0],
-                                "extra_calls": calls - bare_host.get(key, (0.0, 0))[1]}
-                          for key, (seconds, calls) in sampler_host.items()}).T
-    return table, extra.sort_values("extra_host_s", ascending=False, kind="stable")
+    work = [part for part in traced if part != "sampler"]
+    table.loc["extra_per_step"] = (table.loc["sampler"] - table.loc[work].sum()) / steps
+    extra = {}
+    for key, (seconds, calls) in traced["sampler"][1].items():
+        spent = [traced[part][1].get(key, (0.0, 0)) for part in work]
+        extra[key] = {"extra_host_s": seconds - sum(t for t, _ in spent), "extra_calls": calls - sum(c for _, c in spent)}
+    return table, pd.DataFrame(extra).T.sort_values("extra_host_s", ascending=False, kind="stable")
 
 
 def measure(name: str, zoo, batch: int, steps: int, device: torch.device, repeats: int) -> dict[str, float]:
@@ -218,12 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"error: unknown guidance {unknown}; valid: {', '.join(REGISTRY)}")
     if args.profile:
+        print(f"device {device} ({acceleration.describe(device, dtype)}, {dtype})")
         with autocast, pd.option_context("display.width", 160, "display.float_format", "{:.4g}".format):
             for name in names:
                 print(f"{name}: one sampling run and its bare loop, traced (batch {args.batch}, {args.steps} steps)")
                 table, extra = trace_table(name, zoo, args.batch, args.steps, device)
                 print(table.to_string())
-                print("host self-time and calls beyond the bare loop, by event (per run, most time first):")
+                print("host self-time and calls beyond the bare loop and guide, by event (per run, most time first):")
                 print(extra.head(10).to_string())
         return 0
     with autocast:

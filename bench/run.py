@@ -268,7 +268,7 @@ def sample_cell(cfg: BenchConfig, zoo: Zoo, cell: Cell, guidance: Guidance, stor
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        with autocast:
+        with autocast, torch.no_grad():  # gradient guidance turns gradients on for its guide alone
             images = sample(zoo.denoiser, diffusion, guidance, cond, (3, 32, 32), idx, seed=cell.seed,
                             sampler=cfg.sampler, eta=cfg.eta, device=device)
         if device.type == "cuda":

@@ -1,5 +1,6 @@
 """Speed-ups applied to the networks before sampling: channels_last, torch.compile, CUDA graphs,
-inductor's max-autotune, and (always, under half-precision autocast) weights stored in that precision.
+inductor's max-autotune, and (under half-precision autocast, unless turned off) weights stored in that
+precision.
 
 They change how a network runs, never what it computes (beyond float rounding), so they are not
 part of a run's sample key. Each is opt-in except channels_last, which defaults to on for CUDA

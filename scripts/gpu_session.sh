@@ -42,7 +42,7 @@ python3 -c "import torch, open_clip; print('torch', torch.__version__, 'open_cli
 # value stays positive: `timeout 0` would mean no limit at all)
 bounded() { local want=$1; echo $(( $(left) - 20 < want ? $(left) - 20 : want )); }
 if [ "${MEASURE:-1}" != 0 ]; then
-  [ "$(left)" -gt 60 ] && step perf_trace "$(bounded 60)" python3 -m bench.perf --device cuda --batch 64 --steps 50 \
+  [ "$(left)" -gt 60 ] && step perf_trace "$(bounded 90)" python3 -m bench.perf --device cuda --batch 64 --steps 10 \
     --guidance none,cfg --profile
   # FLOPs are counted before compiling and each compiled run prints dynamo's counters, so a flag that
   # silently ran eager shows

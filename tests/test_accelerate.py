@@ -10,7 +10,7 @@ from bench.config import BenchConfig
 from guidance.accelerate import Acceleration
 from guidance.analytic import GaussianMixture, MixtureDenoiser
 from guidance.diffusion import GaussianDiffusion
-from guidance.guiders import ClassifierFreeGuidance
+from guidance.guiders import REGISTRY, ClassifierFreeGuidance
 from guidance.protocols import Conditions
 from guidance.sampling import sample
 from guidance.zoo.unet import TextUNet, UNetConfig
@@ -117,29 +117,83 @@ def test_cli_flags_reach_the_config_but_not_the_sample_key():
     assert cfg.config_hash() == plain.config_hash()
 
 
-@pytest.mark.parametrize("name", ["cfg", "classifier", "clip"])
-def test_weights_stored_in_half_precision_compute_what_autocast_did(name):
-    """Under bf16 autocast, convolution and linear weights stored in bf16 give the same samples bit for
-    bit (autocast rounded them to bf16 at every call); norms and embeddings stay fp32."""
-    from guidance.guiders import make_guidance
+@pytest.fixture(scope="module")
+def zoo_cpu():
     from guidance.zoo.load import load_zoo
 
-    def run(zoo, texts=("grinning face", "rocket")):
-        cond = Conditions(model=zoo.tokenizer(list(texts)), labels=torch.tensor([3, 7]),
-                          clip_tokens=zoo.clip_tokenizer(list(texts)))
-        method = make_guidance(name, 3.0, zoo.guiding_models())
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return sample(zoo.denoiser, zoo.diffusion.respace("3"), method, cond, (3, 32, 32), range(2), seed=5)
+    return load_zoo(device="cpu")
 
-    plain, stored = load_zoo(device="cpu"), load_zoo(device="cpu")
-    stored.accelerate(Acceleration(), CPU, torch.bfloat16)
-    dtypes = {p.dtype for p in stored.denoiser.parameters()}
-    assert dtypes == {torch.bfloat16, torch.float32}  # conv/linear in bf16; norms, embeddings fp32
+
+@pytest.fixture(scope="module")
+def zoos_with_half_weights():
+    from guidance.zoo.load import load_zoo
+
+    zoos = {}
+    for dtype in (torch.bfloat16, torch.float16):
+        zoos[dtype] = load_zoo(device="cpu")
+        zoos[dtype].accelerate(Acceleration(), CPU, dtype)
+    return zoos
+
+
+# each factor at both levels: sampler, dtype, and the transformer fast path, which CPU autocast keeps
+# and CUDA autocast leaves (off, the text encoder takes CUDA's attention path)
+COMBINATIONS = [("ddim", torch.bfloat16, False), ("ddpm", torch.float16, True), ("ddpm", torch.bfloat16, False),
+                ("ddim", torch.float16, True)]
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_weights_stored_in_half_precision_compute_what_autocast_did(zoo_cpu, zoos_with_half_weights, name):
+    """Under half-precision autocast, convolution and linear weights stored in that precision give the
+    same samples bit for bit (autocast rounded them at every call); norms and embeddings stay fp32."""
+    from guidance.guiders import make_guidance
+
+    texts = ["grinning face", "rocket"]
+    cond = Conditions(model=zoo_cpu.tokenizer(texts), labels=torch.tensor([3, 7]), clip_tokens=zoo_cpu.clip_tokenizer(texts))
+
+    def run(zoo, sampler, dtype):
+        method = make_guidance(name, 3.0, zoo.guiding_models())
+        with torch.autocast("cpu", dtype=dtype):
+            return sample(zoo.denoiser, zoo.diffusion.respace("3"), method, cond, (3, 32, 32), range(2), seed=5,
+                          sampler=sampler)
+
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    try:
+        for sampler, dtype, fast in COMBINATIONS:
+            torch.backends.mha.set_fastpath_enabled(fast)
+            assert torch.equal(run(zoos_with_half_weights[dtype], sampler, dtype), run(zoo_cpu, sampler, dtype)), \
+                (sampler, dtype, fast)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def test_half_weights_convert_conv_and_linear_only(zoos_with_half_weights):
+    from guidance.zoo.load import load_zoo
+
+    stored = zoos_with_half_weights[torch.bfloat16]
+    assert {p.dtype for p in stored.denoiser.parameters()} == {torch.bfloat16, torch.float32}
     assert stored.denoiser.stem.weight.dtype == torch.bfloat16
-    assert all(m.weight.dtype == torch.float32 for m in stored.denoiser.modules() if isinstance(m, torch.nn.GroupNorm))
-    assert torch.equal(run(stored), run(plain))
+    assert all(m.weight.dtype == torch.float32 for m in stored.denoiser.modules()
+               if isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.Embedding)))
     assert "weights stored in bfloat16" in Acceleration().describe(CPU, torch.bfloat16)
     off = load_zoo(device="cpu")
     off.accelerate(Acceleration(half_weights=False), CPU, torch.bfloat16)  # --no-half-weights: the A/B switch
     assert {p.dtype for p in off.denoiser.parameters()} == {torch.float32}
     assert "weights stored" not in Acceleration(half_weights=False).describe(CPU, torch.bfloat16)
+
+
+@pytest.mark.parametrize("name", ["apg", "cfg-rescale", "cfg", "cfg-dynamic-threshold"])
+def test_methods_combine_half_precision_outputs_in_fp32(zoo_cpu, name):
+    """Under fp16 autocast, APG's per-image norms and CFG-rescale's standard deviations overflowed fp16
+    (NaN at the first step) when computed on the network's fp16 outputs; the outputs are upcast first."""
+    from guidance.guiders import make_guidance
+    from guidance.guiders.base import split_output
+
+    assert split_output(torch.zeros(1, 3, 2, 2, dtype=torch.float16), 3, False).eps.dtype == torch.float32
+    texts = ["grinning face", "rocket"]
+    cond = Conditions(model=zoo_cpu.tokenizer(texts), labels=torch.tensor([3, 7]))
+    method = make_guidance(name, 3.0, zoo_cpu.guiding_models())
+    reference = sample(zoo_cpu.denoiser, zoo_cpu.diffusion.respace("3"), method, cond, (3, 32, 32), range(2), seed=1)
+    with torch.autocast("cpu", dtype=torch.float16):
+        half = sample(zoo_cpu.denoiser, zoo_cpu.diffusion.respace("3"), method, cond, (3, 32, 32), range(2), seed=1)
+    assert torch.isfinite(half).all()
+    assert (half - reference).abs().mean() < 0.1  # fp16 rounding (0.002-0.035 here), not another image (~0.5)

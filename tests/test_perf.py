@@ -185,18 +185,21 @@ def test_limit_with_compile_runs_the_compiled_network(capsys):
 
 
 def test_perf_trace_counts_the_samplers_extra_work():
-    """`bench.perf --profile`: the sampler dispatches what the bare loop does plus its own step
-    arithmetic (tens of operators per step, not hundreds: a bound that a per-step regression breaks)."""
+    """`bench.perf --profile`: the sampler dispatches what the bare loop (and the guide) do plus its own
+    step arithmetic: about 90 operators per step for none and 120 for CFG, bounded so that a per-step
+    regression shows; and the events that make up the difference are named."""
     from bench.perf import trace_table
     from guidance.zoo.load import load_zoo
 
-    table, extra = trace_table("cfg", load_zoo(device="cpu"), batch=2, steps=3, device=torch.device("cpu"))
+    zoo = load_zoo(device="cpu")
+    table, extra = trace_table("cfg", zoo, batch=2, steps=3, device=torch.device("cpu"))
+    assert table.loc["bare", "aten_ops"] > 1000  # the network's operators are counted
+    assert 60 < table.loc["extra_per_step", "aten_ops"] < 160
     # CFG's batched branches cat x, t and the captions at each step; the initial noise and the NaN check
     # stack once each: the sampler's own work, told apart from the network's cats (skip connections)
     assert extra.loc["aten::cat", "extra_calls"] == 3 * 3 + 2
     assert extra["extra_host_s"].is_monotonic_decreasing
-    assert table.loc["bare", "aten_ops"] > 1000  # the network's operators are counted
-    assert 10 < table.loc["extra_per_step", "aten_ops"] < 250
-    assert table.loc["sampler", "syncs"] == 0 and table.loc["sampler", "kernel_launches"] == 0  # CPU: none
-    assert table.loc["extra_per_step", "wall_s"] == pytest.approx(
-        (table.loc["sampler", "wall_s"] - table.loc["bare", "wall_s"]) / 3)
+    # a guide's forward and backward are its own row, not the sampler's extra
+    guided, _ = trace_table("classifier", zoo, batch=2, steps=3, device=torch.device("cpu"))
+    assert "guide" in guided.index and guided.loc["guide", "aten_ops"] > 1000
+    assert 40 < guided.loc["extra_per_step", "aten_ops"] < 160

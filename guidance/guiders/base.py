@@ -54,6 +54,10 @@ class Prediction:
 
 
 def split_output(out: Tensor, channels: int, learned_variance: bool) -> Prediction:
+    """eps (and v) from a network's output, in at least fp32: guidance combines predictions (norms over
+    whole images in APG, standard deviations in CFG-rescale) where fp16 overflows and bf16 loses the
+    small difference between branches, so half-precision outputs are upcast before any method sees them."""
+    out = at_least_fp32(out)
     if learned_variance:
         if out.shape[1] != 2 * channels:
             raise ValueError(f"learned-variance model must output {2 * channels} channels, got {out.shape[1]}")
