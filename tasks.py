@@ -31,12 +31,13 @@ def _flags(**options: object) -> str:
     "channels_last": "NHWC layout: on, off or auto (default: on for CUDA, off for CPU)",
     "compile": "torch.compile the networks", "cuda_graphs": "torch.compile with CUDA graphs (CUDA only)",
     "autotune": "with --compile/--cuda-graphs: inductor max-autotune (slow to compile)",
+    "no_half_weights": "under bf16/fp16: let autocast re-cast the weights at every call (same samples; for timing)",
 })
 def bench(c, guidance="cfg", scales=None, prompts=None, prompt_limit=None, samples_per_prompt=None, seeds=None,
           sampler=None, steps=None, batch_size=None, device=None, dtype=None, model=None, clip_model=None,
           clip_pretrained=None, score_with_guiding_clip=False, fid_inception_weights=None, metrics=None, out=None,
           run_id=None, preset="quick", no_report=False, nproc=None, shard=None, channels_last="auto", compile=False,
-          cuda_graphs=False, autotune=False):
+          cuda_graphs=False, autotune=False, no_half_weights=False):
     """Benchmark guidance methods over scales and seeds; prints a summary and writes reports/<run-id>/."""
     args = _flags(guidance=guidance, scales=scales, prompts=prompts, prompt_limit=prompt_limit,
                   samples_per_prompt=samples_per_prompt, seeds=seeds, sampler=sampler, steps=steps,
@@ -44,7 +45,7 @@ def bench(c, guidance="cfg", scales=None, prompts=None, prompt_limit=None, sampl
                   clip_pretrained=clip_pretrained, score_with_guiding_clip=score_with_guiding_clip,
                   fid_inception_weights=fid_inception_weights, metrics=metrics, out=out, run_id=run_id,
                   preset=preset, no_report=no_report, nproc=nproc, shard=shard, compile=compile,
-                  cuda_graphs=cuda_graphs, autotune=autotune)
+                  cuda_graphs=cuda_graphs, autotune=autotune, no_half_weights=no_half_weights)
     if channels_last not in ("auto", "on", "off"):
         raise SystemExit(f"--channels-last {channels_last!r}: use on, off or auto")
     if channels_last != "auto":

@@ -49,7 +49,7 @@ if [ "${MEASURE:-1}" != 0 ]; then
   limit=(python3 -m bench.limit --device cuda --batches 64 --steps 100 --guidance cfg --cuda-graphs)
   [ "$(left)" -gt 60 ] && step limit_half_weights "$(bounded 120)" "${limit[@]}"
   [ "$(left)" -gt 60 ] && step limit_fp32_weights "$(bounded 120)" "${limit[@]}" --no-half-weights
-  [ "$(left)" -gt 60 ] && step perf "$(bounded 80)" python3 -m bench.perf --device cuda --batch 64 --steps 50 \
+  [ "$(left)" -gt 60 ] && step perf "$(bounded 100)" python3 -m bench.perf --device cuda --batch 64 --steps 50 \
     --repeats 3 --guidance none,cfg,none
   [ "$(left)" -gt 60 ] && TORCHINDUCTOR_FREEZING=1 step limit_freezing "$(bounded 120)" "${limit[@]}"
   [ "$(left)" -gt 60 ] && step perf_fp32_weights "$(bounded 80)" python3 -m bench.perf --device cuda --batch 64 \
