@@ -255,7 +255,8 @@ def sample_cell(cfg: BenchConfig, zoo: Zoo, cell: Cell, guidance: Guidance, stor
     diffusion = zoo.diffusion.respace(str(cfg.steps))
     finished = store.finished_indices(expected)
     cost = guidance.cost_per_image(diffusion)  # per image over all steps: exact for interval guidance
-    spent = {"images": 0, "seconds": 0.0, "network_passes": 0.0, "guide_passes": 0.0, "backward_passes": 0.0}
+    spent = {"images": 0, "seconds": 0.0, "network_passes": 0.0, "guide_passes": 0.0, "backward_passes": 0.0,
+             "intervals": []}  # wall-clock [start, end] of each batch: jobs' timings merge by their overlap
     dtype = DTYPES[cfg.dtype]
     autocast = autocast_context(device, dtype)
     # batches are numbered over the whole cell, so shard ownership and batch members never depend on
@@ -267,13 +268,14 @@ def sample_cell(cfg: BenchConfig, zoo: Zoo, cell: Cell, guidance: Guidance, stor
         cond = conditions(zoo, expected, idx)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        start = time.perf_counter()
+        start, started_at = time.perf_counter(), time.time()
         with autocast, torch.no_grad():  # gradient guidance turns gradients on for its guide alone
             images = sample(zoo.denoiser, diffusion, guidance, cond, (3, 32, 32), idx, seed=cell.seed,
                             sampler=cfg.sampler, eta=cfg.eta, device=device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         spent["seconds"] += time.perf_counter() - start
+        spent["intervals"].append([started_at, time.time()])
         spent["images"] += len(idx)
         spent["network_passes"] += cost.network_passes * len(idx)
         spent["guide_passes"] += cost.guide_passes * len(idx)
@@ -427,7 +429,10 @@ def save_throughput(run_dir: Path, cell: Cell, spent: dict[str, float], cell_has
     before = data.get(cell.name)
     if before is not None and before.get("cell_hash") == cell_hash:
         peak = max(before.get("peak_mem_mb", 0.0), spent.get("peak_mem_mb", 0.0))
-        spent = {k: before.get(k, 0.0) + v for k, v in spent.items()} | {"peak_mem_mb": peak}
+        # a timing from before intervals were recorded has none: the merged one then has none either
+        intervals = before["intervals"] + spent.get("intervals", []) if "intervals" in before else []
+        spent = {k: before.get(k, 0.0) + v for k, v in spent.items() if k != "intervals"}
+        spent |= {"peak_mem_mb": peak} | ({"intervals": intervals} if intervals else {})
     data[cell.name] = {**spent, "cell_hash": cell_hash}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1))

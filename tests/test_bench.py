@@ -235,6 +235,12 @@ def test_independent_shard_jobs_merge_offline(tmp_path, capsys):
     manifest = json.loads((tmp_path / "sharded" / "manifest.json").read_text())
     assert manifest["processes"] == 2 and manifest["wall_time_s"] is None  # two jobs; their wall time is unknown
     np.testing.assert_allclose(merged["fid"], ref["fid"], rtol=1e-9)
+    # the jobs ran one after the other: the merged img/s is one job's pace (images over the summed sampling
+    # time), not the doubled figure of jobs that ran at once
+    jobs = [json.loads((tmp_path / "sharded" / f"throughput.rank{k}.json").read_text())["cfg_s3_seed0"] for k in (0, 1)]
+    assert all(job["intervals"] for job in jobs)
+    seconds = sum(iv[1] - iv[0] for job in jobs for iv in job["intervals"])
+    assert merged["img_per_s"].iloc[0] == pytest.approx(5 / seconds, rel=1e-6)
 
 
 def test_each_cell_gets_its_own_peak_memory_window():

@@ -80,6 +80,54 @@ def test_throughput_adds_work_and_takes_the_slowest_process_time():
     assert out["network_passes_per_img"] == pytest.approx(10)
 
 
+def test_covered_seconds_is_the_union_of_intervals():
+    from bench.metrics import covered_seconds
+
+    assert covered_seconds(torch.tensor([[0.0, 2.0], [5.0, 6.0]])) == 3.0  # one after another: the sum
+    assert covered_seconds(torch.tensor([[1.0, 4.0], [0.0, 2.0], [3.0, 3.5]])) == 4.0  # overlapping: the union
+    assert covered_seconds(torch.tensor([[0.0, 10.0], [2.0, 3.0]])) == 10.0  # nested
+    assert covered_seconds(torch.zeros(0, 2)) == 0.0
+
+
+def _part(images: int, seconds: float, intervals=None) -> Throughput:
+    part = Throughput(sync_on_compute=False)
+    part.update(images=images, seconds=seconds, network_passes=10 * images, guide_passes=0, backward_passes=0,
+                peak_mem_mb=1, intervals=intervals)
+    return part
+
+
+def test_throughput_of_jobs_side_by_side_and_in_turn():
+    """Two shard jobs of 8 images and 10 s each: at once, the group made 16 images in 10 s; one after the
+    other, 16 in 20 s (the slowest job's seconds would have claimed twice the real throughput)."""
+    at_once = _part(8, 10.0, [[100.0, 105.0], [105.0, 110.0]])
+    at_once.merge_state(_part(8, 10.0, [[100.5, 110.5]]))
+    assert float(at_once.compute()["img_per_s"]) == pytest.approx(16 / 10.5)
+    in_turn = _part(8, 10.0, [[100.0, 110.0]])
+    in_turn.merge_state(_part(8, 10.0, [[200.0, 205.0], [205.0, 210.0]]))
+    assert float(in_turn.compute()["img_per_s"]) == pytest.approx(16 / 20)
+    assert float(in_turn.compute()["s_per_img"]) == pytest.approx(20 / 16)
+    legacy = _part(8, 10.0, [[100.0, 110.0]])
+    legacy.merge_state(_part(8, 12.0))  # a timing without intervals (older run): side by side, slowest seconds
+    assert float(legacy.compute()["img_per_s"]) == pytest.approx(16 / 12)
+
+
+def test_resumed_timing_keeps_every_interval(tmp_path):
+    import json
+
+    from bench.run import Cell, save_throughput
+
+    cell = Cell("cfg", 3.0, 0, 0)
+    work = {"images": 4, "seconds": 2.0, "network_passes": 80.0, "guide_passes": 0.0, "backward_passes": 0.0,
+            "peak_mem_mb": 1.0}
+    save_throughput(tmp_path, cell, {**work, "intervals": [[0.0, 2.0]]}, "abc")
+    save_throughput(tmp_path, cell, {**work, "intervals": [[50.0, 52.0]]}, "abc")  # resumed later
+    saved = json.loads((tmp_path / "throughput.rank0.json").read_text())[cell.name]
+    assert saved["intervals"] == [[0.0, 2.0], [50.0, 52.0]] and saved["images"] == 8
+    (tmp_path / "throughput.rank0.json").write_text(json.dumps({cell.name: {**work, "cell_hash": "abc"}}))
+    save_throughput(tmp_path, cell, {**work, "intervals": [[60.0, 62.0]]}, "abc")  # on top of an older file
+    assert "intervals" not in json.loads((tmp_path / "throughput.rank0.json").read_text())[cell.name]
+
+
 def test_mean_ci_uses_the_requested_confidence():
     values = [1.0, 2.0, 4.0, 7.0]
     mean, lo, hi = mean_ci(values, confidence=0.8)
