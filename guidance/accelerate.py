@@ -52,7 +52,7 @@ class Acceleration:
         casts in it, so the model must then only run under that autocast."""
         self.check(device)
         if dtype in HALF and self.half_weights:
-            store_autocast_weights(model, dtype)
+            store_autocast_weights(model, dtype, transformer_layers=device.type == "cuda")
         if self.uses_channels_last(device):
             model.to(memory_format=torch.channels_last)
         if device.type == "cuda":
@@ -85,7 +85,7 @@ AUTOCAST_LOWERED = (nn.Conv1d, nn.Conv2d, nn.Linear)
 MHA_PROJECTIONS = ("in_proj_weight", "in_proj_bias", "q_proj_weight", "k_proj_weight", "v_proj_weight")
 
 
-def store_autocast_weights(model: nn.Module, dtype: torch.dtype) -> int:
+def store_autocast_weights(model: nn.Module, dtype: torch.dtype, transformer_layers: bool = True) -> int:
     """Store in `dtype` the weights that autocast would cast to it at every call; returns how many.
 
     Autocast does not cache casts of weights that need no gradient (ours: frozen for sampling), so
@@ -94,9 +94,20 @@ def store_autocast_weights(model: nn.Module, dtype: torch.dtype) -> int:
     the kernel launches of the zoo's UNet). Casting once gives the same products bit for bit, since
     autocast rounds these weights to `dtype` anyway; norms, embeddings and everything autocast keeps
     in fp32 stay fp32.
+
+    `transformer_layers=False` leaves the layers of `nn.TransformerEncoderLayer`s in fp32: their fused
+    fast path, which CUDA autocast turns off but CPU autocast does not, reads the weights as stored,
+    and compiled it then meets fp32 activations with bf16 weights.
     """
+    skipped = set()
+    if not transformer_layers:
+        for layer in model.modules():
+            if isinstance(layer, nn.TransformerEncoderLayer):
+                skipped.update(id(m) for m in layer.modules())
     converted = 0
     for module in model.modules():
+        if id(module) in skipped:
+            continue
         names = ([name for name, _ in module.named_parameters(recurse=False)] if isinstance(module, AUTOCAST_LOWERED)
                  else MHA_PROJECTIONS if isinstance(module, nn.MultiheadAttention) else ())
         for name in names:

@@ -126,19 +126,25 @@ def zoo_cpu():
 
 @pytest.fixture(scope="module")
 def zoos_with_half_weights():
+    """Per dtype and rule: as Acceleration stores them on the CPU (transformer layers kept fp32, whose
+    fused fast path CPU autocast leaves on) and as it stores them on CUDA (every layer)."""
+    from guidance.accelerate import store_autocast_weights
     from guidance.zoo.load import load_zoo
 
     zoos = {}
     for dtype in (torch.bfloat16, torch.float16):
-        zoos[dtype] = load_zoo(device="cpu")
-        zoos[dtype].accelerate(Acceleration(), CPU, dtype)
+        zoos[dtype, "cpu"] = load_zoo(device="cpu")
+        zoos[dtype, "cpu"].accelerate(Acceleration(), CPU, dtype)
+        zoos[dtype, "cuda"] = load_zoo(device="cpu")
+        for model in [zoos[dtype, "cuda"].denoiser, *zoos[dtype, "cuda"].guiding_models().values()]:
+            store_autocast_weights(model, dtype, transformer_layers=True)
     return zoos
 
 
-# each factor at both levels: sampler, dtype, and the transformer fast path, which CPU autocast keeps
-# and CUDA autocast leaves (off, the text encoder takes CUDA's attention path)
-COMBINATIONS = [("ddim", torch.bfloat16, False), ("ddpm", torch.float16, True), ("ddpm", torch.bfloat16, False),
-                ("ddim", torch.float16, True)]
+# each factor at both levels: sampler, dtype, and the device's rule; CUDA's with the transformer fast
+# path off, as CUDA autocast turns it off (the text encoder then takes CUDA's attention path)
+COMBINATIONS = [("ddim", torch.bfloat16, "cuda"), ("ddpm", torch.float16, "cpu"), ("ddpm", torch.bfloat16, "cpu"),
+                ("ddim", torch.float16, "cuda")]
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
@@ -158,10 +164,10 @@ def test_weights_stored_in_half_precision_compute_what_autocast_did(zoo_cpu, zoo
 
     fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
-        for sampler, dtype, fast in COMBINATIONS:
-            torch.backends.mha.set_fastpath_enabled(fast)
-            assert torch.equal(run(zoos_with_half_weights[dtype], sampler, dtype), run(zoo_cpu, sampler, dtype)), \
-                (sampler, dtype, fast)
+        for sampler, dtype, rule in COMBINATIONS:
+            torch.backends.mha.set_fastpath_enabled(rule == "cpu")
+            stored = zoos_with_half_weights[dtype, rule]
+            assert torch.equal(run(stored, sampler, dtype), run(zoo_cpu, sampler, dtype)), (sampler, dtype, rule)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
@@ -169,11 +175,14 @@ def test_weights_stored_in_half_precision_compute_what_autocast_did(zoo_cpu, zoo
 def test_half_weights_convert_conv_and_linear_only(zoos_with_half_weights):
     from guidance.zoo.load import load_zoo
 
-    stored = zoos_with_half_weights[torch.bfloat16]
-    assert {p.dtype for p in stored.denoiser.parameters()} == {torch.bfloat16, torch.float32}
-    assert stored.denoiser.stem.weight.dtype == torch.bfloat16
-    assert all(m.weight.dtype == torch.float32 for m in stored.denoiser.modules()
-               if isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.Embedding)))
+    for rule in ("cpu", "cuda"):
+        stored = zoos_with_half_weights[torch.bfloat16, rule].denoiser
+        assert {p.dtype for p in stored.parameters()} == {torch.bfloat16, torch.float32}
+        assert stored.stem.weight.dtype == torch.bfloat16
+        assert all(m.weight.dtype == torch.float32 for m in stored.modules()
+                   if isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.Embedding)))
+        layer = next(m for m in stored.modules() if isinstance(m, torch.nn.TransformerEncoderLayer))
+        assert layer.linear1.weight.dtype == (torch.bfloat16 if rule == "cuda" else torch.float32)
     assert "weights stored in bfloat16" in Acceleration().describe(CPU, torch.bfloat16)
     off = load_zoo(device="cpu")
     off.accelerate(Acceleration(half_weights=False), CPU, torch.bfloat16)  # --no-half-weights: the A/B switch

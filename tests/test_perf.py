@@ -168,16 +168,19 @@ def test_limit_profile_lists_the_convolutions_of_a_guided_step(capsys):
     assert "tiny, cfg, batch 2, 3 DDIM steps" in table and "aten::conv2d" in table
 
 
-def test_limit_with_compile_runs_the_compiled_network(capsys):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_limit_with_compile_runs_the_compiled_network(capsys, dtype):
     """The FLOPs are counted on the plain modules and the speed-ups applied after, so the timed runs
-    go through the compiled graph (a GPU run that compiled nothing gave no speed-up at all)."""
+    go through the compiled graph (a GPU run that compiled nothing gave no speed-up at all). Under bf16
+    the weights are stored in bf16 first (compiled, a fused transformer layer once met fp32 activations
+    with bf16 weights on the CPU)."""
     from torch._dynamo.utils import counters
 
     from guidance.accelerate import Acceleration
 
     torch._dynamo.reset()
     counters.clear()
-    table = limit.benchmark("tiny", ["cfg"], [1], steps=2, device=torch.device("cpu"), dtype=torch.float32,
+    table = limit.benchmark("tiny", ["cfg"], [1], steps=2, device=torch.device("cpu"), dtype=dtype,
                             acceleration=Acceleration(compile=True))
     assert counters["stats"]["unique_graphs"] >= 1 and not counters["graph_break"]
     assert "graph(s) compiled from 1 of 1 frames" in capsys.readouterr().out
