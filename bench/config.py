@@ -46,6 +46,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+HALF_NUMERICS = 2  # bump when a change alters bf16/fp16 samples but not fp32 ones (part of their sample key)
+
+
 @dataclass
 class BenchConfig:
     guidance: list[str] = field(default_factory=lambda: ["cfg"])
@@ -110,6 +113,10 @@ class BenchConfig:
         """Key of one cell's samples: what the images depend on (not the batch size or device count)."""
         key = {f: getattr(self, f) for f in self.SAMPLE_FIELDS}
         key.update(guidance=guidance, scale=scale, seed=seed)
+        if self.dtype != "float32":
+            # 2026-11-26: guidance combines half-precision outputs in fp32; bf16/fp16 samples saved before
+            # differ (and were NaN for APG and CFG-rescale under fp16), so a resume must not mix them in
+            key["half_numerics"] = HALF_NUMERICS
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     def config_hash(self) -> str:

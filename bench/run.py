@@ -268,14 +268,15 @@ def sample_cell(cfg: BenchConfig, zoo: Zoo, cell: Cell, guidance: Guidance, stor
         cond = conditions(zoo, expected, idx)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        start, started_at = time.perf_counter(), time.time()
+        start, started_at = time.perf_counter(), time.time()  # the interval's length comes from perf_counter
         with autocast, torch.no_grad():  # gradient guidance turns gradients on for its guide alone
             images = sample(zoo.denoiser, diffusion, guidance, cond, (3, 32, 32), idx, seed=cell.seed,
                             sampler=cfg.sampler, eta=cfg.eta, device=device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        spent["seconds"] += time.perf_counter() - start
-        spent["intervals"].append([started_at, time.time()])
+        elapsed = time.perf_counter() - start
+        spent["seconds"] += elapsed
+        spent["intervals"].append([started_at, started_at + elapsed])
         spent["images"] += len(idx)
         spent["network_passes"] += cost.network_passes * len(idx)
         spent["guide_passes"] += cost.guide_passes * len(idx)
@@ -429,10 +430,12 @@ def save_throughput(run_dir: Path, cell: Cell, spent: dict[str, float], cell_has
     before = data.get(cell.name)
     if before is not None and before.get("cell_hash") == cell_hash:
         peak = max(before.get("peak_mem_mb", 0.0), spent.get("peak_mem_mb", 0.0))
-        # a timing from before intervals were recorded has none: the merged one then has none either
-        intervals = before["intervals"] + spent.get("intervals", []) if "intervals" in before else []
+        # a timing of sampled images from before intervals were recorded has none: the merged one then
+        # has none either (Throughput falls back to the slowest process); an empty list is a timing
+        older = "intervals" not in before and before.get("images", 0) > 0
+        intervals = None if older else before.get("intervals", []) + spent.get("intervals", [])
         spent = {k: before.get(k, 0.0) + v for k, v in spent.items() if k != "intervals"}
-        spent |= {"peak_mem_mb": peak} | ({"intervals": intervals} if intervals else {})
+        spent |= {"peak_mem_mb": peak} | ({} if intervals is None else {"intervals": intervals})
     data[cell.name] = {**spent, "cell_hash": cell_hash}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1))

@@ -128,16 +128,15 @@ def zoo_cpu():
 def zoos_with_half_weights():
     """Per dtype and rule: as Acceleration stores them on the CPU (transformer layers kept fp32, whose
     fused fast path CPU autocast leaves on) and as it stores them on CUDA (every layer)."""
-    from guidance.accelerate import store_autocast_weights
     from guidance.zoo.load import load_zoo
 
-    zoos = {}
+    zoos, benchmark = {}, torch.backends.cudnn.benchmark
     for dtype in (torch.bfloat16, torch.float16):
         zoos[dtype, "cpu"] = load_zoo(device="cpu")
         zoos[dtype, "cpu"].accelerate(Acceleration(), CPU, dtype)
-        zoos[dtype, "cuda"] = load_zoo(device="cpu")
-        for model in [zoos[dtype, "cuda"].denoiser, *zoos[dtype, "cuda"].guiding_models().values()]:
-            store_autocast_weights(model, dtype, transformer_layers=True)
+        zoos[dtype, "cuda"] = load_zoo(device="cpu")  # CUDA's rule, applied to CPU tensors (nothing runs on CUDA)
+        zoos[dtype, "cuda"].accelerate(Acceleration(channels_last=False), CUDA, dtype)
+    torch.backends.cudnn.benchmark = benchmark  # apply sets it for CUDA
     return zoos
 
 

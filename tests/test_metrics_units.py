@@ -126,6 +126,13 @@ def test_resumed_timing_keeps_every_interval(tmp_path):
     (tmp_path / "throughput.rank0.json").write_text(json.dumps({cell.name: {**work, "cell_hash": "abc"}}))
     save_throughput(tmp_path, cell, {**work, "intervals": [[60.0, 62.0]]}, "abc")  # on top of an older file
     assert "intervals" not in json.loads((tmp_path / "throughput.rank0.json").read_text())[cell.name]
+    # a process that owned no batch (twice) keeps an empty timing, and a later resume's intervals count
+    idle = {**{k: 0 for k in work}, "intervals": []}
+    other = Cell("cfg", 6.0, 0, 0)
+    save_throughput(tmp_path, other, idle, "def")
+    save_throughput(tmp_path, other, idle, "def")
+    save_throughput(tmp_path, other, {**work, "intervals": [[70.0, 72.0]]}, "def")
+    assert json.loads((tmp_path / "throughput.rank0.json").read_text())[other.name]["intervals"] == [[70.0, 72.0]]
 
 
 def test_mean_ci_uses_the_requested_confidence():
@@ -173,6 +180,16 @@ def test_a_saved_sample_is_reused_only_with_its_own_prompt_and_label(tmp_path):
     np.savez(stored, indices=np.array([0]), prompts=np.array(["red apple"]))  # an older file without labels
     with np.load(stored) as data:
         assert not expected.matches(data).any()
+
+
+def test_half_precision_sample_keys_carry_the_numerics_version(monkeypatch):
+    """bf16/fp16 samples saved before a change of half-precision numerics are not reused; fp32 ones are."""
+    import bench.config
+
+    half, full = BenchConfig(dtype="bfloat16"), BenchConfig(dtype="float32")
+    before = half.cell_hash("cfg", 3.0, 0), full.cell_hash("cfg", 3.0, 0)
+    monkeypatch.setattr(bench.config, "HALF_NUMERICS", bench.config.HALF_NUMERICS + 1)
+    assert half.cell_hash("cfg", 3.0, 0) != before[0] and full.cell_hash("cfg", 3.0, 0) == before[1]
 
 
 def test_seed_sets_draw_independent_streams():
