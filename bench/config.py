@@ -156,10 +156,8 @@ class BenchConfig:
         if repeated:
             raise ValueError(f"--seeds repeats {repeated}: a repeated seed set redraws the same samples and "
                              f"shrinks the confidence intervals falsely; give distinct seeds")
-        if self.cuda_graphs and not self.device.startswith("cuda"):
-            raise ValueError(f"--cuda-graphs needs --device cuda (got --device {self.device}); drop the flag on CPU")
-        if self.autotune:
-            self.acceleration().check(torch.device(self.device))  # the flag rule lives in Acceleration.check
+        if self.cuda_graphs or self.autotune:
+            self.acceleration().check(torch.device(self.device))  # the flag rules live in Acceleration.check
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"unknown dtype {self.dtype!r}; valid: float32, bfloat16, float16")
         bad = [m for m in self.metrics if m not in ("fid", "kid", "clip_score", "accuracy")]

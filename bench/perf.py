@@ -11,6 +11,7 @@ round) and each takes its median, so a drift in clocks or background load cannot
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from dataclasses import dataclass
@@ -178,17 +179,25 @@ def trace_table(name: str, zoo, batch: int, steps: int, device: torch.device) ->
     return table, pd.DataFrame(extra).T.sort_values("extra_host_s", ascending=False, kind="stable")
 
 
+@functools.lru_cache(maxsize=None)
+def scoring_networks(device: torch.device) -> tuple:
+    """The evaluation classifier and CLIP, loaded once per device for every method's row."""
+    from bench.metrics import load_eval_classifier
+    from guidance.zoo.load import load_eval_clip
+
+    return load_eval_classifier(device=device), load_eval_clip(device=device)
+
+
 def measure(name: str, zoo, batch: int, steps: int, device: torch.device, repeats: int) -> dict[str, float]:
     work = workload(name, zoo, batch, steps, device)
     texts, x, cost = work.texts, work.x, work.cost
     with torch.no_grad():
         seconds = timed_side_by_side(work.runs, device, repeats)
     full, bare, guide = seconds["sampler"], seconds["bare"], seconds.get("guide", 0.0)
-    from bench.metrics import CLIPScore, DomainFeatures, load_eval_classifier
-    from guidance.zoo.load import load_eval_clip
+    from bench.metrics import CLIPScore, DomainFeatures
 
-    classifier = load_eval_classifier(device=device)
-    features, clip = DomainFeatures(classifier), CLIPScore(load_eval_clip(device=device)).to(device)
+    classifier, eval_clip = scoring_networks(device)
+    features, clip = DomainFeatures(classifier), CLIPScore(eval_clip).to(device)
     uint8 = ((x.clamp(-1, 1) + 1) * 127.5).to(torch.uint8)
     with torch.no_grad():
         metrics = timed(lambda: (features(uint8), clip.update(x, texts), classifier.heads(x)), device, repeats)

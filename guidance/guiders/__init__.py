@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 from guidance.guiders.apg import AdaptiveProjectedGuidance
 from guidance.guiders.autoguidance import AutoGuidance
-from guidance.guiders.base import Guidance, GuidanceCost, Prediction, StepInfo, split_output
+from guidance.guiders.base import GradientGuidance, Guidance, GuidanceCost, Prediction, StepInfo, split_output
 from guidance.guiders.cfg import ClassifierFreeGuidance
 from guidance.guiders.cfg_rescale import RescaledCFG
 from guidance.guiders.cfg_zero_star import CFGZeroStar
@@ -48,7 +48,7 @@ def make_guidance(name: str, scale: float, models: Mapping[str, Any] | None = No
     return cls(models[needs], scale=scale, **options)
 
 
-__all__ = ["Guidance", "GuidanceCost", "Prediction", "StepInfo", "split_output", "REGISTRY",
+__all__ = ["Guidance", "GradientGuidance", "GuidanceCost", "Prediction", "StepInfo", "split_output", "REGISTRY",
            "available_guidance", "make_guidance", "NoGuidance", "ClassifierFreeGuidance",
            "ClassifierGuidance", "CLIPGuidance", "IntervalCFG", "RescaledCFG", "AdaptiveProjectedGuidance",
            "CFGZeroStar", "DynamicThresholdCFG", "AutoGuidance"]

@@ -137,6 +137,26 @@ class Guidance(ABC):
         return f"{type(self).__name__}(scale={scale})"
 
 
+class GradientGuidance(Guidance):
+    """A method that adds s * grad_x of a guiding model's per-sample objective: one denoiser pass per
+    step, plus the guide's forward and backward wherever the scale is not 0 (there the guide does not
+    run). Subclasses say what the objective is (`objective`); the gradient is taken here."""
+
+    def objective(self, step: StepInfo, cond: Conditions) -> Callable[[Tensor], Tensor]:
+        """The function of x_t whose gradient guides this step ([B] values, e.g. log p(y | x_t))."""
+        raise NotImplementedError
+
+    def gradient(self, x: Tensor, step: StepInfo, cond: Conditions) -> Tensor | None:
+        scale = self.scale_at(step)
+        if scale == 0.0:
+            return None
+        return scale * input_gradient(self.objective(step, cond), x).to(x.dtype)
+
+    def cost(self, sigma: float | None = None, negative: bool = False) -> GuidanceCost:
+        guided = float(self.active_at(sigma))
+        return GuidanceCost(network_passes=1, guide_passes=guided, backward_passes=guided)
+
+
 def at_least_fp32(x: Tensor) -> Tensor:
     """Upcast half-precision outputs for log-softmax and norms; keep float64 as it is."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x

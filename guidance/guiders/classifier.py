@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
-from guidance.guiders.base import Guidance, GuidanceCost, StepInfo, at_least_fp32, input_gradient
+from guidance.guiders.base import GradientGuidance, StepInfo, at_least_fp32
 from guidance.protocols import Conditions, NoiseAwareClassifier
 
 
-class ClassifierGuidance(Guidance):
+class ClassifierGuidance(GradientGuidance):
     """g = s * grad_x log p(y | x_t, t) from a classifier trained on noised images.
 
     Applied by the sampler as a mean shift Sigma * g (ancestral) or eps - sqrt(1 - abar) * g (DDIM).
@@ -27,13 +29,6 @@ class ClassifierGuidance(Guidance):
         log_probs = torch.log_softmax(at_least_fp32(self.classifier(x, t)), dim=-1)
         return log_probs[torch.arange(len(labels), device=labels.device), labels]
 
-    def gradient(self, x: Tensor, step: StepInfo, cond: Conditions) -> Tensor | None:
-        scale = self.scale_at(step)
-        if scale == 0.0:
-            return None
+    def objective(self, step: StepInfo, cond: Conditions) -> Callable[[Tensor], Tensor]:
         labels = cond.require("labels", self.name)
-        return scale * input_gradient(lambda x_in: self.log_prob(x_in, step.t, labels), x).to(x.dtype)
-
-    def cost(self, sigma: float | None = None, negative: bool = False) -> GuidanceCost:
-        guided = float(self.active_at(sigma))  # at scale 0 the guide does not run
-        return GuidanceCost(network_passes=1, guide_passes=guided, backward_passes=guided)
+        return lambda x_in: self.log_prob(x_in, step.t, labels)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from guidance.guiders.base import Guidance, GuidanceCost, StepInfo, at_least_fp32, input_gradient
+from guidance.guiders.base import GradientGuidance, StepInfo, at_least_fp32
 from guidance.protocols import Conditions, NoisedCLIP
 
 
-class CLIPGuidance(Guidance):
+class CLIPGuidance(GradientGuidance):
     """g = s * grad_x exp(logit_scale) * <f(x_t, t), g(caption)> with unit-norm embeddings.
 
     The image tower sees the noised x_t and t (a CLIP trained on noised images), so the gradient is
@@ -29,15 +31,8 @@ class CLIPGuidance(Guidance):
         image_emb = F.normalize(at_least_fp32(self.clip.encode_image(x, t)), dim=-1)
         return at_least_fp32(self.clip.logit_scale).exp() * (image_emb * text_emb).sum(-1)
 
-    def gradient(self, x: Tensor, step: StepInfo, cond: Conditions) -> Tensor | None:
-        scale = self.scale_at(step)
-        if scale == 0.0:
-            return None
+    def objective(self, step: StepInfo, cond: Conditions) -> Callable[[Tensor], Tensor]:
         tokens = cond.require("clip_tokens", self.name)
-        with torch.no_grad():
+        with torch.no_grad():  # the caption side needs no gradient
             text_emb = F.normalize(at_least_fp32(self.clip.encode_text(tokens)), dim=-1)
-        return scale * input_gradient(lambda x_in: self.similarity(x_in, step.t, text_emb), x).to(x.dtype)
-
-    def cost(self, sigma: float | None = None, negative: bool = False) -> GuidanceCost:
-        guided = float(self.active_at(sigma))  # at scale 0 the guide does not run
-        return GuidanceCost(network_passes=1, guide_passes=guided, backward_passes=guided)
+        return lambda x_in: self.similarity(x_in, step.t, text_emb)
