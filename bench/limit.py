@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import argparse
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, replace
+from typing import Callable, Iterator
 
 import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.perf import SCALES, timed
-from guidance.accelerate import Acceleration, add_arguments, autocast_context, compile_report, from_args
+from bench.perf import SCALES, timed, timed_side_by_side
+from guidance.accelerate import HALF, Acceleration, add_arguments, autocast_context, compile_report, from_args
 from guidance.diffusion import GaussianDiffusion
 from guidance.guiders import make_guidance
 from guidance.protocols import Conditions
@@ -125,24 +125,39 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 8192, repeats
     return 2 * n**3 / seconds
 
 
-def measure(models: dict, size: SizeConfig, guidance_name: str, batch: int, diffusion: GaussianDiffusion,
-            device: torch.device, autocast, repeats: int) -> tuple[float, float]:
-    """(seconds per sampling run of `batch` images, peak memory in MiB)."""
-    guidance = make_guidance(guidance_name, SCALES[guidance_name], models)
-    cond = conditions(size, batch, device)
+def model_bytes(models: dict[str, torch.nn.Module]) -> int:
+    return sum(t.numel() * t.element_size() for m in models.values() for t in (*m.parameters(), *m.buffers()))
+
+
+def measure(model_sets: dict[str, dict], size: SizeConfig, guidance_name: str, batch: int,
+            diffusion: GaussianDiffusion, device: torch.device, autocast, repeats: int) -> dict[str, tuple[float, float]]:
+    """Per model set: (median seconds per sampling run of `batch` images over `repeats` interleaved
+    rounds, peak memory in MiB). Several sets (the same networks, accelerated differently) are timed
+    side by side, so their ratio holds whatever the clocks do. Memory is a set's own: its networks'
+    weights plus the most its warm-up allocated beyond what was already held (other sets included)."""
+    runs: dict[str, Callable[[], None]] = {}
+    memory: dict[str, float] = {}
     shape = (3, size.unet.image_size, size.unet.image_size)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    for variant, models in model_sets.items():
+        guidance = make_guidance(guidance_name, SCALES[guidance_name], models)
+        cond = conditions(size, batch, device)
 
-    def run(process: GaussianDiffusion = diffusion) -> None:
-        # gradient guidance turns gradients on for its guide alone; inductor freezes weights only without them
-        with autocast, torch.no_grad():
-            sample(models["unet"], process, guidance, cond, shape, range(batch), sampler="ddim", device=device)
+        def run(process: GaussianDiffusion = diffusion, models=models, guidance=guidance, cond=cond) -> None:
+            # gradient guidance turns gradients on for its guide alone; inductor freezes weights only without them
+            with autocast, torch.no_grad():
+                sample(models["unet"], process, guidance, cond, shape, range(batch), sampler="ddim", device=device)
 
-    # two steps warm up what the whole run uses (same shapes); CUDA graphs record on their second call
-    seconds = timed(run, device, repeats, warmup=lambda: run(diffusion.respace([min(2, diffusion.num_timesteps)])))
-    memory = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
-    return seconds, memory
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            held = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        # two steps warm up what the whole run uses (same shapes); CUDA graphs record on their second call
+        run(diffusion.respace([min(2, diffusion.num_timesteps)]))
+        memory[variant] = ((model_bytes(models) + torch.cuda.max_memory_allocated(device) - held) / 2**20
+                           if device.type == "cuda" else float("nan"))
+        runs[variant] = run
+    seconds = timed_side_by_side(runs, device, repeats, warmup=False)
+    return {variant: (seconds[variant], memory[variant]) for variant in model_sets}
 
 
 def prepare(config: str, device: torch.device, dtype: torch.dtype, steps: int):
@@ -186,32 +201,48 @@ def profile_step(config: str, guidance_name: str, batch: int, device: torch.devi
 
 
 def benchmark(config: str, guidance: list[str], batches: list[int], steps: int, device: torch.device,
-              dtype: torch.dtype, acceleration: Acceleration = Acceleration(), repeats: int = 1) -> pd.DataFrame:
-    """One row per (guidance, batch): img/s, FLOPs per image, TFLOP/s, share of peak, peak memory."""
+              dtype: torch.dtype, acceleration: Acceleration = Acceleration(), repeats: int = 1,
+              compare_half_weights: bool = False) -> pd.DataFrame:
+    """One row per (guidance, batch): img/s, FLOPs per image, TFLOP/s, share of peak, peak memory.
+
+    `compare_half_weights`: a row per weight storage too (`weights`: half or fp32), the same networks
+    timed side by side in interleaved rounds: the effect of storing weights in half precision, as a
+    ratio from one process."""
     unknown = [g for g in guidance if g not in SCALES]
     if unknown:
         raise ValueError(f"--guidance {unknown}: this script measures {', '.join(SCALES)}")
+    if compare_half_weights and dtype not in HALF:
+        raise ValueError(f"--compare-half-weights compares weights stored in half precision with fp32 ones, "
+                         f"which only differ under half-precision autocast; add --dtype bfloat16 (got {dtype})")
     size, models, autocast, diffusion = prepare(config, device, dtype, steps)
     params = sum(p.numel() for p in models["unet"].parameters())
     forward = step_flops(models, "none", size, diffusion, device, autocast)
     flops = {name: step_flops(models, name, size, diffusion, device, autocast) * steps for name in guidance}
-    accelerate(models, acceleration, device, dtype)
+    variants = ({"half": replace(acceleration, half_weights=True), "fp32": replace(acceleration, half_weights=False)}
+                if compare_half_weights else {"": acceleration})
+    model_sets = {}
+    for variant, speedups in variants.items():
+        model_sets[variant] = models if not model_sets else build_models(size, device)  # same seed: same weights
+        accelerate(model_sets[variant], speedups, device, dtype)
     peak = matmul_peak(device, dtype)
     print(f"{config}: UNet {params / 1e6:.3g}M parameters, {forward / 1e9:.3g} GFLOP per forward per image; "
           f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, {dtype}, "
-          f"{acceleration.describe(device, dtype)}; measured matmul peak {peak / 1e12:.1f} TFLOP/s", flush=True)
+          f"{' vs '.join(speedups.describe(device, dtype) for speedups in variants.values())}; "
+          f"measured matmul peak {peak / 1e12:.1f} TFLOP/s", flush=True)
     rows = []
     for name in guidance:
         for batch in batches:
-            seconds, memory = measure(models, size, name, batch, diffusion, device, autocast, repeats)
-            rate = batch / seconds
-            rows.append({"guidance": name, "batch": batch, "img_per_s": rate, "GFLOP_per_img": flops[name] / 1e9,
-                         "TFLOP_per_s": flops[name] * rate / 1e12, "share_of_peak": flops[name] * rate / peak,
-                         "limit_img_per_s": peak / flops[name], "peak_mem_MiB": memory})
-            print(rows[-1], flush=True)
+            measured = measure(model_sets, size, name, batch, diffusion, device, autocast, repeats)
+            for variant, (seconds, memory) in measured.items():
+                rate = batch / seconds
+                rows.append({"guidance": name, "batch": batch, **({"weights": variant} if variant else {}),
+                             "img_per_s": rate, "GFLOP_per_img": flops[name] / 1e9,
+                             "TFLOP_per_s": flops[name] * rate / 1e12, "share_of_peak": flops[name] * rate / peak,
+                             "limit_img_per_s": peak / flops[name], "peak_mem_MiB": memory})
+                print(rows[-1], flush=True)
     if acceleration.compile_mode is not None:
         print(compile_report(), flush=True)
-    return pd.DataFrame(rows).set_index(["guidance", "batch"])
+    return pd.DataFrame(rows).set_index(["guidance", "batch", "weights"] if compare_half_weights else ["guidance", "batch"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,12 +254,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--compare-half-weights", action="store_true",
+                        help="time every row twice, side by side in interleaved rounds: weights stored in half "
+                             "precision (the default) and in fp32 (--no-half-weights); prints their img/s ratio")
     parser.add_argument("--profile", action="store_true",
                         help="print the operator table of 3 guided steps (first guidance, largest batch) and exit")
     add_arguments(parser)
     args = parser.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     acceleration = from_args(args, torch.device(args.device))
+    if args.compare_half_weights and args.half_weights is not None:
+        raise SystemExit("error: --compare-half-weights times both weight storages; drop --half-weights/--no-half-weights")
     if args.profile:
         guidance = args.guidance.split(",")[0].strip()
         batch = max(int(b) for b in args.batches.split(","))
@@ -239,12 +275,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         table = benchmark(args.config, [g.strip() for g in args.guidance.split(",") if g.strip()],
                           [int(b) for b in args.batches.split(",")], args.steps, torch.device(args.device),
-                          getattr(torch, args.dtype), acceleration, args.repeats)
+                          getattr(torch, args.dtype), acceleration, args.repeats, args.compare_half_weights)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
-        print(f"\n{args.steps} DDIM steps, mean of {args.repeats} run(s) after one warm-up")
+        print(f"\n{args.steps} DDIM steps, median of {args.repeats} run(s) after a warm-up")
         print(table.to_string())
+        if args.compare_half_weights:
+            rates = table["img_per_s"].unstack("weights")
+            print("\nimg/s with half-precision weights over fp32 weights, same process, interleaved:")
+            print((rates["half"] / rates["fp32"]).rename("ratio").to_string())
     return 0
 
 

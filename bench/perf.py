@@ -48,15 +48,18 @@ def timed(fn, device: torch.device, repeats: int, warmup=None) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def timed_side_by_side(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, float]:
-    """Median seconds per call of each fn, in `repeats` interleaved rounds after one warm-up call each.
+def timed_side_by_side(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int,
+                       warmup: bool = True) -> dict[str, float]:
+    """Median seconds per call of each fn, in `repeats` interleaved rounds after one warm-up call each
+    (`warmup=False`: the caller warmed them up).
 
     Timing one variant after the other lets a clock ramp, a warming cache or a neighbour's load favour
     whichever ran later (suspected behind the +17% that `none`, measured first, once showed on an
     H100); in rounds of alternating order (A B, B A, ...) all meet the same conditions, so ratios hold.
     """
-    for fn in fns.values():
-        fn()
+    if warmup:
+        for fn in fns.values():
+            fn()
     _sync(device)
     times: dict[str, list[float]] = {name: [] for name in fns}
     names = list(fns)

@@ -6,9 +6,9 @@
 #      launches, host-device syncs, device busy time);
 #   2. near-limit figures (issue 6), side by side on one card: the GLIDE-base-sized UNet with CFG at
 #      batch 64 under CUDA graphs, with the weights stored in bf16 (the default since 2026-11-26:
-#      autocast no longer re-casts 366M weights per forward) and with --no-half-weights (what gave
-#      44.2% of peak twice), then the perf table (zoo models, eager), then inductor's freezing (weights
-#      as constants) on top. max-autotune is not tried again: on 2026-11-26 it had not finished
+#      autocast no longer re-casts 366M weights per forward) and in fp32 (what gave 44.2% of peak
+#      twice), side by side in one process (--compare-half-weights), then the perf table (zoo models,
+#      eager), then inductor's freezing (weights as constants) on top. max-autotune is not tried again: on 2026-11-26 it had not finished
 #      compiling after 410 s (two calls), and cuDNN won every convolution it benchmarked but the stem;
 #   3. with TRAIN=1, continue training the committed UNet for what the deadline leaves (a new UNet
 #      means new cards, a new gate baseline and a new protocol run: see README).
@@ -47,13 +47,11 @@ if [ "${MEASURE:-1}" != 0 ]; then
   # FLOPs are counted before compiling and each compiled run prints dynamo's counters, so a flag that
   # silently ran eager shows
   limit=(python3 -m bench.limit --device cuda --batches 64 --steps 100 --guidance cfg --cuda-graphs)
-  [ "$(left)" -gt 60 ] && step limit_half_weights "$(bounded 120)" "${limit[@]}"
-  [ "$(left)" -gt 60 ] && step limit_fp32_weights "$(bounded 120)" "${limit[@]}" --no-half-weights
+  # half-precision against fp32 weight storage, the same networks timed in interleaved rounds of one process
+  [ "$(left)" -gt 60 ] && step limit_weights "$(bounded 200)" "${limit[@]}" --compare-half-weights --repeats 2
   [ "$(left)" -gt 60 ] && step perf "$(bounded 100)" python3 -m bench.perf --device cuda --batch 64 --steps 50 \
     --repeats 3 --guidance none,cfg,none
   [ "$(left)" -gt 60 ] && TORCHINDUCTOR_FREEZING=1 step limit_freezing "$(bounded 120)" "${limit[@]}"
-  [ "$(left)" -gt 60 ] && step perf_fp32_weights "$(bounded 80)" python3 -m bench.perf --device cuda --batch 64 \
-    --steps 50 --repeats 3 --guidance none,cfg --no-half-weights
 fi
 
 budget=$(( $(left) - 60 ))

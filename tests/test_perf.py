@@ -206,3 +206,24 @@ def test_perf_trace_counts_the_samplers_extra_work():
     guided, _ = trace_table("classifier", zoo, batch=2, steps=3, device=torch.device("cpu"))
     assert "guide" in guided.index and guided.loc["guide", "aten_ops"] > 1000
     assert 40 < guided.loc["extra_per_step", "aten_ops"] < 160
+
+
+def test_limit_compares_half_and_fp32_weights_side_by_side(capsys):
+    """`--compare-half-weights`: every row twice, the same networks stored in bf16 and in fp32, timed in
+    one process (the ratio the 45%-of-peak question needs); the FLOPs are the same, the storage is not."""
+    table = limit.benchmark("tiny", ["cfg"], [1, 2], steps=2, device=torch.device("cpu"), dtype=torch.bfloat16,
+                            repeats=2, compare_half_weights=True)
+    assert list(table.index) == [("cfg", b, w) for b in (1, 2) for w in ("half", "fp32")]
+    assert table["GFLOP_per_img"].nunique() == 1 and (table["img_per_s"] > 0).all()
+    out = capsys.readouterr().out
+    assert "weights stored in bfloat16 vs contiguous;" in out
+    size = limit.CONFIGS["tiny"]
+    half, fp32 = (limit.build_models(size, torch.device("cpu")) for _ in range(2))
+    limit.accelerate(half, limit.Acceleration(), torch.device("cpu"), torch.bfloat16)
+    limit.accelerate(fp32, limit.Acceleration(half_weights=False), torch.device("cpu"), torch.bfloat16)
+    assert limit.model_bytes(half) < 0.8 * limit.model_bytes(fp32)
+    with pytest.raises(ValueError, match="add --dtype bfloat16"):
+        limit.benchmark("tiny", ["cfg"], [1], steps=1, device=torch.device("cpu"), dtype=torch.float32,
+                        compare_half_weights=True)
+    with pytest.raises(SystemExit, match="drop --half-weights"):
+        limit.main(["--config", "tiny", "--device", "cpu", "--compare-half-weights", "--no-half-weights"])
