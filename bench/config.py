@@ -9,9 +9,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from guidance.accelerate import Acceleration
+from guidance.accelerate import Acceleration, checked_device
 from guidance.guiders import REGISTRY
 
 # Scales per guidance. CFG uses the GLIDE/diffusers convention (1 = no guidance); gradient methods
@@ -156,8 +154,9 @@ class BenchConfig:
         if repeated:
             raise ValueError(f"--seeds repeats {repeated}: a repeated seed set redraws the same samples and "
                              f"shrinks the confidence intervals falsely; give distinct seeds")
+        device = checked_device(self.device)
         if self.cuda_graphs or self.autotune:
-            self.acceleration().check(torch.device(self.device))  # the flag rules live in Acceleration.check
+            self.acceleration().check(device)  # the flag rules live in Acceleration.check
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"unknown dtype {self.dtype!r}; valid: float32, bfloat16, float16")
         bad = [m for m in self.metrics if m not in ("fid", "kid", "clip_score", "accuracy")]

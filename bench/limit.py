@@ -24,7 +24,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.perf import SCALES, timed, timed_side_by_side
-from guidance.accelerate import HALF, Acceleration, add_arguments, autocast_context, compile_report, from_args
+from guidance.accelerate import HALF, Acceleration, add_arguments, autocast_context, cli_device, compile_report, from_args
 from guidance.diffusion import GaussianDiffusion
 from guidance.guiders import make_guidance
 from guidance.protocols import Conditions
@@ -262,19 +262,20 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    acceleration = from_args(args, torch.device(args.device))
+    device = cli_device(args.device)
+    acceleration = from_args(args, device)
     if args.compare_half_weights and args.half_weights is not None:
         raise SystemExit("error: --compare-half-weights times both weight storages; drop --half-weights/--no-half-weights")
     if args.profile:
         guidance = args.guidance.split(",")[0].strip()
         batch = max(int(b) for b in args.batches.split(","))
         print(f"{args.config}, {guidance}, batch {batch}, 3 DDIM steps:")
-        print(profile_step(args.config, guidance, batch, torch.device(args.device), getattr(torch, args.dtype),
+        print(profile_step(args.config, guidance, batch, device, getattr(torch, args.dtype),
                            acceleration))
         return 0
     try:
         table = benchmark(args.config, [g.strip() for g in args.guidance.split(",") if g.strip()],
-                          [int(b) for b in args.batches.split(",")], args.steps, torch.device(args.device),
+                          [int(b) for b in args.batches.split(",")], args.steps, device,
                           getattr(torch, args.dtype), acceleration, args.repeats, args.compare_half_weights)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None

@@ -20,7 +20,7 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from guidance.accelerate import add_arguments, autocast_context, from_args
+from guidance.accelerate import add_arguments, autocast_context, cli_device, from_args
 from guidance.guiders import REGISTRY, make_guidance
 from guidance.guiders.base import GuidanceCost
 from guidance.protocols import Conditions
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                              "device busy time of one sampling run beside its bare loop (why a sampler is slower)")
     add_arguments(parser)
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
+    device = cli_device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     autocast = autocast_context(device, dtype)
     acceleration = from_args(args, device)

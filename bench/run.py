@@ -29,7 +29,7 @@ from torch import Tensor
 from bench.config import BenchConfig
 from bench.distributed import Shard, init_from_env, local_device
 from bench.prompts import PromptSet, load_prompts
-from guidance.accelerate import autocast_context
+from guidance.accelerate import autocast_context, checked_device
 from guidance.guiders import Guidance, make_guidance
 from guidance.protocols import Conditions
 from guidance.sampling import sample
@@ -318,9 +318,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
     prompts = load_prompt_set(cfg)
     if progress and cfg.prompt_limit is not None and len(prompts) == cfg.prompt_limit:
         print(f"prompts: the first {cfg.prompt_limit} of {prompts.name} (--prompt-limit N or all to change)")
-    device = torch.device(local_device(cfg.device))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    device = checked_device(local_device(cfg.device))
     zoo = load_zoo(None if cfg.model == "emoji" else cfg.model, device)
     check_compatible(cfg, prompts, zoo)
     from bench.scoring import check_scorers

@@ -150,6 +150,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "autocast re-casting them at every call (default: on; same samples bit for bit)")
 
 
+def checked_device(name: str) -> torch.device:
+    """`torch.device(name)`, or a one-line ValueError naming the fix: a misspelt device, CUDA asked for on
+    a machine without it, or a GPU index past the last one (torch's own errors come deep from its init)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name} was asked for but no CUDA device is available; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                             f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
+def cli_device(name: str) -> torch.device:
+    """`checked_device` for a command line: a bad device exits with its one line."""
+    try:
+        return checked_device(name)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
 def from_args(args: argparse.Namespace, device: torch.device | None = None) -> Acceleration:
     """The flags as an Acceleration; with `device`, a combination it cannot run exits with one line (CLIs)."""
     acceleration = Acceleration(args.channels_last, args.compile, args.cuda_graphs, args.cudnn_benchmark, args.autotune,

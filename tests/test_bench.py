@@ -146,6 +146,7 @@ def test_killed_run_resumes_and_matches_uninterrupted(tmp_path):
     (["--clip-model", "ViT-B-99", "--clip-pretrained", str(ROOT / "README.md")], "--clip-model ViT-B-99 --clip-pretrained"),
     (["--fid-inception-weights", str(ROOT / "README.md")], "not a plain tensor state dict"),
     (["--preset", "tiny", "--device", "cuda:0"], "CUDA"),
+    (["--preset", "tiny", "--device", "cdua", "--cuda-graphs"], "--device 'cdua' is not a device; use cpu, cuda or cuda:N"),
 ])
 def test_bad_input_gets_one_clear_line(argv, message, capsys, tmp_path):
     import torch

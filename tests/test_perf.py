@@ -227,3 +227,17 @@ def test_limit_compares_half_and_fp32_weights_side_by_side(capsys):
                         compare_half_weights=True)
     with pytest.raises(SystemExit, match="drop --half-weights"):
         limit.main(["--config", "tiny", "--device", "cpu", "--compare-half-weights", "--no-half-weights"])
+
+
+@pytest.mark.parametrize("argv", [["--device", "cdua"], ["--device", "cuda:7"]])
+def test_perf_and_limit_name_a_bad_device_in_one_line(argv, capsys):
+    from bench import perf
+
+    if "cuda:7" in argv and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    for main in (perf.main, limit.main):
+        with pytest.raises(SystemExit) as exit_:
+            main([*argv, "--batch" if main is perf.main else "--batches", "1"])
+        message = str(exit_.value)
+        assert message.startswith(f"error: --device {argv[1]!r}" if "cdua" in argv else "error: --device cuda:7")
+        assert "\n" not in message and ("cuda:N" in message or "CUDA device" in message)
