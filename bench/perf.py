@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import pandas as pd
 import torch
@@ -135,10 +137,31 @@ def workload(name: str, zoo, batch: int, steps: int, device: torch.device) -> Wo
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
 
 
+@contextmanager
+def gc_pauses() -> Iterator[list[float]]:
+    """Seconds of each Python garbage collection inside the block: a full collection over the half
+    million objects a loaded suite holds takes about 0.2 s (measured on this project's CPU machine),
+    a pause no profiler event shows."""
+    pauses: list[float] = []
+    started: list[float] = []
+
+    def watch(phase: str, info: dict) -> None:
+        if phase == "start":
+            started.append(time.perf_counter())
+        elif started:
+            pauses.append(time.perf_counter() - started.pop())
+
+    gc.callbacks.append(watch)
+    try:
+        yield pauses
+    finally:
+        gc.callbacks.remove(watch)
+
+
 def trace(fn: Callable[[], object], device: torch.device) -> tuple[dict[str, float], dict[str, tuple[float, int]]]:
     """Host-side counts of one call of `fn`: operators dispatched, launches (kernels and CUDA graphs),
-    host-device synchronisations (the final one that ends the timing included), and the device's busy
-    time; and host self-time and calls per event name. Where the sampler's extra time over the bare loop
+    host-device synchronisations (the final one that ends the timing included), garbage collections
+    and their seconds, and the device's busy time; and host self-time and calls per event name. Where the sampler's extra time over the bare loop
     goes when the GPU waits for the host (a launch-bound network): more launches, a sync, or one slow call.
     The warm-up call runs under a profiler too, so the timed call pays no profiler start-up (CUPTI)."""
     from torch.autograd import DeviceType
@@ -148,7 +171,7 @@ def trace(fn: Callable[[], object], device: torch.device) -> tuple[dict[str, flo
     with profile(activities=activities):
         fn()
         _sync(device)
-    with profile(activities=activities) as prof:
+    with profile(activities=activities) as prof, gc_pauses() as pauses:
         start = time.perf_counter()
         fn()
         _sync(device)
@@ -157,7 +180,8 @@ def trace(fn: Callable[[], object], device: torch.device) -> tuple[dict[str, flo
     count = lambda keep: sum(e.count for e in events if keep(e.key))  # noqa: E731
     row = {"wall_s": wall, "aten_ops": count(lambda k: k.startswith("aten::")),
            "launches": count(lambda k: k.startswith(("cudaLaunch", "cuLaunch", "cudaGraphLaunch"))),
-           "syncs": count(lambda k: k.startswith(SYNC_CALLS) and "Async" not in k)}
+           "syncs": count(lambda k: k.startswith(SYNC_CALLS) and "Async" not in k),
+           "gc_runs": len(pauses), "gc_s": sum(pauses)}
     kernels = [e for e in events if e.device_type == DeviceType.CUDA]
     row["device_busy_s"] = sum(e.self_device_time_total for e in kernels) / 1e6
     host = {e.key: (e.self_cpu_time_total / 1e6, e.count) for e in events if e.device_type != DeviceType.CUDA}

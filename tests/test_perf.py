@@ -206,6 +206,20 @@ def test_perf_trace_counts_the_samplers_extra_work():
     guided, _ = trace_table("classifier", zoo, batch=2, steps=3, device=torch.device("cpu"))
     assert "guide" in guided.index and guided.loc["guide", "aten_ops"] > 1000
     assert 40 < guided.loc["extra_per_step", "aten_ops"] < 160
+    assert {"gc_runs", "gc_s"} <= set(table.columns)
+
+
+def test_trace_times_garbage_collections():
+    """A collection inside the traced call is counted with its pause (none outside it is)."""
+    import gc
+
+    from bench.perf import trace
+
+    gc.collect()
+    row, _ = trace(lambda: gc.collect(), torch.device("cpu"))
+    assert row["gc_runs"] == 1 and 0 < row["gc_s"] < row["wall_s"]
+    quiet, _ = trace(lambda: sum(range(10)), torch.device("cpu"))
+    assert quiet["gc_runs"] == 0 and quiet["gc_s"] == 0
 
 
 def test_limit_compares_half_and_fp32_weights_side_by_side(capsys):
