@@ -20,7 +20,7 @@ def _flags(**options: object) -> str:
     return " ".join(parts)
 
 
-@task(help={
+@task(auto_shortflags=False, help={
     "guidance": "comma-separated methods (see --guidance list), 'all', or 'list'",
     "nproc": "processes to launch with torchrun", "shard": "K/N: sample shard K of N, merge later",
     "scales": "'1,3,6' for all methods, or 'cfg=1,3,6;clip=1,5,10'",
@@ -125,7 +125,7 @@ def perf(c, compare=None, device=None, table_only=False):
         c.run(f"{PY} -m pytest benchmarks -q --benchmark-enable --benchmark-autosave{fail} -p no:cacheprovider")
 
 
-@task(help={"config": "glide-base (default), zoo or tiny", "batches": "comma-separated batch sizes",
+@task(auto_shortflags=False, help={"config": "glide-base (default), zoo or tiny", "batches": "comma-separated batch sizes",
             "guidance": "subset of none,cfg,classifier,clip", "steps": "DDIM steps per sample",
             "compile": "torch.compile the networks", "cuda_graphs": "torch.compile with CUDA graphs",
             "autotune": "with --compile/--cuda-graphs: inductor max-autotune (minutes of tuning)",

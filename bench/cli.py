@@ -10,22 +10,61 @@ from bench.config import PRESETS, BenchConfig
 from guidance.accelerate import add_arguments as add_acceleration_arguments
 
 
-def parse_floats(text: str) -> list[float]:
+def parse_floats(text: str, flag: str = "--scales") -> list[float]:
+    """'1,3,6' -> [1.0, 3.0, 6.0]; a ValueError (one line, caught by `main`) names the flag."""
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"bad number list {text!r}; use e.g. 1,3,6") from None
+        raise ValueError(f"bad {flag} {text!r}: not a comma-separated number list; use e.g. 1,3,6") from None
+    if not values:
+        raise ValueError(f"{flag} {text!r} lists no numbers; use e.g. 1,3,6")
+    return values
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0,1,2': whole numbers only (1.5 is not silently run as seed 1)."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"bad --seeds {text!r}: seeds are whole numbers; use e.g. 0,1,2") from None
 
 
 def parse_scales(text: str) -> dict[str, list[float]] | list[float]:
     """'1,3,6' (for every guidance) or 'cfg=1,3,6;clip=1,5'."""
     if "=" not in text:
-        return parse_floats(text)
-    out = {}
+        try:
+            return parse_floats(text)
+        except ValueError:
+            raise ValueError(f"bad --scales {text!r}; use '1,3,6' for every method or 'cfg=1,3,6;clip=1,5'") from None
+    out: dict[str, list[float]] = {}
     for part in text.split(";"):
+        if not part.strip():
+            continue
         name, _, values = part.partition("=")
-        out[name.strip()] = parse_floats(values)
+        name = name.strip()
+        if name in out:
+            raise ValueError(f"--scales {text!r} gives {name!r} twice; list all its scales once, e.g. {name}=1,3,6")
+        out[name] = parse_floats(values, f"--scales for {name!r}")
     return out
+
+
+def positive_int(text: str) -> int:
+    """An argparse type for counts (batch sizes, steps, repeats): a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a count of 1 or more")
+    return value
+
+
+def positive_ints(text: str) -> list[int]:
+    """An argparse type for comma-separated counts ('1,16,64')."""
+    values = [positive_int(v) for v in text.split(",") if v.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r} lists no counts; use e.g. 1,16,64")
+    return values
 
 
 def parse_prompt_limit(text: str) -> int | str:
@@ -104,7 +143,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
                      clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
                      score_with_guiding_clip=args.score_with_guiding_clip or None,
                      fid_inception_weights=args.fid_inception_weights, out=args.out, run_id=args.run_id,
-                     seeds=[int(v) for v in parse_floats(args.seeds)] if args.seeds else None,
+                     seeds=parse_seeds(args.seeds) if args.seeds else None,
                      metrics=[m.strip() for m in args.metrics.split(",")] if args.metrics else None)
     cfg = BenchConfig.from_preset(args.preset, **overrides)
     return cfg.with_overrides(prompt_limit=None) if every_prompt else cfg
@@ -125,7 +164,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.run import run_benchmark, summary_table
 
     cfg = config_from_args(args)
+    if args.nproc < 1:
+        raise ValueError(f"--nproc {args.nproc}: use a process count of 1 or more")
+    if args.nproc > 1 and args.shard:
+        raise ValueError("--nproc and --shard both split the samples; use one: --nproc N on one machine, "
+                         "--shard K/N for separate jobs")
     if args.nproc > 1:
+        cfg.validate()  # before launching N processes that would each fail the same way
         return launch_torchrun(args.nproc, args.argv)
     shard = parse_shard(args.shard)
     run_dir = run_benchmark(cfg, shard=shard if shard.world > 1 else None)

@@ -134,6 +134,12 @@ class BenchConfig:
         if extra:
             raise ValueError(f"scales given for {sorted(extra)}, which is not in --guidance {self.guidance}")
         for g, scales in self.scale_grid().items():
+            if not scales:
+                raise ValueError(f"no scales for {g!r}; give at least one, e.g. --scales {g}=1,3,6")
+            repeated = sorted({s for s in scales if scales.count(s) > 1})
+            if repeated:
+                raise ValueError(f"scale(s) {repeated} for {g!r} given twice: a repeated scale repeats a row and "
+                                 f"its samples; list each scale once")
             for s in scales:
                 if not math.isfinite(s) or not SCALE_RANGE[0] <= s <= SCALE_RANGE[1]:
                     raise ValueError(f"scale {s} for {g!r} is out of range; use finite values in "
@@ -165,6 +171,16 @@ class BenchConfig:
         for flag, path in (("--fid-inception-weights", self.fid_inception_weights), ("--clip-pretrained", self.clip_pretrained)):
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{flag} {path}: file not found; pass a local file (nothing is downloaded)")
+        if self.clip_pretrained and not self.clip_model:
+            raise ValueError(f"--clip-pretrained {self.clip_pretrained} needs --clip-model NAME (its open_clip "
+                             f"architecture, e.g. ViT-B-32)")
+        if self.score_with_guiding_clip and self.clip_model:
+            raise ValueError("--score-with-guiding-clip scores with the guiding CLIP, so --clip-model and "
+                             "--clip-pretrained would go unused; give one or the other")
+        if self.run_id is not None and (not self.run_id.strip() or Path(self.run_id).name != self.run_id
+                                        or self.run_id in (".", "..")):
+            raise ValueError(f"--run-id {self.run_id!r} is not a plain directory name (it names a path); "
+                             f"use a name without '/', e.g. {Path(self.run_id).name or 'my-run'!r}")
         if self.clip_model and not self.clip_pretrained:
             raise ValueError(f"--clip-model {self.clip_model} needs --clip-pretrained PATH (a local file; "
                              f"nothing is downloaded)")

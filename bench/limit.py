@@ -23,7 +23,8 @@ import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.perf import SCALES, timed, timed_side_by_side
+from bench.cli import positive_int, positive_ints
+from bench.perf import SCALES, method_list, timed, timed_side_by_side
 from guidance.accelerate import HALF, Acceleration, add_arguments, autocast_context, cli_device, compile_report, from_args
 from guidance.diffusion import GaussianDiffusion
 from guidance.guiders import make_guidance
@@ -249,9 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=sorted(CONFIGS), default="glide-base")
     parser.add_argument("--guidance", default="cfg,classifier,clip")
-    parser.add_argument("--batches", default="1,16,64")
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--batches", type=positive_ints, default="1,16,64")
+    parser.add_argument("--steps", type=positive_int, default=100)
+    parser.add_argument("--repeats", type=positive_int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--compare-half-weights", action="store_true",
@@ -266,17 +267,15 @@ def main(argv: list[str] | None = None) -> int:
     acceleration = from_args(args, device)
     if args.compare_half_weights and args.half_weights is not None:
         raise SystemExit("error: --compare-half-weights times both weight storages; drop --half-weights/--no-half-weights")
-    if args.profile:
-        guidance = args.guidance.split(",")[0].strip()
-        batch = max(int(b) for b in args.batches.split(","))
-        print(f"{args.config}, {guidance}, batch {batch}, 3 DDIM steps:")
-        print(profile_step(args.config, guidance, batch, device, getattr(torch, args.dtype),
-                           acceleration))
-        return 0
+    guidance = method_list(args.guidance, SCALES)
+    dtype = getattr(torch, args.dtype)
     try:
-        table = benchmark(args.config, [g.strip() for g in args.guidance.split(",") if g.strip()],
-                          [int(b) for b in args.batches.split(",")], args.steps, device,
-                          getattr(torch, args.dtype), acceleration, args.repeats, args.compare_half_weights)
+        if args.profile:
+            print(f"{args.config}, {guidance[0]}, batch {max(args.batches)}, 3 DDIM steps:")
+            print(profile_step(args.config, guidance[0], max(args.batches), device, dtype, acceleration))
+            return 0
+        table = benchmark(args.config, guidance, args.batches, args.steps, device, dtype, acceleration, args.repeats,
+                          args.compare_half_weights)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):

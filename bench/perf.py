@@ -17,11 +17,12 @@ import statistics
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import pandas as pd
 import torch
 
+from bench.cli import positive_int
 from guidance.accelerate import add_arguments, autocast_context, cli_device, from_args
 from guidance.guiders import REGISTRY, make_guidance
 from guidance.guiders.base import GuidanceCost
@@ -234,12 +235,23 @@ def measure(name: str, zoo, batch: int, steps: int, device: torch.device, repeat
             "overhead_vs_bare": full / (bare + guide) - 1}
 
 
+def method_list(text: str, valid: Iterable[str]) -> list[str]:
+    """--guidance 'a,b' as names, each one of `valid`; otherwise exit with one line naming them."""
+    valid = list(valid)
+    names = [g.strip() for g in text.split(",") if g.strip()]
+    unknown = [g for g in names if g not in valid]
+    if unknown or not names:
+        raise SystemExit(f"error: --guidance {text!r}: {f'unknown {unknown}' if unknown else 'names no method'}; "
+                         f"valid: {', '.join(valid)} (comma-separated)")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--guidance", default="none,cfg,classifier,clip")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=positive_int, default=16)
+    parser.add_argument("--steps", type=positive_int, default=10)
+    parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                         help="autocast dtype (default: bfloat16 on CUDA, float32 on CPU)")
@@ -248,16 +260,16 @@ def main(argv: list[str] | None = None) -> int:
                              "device busy time of one sampling run beside its bare loop (why a sampler is slower)")
     add_arguments(parser)
     args = parser.parse_args(argv)
+    names = method_list(args.guidance, REGISTRY)
     device = cli_device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     autocast = autocast_context(device, dtype)
     acceleration = from_args(args, device)
     zoo = load_zoo(device=device)
+    if args.steps > zoo.diffusion.num_timesteps:
+        raise SystemExit(f"error: --steps {args.steps}: the model has {zoo.diffusion.num_timesteps} timesteps; "
+                         f"use 1..{zoo.diffusion.num_timesteps}")
     zoo.accelerate(acceleration, device, dtype)
-    names = [g.strip() for g in args.guidance.split(",") if g.strip()]
-    unknown = [g for g in names if g not in REGISTRY]
-    if unknown:
-        raise SystemExit(f"error: unknown guidance {unknown}; valid: {', '.join(REGISTRY)}")
     if args.profile:
         print(f"device {device} ({acceleration.describe(device, dtype)}, {dtype})")
         with autocast, pd.option_context("display.width", 160, "display.float_format", "{:.4g}".format):

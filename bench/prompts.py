@@ -225,10 +225,15 @@ def _iter_coco_json(path: Path, text: str) -> Iterator[Prompt]:
             path, 1, 'not a COCO captions file (no "annotations" list)',
             'use {"images": [...], "annotations": [{"image_id", "id", "caption"}]}, or .jsonl/.csv/.txt',
         )
+    images = doc.get("images") or []
+    if not isinstance(images, list):
+        raise PromptFileError(path, 1, f'"images" is a {type(images).__name__}, not a list',
+                              'give "images" as [{"id", "file_name"}, ...] or leave it out')
+    # ids are numbers or strings in COCO; anything else cannot key a caption's image, so it is skipped
     file_names = {
-        img.get("id"): img.get("file_name")
-        for img in doc.get("images") or []
-        if isinstance(img, dict) and img.get("file_name")
+        img["id"]: img.get("file_name")
+        for img in images
+        if isinstance(img, dict) and img.get("file_name") and isinstance(img.get("id"), (int, str))
     }
     for i, ann in enumerate(doc["annotations"]):
         caption = ann.get("caption") if isinstance(ann, dict) else None
@@ -238,7 +243,7 @@ def _iter_coco_json(path: Path, text: str) -> Iterator[Prompt]:
                 path, 1, f"annotations[{i}] has no caption text", 'give each annotation a "caption" string'
             )
         meta = {k: str(ann[k]) for k in ("image_id", "id") if k in ann}
-        if ann.get("image_id") in file_names:
+        if isinstance(ann.get("image_id"), (int, str)) and ann["image_id"] in file_names:
             meta["file_name"] = str(file_names[ann["image_id"]])
         yield Prompt(text=caption.strip(), meta=meta)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import matplotlib
 from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg canvas on save
 from PIL import Image
 
@@ -603,13 +604,16 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     summary = summarize(pd.concat(frames, ignore_index=True))
     ranking = rank_methods(summary)
     out = Path(out_dir) if out_dir is not None else _default_out(run_dirs)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a directory for the report")
     out.mkdir(parents=True, exist_ok=True)
     summary.to_csv(out / "summary.csv", index=False)
-    plots = [
-        (plot_fid_vs_clip(summary, out / "plots" / "fid_vs_clip.png"), "FID versus CLIP score"),
-        (plot_metrics_vs_scale(summary, out / "plots" / "metrics_vs_scale.png"), "quality metrics versus scale"),
-        (plot_throughput(summary, out / "plots" / "throughput.png"), "throughput per guidance and scale"),
-    ]
+    with matplotlib.rc_context({"text.parse_math": False}):  # run ids and prompts are text: '$' is not mathtext
+        plots = [
+            (plot_fid_vs_clip(summary, out / "plots" / "fid_vs_clip.png"), "FID versus CLIP score"),
+            (plot_metrics_vs_scale(summary, out / "plots" / "metrics_vs_scale.png"), "quality metrics versus scale"),
+            (plot_throughput(summary, out / "plots" / "throughput.png"), "throughput per guidance and scale"),
+        ]
     grids = []
     for number, (run, label) in enumerate(zip(runs, labels), 1):
         # numbered: labels that differ only in characters _safe_name replaces ("my run", "my_run") stay apart

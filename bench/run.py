@@ -16,7 +16,7 @@ import resource
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
@@ -33,7 +33,7 @@ from guidance.accelerate import autocast_context, checked_device
 from guidance.guiders import Guidance, make_guidance
 from guidance.protocols import Conditions
 from guidance.sampling import sample
-from guidance.zoo.load import Zoo, load_zoo
+from guidance.zoo.load import ZOO_DIR, Zoo, load_zoo
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -78,10 +78,42 @@ def prepare_output(cfg: BenchConfig) -> Path:
     return run_dir
 
 
+def check_keeps_samples(run_dir: Path, cfg: BenchConfig) -> None:
+    """Refuse a command that would replace the samples a run directory holds: the same --run-id with
+    other sampling settings (or other weights) would redraw every cell over the old files. Everything
+    else may change on a resume (prompts, their number, scales, seeds, batch size, device, speed-ups)."""
+    path = run_dir / "config.json"
+    if not path.exists():
+        return
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} is unreadable ({err}); this run directory cannot be resumed: use a new --run-id") from None
+    changed = [f for f in cfg.SAMPLE_FIELDS if before.get(f) is not None and before[f] != getattr(cfg, f)]
+    if not changed:
+        return
+    if changed == ["model_fingerprint"]:
+        raise ValueError(f"{run_dir} holds samples of other weights (fingerprint {before['model_fingerprint']}, now "
+                         f"{cfg.model_fingerprint}); resampling would replace them: use a new --run-id")
+    was = ", ".join(f"--{f} {before[f]}" for f in changed if f != "model_fingerprint")
+    now = ", ".join(f"--{f} {getattr(cfg, f)}" for f in changed if f != "model_fingerprint")
+    raise ValueError(f"{run_dir} holds samples made with {was}; this command's {now} would replace them: use a "
+                     f"new --run-id (or --out), or repeat {was}")
+
+
 def check_compatible(cfg: BenchConfig, prompts: PromptSet, zoo: Zoo) -> None:
     if "classifier" in cfg.guidance and not prompts.has_labels:
         raise ValueError(f"guidance 'classifier' cannot run on prompt set {prompts.name!r}: it has no labels; "
                          f"use a set with a label column (e.g. emoji200) or drop classifier from --guidance")
+    for what, classes in label_limits(cfg, zoo).items():
+        bad = next((p for p in prompts.prompts if p.label is not None and not 0 <= p.label < classes), None)
+        if bad is not None:
+            raise ValueError(f"prompt set {prompts.name!r}: label {bad.label} of {bad.text!r} is out of range "
+                             f"0..{classes - 1} ({what}); fix the label column")
+    if ("fid" in cfg.metrics or "kid" in cfg.metrics) and len(prompts) * cfg.samples_per_prompt < 2:
+        raise ValueError(f"FID and KID need at least 2 samples per cell, and {len(prompts)} prompt(s) x "
+                         f"{cfg.samples_per_prompt} sample(s) per prompt make {len(prompts) * cfg.samples_per_prompt}; "
+                         f"raise --prompt-limit or --samples-per-prompt, or drop fid/kid from --metrics")
     from guidance.guiders import REGISTRY
 
     models = zoo.guiding_models()
@@ -90,6 +122,19 @@ def check_compatible(cfg: BenchConfig, prompts: PromptSet, zoo: Zoo) -> None:
         if needs is not None and models.get(needs) is None:
             raise ValueError(f"guidance {name!r} needs a {needs} model, which {zoo.root} does not have; "
                              f"drop it from --guidance or point --model at a directory that has one")
+
+
+def label_limits(cfg: BenchConfig, zoo: Zoo) -> dict[str, int]:
+    """How many labels each user of the prompts' labels knows: the guiding classifier's classes, and
+    the identities that alignment accuracy scores against (the zoo's label table)."""
+    limits = {}
+    config = getattr(zoo.guiding_models().get("classifier"), "config", None)
+    if "classifier" in cfg.guidance and hasattr(config, "num_classes"):
+        limits["the guiding classifier's classes"] = int(config.num_classes)
+    if "accuracy" in cfg.metrics:
+        table = json.loads((ZOO_DIR / "labels.json").read_text())
+        limits["the identities accuracy scores against"] = len(table["identity_subgroup"])
+    return limits
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -327,6 +372,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
     zoo.accelerate(cfg.acceleration(), device, DTYPES[cfg.dtype])
     cfg = replace(agree_on_run_id(cfg, shard), model_fingerprint=zoo.fingerprint())
     run_dir = prepare_output(cfg)
+    check_keeps_samples(run_dir, cfg)
     if shard.is_main:
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     n = len(prompts) * cfg.samples_per_prompt
@@ -372,9 +418,27 @@ def finish_run(cfg: BenchConfig, run_dir: Path, cells: list[Cell], zoo: Zoo, dev
     return run_dir
 
 
+def load_run_config(run_dir: Path) -> BenchConfig:
+    """The settings a run directory was made with (its config.json), or a one-line error naming the fix."""
+    path = run_dir / "config.json"
+    if not run_dir.is_dir() or not path.is_file():
+        raise ValueError(f"{run_dir} is not a run directory (no config.json); pass the directory the --shard jobs "
+                         f"wrote into (--out/--run-id)")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); restore it (every shard job writes the same file)") from None
+    known = {f.name for f in fields(BenchConfig)}
+    unknown = sorted(set(data) - known) if isinstance(data, dict) else ["(not an object)"]
+    if unknown:
+        raise ValueError(f"{path} has keys this version does not know: {unknown}; it comes from another version of "
+                         f"the suite or was edited: merge with that version, or remove them")
+    return BenchConfig(**data)
+
+
 def merge_shards(run_dir: Path, progress: bool = True) -> Path:
     """Merge the batches that independent shard jobs wrote into one run directory, then score it."""
-    cfg = BenchConfig(**json.loads((Path(run_dir) / "config.json").read_text()))
+    cfg = load_run_config(Path(run_dir))
     cfg.run_id, cfg.out = Path(run_dir).name, str(Path(run_dir).parent)
     cfg.scales = {g: list(v) for g, v in cfg.scales.items()}
     prompts = load_prompt_set(cfg)

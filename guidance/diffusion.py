@@ -60,7 +60,12 @@ def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> 
     if isinstance(section_counts, str):
         text = section_counts.strip()
         if text.startswith("ddim"):
-            desired = int(text[len("ddim"):])
+            try:
+                desired = int(text[len("ddim"):])
+            except ValueError:
+                raise ValueError(f"bad timestep respacing {section_counts!r}; use e.g. 'ddim50'") from None
+            if not 1 <= desired <= num_timesteps:
+                raise ValueError(f"cannot keep {desired} DDIM steps of {num_timesteps}; use 1..{num_timesteps}")
             for stride in range(1, num_timesteps):
                 if len(range(0, num_timesteps, stride)) == desired:
                     return list(range(0, num_timesteps, stride))

@@ -147,6 +147,21 @@ def test_killed_run_resumes_and_matches_uninterrupted(tmp_path):
     (["--fid-inception-weights", str(ROOT / "README.md")], "not a plain tensor state dict"),
     (["--preset", "tiny", "--device", "cuda:0"], "CUDA"),
     (["--preset", "tiny", "--device", "cdua", "--cuda-graphs"], "--device 'cdua' is not a device; use cpu, cuda or cuda:N"),
+    (["--scales", "cfg:1,3"], "bad --scales 'cfg:1,3'; use '1,3,6' for every method or 'cfg=1,3,6;clip=1,5'"),
+    (["--scales", ","], "bad --scales ','"),
+    (["--scales", "3,3.0"], "scale(s) [3.0] for 'cfg' given twice"),
+    (["--scales", "cfg=1;cfg=3"], "gives 'cfg' twice"),
+    (["--scales", "cfg="], "--scales for 'cfg' '' lists no numbers"),
+    (["--seeds", "a,b"], "bad --seeds 'a,b': seeds are whole numbers"),
+    (["--seeds", "1.5,2.7"], "bad --seeds '1.5,2.7': seeds are whole numbers"),
+    (["--run-id", "../elsewhere"], "--run-id '../elsewhere' is not a plain directory name"),
+    (["--run-id", "a/b"], "--run-id 'a/b' is not a plain directory name"),
+    (["--nproc", "0"], "--nproc 0: use a process count of 1 or more"),
+    (["--nproc", "2", "--shard", "0/2"], "--nproc and --shard both split the samples"),
+    (["--clip-pretrained", str(ROOT / "README.md")], "needs --clip-model NAME"),
+    (["--score-with-guiding-clip", "--clip-model", "ViT-B-32", "--clip-pretrained", str(ROOT / "README.md")],
+     "--score-with-guiding-clip scores with the guiding CLIP"),
+    (["--preset", "tiny", "--prompt-limit", "1", "--samples-per-prompt", "1"], "FID and KID need at least 2 samples"),
 ])
 def test_bad_input_gets_one_clear_line(argv, message, capsys, tmp_path):
     import torch
@@ -311,3 +326,52 @@ def test_a_resume_with_nothing_left_to_sample_keeps_the_timings(tmp_path):
     assert _throughput(tmp_path, cell.name) == {**work, "peak_mem_mb": 1000.0, "cell_hash": "abc"}
     save_throughput(tmp_path, cell, {**work, "images": 4}, "new")  # other samples: the old timing no longer applies
     assert _throughput(tmp_path, cell.name)["images"] == 4
+
+
+def test_labels_out_of_range_are_refused_before_sampling(tmp_path, capsys):
+    prompts = tmp_path / "p.csv"
+    prompts.write_text("prompt,label\nsmile,3\nfrown,99999\n")
+    for extra in (["--guidance", "classifier"], ["--guidance", "cfg", "--metrics", "accuracy"]):
+        argv = ["run", "--preset", "tiny", "--prompts", str(prompts), "--out", str(tmp_path), "--no-report", *extra]
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "label 99999 of 'frown' is out of range 0..1869" in err and err.count("\n") == 0, err
+    assert not list(tmp_path.glob("*/samples"))
+
+
+def test_a_run_directory_keeps_its_samples_when_a_command_changes_their_settings(tmp_path, capsys):
+    """The same --run-id with other sampler settings would redraw every cell over the old files: refused,
+    naming the settings; the files stay as they were."""
+    from bench.config import BenchConfig
+
+    run = tmp_path / "r"
+    (run / "samples").mkdir(parents=True)
+    made = BenchConfig.from_preset("tiny", steps=4, out=str(tmp_path), run_id="r")
+    (run / "config.json").write_text(json.dumps(made.to_dict()))
+    (run / "samples" / "cfg_s3_seed0.npz").write_bytes(b"earlier samples")
+    argv = ["run", "--preset", "tiny", "--out", str(tmp_path), "--run-id", "r", "--no-report"]
+    assert cli_main([*argv, "--steps", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds samples made with --steps 4; this command's --steps 5 would replace them" in err, err
+    assert (run / "samples" / "cfg_s3_seed0.npz").read_bytes() == b"earlier samples"
+    assert json.loads((run / "config.json").read_text())["steps"] == 4
+    from bench.run import check_keeps_samples
+
+    check_keeps_samples(run, made.with_overrides(batch_size=3, prompt_limit=2, seeds=[5]))  # free to change
+    with pytest.raises(ValueError, match="made with --sampler ddim; this command's --sampler ddpm"):
+        check_keeps_samples(run, made.with_overrides(sampler="ddpm"))
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "is not a run directory (no config.json)"),
+    ("{bad", "is not valid JSON"),
+    ('{"zzz": 1}', "has keys this version does not know: ['zzz']"),
+])
+def test_merge_names_what_is_wrong_with_the_run_directory(tmp_path, capsys, content, message):
+    run = tmp_path / "r"
+    run.mkdir()
+    if content is not None:
+        (run / "config.json").write_text(content)
+    assert cli_main(["merge", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.count("\n") == 0, err

@@ -47,6 +47,12 @@ def test_space_timesteps_matches_known_values():
         space_timesteps(1000, "ddim999")
     with pytest.raises(ValueError, match="bad timestep respacing"):
         space_timesteps(1000, "fifty")
+    for bad in ("ddim0", "ddim1001"):  # out of range: no stride advice
+        with pytest.raises(ValueError, match=f"cannot keep {bad[4:]} DDIM steps of 1000; use 1..1000"):
+            space_timesteps(1000, bad)
+    with pytest.raises(ValueError, match="use e.g. 'ddim50'"):
+        space_timesteps(1000, "ddimx")
+    assert space_timesteps(1000, "ddim1000") == list(range(1000))
 
 
 def test_parameter_conversions_round_trip():

@@ -255,3 +255,27 @@ def test_perf_and_limit_name_a_bad_device_in_one_line(argv, capsys):
         message = str(exit_.value)
         assert message.startswith(f"error: --device {argv[1]!r}" if "cdua" in argv else "error: --device cuda:7")
         assert "\n" not in message and ("cuda:N" in message or "CUDA device" in message)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--guidance", ","], "--guidance ',': names no method"),
+    (["--guidance", "cfg,foo"], "--guidance 'cfg,foo': unknown ['foo']"),
+    (["--steps", "1001"], "1..1000"),
+])
+def test_perf_and_limit_name_bad_arguments_in_one_line(argv, message):
+    from bench import perf
+
+    for main in (perf.main, limit.main):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--device", "cpu", *argv] + (["--config", "tiny"] if main is limit.main else []))
+        assert message in str(exit_.value) and "\n" not in str(exit_.value)
+
+
+@pytest.mark.parametrize("flag, value", [("--batch", "0"), ("--steps", "-2"), ("--repeats", "0"), ("--batches", "1,a")])
+def test_perf_and_limit_take_counts_of_one_or_more(flag, value, capsys):
+    from bench import perf
+
+    main = limit.main if flag == "--batches" else perf.main
+    with pytest.raises(SystemExit):
+        main(["--device", "cpu", flag, value])
+    assert f"argument {flag}:" in capsys.readouterr().err

@@ -94,6 +94,19 @@ def test_coco_captions_json() -> None:
     }
 
 
+def test_coco_json_with_odd_images_is_named_or_skipped(tmp_path: Path) -> None:
+    """'images' that is not a list is an error naming it; an image whose id cannot key a caption is skipped."""
+    odd = tmp_path / "odd.json"
+    odd.write_text('{"annotations": [{"caption": "a dog"}], "images": 5}')
+    with pytest.raises(PromptFileError, match='"images" is a int, not a list'):
+        load_prompt_file(odd)
+    odd.write_text('{"annotations": [{"caption": "a dog", "image_id": [1]}, {"caption": "a cat", "image_id": 2}], '
+                   '"images": [{"id": [1], "file_name": "x.jpg"}, {"id": 2, "file_name": "y.jpg"}]}')
+    ps = load_prompt_file(odd)
+    assert ps.texts() == ["a dog", "a cat"] and ps.prompts[1].meta["file_name"] == "y.jpg"
+    assert "file_name" not in ps.prompts[0].meta
+
+
 @pytest.mark.parametrize(
     "name", ["color_val.txt", "parti.tsv", "coco.csv", "geneval.jsonl", "captions_val2014.json"]
 )

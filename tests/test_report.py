@@ -227,6 +227,19 @@ def test_run_ids_devices_and_guidance_names_are_escaped(tmp_path: Path) -> None:
         assert "&lt;script&gt;run" in text and "&lt;script&gt;dev" in text and "&lt;script&gt;g" in text
 
 
+def test_run_ids_with_dollar_signs_are_plotted_as_text(tmp_path: Path) -> None:
+    """Matplotlib reads '$...$' as mathtext: an unbalanced '$' in a run label failed the whole report."""
+    runs = [make_fake_run(tmp_path, "r$_{$", seed=1), make_fake_run(tmp_path, "cost $5", seed=2)]
+    index = build_report(runs, tmp_path / "out")
+    assert "r$_{$" in index.read_text(encoding="utf-8") and (index.parent / "plots" / "fid_vs_clip.png").is_file()
+
+
+def test_report_out_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(ValueError, match="is a file; give a directory"):
+        build_report([make_fake_run(tmp_path)], tmp_path / "taken")
+
+
 def test_missing_results_csv_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = make_fake_run(tmp_path)
     (run / "results.csv").unlink()
