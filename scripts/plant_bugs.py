@@ -29,8 +29,8 @@ MUTATIONS = {
     "ddim-wrong-sqrt-factor": ("guidance/sampling.py",
                                "eps = eps - math.sqrt(1 - abar) * grad", "eps = eps - math.sqrt(abar) * grad"),
     "classifier-gradient-dropped": ("guidance/guiders/classifier.py",
-                                    "return scale * input_gradient(lambda x_in: self.log_prob(x_in, step.t, labels), x).to(x.dtype)",
-                                    "return 0 * input_gradient(lambda x_in: self.log_prob(x_in, step.t, labels), x).to(x.dtype)"),
+                                    "return lambda x_in: self.log_prob(x_in, step.t, labels)",
+                                    "return lambda x_in: 0 * self.log_prob(x_in, step.t, labels)"),
     "clip-wrong-timestep": ("guidance/guiders/clip.py", "self.similarity(x_in, step.t, text_emb)",
                             "self.similarity(x_in, step.t.flip(0) * 0, text_emb)"),
 }

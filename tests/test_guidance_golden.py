@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -234,3 +236,19 @@ def test_classifier_guidance_without_labels_is_a_clear_error(base, mixture):
     x, y = rand_state(4)
     with pytest.raises(ValueError, match="needs conditions.labels"):
         ClassifierGuidance(MixtureClassifier(mixture), 1.0).gradient(x, _step(base, 5, 4), Conditions(model=y))
+
+
+def test_every_planted_bug_still_matches_the_code_it_mutates():
+    """scripts/plant_bugs.py replaces literal text; a refactor that moves that text would disarm the
+    mutation (classifier-gradient-dropped was, by the GradientGuidance refactor) without this check."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("plant_bugs", root / "scripts" / "plant_bugs.py")
+    plant_bugs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plant_bugs)
+    for name, (path, old, new) in plant_bugs.MUTATIONS.items():
+        assert (root / path).read_text().count(old) == 1, f"mutation {name!r} no longer matches {path}"
+        assert old != new
+    for bugs, _ in plant_bugs.SUITES.values():
+        assert set(bugs) <= set(plant_bugs.MUTATIONS)
