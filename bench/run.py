@@ -280,8 +280,9 @@ class SampleStore:
         shutil.rmtree(self.parts, ignore_errors=True)
 
     def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(images uint8 [N, H, W, C], captions [N], labels [N], -1 where none) of the merged cell."""
         with np.load(self.final, allow_pickle=False) as data:
-            return data["images"], data["prompts"], data["indices"]
+            return data["images"], data["prompts"], data["labels"]
 
 
 def to_hwc_uint8(images: Tensor) -> np.ndarray:

@@ -148,7 +148,7 @@ def score_cells(cfg: "BenchConfig", run_dir: Path, cells: list["Cell"], device: 
     rows, fid = [], None
     for cell in tqdm(cells, desc="scoring", disable=not progress, dynamic_ncols=True):
         store = SampleStore.of(cfg, run_dir, cell)
-        images_np, texts, indices = store.load()
+        images_np, texts, labels = store.load()  # each sample's own caption and label, as sampled
         n = len(images_np)
         row: dict[str, float | str | int] = {"guidance": cell.guidance, "scale": cell.scale, "seed_set": cell.seed_set,
                                              "n_samples": n, "sampler": cfg.sampler, "steps": cfg.steps}
@@ -178,8 +178,7 @@ def score_cells(cfg: "BenchConfig", run_dir: Path, cells: list["Cell"], device: 
             if clip is not None:
                 clip.update(images, [str(t) for t in texts[lo:hi]])
             if acc is not None:
-                acc.update(images, torch.tensor([prompts.prompts[int(i) // cfg.samples_per_prompt].label
-                                                 for i in indices[lo:hi]]))
+                acc.update(images, torch.from_numpy(labels[lo:hi]))
         if "fid" in cfg.metrics:
             row["fid"] = float(fid.compute())
         if kid is not None:

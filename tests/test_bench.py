@@ -208,7 +208,7 @@ def test_guidance_list_prints_every_method(capsys):
 
 @pytest.mark.slow
 def test_two_processes_give_the_same_images_and_fid_as_one(tmp_path):
-    """torchrun with 2 gloo processes shards batches; images match and FID agrees to 1e-6."""
+    """torchrun with 2 gloo processes shards batches; images match, FID agrees to 1e-6 and KID to 1e-5."""
     common = ["--preset", "tiny", "--guidance", "cfg", "--scales", "3", "--prompt-limit", "6", "--seeds", "0,1",
               "--steps", "3", "--batch-size", "2", "--out", str(tmp_path), "--no-report"]
     # torchrun gives each process one thread; the reference run uses one too, since oneDNN's
@@ -222,6 +222,7 @@ def test_two_processes_give_the_same_images_and_fid_as_one(tmp_path):
     two = pd.read_csv(tmp_path / "two" / "results.csv")
     np.testing.assert_allclose(two["fid"], one["fid"], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(two["clip_score"], one["clip_score"], rtol=1e-6)
+    np.testing.assert_allclose(two["kid_mean"], one["kid_mean"], rtol=1e-5)  # rank 0 alone holds the reference
     np.testing.assert_array_equal(two["acc_subgroup"], one["acc_subgroup"])
     assert json.loads((tmp_path / "two" / "manifest.json").read_text())["processes"] == 2
     for seed in (0, 1):

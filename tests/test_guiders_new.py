@@ -542,3 +542,36 @@ def test_autoguidance_with_the_committed_weak_model(zoo, zoo_case):
     torch.testing.assert_close(guided.eps, weak + 2.0 * (main - weak), rtol=1e-5, atol=1e-5)
     assert (main - weak).abs().mean() > 1e-3, "the weak model predicts the same eps as the main one"
     assert torch.isfinite(out.x_prev).all() and not torch.allclose(out.x_prev, plain.x_prev)
+
+
+@pytest.mark.parametrize("name", ["classifier", "clip"])
+def test_gradient_guides_see_the_model_timestep_of_a_respaced_step(name):
+    """A respaced process's step index is not the timestep the guide was trained on: the classifier and
+    the noised CLIP must see timestep_map[index] (every CLIP test had used the unrespaced process)."""
+    from guidance.diffusion import GaussianDiffusion
+    from guidance.sampling import step_info
+
+    process = GaussianDiffusion.from_schedule("cosine", 1000).respace("20")
+    seen = []
+
+    class Recording(torch.nn.Module):
+        logit_scale = torch.tensor(0.0)
+
+        def forward(self, x, t):
+            seen.append(t.clone())
+            return x.flatten(1)[:, :5]
+
+        def encode_image(self, x, t):
+            return self(x, t)
+
+        def encode_text(self, tokens):
+            return torch.ones(len(tokens), 5)
+
+    guidance = make_guidance(name, 2.0, {name: Recording()})
+    x = torch.randn(2, 3, 4, 4)
+    cond = Conditions(model=torch.zeros(2, dtype=torch.long), labels=torch.tensor([0, 3]),
+                      clip_tokens=torch.zeros(2, 4, dtype=torch.long))
+    index = 7
+    assert guidance.gradient(x, step_info(process, index, 2, x.device), cond) is not None
+    assert int(process.timestep_map[index]) != index
+    assert seen and all(torch.equal(t, torch.full((2,), int(process.timestep_map[index]))) for t in seen)

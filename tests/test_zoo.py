@@ -161,3 +161,22 @@ def test_cards_command_writes_the_sample_grid_and_the_card(tmp_path, monkeypatch
     assert (tmp_path / "unet_samples.png").stat().st_size > 0
     assert len((tmp_path / "unet_samples.txt").read_text().splitlines()) == cards.SAMPLE_PROMPTS
     assert "![CFG s=3, 50 DDIM steps" in (tmp_path / "unet.md").read_text()
+
+
+def test_eval_clip_scorer_preprocesses_as_open_clip_does():
+    """The scorer takes images in [-1, 1]; its embeddings must equal open_clip's own eval transform (PIL
+    image -> [0, 1] -> normalised by the checkpoint's mean and std) fed to the same model."""
+    import numpy as np
+    import open_clip
+    from PIL import Image
+
+    scorer = load_eval_clip()
+    preprocess = read_metadata(ZOO_DIR / "eval_clip.safetensors")["config"].get("preprocess_cfg", {})
+    transform = open_clip.image_transform(scorer.image_size, is_train=False, mean=preprocess.get("mean"),
+                                          std=preprocess.get("std"))
+    pixels = np.random.default_rng(0).integers(0, 256, (2, scorer.image_size, scorer.image_size, 3), dtype=np.uint8)
+    reference = torch.stack([transform(Image.fromarray(p)) for p in pixels])
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(scorer.encode_images(x), scorer.model.encode_image(reference, normalize=True),
+                                   rtol=1e-4, atol=1e-5)
