@@ -68,7 +68,10 @@ def test_rerun_reuses_finished_samples(tiny_run):
 
 
 @pytest.mark.slow
-def test_new_weights_under_the_same_model_are_resampled_not_reused(tiny_run, tmp_path, monkeypatch):
+def test_new_weights_under_the_same_model_are_never_mixed_with_the_old_samples(tiny_run, tmp_path, monkeypatch):
+    """Samples of other weights are not reused; nor are they replaced, since the old weights may be gone
+    and those samples are the record of the old model (did a change make samples worse?): the rerun is
+    refused, naming both fingerprints, and a new --run-id samples afresh."""
     import shutil
 
     from guidance.zoo.load import Zoo
@@ -81,10 +84,15 @@ def test_new_weights_under_the_same_model_are_resampled_not_reused(tiny_run, tmp
     cfg.guidance = ["none"]
     before = {p.name: p.stat().st_mtime_ns for p in (copy / "samples").glob("none_*.npz")}
     monkeypatch.setattr(Zoo, "fingerprint", lambda self: "0123456789abcdef")
-    run_benchmark(cfg, progress=False)
+    with pytest.raises(ValueError, match=f"samples of other weights \\(fingerprint {cfg.model_fingerprint}, now "
+                                         f"0123456789abcdef\\); resampling would replace them: use a new --run-id"):
+        run_benchmark(cfg, progress=False)
     after = {p.name: p.stat().st_mtime_ns for p in (copy / "samples").glob("none_*.npz")}
-    assert before.keys() == after.keys() and all(after[k] != before[k] for k in before)
-    assert json.loads((copy / "config.json").read_text())["model_fingerprint"] == "0123456789abcdef"
+    assert after == before
+    assert json.loads((copy / "config.json").read_text())["model_fingerprint"] == cfg.model_fingerprint
+    fresh = run_benchmark(cfg.with_overrides(run_id="retrained"), progress=False)
+    assert json.loads((fresh / "config.json").read_text())["model_fingerprint"] == "0123456789abcdef"
+    assert {p.name for p in (fresh / "samples").glob("none_*.npz")} == set(before)
 
 
 @pytest.mark.slow
