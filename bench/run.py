@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -295,14 +295,23 @@ def batches(todo: list[int], size: int) -> Iterator[list[int]]:
         yield todo[start:start + size]
 
 
+def no_work() -> dict[str, Any]:
+    """A timing with nothing in it: what a process that sampled no batch of a cell records."""
+    return {"images": 0, "seconds": 0.0, "network_passes": 0.0, "guide_passes": 0.0, "backward_passes": 0.0,
+            "intervals": []}  # wall-clock [start, end] of each batch: jobs' timings merge by their overlap
+
+
 def sample_cell(cfg: BenchConfig, zoo: Zoo, cell: Cell, guidance: Guidance, store: SampleStore, expected: Expected,
-                device: torch.device, progress, shard: Shard = Shard()) -> dict[str, float]:
-    """Sample this shard's missing batches of one cell; returns the time and work spent (for throughput)."""
+                device: torch.device, progress, shard: Shard = Shard(),
+                record: Callable[[dict[str, Any]], None] = lambda work: None) -> dict[str, Any]:
+    """Sample this shard's missing batches of one cell; returns the time and work spent (for throughput).
+
+    `record` gets each batch's own time and work right after the batch is saved, so a killed run keeps
+    the timing of every batch it kept (its resume then reports s/img over all the cell's batches)."""
     diffusion = zoo.diffusion.respace(str(cfg.steps))
     finished = store.finished_indices(expected)
     cost = guidance.cost_per_image(diffusion)  # per image over all steps: exact for interval guidance
-    spent = {"images": 0, "seconds": 0.0, "network_passes": 0.0, "guide_passes": 0.0, "backward_passes": 0.0,
-             "intervals": []}  # wall-clock [start, end] of each batch: jobs' timings merge by their overlap
+    spent = no_work()
     dtype = DTYPES[cfg.dtype]
     autocast = autocast_context(device, dtype)
     # batches are numbered over the whole cell, so shard ownership and batch members never depend on
@@ -321,13 +330,12 @@ def sample_cell(cfg: BenchConfig, zoo: Zoo, cell: Cell, guidance: Guidance, stor
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - start
-        spent["seconds"] += elapsed
-        spent["intervals"].append([started_at, started_at + elapsed])
-        spent["images"] += len(idx)
-        spent["network_passes"] += cost.network_passes * len(idx)
-        spent["guide_passes"] += cost.guide_passes * len(idx)
-        spent["backward_passes"] += cost.backward_passes * len(idx)
+        work = {"images": len(idx), "seconds": elapsed, "network_passes": cost.network_passes * len(idx),
+                "guide_passes": cost.guide_passes * len(idx), "backward_passes": cost.backward_passes * len(idx),
+                "intervals": [[started_at, started_at + elapsed]]}
         store.write_batch(idx, images, expected)
+        record(work)
+        spent = {k: spent[k] + v for k, v in work.items()}
         progress.update(len(idx))
     return spent
 
@@ -391,9 +399,12 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
         guidance = make_guidance(cell.guidance, cell.scale, zoo.guiding_models())
         bar.set_postfix_str(cell.name)
         reset_peak_memory(device)
-        spent = sample_cell(cfg, zoo, cell, guidance, store, expected, device, bar, shard)
-        spent["peak_mem_mb"] = peak_memory_mb(device)
-        save_throughput(run_dir, cell, spent, store.cell_hash, shard)
+
+        def record(work: dict[str, Any], cell: Cell = cell, store: SampleStore = store) -> None:
+            save_throughput(run_dir, cell, {**work, "peak_mem_mb": peak_memory_mb(device)}, store.cell_hash, shard)
+
+        sample_cell(cfg, zoo, cell, guidance, store, expected, device, bar, shard, record)
+        record(no_work())  # a process that owned no batch still reports (an empty timing), with its peak
         shard.barrier()
         if shard.launched or shard.world == 1:
             if shard.is_main:

@@ -384,3 +384,31 @@ def test_merge_names_what_is_wrong_with_the_run_directory(tmp_path, capsys, cont
     assert cli_main(["merge", str(run)]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and err.count("\n") == 0, err
+
+
+def test_a_killed_cell_keeps_the_timing_of_the_batches_it_saved(tmp_path, monkeypatch):
+    """Each batch's time is recorded as soon as the batch is saved: a kill in batch 2 keeps batch 1's timing,
+    and the resume reports the cell over all its images (4 in 2 batches), not only the resumed ones."""
+    from bench.config import BenchConfig
+    from bench.run import SampleStore, run_benchmark
+
+    cfg = BenchConfig.from_preset("tiny", guidance=["none"], scales={"none": [0.0]}, prompt_limit=4, seeds=[0],
+                                  steps=2, batch_size=2, metrics=["clip_score"], out=str(tmp_path), run_id="k")
+    write = SampleStore.write_batch
+    calls = []
+
+    def killed_in_batch_two(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return write(self, *args, **kwargs)
+
+    monkeypatch.setattr(SampleStore, "write_batch", killed_in_batch_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(cfg, progress=False)
+    timing = _throughput(tmp_path / "k", "none_s0_seed0")
+    assert timing["images"] == 2 and len(timing["intervals"]) == 1 and timing["seconds"] > 0
+    monkeypatch.setattr(SampleStore, "write_batch", write)
+    run_benchmark(cfg, progress=False)
+    timing = _throughput(tmp_path / "k", "none_s0_seed0")
+    assert timing["images"] == 4 and len(timing["intervals"]) == 2
