@@ -122,7 +122,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="parent directory of run directories (default: reports)")
     p.add_argument("--run-id", default=None, help="name of the run directory (reuse one to resume)")
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS))
-    p.add_argument("--nproc", type=int, default=1, help="processes to launch with torchrun (samples sharded by batch)")
+    p.add_argument("--nproc", type=positive_int, default=1, help="processes to launch with torchrun (samples sharded by batch)")
     p.add_argument("--shard", default=None, help="K/N: this job samples shard K of N (then `python -m bench merge`)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
 
@@ -164,8 +164,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.run import run_benchmark, summary_table
 
     cfg = config_from_args(args)
-    if args.nproc < 1:
-        raise ValueError(f"--nproc {args.nproc}: use a process count of 1 or more")
     if args.nproc > 1 and args.shard:
         raise ValueError("--nproc and --shard both split the samples; use one: --nproc N on one machine, "
                          "--shard K/N for separate jobs")

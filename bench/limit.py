@@ -252,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance", default="cfg,classifier,clip")
     parser.add_argument("--batches", type=positive_ints, default="1,16,64")
     parser.add_argument("--steps", type=positive_int, default=100)
-    parser.add_argument("--repeats", type=positive_int, default=1)
+    parser.add_argument("--repeats", type=positive_int, default=None,
+                        help="timed runs per row, median taken (default 1; 2 with --compare-half-weights, so each "
+                             "storage goes first once)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--compare-half-weights", action="store_true",
@@ -268,18 +270,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare_half_weights and args.half_weights is not None:
         raise SystemExit("error: --compare-half-weights times both weight storages; drop --half-weights/--no-half-weights")
     guidance = method_list(args.guidance, SCALES)
+    repeats = args.repeats or (2 if args.compare_half_weights else 1)
     dtype = getattr(torch, args.dtype)
     try:
         if args.profile:
             print(f"{args.config}, {guidance[0]}, batch {max(args.batches)}, 3 DDIM steps:")
             print(profile_step(args.config, guidance[0], max(args.batches), device, dtype, acceleration))
             return 0
-        table = benchmark(args.config, guidance, args.batches, args.steps, device, dtype, acceleration, args.repeats,
+        table = benchmark(args.config, guidance, args.batches, args.steps, device, dtype, acceleration, repeats,
                           args.compare_half_weights)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
-        print(f"\n{args.steps} DDIM steps, median of {args.repeats} run(s) after a warm-up")
+        print(f"\n{args.steps} DDIM steps, median of {repeats} run(s) after a warm-up; peak_mem_MiB: the networks' "
+              f"weights plus the most a 2-step warm-up allocated beyond them")
         print(table.to_string())
         if args.compare_half_weights:
             rates = table["img_per_s"].unstack("weights")

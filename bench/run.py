@@ -81,35 +81,41 @@ def prepare_output(cfg: BenchConfig) -> Path:
 def check_keeps_samples(run_dir: Path, cfg: BenchConfig) -> None:
     """Refuse a command that would replace the samples a run directory holds: the same --run-id with
     other sampling settings (or other weights) would redraw every cell over the old files. Everything
-    else may change on a resume (prompts, their number, scales, seeds, batch size, device, speed-ups)."""
-    path = run_dir / "config.json"
-    if not path.exists():
+    else may change on a resume (prompts, their number, scales, seeds, batch size, device, speed-ups),
+    and a directory that holds no samples yet (a run killed before its first batch) takes any settings."""
+    samples = run_dir / "samples"
+    if not (run_dir / "config.json").exists() or not samples.is_dir() or not any(samples.iterdir()):
         return
-    try:
-        before = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path} is unreadable ({err}); this run directory cannot be resumed: use a new --run-id") from None
-    changed = [f for f in cfg.SAMPLE_FIELDS if before.get(f) is not None and before[f] != getattr(cfg, f)]
+    before = load_run_config(run_dir)
+    changed = [f for f in cfg.SAMPLE_FIELDS if getattr(before, f) is not None and getattr(before, f) != getattr(cfg, f)]
     if not changed:
         return
     if changed == ["model_fingerprint"]:
-        raise ValueError(f"{run_dir} holds samples of other weights (fingerprint {before['model_fingerprint']}, now "
-                         f"{cfg.model_fingerprint}); resampling would replace them: use a new --run-id")
-    was = ", ".join(f"--{f} {before[f]}" for f in changed if f != "model_fingerprint")
+        raise ValueError(f"{run_dir} holds samples of other weights (fingerprint {before.model_fingerprint}, now "
+                         f"{cfg.model_fingerprint}): restore those weights, or sample afresh under a new --run-id")
+    was = ", ".join(f"--{f} {getattr(before, f)}" for f in changed if f != "model_fingerprint")
     now = ", ".join(f"--{f} {getattr(cfg, f)}" for f in changed if f != "model_fingerprint")
     raise ValueError(f"{run_dir} holds samples made with {was}; this command's {now} would replace them: use a "
                      f"new --run-id (or --out), or repeat {was}")
+
+
+def write_run_config(run_dir: Path, cfg: BenchConfig) -> None:
+    """config.json, replaced atomically: processes and shard jobs that start together read it while
+    others write it (a plain write is empty for a moment)."""
+    tmp = run_dir / f".config.json.{os.getpid()}.partial"
+    tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
+    os.replace(tmp, run_dir / "config.json")
 
 
 def check_compatible(cfg: BenchConfig, prompts: PromptSet, zoo: Zoo) -> None:
     if "classifier" in cfg.guidance and not prompts.has_labels:
         raise ValueError(f"guidance 'classifier' cannot run on prompt set {prompts.name!r}: it has no labels; "
                          f"use a set with a label column (e.g. emoji200) or drop classifier from --guidance")
-    for what, classes in label_limits(cfg, zoo).items():
+    for (what, drop), classes in label_limits(cfg, zoo, prompts).items():
         bad = next((p for p in prompts.prompts if p.label is not None and not 0 <= p.label < classes), None)
         if bad is not None:
             raise ValueError(f"prompt set {prompts.name!r}: label {bad.label} of {bad.text!r} is out of range "
-                             f"0..{classes - 1} ({what}); fix the label column")
+                             f"0..{classes - 1} ({what}); fix the label column, or {drop}")
     if ("fid" in cfg.metrics or "kid" in cfg.metrics) and len(prompts) * cfg.samples_per_prompt < 2:
         raise ValueError(f"FID and KID need at least 2 samples per cell, and {len(prompts)} prompt(s) x "
                          f"{cfg.samples_per_prompt} sample(s) per prompt make {len(prompts) * cfg.samples_per_prompt}; "
@@ -124,16 +130,17 @@ def check_compatible(cfg: BenchConfig, prompts: PromptSet, zoo: Zoo) -> None:
                              f"drop it from --guidance or point --model at a directory that has one")
 
 
-def label_limits(cfg: BenchConfig, zoo: Zoo) -> dict[str, int]:
-    """How many labels each user of the prompts' labels knows: the guiding classifier's classes, and
-    the identities that alignment accuracy scores against (the zoo's label table)."""
+def label_limits(cfg: BenchConfig, zoo: Zoo, prompts: PromptSet) -> dict[tuple[str, str], int]:
+    """How many labels each user of the prompts' labels knows, keyed by (who, how to do without it): the
+    guiding classifier's classes, and the identities alignment accuracy scores against (the zoo's label
+    table; accuracy runs only when every prompt has a label)."""
     limits = {}
     config = getattr(zoo.guiding_models().get("classifier"), "config", None)
     if "classifier" in cfg.guidance and hasattr(config, "num_classes"):
-        limits["the guiding classifier's classes"] = int(config.num_classes)
-    if "accuracy" in cfg.metrics:
+        limits["the guiding classifier's classes", "drop classifier from --guidance"] = int(config.num_classes)
+    if "accuracy" in cfg.metrics and prompts.has_labels:
         table = json.loads((ZOO_DIR / "labels.json").read_text())
-        limits["the identities accuracy scores against"] = len(table["identity_subgroup"])
+        limits["the identities accuracy scores against", "drop accuracy from --metrics"] = len(table["identity_subgroup"])
     return limits
 
 
@@ -382,8 +389,8 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
     cfg = replace(agree_on_run_id(cfg, shard), model_fingerprint=zoo.fingerprint())
     run_dir = prepare_output(cfg)
     check_keeps_samples(run_dir, cfg)
-    if shard.is_main:
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    if shard.is_main or not shard.launched:  # every independent shard job: any of them may start first
+        write_run_config(run_dir, cfg)
     n = len(prompts) * cfg.samples_per_prompt
     expected = Expected.of(prompts, n, cfg.samples_per_prompt)
     cells = grid_cells(cfg)
@@ -458,10 +465,7 @@ def merge_shards(run_dir: Path, progress: bool = True) -> Path:
     expected = Expected.of(prompts, n, cfg.samples_per_prompt)
     device = torch.device(cfg.device if cfg.device == "cpu" or torch.cuda.is_available() else "cpu")
     zoo = load_zoo(None if cfg.model == "emoji" else cfg.model, device)
-    now = zoo.fingerprint()
-    if cfg.model_fingerprint not in (None, now):
-        raise ValueError(f"the weights under --model {cfg.model} changed since the shards were sampled "
-                         f"(fingerprint {now} vs {cfg.model_fingerprint}); resample with the current weights")
+    check_keeps_samples(Path(run_dir), replace(cfg, model_fingerprint=zoo.fingerprint()))
     cells = grid_cells(cfg)
     for cell in cells:
         store = SampleStore.of(cfg, run_dir, cell)

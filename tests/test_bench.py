@@ -85,7 +85,8 @@ def test_new_weights_under_the_same_model_are_never_mixed_with_the_old_samples(t
     before = {p.name: p.stat().st_mtime_ns for p in (copy / "samples").glob("none_*.npz")}
     monkeypatch.setattr(Zoo, "fingerprint", lambda self: "0123456789abcdef")
     with pytest.raises(ValueError, match=f"samples of other weights \\(fingerprint {cfg.model_fingerprint}, now "
-                                         f"0123456789abcdef\\); resampling would replace them: use a new --run-id"):
+                                         f"0123456789abcdef\\): restore those weights, or sample afresh under a new "
+                                         f"--run-id"):
         run_benchmark(cfg, progress=False)
     after = {p.name: p.stat().st_mtime_ns for p in (copy / "samples").glob("none_*.npz")}
     assert after == before
@@ -164,7 +165,6 @@ def test_killed_run_resumes_and_matches_uninterrupted(tmp_path):
     (["--seeds", "1.5,2.7"], "bad --seeds '1.5,2.7': seeds are whole numbers"),
     (["--run-id", "../elsewhere"], "--run-id '../elsewhere' is not a plain directory name"),
     (["--run-id", "a/b"], "--run-id 'a/b' is not a plain directory name"),
-    (["--nproc", "0"], "--nproc 0: use a process count of 1 or more"),
     (["--nproc", "2", "--shard", "0/2"], "--nproc and --shard both split the samples"),
     (["--clip-pretrained", str(ROOT / "README.md")], "needs --clip-model NAME"),
     (["--score-with-guiding-clip", "--clip-model", "ViT-B-32", "--clip-pretrained", str(ROOT / "README.md")],
@@ -346,6 +346,20 @@ def test_labels_out_of_range_are_refused_before_sampling(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert "label 99999 of 'frown' is out of range 0..1869" in err and err.count("\n") == 0, err
     assert not list(tmp_path.glob("*/samples"))
+    # a set with a blank label is not scored for accuracy, so its labels are not held to the table's range
+    prompts.write_text("prompt,label\nsmile,3\nwink,\nfrown,99999\n")
+    from bench.run import check_compatible, load_prompt_set
+    from bench.config import BenchConfig
+    from guidance.zoo.load import load_zoo
+
+    cfg = BenchConfig.from_preset("tiny", prompts=str(prompts), metrics=["clip_score", "accuracy"])
+    check_compatible(cfg, load_prompt_set(cfg), load_zoo())
+
+
+def test_nproc_takes_a_count_of_one_or_more(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["run", "--nproc", "0"])
+    assert "argument --nproc: 0 is not a count of 1 or more" in capsys.readouterr().err
 
 
 def test_a_run_directory_keeps_its_samples_when_a_command_changes_their_settings(tmp_path, capsys):
@@ -367,6 +381,9 @@ def test_a_run_directory_keeps_its_samples_when_a_command_changes_their_settings
     from bench.run import check_keeps_samples
 
     check_keeps_samples(run, made.with_overrides(batch_size=3, prompt_limit=2, seeds=[5]))  # free to change
+    (run / "samples" / "cfg_s3_seed0.npz").unlink()
+    check_keeps_samples(run, made.with_overrides(steps=5))  # killed before its first batch: nothing to keep
+    (run / "samples" / "cfg_s3_seed0.npz").write_bytes(b"earlier samples")
     with pytest.raises(ValueError, match="made with --sampler ddim; this command's --sampler ddpm"):
         check_keeps_samples(run, made.with_overrides(sampler="ddpm"))
 
@@ -412,3 +429,15 @@ def test_a_killed_cell_keeps_the_timing_of_the_batches_it_saved(tmp_path, monkey
     run_benchmark(cfg, progress=False)
     timing = _throughput(tmp_path / "k", "none_s0_seed0")
     assert timing["images"] == 4 and len(timing["intervals"]) == 2
+
+
+def test_every_shard_job_records_the_settings_and_later_jobs_must_match(tmp_path, capsys):
+    """Any job of an array may start first, so each writes config.json (atomically); a later job with other
+    sampler settings is refused before it samples over the first job's batches."""
+    common = ["--preset", "tiny", "--guidance", "none", "--scales", "0", "--prompt-limit", "4", "--seeds", "0",
+              "--batch-size", "2", "--out", str(tmp_path), "--no-report", "--run-id", "arr", "--metrics", "clip_score"]
+    assert cli_main(["run", *common, "--steps", "2", "--shard", "1/2"]) == 0
+    assert json.loads((tmp_path / "arr" / "config.json").read_text())["steps"] == 2
+    assert not list((tmp_path / "arr").glob(".config.json.*"))  # the atomic write leaves no partial file
+    assert cli_main(["run", *common, "--steps", "3", "--shard", "0/2"]) == 2
+    assert "holds samples made with --steps 2; this command's --steps 3" in capsys.readouterr().err
