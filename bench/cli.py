@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from typing import Callable
 from pathlib import Path
 
 from bench.config import PRESETS, BenchConfig
@@ -46,6 +48,19 @@ def parse_scales(text: str) -> dict[str, list[float]] | list[float]:
             raise ValueError(f"--scales {text!r} gives {name!r} twice; list all its scales once, e.g. {name}=1,3,6")
         out[name] = parse_floats(values, f"--scales for {name!r}")
     return out
+
+
+def exit_on_bad_input(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+    """For `python -m bench.perf|limit`: bad input (a ValueError naming the problem and its fix) exits
+    with its one line instead of a traceback, as `python -m bench` does."""
+    @functools.wraps(main)
+    def wrapped(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
+
+    return wrapped
 
 
 def positive_int(text: str) -> int:

@@ -23,9 +23,9 @@ import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.cli import positive_int, positive_ints
+from bench.cli import exit_on_bad_input, positive_int, positive_ints
 from bench.perf import SCALES, method_list, timed, timed_side_by_side
-from guidance.accelerate import HALF, Acceleration, add_arguments, autocast_context, cli_device, compile_report, from_args
+from guidance.accelerate import HALF, Acceleration, add_arguments, autocast_context, checked_device, compile_report, from_args
 from guidance.diffusion import GaussianDiffusion
 from guidance.guiders import make_guidance
 from guidance.protocols import Conditions
@@ -246,6 +246,7 @@ def benchmark(config: str, guidance: list[str], batches: list[int], steps: int, 
     return pd.DataFrame(rows).set_index(["guidance", "batch", "weights"] if compare_half_weights else ["guidance", "batch"])
 
 
+@exit_on_bad_input
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=sorted(CONFIGS), default="glide-base")
@@ -265,22 +266,19 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    device = cli_device(args.device)
+    device = checked_device(args.device)
     acceleration = from_args(args, device)
     if args.compare_half_weights and args.half_weights is not None:
-        raise SystemExit("error: --compare-half-weights times both weight storages; drop --half-weights/--no-half-weights")
+        raise ValueError("--compare-half-weights times both weight storages; drop --half-weights/--no-half-weights")
     guidance = method_list(args.guidance, SCALES)
     repeats = args.repeats or (2 if args.compare_half_weights else 1)
     dtype = getattr(torch, args.dtype)
-    try:
-        if args.profile:
-            print(f"{args.config}, {guidance[0]}, batch {max(args.batches)}, 3 DDIM steps:")
-            print(profile_step(args.config, guidance[0], max(args.batches), device, dtype, acceleration))
-            return 0
-        table = benchmark(args.config, guidance, args.batches, args.steps, device, dtype, acceleration, repeats,
-                          args.compare_half_weights)
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+    if args.profile:
+        print(f"{args.config}, {guidance[0]}, batch {max(args.batches)}, 3 DDIM steps:")
+        print(profile_step(args.config, guidance[0], max(args.batches), device, dtype, acceleration))
+        return 0
+    table = benchmark(args.config, guidance, args.batches, args.steps, device, dtype, acceleration, repeats,
+                      args.compare_half_weights)
     with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
         print(f"\n{args.steps} DDIM steps, median of {repeats} run(s) after a warm-up; peak_mem_MiB: the networks' "
               f"weights plus the most a 2-step warm-up allocated beyond them")

@@ -22,8 +22,8 @@ from typing import Callable, Iterable, Iterator
 import pandas as pd
 import torch
 
-from bench.cli import positive_int
-from guidance.accelerate import add_arguments, autocast_context, cli_device, from_args
+from bench.cli import exit_on_bad_input, positive_int
+from guidance.accelerate import add_arguments, autocast_context, checked_device, from_args
 from guidance.guiders import REGISTRY, make_guidance
 from guidance.guiders.base import GuidanceCost
 from guidance.protocols import Conditions
@@ -162,8 +162,9 @@ def gc_pauses() -> Iterator[list[float]]:
 def trace(fn: Callable[[], object], device: torch.device) -> tuple[dict[str, float], dict[str, tuple[float, int]]]:
     """Host-side counts of one call of `fn`: operators dispatched, launches (kernels and CUDA graphs),
     host-device synchronisations (the final one that ends the timing included), garbage collections
-    and their seconds, and the device's busy time; and host self-time and calls per event name. Where the sampler's extra time over the bare loop
-    goes when the GPU waits for the host (a launch-bound network): more launches, a sync, or one slow call.
+    and their seconds, and the device's busy time; and host self-time and calls per event name. Where
+    the sampler's extra time over the bare loop goes when the GPU waits for the host (a launch-bound
+    network): more launches, a sync, a collection, or one slow call.
     The warm-up call runs under a profiler too, so the timed call pays no profiler start-up (CUPTI)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
@@ -236,16 +237,17 @@ def measure(name: str, zoo, batch: int, steps: int, device: torch.device, repeat
 
 
 def method_list(text: str, valid: Iterable[str]) -> list[str]:
-    """--guidance 'a,b' as names, each one of `valid`; otherwise exit with one line naming them."""
+    """--guidance 'a,b' as names, each one of `valid`; otherwise a one-line ValueError naming them."""
     valid = list(valid)
     names = [g.strip() for g in text.split(",") if g.strip()]
     unknown = [g for g in names if g not in valid]
     if unknown or not names:
-        raise SystemExit(f"error: --guidance {text!r}: {f'unknown {unknown}' if unknown else 'names no method'}; "
+        raise ValueError(f"--guidance {text!r}: {f'unknown {unknown}' if unknown else 'names no method'}; "
                          f"valid: {', '.join(valid)} (comma-separated)")
     return names
 
 
+@exit_on_bad_input
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--guidance", default="none,cfg,classifier,clip")
@@ -261,13 +263,13 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     names = method_list(args.guidance, REGISTRY)
-    device = cli_device(args.device)
+    device = checked_device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     autocast = autocast_context(device, dtype)
     acceleration = from_args(args, device)
     zoo = load_zoo(device=device)
     if args.steps > zoo.diffusion.num_timesteps:
-        raise SystemExit(f"error: --steps {args.steps}: the model has {zoo.diffusion.num_timesteps} timesteps; "
+        raise ValueError(f"--steps {args.steps}: the model has {zoo.diffusion.num_timesteps} timesteps; "
                          f"use 1..{zoo.diffusion.num_timesteps}")
     zoo.accelerate(acceleration, device, dtype)
     if args.profile:

@@ -33,7 +33,7 @@ from guidance.accelerate import autocast_context, checked_device
 from guidance.guiders import Guidance, make_guidance
 from guidance.protocols import Conditions
 from guidance.sampling import sample
-from guidance.zoo.load import ZOO_DIR, Zoo, load_zoo
+from guidance.zoo.load import Zoo, load_zoo
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -99,12 +99,12 @@ def check_keeps_samples(run_dir: Path, cfg: BenchConfig) -> None:
                      f"new --run-id (or --out), or repeat {was}")
 
 
-def write_run_config(run_dir: Path, cfg: BenchConfig) -> None:
-    """config.json, replaced atomically: processes and shard jobs that start together read it while
-    others write it (a plain write is empty for a moment)."""
-    tmp = run_dir / f".config.json.{os.getpid()}.partial"
-    tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
-    os.replace(tmp, run_dir / "config.json")
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` whole: processes and shard jobs that start together read run files while others
+    write them (a plain write is empty for a moment), and a kill mid-write leaves the old file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def check_compatible(cfg: BenchConfig, prompts: PromptSet, zoo: Zoo) -> None:
@@ -139,8 +139,10 @@ def label_limits(cfg: BenchConfig, zoo: Zoo, prompts: PromptSet) -> dict[tuple[s
     if "classifier" in cfg.guidance and hasattr(config, "num_classes"):
         limits["the guiding classifier's classes", "drop classifier from --guidance"] = int(config.num_classes)
     if "accuracy" in cfg.metrics and prompts.has_labels:
-        table = json.loads((ZOO_DIR / "labels.json").read_text())
-        limits["the identities accuracy scores against", "drop accuracy from --metrics"] = len(table["identity_subgroup"])
+        from bench.emoji_prompts import emoji_labels
+
+        limits["the identities accuracy scores against", "drop accuracy from --metrics"] = \
+            len(emoji_labels()["identity_subgroup"])
     return limits
 
 
@@ -309,16 +311,13 @@ def no_work() -> dict[str, Any]:
 
 
 def sample_cell(cfg: BenchConfig, zoo: Zoo, cell: Cell, guidance: Guidance, store: SampleStore, expected: Expected,
-                device: torch.device, progress, shard: Shard = Shard(),
-                record: Callable[[dict[str, Any]], None] = lambda work: None) -> dict[str, Any]:
-    """Sample this shard's missing batches of one cell; returns the time and work spent (for throughput).
-
-    `record` gets each batch's own time and work right after the batch is saved, so a killed run keeps
-    the timing of every batch it kept (its resume then reports s/img over all the cell's batches)."""
+                device: torch.device, progress, shard: Shard, record: Callable[[dict[str, Any]], None]) -> None:
+    """Sample this shard's missing batches of one cell. `record` gets each batch's own time and work
+    (for throughput) right after the batch is saved, so a killed run keeps the timing of every batch it
+    kept (its resume then reports s/img over all the cell's batches)."""
     diffusion = zoo.diffusion.respace(str(cfg.steps))
     finished = store.finished_indices(expected)
     cost = guidance.cost_per_image(diffusion)  # per image over all steps: exact for interval guidance
-    spent = no_work()
     dtype = DTYPES[cfg.dtype]
     autocast = autocast_context(device, dtype)
     # batches are numbered over the whole cell, so shard ownership and batch members never depend on
@@ -342,9 +341,7 @@ def sample_cell(cfg: BenchConfig, zoo: Zoo, cell: Cell, guidance: Guidance, stor
                 "intervals": [[started_at, started_at + elapsed]]}
         store.write_batch(idx, images, expected)
         record(work)
-        spent = {k: spent[k] + v for k, v in work.items()}
         progress.update(len(idx))
-    return spent
 
 
 def git_commit() -> str | None:
@@ -390,7 +387,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
     run_dir = prepare_output(cfg)
     check_keeps_samples(run_dir, cfg)
     if shard.is_main or not shard.launched:  # every independent shard job: any of them may start first
-        write_run_config(run_dir, cfg)
+        write_atomic(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
     n = len(prompts) * cfg.samples_per_prompt
     expected = Expected.of(prompts, n, cfg.samples_per_prompt)
     cells = grid_cells(cfg)
@@ -515,9 +512,7 @@ def save_throughput(run_dir: Path, cell: Cell, spent: dict[str, float], cell_has
         spent = {k: before.get(k, 0.0) + v for k, v in spent.items() if k != "intervals"}
         spent |= {"peak_mem_mb": peak} | ({} if intervals is None else {"intervals": intervals})
     data[cell.name] = {**spent, "cell_hash": cell_hash}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=1))
 
 
 def write_manifest(cfg: BenchConfig, run_dir: Path, zoo: Zoo, device: torch.device, wall: float | None, n: int,

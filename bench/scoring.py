@@ -11,7 +11,7 @@ import torch
 
 from bench.metrics import (CLIPScore, DomainFeatures, LabelAccuracy, Reference, Throughput, domain_fid, domain_kid,
                            inception_fid, load_eval_classifier)
-from guidance.zoo.load import EVAL_CLIP_LABEL, ZOO_DIR, EvalCLIPScorer, load_eval_clip
+from guidance.zoo.load import EVAL_CLIP_LABEL, EvalCLIPScorer, load_eval_clip
 from guidance.zoo.store import CheckpointError
 
 if TYPE_CHECKING:
@@ -140,7 +140,9 @@ def score_cells(cfg: "BenchConfig", run_dir: Path, cells: list["Cell"], device: 
     features = DomainFeatures(classifier)
     reference = Reference.load()
     scorer = make_scorer(cfg, device) if "clip_score" in cfg.metrics else None
-    labels_meta = json.loads((ZOO_DIR / "labels.json").read_text())
+    from bench.emoji_prompts import emoji_labels
+
+    labels_meta = emoji_labels()
     group_of_subgroup = [0] * len(labels_meta["subgroup_names"])
     for sub, grp in zip(labels_meta["identity_subgroup"], labels_meta["identity_group"]):
         group_of_subgroup[sub] = grp

@@ -166,21 +166,10 @@ def checked_device(name: str) -> torch.device:
     return device
 
 
-def cli_device(name: str) -> torch.device:
-    """`checked_device` for a command line: a bad device exits with its one line."""
-    try:
-        return checked_device(name)
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
-
-
 def from_args(args: argparse.Namespace, device: torch.device | None = None) -> Acceleration:
-    """The flags as an Acceleration; with `device`, a combination it cannot run exits with one line (CLIs)."""
+    """The flags as an Acceleration; with `device`, a combination it cannot run raises a one-line ValueError."""
     acceleration = Acceleration(args.channels_last, args.compile, args.cuda_graphs, args.cudnn_benchmark, args.autotune,
                                 args.half_weights is not False)
     if device is not None:
-        try:
-            acceleration.check(device)
-        except ValueError as err:
-            raise SystemExit(f"error: {err}") from None
+        acceleration.check(device)
     return acceleration
