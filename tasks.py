@@ -34,13 +34,14 @@ def _flags(**options: object) -> str:
     "no_half_weights": "under bf16/fp16: let autocast re-cast the weights at every call (same samples; for timing)",
 })
 def bench(c, guidance="cfg", scales=None, prompts=None, prompt_limit=None, samples_per_prompt=None, seeds=None,
-          sampler=None, steps=None, batch_size=None, device=None, dtype=None, model=None, clip_model=None,
+          sampler=None, schedule=None, eta=None, steps=None, batch_size=None, device=None, dtype=None, model=None, clip_model=None,
           clip_pretrained=None, score_with_guiding_clip=False, fid_inception_weights=None, metrics=None, out=None,
           run_id=None, preset="quick", no_report=False, nproc=None, shard=None, channels_last="auto", compile=False,
           cuda_graphs=False, autotune=False, no_half_weights=False):
     """Benchmark guidance methods over scales and seeds; prints a summary and writes reports/<run-id>/."""
     args = _flags(guidance=guidance, scales=scales, prompts=prompts, prompt_limit=prompt_limit,
-                  samples_per_prompt=samples_per_prompt, seeds=seeds, sampler=sampler, steps=steps,
+                  samples_per_prompt=samples_per_prompt, seeds=seeds, sampler=sampler, schedule=schedule, eta=eta,
+                  steps=steps,
                   batch_size=batch_size, device=device, dtype=dtype, model=model, clip_model=clip_model,
                   clip_pretrained=clip_pretrained, score_with_guiding_clip=score_with_guiding_clip,
                   fid_inception_weights=fid_inception_weights, metrics=metrics, out=out, run_id=run_id,
@@ -76,7 +77,7 @@ def train(c, models=None, budget=600, steps=None, batch=None, device=None, small
                   out=out, run_dir=run_dir, init_from=init_from)
     c.run(f"{PY} -m guidance.zoo.train {args}")
     c.run(f"{PY} -m guidance.zoo.reference {_flags(data=data, out=out)}")
-    c.run(f"{PY} -m guidance.zoo.cards {_flags(out=out)}")
+    c.run(f"{PY} -m bench.cards {_flags(out=out)}")
 
 
 @task(help={"update": "rewrite the committed baseline", "reason": "why the baseline changes (required with --update)"})

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from bench.config import PRESETS, BenchConfig
 from guidance.accelerate import add_arguments as add_acceleration_arguments
+from guidance.process import SCHEDULES
+from guidance.samplers import SAMPLERS
 
 
 def parse_floats(text: str, flag: str = "--scales") -> list[float]:
@@ -122,8 +124,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="use the first N prompts, or 'all' (default: the preset's: quick 20, tiny 8, full all)")
     p.add_argument("--samples-per-prompt", type=int, default=None)
     p.add_argument("--seeds", default=None, help="seed sets, e.g. 0,1,2 (>= 2 for confidence intervals)")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None)
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--sampler", default=None, help="ddim (default), ddpm, euler, euler-ancestral, heun, dpmpp-2m, "
+                                                   "flow-euler, or 'list' to describe them")
+    p.add_argument("--schedule", default=None, help="sigma schedule: default (the model's own), respace, leading, "
+                                                    "trailing, linspace, karras, exponential")
+    p.add_argument("--eta", type=float, default=None, help="noise of ddim (default 0) and euler-ancestral (default 1)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (Heun evaluates the model twice per step)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", default=None, help="cpu or cuda[:N]")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (autocast)")
@@ -151,6 +157,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     overrides = dict(guidance=guidance, scales=scales, prompts=args.prompts,
                      prompt_limit=None if every_prompt else args.prompt_limit,
                      samples_per_prompt=args.samples_per_prompt, sampler=args.sampler, steps=args.steps,
+                     schedule=args.schedule, eta=args.eta,
                      batch_size=args.batch_size, device=args.device, dtype=args.dtype, model=args.model,
                      channels_last=args.channels_last, compile=args.compile or None,
                      cuda_graphs=args.cuda_graphs or None, cudnn_benchmark=args.cudnn_benchmark,
@@ -171,9 +178,20 @@ def print_guidance_list() -> None:
         print(f"{name:12s} {line}")
 
 
+def print_sampler_list() -> None:
+    for name, spec in SAMPLERS.items():
+        print(f"{name:16s} {spec.description}")
+    print("\nschedules (--schedule):")
+    for name, line in SCHEDULES.items():
+        print(f"{name:16s} {line}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if args.guidance.strip() == "list":
         print_guidance_list()
+        return 0
+    if (args.sampler or "").strip() == "list":
+        print_sampler_list()
         return 0
     from bench.distributed import init_from_env, parse_shard
     from bench.run import run_benchmark, summary_table

@@ -11,6 +11,8 @@ from typing import Any
 
 from guidance.accelerate import Acceleration, checked_device
 from guidance.guiders import REGISTRY
+from guidance.process import SCHEDULES
+from guidance.samplers import SAMPLERS
 
 # Scales per guidance. CFG uses the GLIDE/diffusers convention (1 = no guidance); gradient methods
 # use the gradient scale (0 = no guidance). `none` ignores its scale.
@@ -56,8 +58,9 @@ class BenchConfig:
     samples_per_prompt: int = 1
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     sampler: str = "ddim"
+    schedule: str = "default"  # sigma schedule: the model's own, or a spacing or Karras / exponential
     steps: int = 20
-    eta: float = 0.0
+    eta: float | None = None  # the sampler's noise option (None: its default; DDIM 0, Euler ancestral 1)
     batch_size: int = 72
     device: str = "cpu"
     dtype: str = "float32"
@@ -81,7 +84,7 @@ class BenchConfig:
     # fields that change the samples besides each sample's prompt and label (those are checked per sample, so
     # --prompt-limit and the prompt file may change without resampling what still holds): the resume key
     # (new weights under the same --model never reuse samples)
-    SAMPLE_FIELDS = ("sampler", "steps", "eta", "dtype", "model", "model_fingerprint")
+    SAMPLE_FIELDS = ("sampler", "schedule", "steps", "eta", "dtype", "model", "model_fingerprint")
 
     @classmethod
     def from_preset(cls, preset: str = "quick", **overrides: Any) -> "BenchConfig":
@@ -109,13 +112,27 @@ class BenchConfig:
 
     def cell_hash(self, guidance: str, scale: float, seed: int) -> str:
         """Key of one cell's samples: what the images depend on (not the batch size or device count)."""
-        key = {f: getattr(self, f) for f in self.SAMPLE_FIELDS}
+        key = self.sample_settings()
+        if key["schedule"] == "default":
+            key.pop("schedule")  # keys made before schedules existed stay valid
         key.update(guidance=guidance, scale=scale, seed=seed)
+        numerics = REGISTRY[guidance][0].numerics_version
+        if numerics != 1:
+            key["numerics"] = numerics  # the method's fp32 samples changed: never mixed with older ones
         if self.dtype != "float32":
             # 2026-11-26: guidance combines half-precision outputs in fp32; bf16/fp16 samples saved before
             # differ (and were NaN for APG and CFG-rescale under fp16), so a resume must not mix them in
             key["half_numerics"] = HALF_NUMERICS
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+    def sample_settings(self) -> dict[str, Any]:
+        """The settings samples depend on besides their prompt, with the sampler's default eta filled in
+        (a config that left --eta unset and one that gave the default ask for the same samples)."""
+        values = {f: getattr(self, f) for f in self.SAMPLE_FIELDS}
+        spec = SAMPLERS.get(self.sampler)
+        if values["eta"] is None:
+            values["eta"] = spec.default_eta if spec is not None else 0.0
+        return values
 
     def config_hash(self) -> str:
         data = self.to_dict()
@@ -146,10 +163,16 @@ class BenchConfig:
                                      f"[{SCALE_RANGE[0]:g}, {SCALE_RANGE[1]:g}]")
         if not 1 <= self.steps <= num_timesteps:
             raise ValueError(f"--steps {self.steps} is out of range; use 1..{num_timesteps}")
-        if self.sampler not in ("ddpm", "ddim"):
-            raise ValueError(f"unknown sampler {self.sampler!r}; valid: ddpm, ddim")
-        if not 0.0 <= self.eta <= 1.0:
-            raise ValueError(f"--eta {self.eta} is out of range; use [0, 1]")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; valid: {', '.join(SAMPLERS)} (--sampler list)")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)} (--sampler list)")
+        if self.eta is not None:
+            if "eta" not in SAMPLERS[self.sampler].options and self.eta != 0:
+                raise ValueError(f"--eta {self.eta}: sampler {self.sampler!r} takes no eta; samplers with one: "
+                                 f"{', '.join(n for n, s in SAMPLERS.items() if 'eta' in s.options)}")
+            if not 0.0 <= self.eta <= 1.0:
+                raise ValueError(f"--eta {self.eta} is out of range; use [0, 1]")
         if self.samples_per_prompt < 1 or self.batch_size < 1:
             raise ValueError("--samples-per-prompt and --batch-size must be at least 1")
         if self.prompt_limit is not None and self.prompt_limit < 1:

@@ -26,10 +26,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.cli import exit_on_bad_input, positive_int, positive_ints
 from bench.perf import SCALES, method_list, timed, timed_side_by_side
 from guidance.accelerate import HALF, Acceleration, add_arguments, autocast_context, checked_device, compile_report, from_args
-from guidance.diffusion import GaussianDiffusion
+from guidance.denoisers import NetworkDenoiser
 from guidance.guiders import make_guidance
+from guidance.process import VPDiscrete
 from guidance.protocols import Conditions
-from guidance.sampling import ddim_step, sample
+from guidance.samplers import sample
 from guidance.zoo.encoders import EncoderConfig, NoiseAwareClassifier, NoisedCLIPModel
 from guidance.zoo.unet import TextUNet, UNetConfig
 
@@ -104,7 +105,24 @@ def countable_kernels() -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
-def step_flops(models: dict, guidance_name: str, size: SizeConfig, diffusion: GaussianDiffusion,
+@dataclass(frozen=True)
+class Trajectory:
+    """The process and DDIM sigmas (fixed stride, as DDIM's paper) that every row samples with."""
+
+    process: VPDiscrete
+    sigmas: list[float]
+
+    def one_step(self, models: dict, guidance, x: torch.Tensor, index: int, cond: Conditions) -> torch.Tensor:  # noqa: ANN001
+        """One guided DDIM step from the index-th sigma (to 0: the same network work as any step)."""
+        return sample(denoiser(models), self.process, [self.sigmas[index], 0.0], guidance, cond, x.shape[1:],
+                      range(x.shape[0]), x_T=x, device=x.device)
+
+
+def denoiser(models: dict) -> NetworkDenoiser:
+    return NetworkDenoiser(models["unet"], "eps", models["unet"].learned_variance)
+
+
+def step_flops(models: dict, guidance_name: str, size: SizeConfig, diffusion: Trajectory,
                device: torch.device, autocast) -> float:
     """FLOPs of one guided DDIM step per image (forward passes, and backward for gradient guidance)."""
     guidance = make_guidance(guidance_name, SCALES[guidance_name], models)
@@ -113,7 +131,7 @@ def step_flops(models: dict, guidance_name: str, size: SizeConfig, diffusion: Ga
     counter = FlopCounterMode(display=False)
     counter.mod_tracker = _GlobalScope()
     with countable_kernels(), counter, autocast:
-        ddim_step(models["unet"], diffusion, guidance, x, diffusion.num_timesteps // 2, cond)
+        diffusion.one_step(models, guidance, x, len(diffusion.sigmas) // 2, cond)
     return counter.get_total_flops() / shape[0]
 
 
@@ -131,7 +149,7 @@ def model_bytes(models: dict[str, torch.nn.Module]) -> int:
 
 
 def measure(model_sets: dict[str, dict], size: SizeConfig, guidance_name: str, batch: int,
-            diffusion: GaussianDiffusion, device: torch.device, autocast, repeats: int) -> dict[str, tuple[float, float]]:
+            diffusion: Trajectory, device: torch.device, autocast, repeats: int) -> dict[str, tuple[float, float]]:
     """Per model set: (median seconds per sampling run of `batch` images over `repeats` interleaved
     rounds, peak memory in MiB). Several sets (the same networks, accelerated differently) are timed
     side by side, so their ratio holds whatever the clocks do. Memory is a set's own: its networks'
@@ -143,17 +161,18 @@ def measure(model_sets: dict[str, dict], size: SizeConfig, guidance_name: str, b
         guidance = make_guidance(guidance_name, SCALES[guidance_name], models)
         cond = conditions(size, batch, device)
 
-        def run(process: GaussianDiffusion = diffusion, models=models, guidance=guidance, cond=cond) -> None:
+        def run(sigmas: list[float] = diffusion.sigmas, models=models, guidance=guidance, cond=cond) -> None:
             # gradient guidance turns gradients on for its guide alone; inductor freezes weights only without them
             with autocast, torch.no_grad():
-                sample(models["unet"], process, guidance, cond, shape, range(batch), sampler="ddim", device=device)
+                sample(denoiser(models), diffusion.process, sigmas, guidance, cond, shape, range(batch),
+                       sampler="ddim", device=device)
 
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             held = torch.cuda.memory_allocated(device)
             torch.cuda.reset_peak_memory_stats(device)
         # two steps warm up what the whole run uses (same shapes); CUDA graphs record on their second call
-        run(diffusion.respace([min(2, diffusion.num_timesteps)]))
+        run(diffusion.sigmas[-3:] if len(diffusion.sigmas) > 2 else diffusion.sigmas)
         memory[variant] = ((model_bytes(models) + torch.cuda.max_memory_allocated(device) - held) / 2**20
                            if device.type == "cuda" else float("nan"))
         runs[variant] = run
@@ -165,7 +184,8 @@ def prepare(config: str, device: torch.device, dtype: torch.dtype, steps: int):
     """(size, models, autocast context, DDIM process of `steps` steps); speed-ups not yet applied, so that
     FLOPs are counted on the plain modules (a compiled module met first under a dispatch mode may stay eager)."""
     size = CONFIGS[config]
-    diffusion = GaussianDiffusion.from_schedule("cosine", 1000, learned_variance=True).respace(f"ddim{steps}")
+    process = VPDiscrete.from_schedule("cosine", 1000)
+    diffusion = Trajectory(process, process.sigmas(steps, "leading"))
     return size, build_models(size, device), autocast_context(device, dtype), diffusion
 
 
@@ -188,8 +208,8 @@ def profile_step(config: str, guidance_name: str, batch: int, device: torch.devi
 
     def steps() -> None:
         with autocast, torch.no_grad():
-            for index in (9, 5, 1):
-                ddim_step(models["unet"], diffusion, guidance, x, index, cond)
+            for index in (0, 4, 8):
+                diffusion.one_step(models, guidance, x, index, cond)
 
     steps()  # warm-up (autotuning, compilation)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])

@@ -26,12 +26,16 @@ from bench.cli import exit_on_bad_input, positive_int
 from guidance.accelerate import add_arguments, autocast_context, checked_device, from_args
 from guidance.guiders import REGISTRY, make_guidance
 from guidance.guiders.base import GuidanceCost
+from guidance.bundle import ModelBundle
+from guidance.denoisers import NetworkDenoiser
+from guidance.guiders.base import StepInfo
+from guidance.models import load_bundle
+from guidance.process import SCHEDULES
 from guidance.protocols import Conditions
-from guidance.sampling import sample, step_info
-from guidance.zoo.load import load_zoo
+from guidance.samplers import SAMPLERS, sample, sampler_spec
 
 # the scale each method is timed at (others: 3, a typical CFG-convention scale); shared by bench.limit and benchmarks/
-SCALES = {"none": 0.0, "cfg": 3.0, "classifier": 5.0, "clip": 5.0}
+SCALES = {"none": 0.0, "cfg": 3.0, "classifier": 5.0, "clip": 5.0, "cfg-pp": 0.6}  # CFG++: lambda in [0, 1]
 
 
 def _sync(device: torch.device) -> None:
@@ -89,7 +93,14 @@ class _RecordingDenoiser:
         return getattr(self.model, name)
 
 
-def network_calls(name: str, zoo, diffusion, cond: Conditions, batch: int, device: torch.device) -> list:
+def recording(denoiser: NetworkDenoiser, calls: list) -> NetworkDenoiser:
+    """The same denoiser with its network's calls recorded."""
+    return NetworkDenoiser(_RecordingDenoiser(denoiser.net, calls), denoiser.prediction, denoiser.learned_variance,
+                           denoiser.null_cond)
+
+
+def network_calls(name: str, bundle: ModelBundle, sigmas: list[float], sampler: str, cond: Conditions, batch: int,
+                  device: torch.device) -> list:
     """(denoiser, args) of every network pass one sampling run makes, in order: the bare loop's work.
 
     Recorded rather than derived from the method's cost, so the bare loop calls the same networks on
@@ -97,12 +108,12 @@ def network_calls(name: str, zoo, diffusion, cond: Conditions, batch: int, devic
     and steps outside a guidance interval keep their single pass.
     """
     calls: list = []
-    models = {k: _RecordingDenoiser(m, calls) if k == "weak" and m is not None else m
-              for k, m in zoo.guiding_models().items()}
+    models = {k: recording(m, calls) if k == "weak" and m is not None else m
+              for k, m in bundle.guiding_models().items()}
     guidance = make_guidance(name, SCALES.get(name, 3.0), models)
     with torch.no_grad():
-        sample(_RecordingDenoiser(zoo.denoiser, calls), diffusion, guidance, cond, (3, 32, 32), range(batch),
-               device=device)
+        sample(recording(bundle.denoiser, calls), bundle.process, sigmas, guidance, cond, bundle.sample_shape,
+               range(batch), sampler=sampler, clip_denoised=bundle.clip_denoised, device=device)
     return calls
 
 
@@ -116,18 +127,20 @@ class Workload:
     runs: dict[str, Callable[[], object]]
 
 
-def workload(name: str, zoo, batch: int, steps: int, device: torch.device) -> Workload:
+def workload(name: str, bundle: ModelBundle, batch: int, steps: int, device: torch.device, sampler: str = "ddim",
+             schedule: str = "default") -> Workload:
     texts = ["grinning face", "red apple", "flag: Japan", "rocket"] * (batch // 4 + 1)
     texts = texts[:batch]
-    cond = Conditions(model=zoo.tokenizer(texts), labels=torch.arange(batch) % 100,
-                      clip_tokens=zoo.clip_tokenizer(texts)).to(device)
-    diffusion = zoo.diffusion.respace(str(steps))
-    guidance = make_guidance(name, SCALES.get(name, 3.0), zoo.guiding_models())
-    cost = guidance.cost_per_image(diffusion)
-    calls = network_calls(name, zoo, diffusion, cond, batch, device)
-    x = torch.randn(batch, 3, 32, 32, device=device)
-    info = step_info(diffusion, steps // 2, batch, device)
-    runs = {"sampler": lambda: sample(zoo.denoiser, diffusion, guidance, cond, (3, 32, 32), range(batch), device=device),
+    cond = bundle.conditions(texts, torch.arange(batch) % 100).to(device)
+    sigmas = bundle.process.sigmas(steps, schedule)
+    guidance = make_guidance(name, SCALES.get(name, 3.0), bundle.guiding_models())
+    cost = guidance.cost_per_image(sampler_spec(sampler).evaluations(sigmas), sigmas)
+    calls = network_calls(name, bundle, sigmas, sampler, cond, batch, device)
+    x = torch.randn(batch, *bundle.sample_shape, device=device)
+    level = bundle.process.level(sigmas[steps // 2])
+    info = StepInfo(level, level.timesteps(batch, device), tuple(sigmas))
+    runs = {"sampler": lambda: sample(bundle.denoiser, bundle.process, sigmas, guidance, cond, bundle.sample_shape,
+                                      range(batch), sampler=sampler, clip_denoised=bundle.clip_denoised, device=device),
             "bare": lambda: [model(*args) for model, args in calls]}
     if cost.guide_passes:
         runs["guide"] = lambda: [guidance.gradient(x, info, cond) for _ in range(steps)]
@@ -190,12 +203,13 @@ def trace(fn: Callable[[], object], device: torch.device) -> tuple[dict[str, flo
     return row, host
 
 
-def trace_table(name: str, zoo, batch: int, steps: int, device: torch.device) -> tuple[pd.DataFrame, pd.DataFrame]:
+def trace_table(name: str, bundle: ModelBundle, batch: int, steps: int, device: torch.device,
+                **plan: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The sampler's, the bare loop's (and the guide's) traces side by side, with the sampler's own extra
     per step (sampler - bare - guide: what the sampler and guidance code add); and per event name, the
     host self-time and calls of that extra over the whole run (most time first). The sampler's run syncs
     once more than the bare loop by design (its NaN check after the loop): more means a sync inside it."""
-    runs = workload(name, zoo, batch, steps, device).runs
+    runs = workload(name, bundle, batch, steps, device, **plan).runs
     with torch.no_grad():
         traced = {part: trace(fn, device) for part, fn in runs.items()}
     table = pd.DataFrame({part: row for part, (row, _) in traced.items()}).T
@@ -217,8 +231,9 @@ def scoring_networks(device: torch.device) -> tuple:
     return load_eval_classifier(device=device), load_eval_clip(device=device)
 
 
-def measure(name: str, zoo, batch: int, steps: int, device: torch.device, repeats: int) -> dict[str, float]:
-    work = workload(name, zoo, batch, steps, device)
+def measure(name: str, bundle: ModelBundle, batch: int, steps: int, device: torch.device, repeats: int,
+            **plan: str) -> dict[str, float]:
+    work = workload(name, bundle, batch, steps, device, **plan)
     texts, x, cost = work.texts, work.x, work.cost
     with torch.no_grad():
         seconds = timed_side_by_side(work.runs, device, repeats)
@@ -253,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance", default="none,cfg,classifier,clip")
     parser.add_argument("--batch", type=positive_int, default=16)
     parser.add_argument("--steps", type=positive_int, default=10)
+    parser.add_argument("--sampler", default="ddim", choices=list(SAMPLERS))
+    parser.add_argument("--schedule", default="default", choices=list(SCHEDULES))
+    parser.add_argument("--model", default="emoji", help="'emoji' (the embedded zoo) or a zoo-format directory")
     parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
@@ -267,26 +285,25 @@ def main(argv: list[str] | None = None) -> int:
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     autocast = autocast_context(device, dtype)
     acceleration = from_args(args, device)
-    zoo = load_zoo(device=device)
-    if args.steps > zoo.diffusion.num_timesteps:
-        raise ValueError(f"--steps {args.steps}: the model has {zoo.diffusion.num_timesteps} timesteps; "
-                         f"use 1..{zoo.diffusion.num_timesteps}")
-    zoo.accelerate(acceleration, device, dtype)
+    bundle = load_bundle(args.model, device)
+    plan = {"sampler": args.sampler, "schedule": args.schedule}
+    bundle.process.sigmas(args.steps, args.schedule)  # a bad --steps or --schedule fails here, in one line
+    bundle.accelerate(acceleration, device, dtype)
     if args.profile:
         print(f"device {device} ({acceleration.describe(device, dtype)}, {dtype})")
         with autocast, pd.option_context("display.width", 160, "display.float_format", "{:.4g}".format):
             for name in names:
                 print(f"{name}: one sampling run and its bare loop, traced (batch {args.batch}, {args.steps} steps)")
-                table, extra = trace_table(name, zoo, args.batch, args.steps, device)
+                table, extra = trace_table(name, bundle, args.batch, args.steps, device, **plan)
                 print(table.to_string())
                 print("host self-time and calls beyond the bare loop and guide, by event (per run, most time first):")
                 print(extra.head(10).to_string())
         return 0
     with autocast:
-        rows = [measure(g, zoo, args.batch, args.steps, device, args.repeats) for g in names]
+        rows = [measure(g, bundle, args.batch, args.steps, device, args.repeats, **plan) for g in names]
     table = pd.DataFrame(rows).set_index("guidance")
     with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
-        print(f"device {device} ({acceleration.describe(device, dtype)}, {dtype}), batch {args.batch}, {args.steps} DDIM steps, "
+        print(f"device {device} ({acceleration.describe(device, dtype)}, {dtype}), batch {args.batch}, {args.steps} {args.sampler} steps, "
               f"median of {args.repeats} interleaved runs")
         print(table.to_string())
     return 0

@@ -28,6 +28,7 @@ import matplotlib
 from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg canvas on save
 from PIL import Image
 
+from bench.report_format import format_scale
 from bench.stats import QUALITY_METRICS, THROUGHPUT_METRICS, pareto_front, rank_methods, summarize
 
 __all__ = ["Run", "format_scale", "load_run", "sample_grid", "build_report", "main"]
@@ -44,15 +45,6 @@ METRIC_LABELS = {
 }
 GRID_IMAGES = 16
 GRID_UPSCALE = 3  # 32x32 emoji are unreadable at 1:1
-
-
-def format_scale(scale: float) -> str:
-    """Shortest repr of a guidance scale without a trailing ``.0`` (1.0 -> "1", 2.5 -> "2.5").
-
-    Used in sample file names, so the runner and the report must agree on it.
-    """
-    text = repr(float(scale))
-    return text[:-2] if text.endswith(".0") else text
 
 
 # --------------------------------------------------------------------------- loading

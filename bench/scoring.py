@@ -4,25 +4,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+import pickle
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
+from bench.config import BenchConfig
+from bench.distributed import Shard
+from bench.emoji_prompts import emoji_labels
 from bench.metrics import (CLIPScore, DomainFeatures, LabelAccuracy, Reference, Throughput, domain_fid, domain_kid,
                            inception_fid, load_eval_classifier)
-from guidance.zoo.load import EVAL_CLIP_LABEL, EvalCLIPScorer, load_eval_clip
+from bench.store import Cell, SampleStore, load_prompt_set
+from guidance.zoo.emoji_data import build_emoji_dataset
+from guidance.zoo.load import EVAL_CLIP_LABEL, EvalCLIPScorer, load_eval_clip, load_zoo
 from guidance.zoo.store import CheckpointError
-
-if TYPE_CHECKING:
-    from bench.config import BenchConfig
-    from bench.distributed import Shard
-    from bench.run import Cell
 
 KID_MAX_SUBSET = 100
 
 
-def scorer_label(cfg: "BenchConfig") -> str:
+def scorer_label(cfg: BenchConfig) -> str:
     if cfg.score_with_guiding_clip:
         return "GUIDING noised CLIP (scores inflated for CLIP guidance)"
     return f"open_clip:{cfg.clip_model}" if cfg.clip_model else EVAL_CLIP_LABEL
@@ -44,19 +45,15 @@ class GuidingCLIPScorer(EvalCLIPScorer):
         return torch.nn.functional.normalize(self.clip.encode_text(self.tok(texts).to(self.mean.device)), dim=-1)
 
 
-def make_scorer(cfg: "BenchConfig", device: torch.device) -> EvalCLIPScorer:
+def make_scorer(cfg: BenchConfig, device: torch.device) -> EvalCLIPScorer:
     if cfg.score_with_guiding_clip:
-        from guidance.zoo.load import load_zoo
-
         return GuidingCLIPScorer(load_zoo(None if cfg.model == "emoji" else cfg.model, device)).to(device)
     return load_eval_clip(device=device, arch=cfg.clip_model, pretrained=cfg.clip_pretrained)
 
 
-def check_scorers(cfg: "BenchConfig", device: torch.device) -> None:
+def check_scorers(cfg: BenchConfig, device: torch.device) -> None:
     """Build the external scorers once before any sampling: a wrong architecture name or weights file
     fails in seconds with the flag named, not after hours of sampling (the zoo's own scorers are tested)."""
-    import pickle
-
     loaders = []
     if "clip_score" in cfg.metrics and cfg.clip_model and not cfg.score_with_guiding_clip:
         loaders.append((f"--clip-model {cfg.clip_model} --clip-pretrained {cfg.clip_pretrained}",
@@ -76,12 +73,10 @@ def check_scorers(cfg: "BenchConfig", device: torch.device) -> None:
             raise ValueError(f"{flags}: cannot load ({detail}); {fix}") from err
 
 
-def make_fid(cfg: "BenchConfig", features: DomainFeatures, reference: Reference, device: torch.device):
+def make_fid(cfg: BenchConfig, features: DomainFeatures, reference: Reference, device: torch.device):
     """Domain FID against committed statistics, or Inception FID against the rendered emoji dataset."""
     if not cfg.fid_inception_weights:
         return domain_fid(features, reference).to(device)
-    from guidance.zoo.emoji_data import build_emoji_dataset
-
     fid = inception_fid(cfg.fid_inception_weights).to(device)
     fid.reset_real_features = False
     real = torch.from_numpy(build_emoji_dataset(32).images).permute(0, 3, 1, 2)
@@ -90,7 +85,7 @@ def make_fid(cfg: "BenchConfig", features: DomainFeatures, reference: Reference,
     return fid
 
 
-def my_chunks(n: int, size: int, shard: "Shard") -> list[tuple[int, int]]:
+def my_chunks(n: int, size: int, shard: Shard) -> list[tuple[int, int]]:
     """This process's (lo, hi) row ranges: fixed-size chunks, a contiguous run of them per process.
 
     Feature networks see the same chunks whatever the process count (so features are bit-identical),
@@ -124,15 +119,10 @@ def merged_throughput(per_process: list[dict[str, dict[str, float]]], cell_name:
     return None if total is None else {k: float(v) for k, v in total.compute().items()}
 
 
-def score_cells(cfg: "BenchConfig", run_dir: Path, cells: list["Cell"], device: torch.device,
-                progress: bool = True, shard: "Shard | None" = None) -> pd.DataFrame:
+def score_cells(cfg: BenchConfig, run_dir: Path, cells: list[Cell], device: torch.device,
+                progress: bool = True, shard: Shard | None = None) -> pd.DataFrame:
     """Metrics per cell. Under torchrun each process scores a contiguous slice of every cell and the
     metric states sync across the group, so the result equals a one-process score."""
-    from tqdm.auto import tqdm
-
-    from bench.distributed import Shard
-    from bench.run import SampleStore, load_prompt_set
-
     shard = shard or Shard()
 
     prompts = load_prompt_set(cfg)
@@ -140,8 +130,6 @@ def score_cells(cfg: "BenchConfig", run_dir: Path, cells: list["Cell"], device: 
     features = DomainFeatures(classifier)
     reference = Reference.load()
     scorer = make_scorer(cfg, device) if "clip_score" in cfg.metrics else None
-    from bench.emoji_prompts import emoji_labels
-
     labels_meta = emoji_labels()
     group_of_subgroup = [0] * len(labels_meta["subgroup_names"])
     for sub, grp in zip(labels_meta["identity_subgroup"], labels_meta["identity_group"]):

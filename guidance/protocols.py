@@ -1,32 +1,54 @@
-"""What the sampler and guidance modules need from models, and what a batch of conditions holds.
+"""What the samplers and guidance methods need from models, and what a batch of conditions holds.
 
-The embedded zoo models, the analytic Gaussian-mixture models in the tests and external models all
-plug in through these protocols, so nothing in the sampler or the guidance modules names a class.
+The one model contract is k-diffusion's, in noise-level space: `denoiser(x, level, cond)` returns the
+model's prediction at that noise level (guidance.prediction.Prediction: x0 and eps on demand, in
+whatever space the network predicts). Networks of any prediction type and process plug in through
+`guidance.denoisers.NetworkDenoiser`; the analytic Gaussian mixture in the tests does too, so
+nothing in the samplers or the guidance methods names a class.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Protocol, runtime_checkable
+from typing import Mapping, Protocol, Union, runtime_checkable
 
 import torch
 from torch import Tensor
 
+from guidance.prediction import Prediction
+from guidance.process import NoiseLevel
+
+# What a denoiser conditions on: one tensor (caption tokens, class labels), or several (SDXL's text
+# states, pooled text and time ids), each batched along dim 0.
+ModelCond = Union[Tensor, Mapping[str, Tensor]]
+
+
+def cond_cat(parts: list[ModelCond]) -> ModelCond:
+    """Concatenate conditions along the batch (CFG's batched conditional and unconditional pass)."""
+    if isinstance(parts[0], Tensor):
+        return torch.cat(parts)  # type: ignore[arg-type]
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}  # type: ignore[index]
+
+
+def cond_apply(cond: ModelCond, fn) -> ModelCond:  # noqa: ANN001
+    return fn(cond) if isinstance(cond, Tensor) else {k: fn(v) for k, v in cond.items()}
+
+
+def cond_len(cond: ModelCond) -> int:
+    return int(cond.shape[0]) if isinstance(cond, Tensor) else int(next(iter(cond.values())).shape[0])
+
 
 @runtime_checkable
 class Denoiser(Protocol):
-    """eps-prediction network: `model(x_t, t, cond)` -> [B, C or 2C, ...].
+    """`model(x, level, cond)` -> Prediction at noise level `level`, x in the model's coordinates.
 
-    With `learned_variance`, the extra C channels are v in [-1, 1] (Nichol & Dhariwal). `cond` is
-    whatever tensor the model conditions on (caption tokens, class labels); `null_cond` gives the
-    "dropped caption" condition that classifier-free guidance uses as its unconditional branch.
+    `null_cond` gives the "dropped caption" condition that classifier-free guidance uses as its
+    unconditional branch. A learned-range variance (Nichol & Dhariwal) rides on the prediction.
     """
 
-    learned_variance: bool
+    def __call__(self, x: Tensor, level: NoiseLevel, cond: ModelCond) -> Prediction: ...
 
-    def __call__(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor: ...
-
-    def null_cond(self, cond: Tensor) -> Tensor: ...
+    def null_cond(self, cond: ModelCond) -> ModelCond: ...
 
 
 @runtime_checkable
@@ -51,25 +73,29 @@ class NoisedCLIP(Protocol):
 class Conditions:
     """Per-sample conditioning for one batch; each field is batched along dim 0 or None.
 
-    `model`: what the denoiser takes; `labels`: class indices for classifier guidance;
-    `clip_tokens`: the caption tokenised for the guiding CLIP; `negative`: a negative-prompt
-    condition that replaces the unconditional branch of CFG when given.
+    `model`: what the denoiser takes (a tensor or a dict of tensors); `labels`: class indices for
+    classifier guidance; `clip_tokens`: the caption tokenised for the guiding CLIP; `negative`: a
+    negative-prompt condition that replaces the unconditional branch of CFG when given.
     """
 
-    model: Tensor
+    model: ModelCond
     labels: Tensor | None = None
     clip_tokens: Tensor | None = None
-    negative: Tensor | None = None
+    negative: ModelCond | None = None
 
     def __len__(self) -> int:
-        return int(self.model.shape[0])
+        return cond_len(self.model)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device if isinstance(self.model, Tensor) else next(iter(self.model.values())).device
 
     def to(self, device: torch.device | str) -> "Conditions":
-        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
+        return replace(self, **{f.name: cond_apply(getattr(self, f.name), lambda v: v.to(device)) for f in fields(self)
                                 if getattr(self, f.name) is not None})
 
     def __getitem__(self, index: slice | Tensor) -> "Conditions":
-        return replace(self, **{f.name: getattr(self, f.name)[index] for f in fields(self)
+        return replace(self, **{f.name: cond_apply(getattr(self, f.name), lambda v: v[index]) for f in fields(self)
                                 if getattr(self, f.name) is not None})
 
     def require(self, name: str, guidance: str) -> Tensor:

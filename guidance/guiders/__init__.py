@@ -1,34 +1,36 @@
-"""Guidance methods behind one interface, and a registry that builds them by name."""
+"""Guidance methods behind one interface, and a registry that builds them by name.
+
+Each method is one module of this package and registers itself where it is defined
+(`@register()` in guidance.guiders.base); importing the package imports every module, so adding a
+method is adding its file (and its test).
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any, Mapping
 
-from guidance.guiders.apg import AdaptiveProjectedGuidance
-from guidance.guiders.autoguidance import AutoGuidance
-from guidance.guiders.base import GradientGuidance, Guidance, GuidanceCost, Prediction, StepInfo, split_output
-from guidance.guiders.cfg import ClassifierFreeGuidance
-from guidance.guiders.cfg_rescale import RescaledCFG
-from guidance.guiders.cfg_zero_star import CFGZeroStar
-from guidance.guiders.classifier import ClassifierGuidance
-from guidance.guiders.clip import CLIPGuidance
-from guidance.guiders.dynamic_threshold import DynamicThresholdCFG
-from guidance.guiders.none import NoGuidance
-from guidance.guiders.schedules import IntervalCFG
+from guidance.guiders.base import REGISTRY, GradientGuidance, Guidance, GuidanceCost, Prediction, StepInfo, register
 
-# name -> (class, guiding model it needs or None)
-REGISTRY: dict[str, tuple[type[Guidance], str | None]] = {
-    "none": (NoGuidance, None),
-    "cfg": (ClassifierFreeGuidance, None),
-    "classifier": (ClassifierGuidance, "classifier"),
-    "clip": (CLIPGuidance, "clip"),
-    "cfg-interval": (IntervalCFG, None),
-    "cfg-rescale": (RescaledCFG, None),
-    "apg": (AdaptiveProjectedGuidance, None),
-    "cfg-zero-star": (CFGZeroStar, None),
-    "cfg-dynamic-threshold": (DynamicThresholdCFG, None),
-    "autoguidance": (AutoGuidance, "weak"),  # the weak model: a worse Denoiser with the same conditioning
-}
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+from guidance.guiders.apg import AdaptiveProjectedGuidance  # noqa: E402
+from guidance.guiders.autoguidance import AutoGuidance  # noqa: E402
+from guidance.guiders.cfg import ClassifierFreeGuidance  # noqa: E402
+from guidance.guiders.cfg_pp import CFGPlusPlus  # noqa: E402
+from guidance.guiders.cfg_rescale import RescaledCFG  # noqa: E402
+from guidance.guiders.cfg_zero_star import CFGZeroStar  # noqa: E402
+from guidance.guiders.classifier import ClassifierGuidance  # noqa: E402
+from guidance.guiders.clip import CLIPGuidance  # noqa: E402
+from guidance.guiders.dynamic_threshold import DynamicThresholdCFG  # noqa: E402
+from guidance.guiders.none import NoGuidance  # noqa: E402
+from guidance.guiders.schedules import IntervalCFG  # noqa: E402
+
+# the order methods are listed in (`--guidance list`, `all`): the GLIDE paper's first
+_FIRST = ("none", "cfg", "classifier", "clip")
+REGISTRY.update({k: REGISTRY.pop(k) for k in [*_FIRST, *sorted(set(REGISTRY) - set(_FIRST))] if k in REGISTRY})
 
 
 def available_guidance() -> dict[str, str]:
@@ -48,7 +50,7 @@ def make_guidance(name: str, scale: float, models: Mapping[str, Any] | None = No
     return cls(models[needs], scale=scale, **options)
 
 
-__all__ = ["Guidance", "GradientGuidance", "GuidanceCost", "Prediction", "StepInfo", "split_output", "REGISTRY",
-           "available_guidance", "make_guidance", "NoGuidance", "ClassifierFreeGuidance",
+__all__ = ["Guidance", "GradientGuidance", "GuidanceCost", "Prediction", "StepInfo", "REGISTRY", "register",
+           "available_guidance", "make_guidance", "NoGuidance", "ClassifierFreeGuidance", "CFGPlusPlus",
            "ClassifierGuidance", "CLIPGuidance", "IntervalCFG", "RescaledCFG", "AdaptiveProjectedGuidance",
            "CFGZeroStar", "DynamicThresholdCFG", "AutoGuidance"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from guidance.guiders.base import Prediction, StepInfo, at_least_fp32, eps_for_x0, x0_of
+from guidance.guiders.base import Prediction, StepInfo, at_least_fp32, register
 from guidance.guiders.cfg import ClassifierFreeGuidance
 from guidance.protocols import Conditions, Denoiser
 
@@ -32,18 +32,22 @@ def clip_norm(v: Tensor, r: float) -> Tensor:
     return v * torch.where(norm > r, r / norm.clamp_min(torch.finfo(norm.dtype).tiny), torch.ones_like(norm))
 
 
+@register()
 class AdaptiveProjectedGuidance(ClassifierFreeGuidance):
     """APG in x0 space: the guidance update loses (most of) its component parallel to x0_c.
 
     D = x0_c - x0_u; with momentum beta, D_bar = D + beta * D_bar_prev (D_bar = D at the first step);
     D_bar <- D_bar * min(1, r / ||D_bar||); x0 = x0_c + (s - 1) (D_orth + eta * D_par), with D_par
     the projection of D_bar on x0_c. beta < 0 (default -0.5) damps the update over steps; the buffer
-    is per trajectory (`reset()`, which the sampler calls). eta = 1, beta = 0, r = inf is CFG.
+    is per trajectory (`reset()`, which the sampler calls) and keyed by sigma: it advances when sigma
+    falls, and an evaluation at a sigma already seen (Heun's second evaluation is the next step's
+    first) starts again from the buffer before it. eta = 1, beta = 0, r = inf is CFG.
     s = 1 is the conditional model (one pass; the momentum buffer is not updated at such steps).
     """
 
     name = "apg"
     space = "x0"
+    numerics_version = 2  # x0 no longer round-trips through eps before the step (changes fp32 samples ~1e-4)
     reference = "Sadat et al. 2024, arXiv:2410.02416 (adaptive projected guidance, Algorithm 1)"
 
     def __init__(self, scale: float = 6.0, momentum: float = -0.5, norm_threshold: float = 4.0,
@@ -52,35 +56,37 @@ class AdaptiveProjectedGuidance(ClassifierFreeGuidance):
         self.momentum = float(momentum)
         self.norm_threshold = float(norm_threshold)
         self.eta = float(eta)
-        self._running: Tensor | None = None
+        self.reset()
 
     def reset(self) -> None:
-        self._running = None
+        self._running: Tensor | None = None  # D_bar at the latest sigma
+        self._before: Tensor | None = None  # D_bar at the sigma before it
+        self._sigma: float | None = None
 
-    def update(self, diff: Tensor) -> Tensor:
-        """The momentum step D_bar = D + beta * D_bar_prev (no momentum: D)."""
+    def update(self, diff: Tensor, sigma: float | None = None) -> Tensor:
+        """The momentum step D_bar = D + beta * D_bar_prev (no momentum: D), keyed by sigma."""
         if self.momentum == 0.0:
             return diff
         if self._running is not None and self._running.shape != diff.shape:
             raise ValueError(f"APG momentum buffer holds a batch of shape {tuple(self._running.shape)}, got "
                              f"{tuple(diff.shape)}; call reset() before sampling a new batch")
-        self._running = diff if self._running is None else diff + self.momentum * self._running
+        if sigma is None or sigma != self._sigma:
+            self._before, self._sigma = self._running, sigma
+        self._running = diff if self._before is None else diff + self.momentum * self._before
         return self._running
 
-    def guided_x0(self, x0_c: Tensor, x0_u: Tensor, scale: float) -> Tensor:
+    def guided_x0(self, x0_c: Tensor, x0_u: Tensor, scale: float, sigma: float | None = None) -> Tensor:
         x0_c32 = at_least_fp32(x0_c)
-        diff = clip_norm(self.update(x0_c32 - at_least_fp32(x0_u)), self.norm_threshold)
+        diff = clip_norm(self.update(x0_c32 - at_least_fp32(x0_u), sigma), self.norm_threshold)
         parallel, orthogonal = project(diff, x0_c32)
         return (x0_c32 + (scale - 1.0) * (orthogonal + self.eta * parallel)).to(x0_c.dtype)
 
     def predict(self, model: Denoiser, x: Tensor, step: StepInfo, cond: Conditions) -> Prediction:
         scale = self.scale_at(step)
-        if scale == 1.0 and cond.negative is None:
-            return super().predict(model, x, step, cond)
+        if not self.guided(scale, cond):
+            return model(x, step.level, cond.model)
         pred_c, pred_u = self.branches(model, x, step, cond)
-        x0_c, x0_u = x0_of(step, x, pred_c.eps), x0_of(step, x, pred_u.eps)
-        x0 = self.guided_x0(x0_c, x0_u, scale)
-        return Prediction(eps_for_x0(step, x, pred_c.eps, x0_c, x0), pred_c.var_values)
+        return pred_c.with_x0(self.guided_x0(pred_c.x0, pred_u.x0, scale, step.sigma))
 
     def __repr__(self) -> str:
         return (f"AdaptiveProjectedGuidance(scale={self.scale}, momentum={self.momentum}, "

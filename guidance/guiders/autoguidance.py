@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from guidance.guiders.base import Guidance, GuidanceCost, Prediction, StepInfo, split_output
+from guidance.guiders.base import Guidance, GuidanceCost, Prediction, StepInfo, register
 from guidance.protocols import Conditions, Denoiser
 
 
+@register(needs="weak")
 class AutoGuidance(Guidance):
     """eps = eps_weak + s (eps_main - eps_weak), the weak model a worse Denoiser given the same condition.
 
@@ -30,8 +31,8 @@ class AutoGuidance(Guidance):
         scale = self.scale_at(step)
         if scale == 1.0:
             return main
-        weak = split_output(self.weak(x, step.t, cond.model), x.shape[1], self.weak.learned_variance)
-        return Prediction(weak.eps + scale * (main.eps - weak.eps), main.var_values)
+        weak = self.weak(x, step.level, cond.model)
+        return main.with_value("eps", weak.eps + scale * (main.eps - weak.eps))
 
     def cost(self, sigma: float | None = None, negative: bool = False) -> GuidanceCost:
         return GuidanceCost(network_passes=2 if self.active_at(sigma) else 1)  # main + weak passes

@@ -1,32 +1,52 @@
-"""The one interface every guidance method implements.
+"""The one interface every guidance method implements, for every sampler and model.
 
 Two kinds of guidance exist and one class covers both (as diffusers' guiders do for the first):
 *combining* methods run the denoiser on several conditions and mix the predictions (CFG and its
-descendants); *gradient* methods add the gradient of a guiding model's log-probability, which the
-sampler applies as Dhariwal & Nichol do (a mean shift Sigma * g for ancestral steps, a score
-correction -sqrt(1 - abar) * g for DDIM). A method may do both.
+descendants), in the space they declare (`space`: eps, x0, v or flow velocity; the prediction
+converts); *gradient* methods return the gradient g of a guiding model's log-probability w.r.t.
+x, which samplers apply as a score correction eps - s g (valid for every sampler), except DDPM's
+ancestral step, which shifts its mean by Sigma g (Dhariwal & Nichol). A method may do both.
+Methods see the noise level (`StepInfo.sigma`), never a step index: Heun's second evaluation and a
+Karras schedule are handled alike.
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Sequence
 
 import torch
 from torch import Tensor
 
-from guidance.diffusion import GaussianDiffusion, extract
+from guidance.prediction import Prediction, at_least_fp32
+from guidance.process import NoiseLevel
 from guidance.protocols import Conditions, Denoiser
 
 ScaleFn = Callable[[float], float]
 
+REGISTRY: dict[str, tuple[type["Guidance"], str | None]] = {}  # name -> (class, guiding model it needs)
+
+
+def register(needs: str | None = None) -> Callable[[type["Guidance"]], type["Guidance"]]:
+    """Class decorator: register a method under its `name`, where it is defined. `needs` names the
+    guiding model its constructor takes first ("classifier", "clip", "weak"), or None."""
+
+    def add(cls: type[Guidance]) -> type[Guidance]:
+        if cls.name in REGISTRY and REGISTRY[cls.name][0] is not cls:
+            raise ValueError(f"guidance {cls.name!r} is registered twice ({REGISTRY[cls.name][0].__name__}, {cls.__name__})")
+        REGISTRY[cls.name] = (cls, needs)
+        return cls
+
+    return add
+
 
 @dataclass(frozen=True)
 class GuidanceCost:
-    """Work per image per sampling step, for throughput reports."""
+    """Work per image, for throughput reports: model evaluations (NFE) and guiding-model passes."""
 
-    network_passes: float  # denoiser forward passes
+    network_passes: float  # denoiser forward passes (a batched CFG forward of 2 conditions counts 2)
     guide_passes: float = 0.0  # forward passes of a guiding model (classifier, CLIP)
     backward_passes: float = 0.0  # backward passes through a guiding model
 
@@ -37,35 +57,16 @@ class GuidanceCost:
 
 @dataclass
 class StepInfo:
-    """Where the sampler is: process step index (respaced), model timestep and noise level."""
+    """Where the sampler is: the noise level of this model evaluation, the times the networks see,
+    and the trajectory's sigmas (for methods keyed to "the first K steps", read by sigma)."""
 
-    index: int  # the process step (respaced), shared by the batch
-    t: Tensor  # [B] timesteps the networks see
-    sigma: float  # sqrt((1 - abar) / abar), the noise level; schedules are functions of it
-    diffusion: GaussianDiffusion
+    level: NoiseLevel
+    t: Tensor  # [B] times the networks see (the level's model time)
+    trajectory: tuple[float, ...] = ()  # the sampler's descending sigmas, ending with 0
 
-
-@dataclass
-class Prediction:
-    """A (possibly combined) denoiser prediction: eps, and v for learned-variance models."""
-
-    eps: Tensor
-    var_values: Tensor | None = None
-
-
-def split_output(out: Tensor, channels: int, learned_variance: bool) -> Prediction:
-    """eps (and v) from a network's output, in at least fp32: guidance combines predictions (norms over
-    whole images in APG, standard deviations in CFG-rescale) where fp16 overflows and bf16 loses the
-    small difference between branches, so half-precision outputs are upcast before any method sees them."""
-    out = at_least_fp32(out)
-    if learned_variance:
-        if out.shape[1] != 2 * channels:
-            raise ValueError(f"learned-variance model must output {2 * channels} channels, got {out.shape[1]}")
-        return Prediction(out[:, :channels], out[:, channels:])
-    if out.shape[1] != channels:
-        raise ValueError(f"model must output {channels} channels, got {out.shape[1]}; "
-                         f"set learned_variance=True if it also predicts a variance")
-    return Prediction(out, None)
+    @property
+    def sigma(self) -> float:
+        return self.level.sigma
 
 
 class Guidance(ABC):
@@ -76,12 +77,14 @@ class Guidance(ABC):
     """
 
     name: ClassVar[str] = "base"
-    space: ClassVar[str] = "eps"  # where predictions are combined: "eps", "x0" (or "v", see cfg_zero_star)
+    space: ClassVar[str] = "eps"  # where predictions are combined: "eps", "x0", "v" or "flow"
     identity_scale: ClassVar[float] = 0.0  # the scale that means "no guidance"
+    renoises_unconditionally: ClassVar[bool] = False  # CFG++: the sampler must renoise with eps_u
+    numerics_version: ClassVar[int] = 1  # bump when the method's fp32 samples change (part of the sample key)
     reference: ClassVar[str] = ""
 
     def __init__(self, scale: float | ScaleFn = 0.0) -> None:
-        if not callable(scale) and not torch.isfinite(torch.tensor(float(scale))):
+        if not callable(scale) and not math.isfinite(float(scale)):
             raise ValueError(f"guidance scale must be finite, got {scale}")
         self.scale = scale
 
@@ -92,14 +95,14 @@ class Guidance(ABC):
         """Forget per-trajectory state (momentum buffers) before a new batch."""
 
     def predict(self, model: Denoiser, x: Tensor, step: StepInfo, cond: Conditions) -> Prediction:
-        return split_output(model(x, step.t, cond.model), x.shape[1], model.learned_variance)
+        return model(x, step.level, cond.model)
 
     def gradient(self, x: Tensor, step: StepInfo, cond: Conditions) -> Tensor | None:
-        """Scaled gradient of a log-density w.r.t. x_t, or None for combining methods."""
+        """Scaled gradient of a log-density w.r.t. x (model coordinates), or None for combining methods."""
         return None
 
     def cost(self, sigma: float | None = None, negative: bool = False) -> GuidanceCost:
-        """Cost per image per step at noise level sigma (None: the cost where guidance is active).
+        """Cost per image of one model evaluation at noise level sigma (None: where guidance is active).
 
         `negative`: the batch carries a negative prompt, so a combining method runs its second branch
         even where the scale is the identity (the negative prompt still steers there).
@@ -117,19 +120,20 @@ class Guidance(ABC):
             return float(self.scale)
         return None if sigma is None else float(self.scale(sigma))
 
-    def network_sigmas(self, diffusion: GaussianDiffusion) -> list[float]:
-        """Noise levels of the steps that run this method (all of them, unless a method skips steps)."""
-        return diffusion.sigmas.tolist()
+    def runs_network_at(self, sigma: float, trajectory: Sequence[float]) -> bool:
+        """Whether an evaluation at sigma runs the network (a method may replace some by a formula)."""
+        return True
 
-    def cost_per_image(self, diffusion: GaussianDiffusion, negative: bool = False) -> GuidanceCost:
-        """Total work per image over the whole process: the sum of `cost(sigma_i)` over its steps.
-
-        Unlike `cost() * steps`, this is exact for schedules that switch guidance off at some noise
-        levels (guidance interval: one pass outside it) and for methods that skip steps.
-        """
+    def cost_per_image(self, evaluations: Sequence[float], trajectory: Sequence[float] | None = None,
+                       negative: bool = False) -> GuidanceCost:
+        """Total work per image over a trajectory: the sum of `cost(sigma)` over the sigmas at which the
+        sampler evaluates the model (Heun: twice per step), skipping those the method answers without
+        the network. Exact for schedules that switch guidance off at some noise levels."""
+        trajectory = list(evaluations) if trajectory is None else list(trajectory)
         total = GuidanceCost(network_passes=0)
-        for sigma in self.network_sigmas(diffusion):
-            total = total + self.cost(float(sigma), negative)
+        for sigma in evaluations:
+            if self.runs_network_at(float(sigma), trajectory):
+                total = total + self.cost(float(sigma), negative)
         return total
 
     def __repr__(self) -> str:
@@ -139,8 +143,8 @@ class Guidance(ABC):
 
 class GradientGuidance(Guidance):
     """A method that adds s * grad_x of a guiding model's per-sample objective: one denoiser pass per
-    step, plus the guide's forward and backward wherever the scale is not 0 (there the guide does not
-    run). Subclasses say what the objective is (`objective`); the gradient is taken here."""
+    evaluation, plus the guide's forward and backward wherever the scale is not 0 (there the guide
+    does not run). Subclasses say what the objective is (`objective`); the gradient is taken here."""
 
     def objective(self, step: StepInfo, cond: Conditions) -> Callable[[Tensor], Tensor]:
         """The function of x_t whose gradient guides this step ([B] values, e.g. log p(y | x_t))."""
@@ -157,26 +161,6 @@ class GradientGuidance(Guidance):
         return GuidanceCost(network_passes=1, guide_passes=guided, backward_passes=guided)
 
 
-def at_least_fp32(x: Tensor) -> Tensor:
-    """Upcast half-precision outputs for log-softmax and norms; keep float64 as it is."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-def x0_of(step: StepInfo, x: Tensor, eps: Tensor) -> Tensor:
-    """The x0 prediction that eps implies at this step (x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar))."""
-    return step.diffusion.x0_from_eps(x, step.index, eps)
-
-
-def eps_for_x0(step: StepInfo, x: Tensor, eps: Tensor, x0: Tensor, x0_new: Tensor) -> Tensor:
-    """The eps that implies x0_new, given that eps implies x0 (for methods that edit x0).
-
-    Written as eps - (x0_new - x0) / sigma so that only the edit is divided by sigma, which is small
-    at the last steps: an unchanged x0 gives back eps exactly.
-    """
-    sigma = extract(step.diffusion.sqrt_recipm1_alphas_cumprod, step.index, x)
-    return eps - (x0_new - x0) / sigma
-
-
 def input_gradient(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """d fn(x).sum() / dx, backpropagating through the guiding model only (x is detached)."""
     with torch.enable_grad():
@@ -184,3 +168,7 @@ def input_gradient(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
         value = fn(x_in)
         (grad,) = torch.autograd.grad(value.sum(), x_in)
     return grad
+
+
+__all__ = ["Guidance", "GradientGuidance", "GuidanceCost", "StepInfo", "Prediction", "REGISTRY", "register",
+           "at_least_fp32", "input_gradient"]

@@ -1,26 +1,29 @@
 """CFG-Zero* (Fan et al. 2025, "CFG-Zero*: Improved Classifier-Free Guidance for Flow Matching Models",
-arXiv:2503.18886), adapted to an eps-prediction VP model through its equivalent rectified flow.
+arXiv:2503.18886), on the rectified-flow velocity of any model.
 
-The paper works with a flow-matching velocity v. A VP state x_t = a x0 + b eps (a = sqrt(abar),
-b = sqrt(1 - abar)) rescaled to z = x_t / (a + b) is the rectified-flow state z = (1 - t) x0 + t eps
-with t = b / (a + b), whose velocity is v = eps - x0. For a fixed x_t this v is an affine function of
-the eps prediction, v = ((a + b) eps - x_t) / a, and back, eps = (a v + x_t) / (a + b). So the
-paper's rule is applied to exactly the velocities it was written for, and converted back to eps:
+The paper works with a flow-matching velocity v. Any state x = alpha x0 + s eps rescaled to
+z = x / (alpha + s) is the rectified-flow state z = (1 - t) x0 + t eps with t = s / (alpha + s), whose
+velocity is u = eps - x0: the prediction's "flow" space (guidance.prediction), exact for flow models
+and an affine map of eps at fixed x for eps, v and x0 models. So the paper's rule is applied to
+exactly the velocities it was written for:
 
-    s* = <v_c, v_u> / ||v_u||^2 (per sample),   v = s* v_u + w (v_c - s* v_u).
+    s* = <u_c, u_u> / ||u_u||^2 (per sample),   u = s* u_u + w (u_c - s* u_u).
 
-Zero-init sets v = 0 for the first K steps of the process (x0 = z, eps = x_t / (a + b)): under DDIM
-without clipping z does not move, as the flow ODE with v = 0. These steps run no network (their
-cost is 0 passes) and carry no learned variance (ancestral sampling uses the fixed one there).
+Zero-init sets u = 0 for the first K steps of the trajectory (x0 = eps = x / (alpha + s)): a
+deterministic first-order step then leaves z where it is, as the flow ODE with u = 0. These
+evaluations run no network (their cost is 0 passes) and carry no learned variance (ancestral
+sampling uses the fixed one there). "The first K steps" is read from sigma against the
+trajectory's sigmas, so Heun's second evaluation of step K is not zero-initialised.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import Tensor
 
-from guidance.diffusion import GaussianDiffusion
-from guidance.guiders.base import Prediction, StepInfo, at_least_fp32
+from guidance.guiders.base import Prediction, StepInfo, at_least_fp32, register
 from guidance.guiders.cfg import ClassifierFreeGuidance
 from guidance.protocols import Conditions, Denoiser
 
@@ -33,15 +36,17 @@ def optimized_scale(v_c: Tensor, v_u: Tensor) -> Tensor:
     return torch.where(sq > 0, dot / sq.clamp_min(torch.finfo(sq.dtype).tiny), torch.ones_like(sq))
 
 
+@register()
 class CFGZeroStar(ClassifierFreeGuidance):
     """CFG on rectified-flow velocities with the optimised scale s* and zero-init of the first steps.
 
-    v = s* v_u + s (v_c - s* v_u), s* = <v_c, v_u> / ||v_u||^2, v = eps - x0 of the equivalent
+    u = s* u_u + s (u_c - s* u_u), s* = <u_c, u_u> / ||u_u||^2, u = eps - x0 of the equivalent
     rectified flow (module docstring). s = 1 is the conditional model (one pass); s* = 1 gives CFG.
     """
 
     name = "cfg-zero-star"
-    space = "v"  # rectified-flow velocity v = eps - x0 (an affine map of eps at fixed x_t)
+    space = "flow"
+    numerics_version = 2  # x0 no longer round-trips through eps before the step (changes fp32 samples ~1e-4)
     reference = "Fan et al. 2025, arXiv:2503.18886 (CFG-Zero*: optimised scale and zero-init)"
 
     def __init__(self, scale: float = 3.0, zero_init_steps: int = 1, use_optimized_scale: bool = True) -> None:
@@ -51,36 +56,26 @@ class CFGZeroStar(ClassifierFreeGuidance):
         self.zero_init_steps = int(zero_init_steps)
         self.use_optimized_scale = bool(use_optimized_scale)
 
-    def is_zero_init(self, step: StepInfo) -> bool:
-        """Whether this is one of the first `zero_init_steps` steps (read from sigma: no device sync)."""
-        n, k = step.diffusion.num_timesteps, self.zero_init_steps
-        return k > 0 and step.sigma >= float(step.diffusion.sigmas[max(n - k, 0)])
-
-    @staticmethod
-    def _ab(step: StepInfo) -> tuple[float, float]:
-        """sqrt(abar) and sqrt(1 - abar) at this step (host floats: the batch shares the step)."""
-        d = step.diffusion
-        return float(d.sqrt_alphas_cumprod[step.index]), float(d.sqrt_one_minus_alphas_cumprod[step.index])
+    def is_zero_init(self, sigma: float, trajectory: Sequence[float]) -> bool:
+        """Whether sigma is among the first `zero_init_steps` sigmas of the trajectory (no device sync)."""
+        steps = [s for s in trajectory if s > 0]
+        k = min(self.zero_init_steps, len(steps))
+        return k > 0 and sigma >= steps[k - 1]
 
     def predict(self, model: Denoiser, x: Tensor, step: StepInfo, cond: Conditions) -> Prediction:
-        a, b = self._ab(step)
-        if self.is_zero_init(step):
-            return Prediction(x / (a + b), None)
+        if self.is_zero_init(step.sigma, step.trajectory):
+            return Prediction(x, step.level, "flow", torch.zeros_like(at_least_fp32(x)))
         scale = self.scale_at(step)
-        if scale == 1.0 and cond.negative is None:
-            return super().predict(model, x, step, cond)
+        if not self.guided(scale, cond):
+            return model(x, step.level, cond.model)
         pred_c, pred_u = self.branches(model, x, step, cond)
-        x32 = at_least_fp32(x)
-        v_c = ((a + b) * at_least_fp32(pred_c.eps) - x32) / a
-        v_u = ((a + b) * at_least_fp32(pred_u.eps) - x32) / a
-        s_star = optimized_scale(v_c, v_u) if self.use_optimized_scale else torch.ones_like(v_c[:, :1])
-        v = s_star * v_u + scale * (v_c - s_star * v_u)
-        eps = (a * v + x32) / (a + b)
-        return Prediction(eps.to(pred_c.eps.dtype), pred_c.var_values)
+        u_c, u_u = at_least_fp32(pred_c.get("flow")), at_least_fp32(pred_u.get("flow"))
+        s_star = optimized_scale(u_c, u_u) if self.use_optimized_scale else torch.ones_like(u_c[:, :1])
+        return pred_c.with_value("flow", s_star * u_u + scale * (u_c - s_star * u_u))
 
-    def network_sigmas(self, diffusion: GaussianDiffusion) -> list[float]:
-        """The steps after the zero-init ones (those run no network)."""
-        return diffusion.sigmas[: max(diffusion.num_timesteps - self.zero_init_steps, 0)].tolist()
+    def runs_network_at(self, sigma: float, trajectory: Sequence[float]) -> bool:
+        """Not at the zero-init steps (those run no network)."""
+        return not self.is_zero_init(sigma, trajectory)
 
     def __repr__(self) -> str:
         return f"CFGZeroStar(scale={self.scale}, zero_init_steps={self.zero_init_steps})"

@@ -7,14 +7,15 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from guidance.guiders.base import GradientGuidance, StepInfo, at_least_fp32
+from guidance.guiders.base import GradientGuidance, StepInfo, at_least_fp32, register
 from guidance.protocols import Conditions, NoiseAwareClassifier
 
 
+@register(needs="classifier")
 class ClassifierGuidance(GradientGuidance):
     """g = s * grad_x log p(y | x_t, t) from a classifier trained on noised images.
 
-    Applied by the sampler as a mean shift Sigma * g (ancestral) or eps - sqrt(1 - abar) * g (DDIM).
+    Applied by the sampler as a mean shift Sigma * g (DDPM) or a score correction eps - s * g (others).
     On an exact model, classifier guidance at s - 1 on the conditional model equals CFG at s.
     """
 

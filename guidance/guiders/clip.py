@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from guidance.guiders.base import GradientGuidance, StepInfo, at_least_fp32
+from guidance.guiders.base import GradientGuidance, StepInfo, at_least_fp32, register
 from guidance.protocols import Conditions, NoisedCLIP
 
 
+@register(needs="clip")
 class CLIPGuidance(GradientGuidance):
     """g = s * grad_x exp(logit_scale) * <f(x_t, t), g(caption)> with unit-norm embeddings.
 

@@ -1,12 +1,13 @@
-"""No guidance: the conditional model alone, one network pass per step."""
+"""No guidance: the conditional model alone, one network pass per evaluation."""
 
 from __future__ import annotations
 
-from guidance.guiders.base import Guidance
+from guidance.guiders.base import Guidance, register
 
 
+@register()
 class NoGuidance(Guidance):
-    """eps = eps_c: the conditional model alone, one network pass per step (the baseline)."""
+    """eps = eps_c: the conditional model alone, one network pass per evaluation (the baseline)."""
 
     name = "none"
     reference = "The conditional model's own prediction; the baseline every method is compared with."

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from guidance.guiders.base import register
 from guidance.guiders.cfg import ClassifierFreeGuidance
 
 # The paper's interval for EDM2-S on ImageNet-512 (sigma in the EDM sense, data scaled to [-1, 1]).
@@ -90,6 +91,7 @@ def linear_in_log_sigma(scale_lo: float, scale_hi: float, sigma_lo: float, sigma
     return LinearInLogSigma(_finite(scale_lo, "scale_lo"), _finite(scale_hi, "scale_hi"), lo, hi)
 
 
+@register()
 class IntervalCFG(ClassifierFreeGuidance):
     """CFG with scale s for sigma in (sigma_lo, sigma_hi] and the conditional model (1 pass) elsewhere.
 

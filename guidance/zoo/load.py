@@ -12,13 +12,16 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from guidance.accelerate import Acceleration
+from guidance.denoisers import NetworkDenoiser
 from guidance.diffusion import GaussianDiffusion
+from guidance.process import VPDiscrete
+from guidance.protocols import Conditions
 from guidance.zoo.encoders import EncoderConfig, EvalClassifier, NoiseAwareClassifier, NoisedCLIPModel
 from guidance.zoo.store import CheckpointError, dir_checksums, load_weights, read_metadata
 from guidance.zoo.text import CaptionTokenizer
@@ -124,27 +127,51 @@ def guiding_models_present(root: str | os.PathLike | None = None) -> dict[str, b
 
 @dataclass
 class Zoo:
-    """The models one benchmark run needs, loaded from a model directory."""
+    """The zoo's model bundle (guidance.bundle.ModelBundle): the text UNet on its cosine VP process,
+    32x32 pixels, captions through the zoo tokenizers, and the guiding models a directory holds."""
 
-    denoiser: TextUNet
-    diffusion: GaussianDiffusion  # the training process (respace it for sampling)
+    unet: TextUNet
+    process: VPDiscrete  # the training process in noise-level space
     tokenizer: CaptionTokenizer
     classifier: NoiseAwareClassifier | None
     noised_clip: NoisedCLIPModel | None
     clip_tokenizer: CaptionTokenizer | None
     root: Path
-    weak: TextUNet | None = None  # a weaker diffusion model of the same family, for autoguidance
+    weak_unet: TextUNet | None = None  # a weaker diffusion model of the same family, for autoguidance
     _checksums: dict[str, str] | None = field(default=None, repr=False)  # hashed once: run and manifest share it
+    clip_denoised: bool = True
 
-    def guiding_models(self) -> dict[str, nn.Module | None]:
+    def __post_init__(self) -> None:
+        c = self.unet.config
+        self.sample_shape = (c.in_channels, c.image_size, c.image_size)
+        self.denoiser = NetworkDenoiser(self.unet, "eps", self.unet.learned_variance)
+        self.weak = None if self.weak_unet is None else NetworkDenoiser(self.weak_unet, "eps",
+                                                                         self.weak_unet.learned_variance)
+        self.source = str(self.root)
+
+    def conditions(self, texts: Sequence[str], labels: Tensor | None = None) -> Conditions:
+        texts = [str(t) for t in texts]
+        clip_tokens = self.clip_tokenizer(texts) if self.clip_tokenizer is not None else None
+        return Conditions(model=self.tokenizer(texts), labels=labels, clip_tokens=clip_tokens)
+
+    def decode(self, x: Tensor) -> Tensor:
+        return x
+
+    def guiding_models(self) -> dict[str, Any]:
         return {"classifier": self.classifier, "clip": self.noised_clip, "weak": self.weak}
+
+    def guiding_classes(self) -> int | None:
+        config = getattr(self.classifier, "config", None)
+        return int(config.num_classes) if hasattr(config, "num_classes") else None
+
+    def networks(self) -> list[nn.Module]:
+        return [m for m in (self.unet, self.classifier, self.noised_clip, self.weak_unet) if m is not None]
 
     def accelerate(self, acceleration: Acceleration, device: torch.device, dtype: torch.dtype = torch.float32) -> None:
         """Apply channels_last / torch.compile / CUDA graphs (and, for half-precision autocast `dtype`,
         weights stored in it) to every network that samples or guides."""
-        for model in [self.denoiser, *self.guiding_models().values()]:
-            if model is not None:
-                acceleration.apply(model, device, dtype)
+        for model in self.networks():
+            acceleration.apply(model, device, dtype)
 
     def fingerprint(self) -> str:
         """Hash of the weights that shape samples (diffusion and guiding models, not the evaluation ones)."""
@@ -166,6 +193,12 @@ def training_process(denoiser: TextUNet) -> GaussianDiffusion:
                                            learned_variance=denoiser.learned_variance)
 
 
+def sampling_process(denoiser: TextUNet) -> VPDiscrete:
+    """The same process in noise-level space, for the samplers."""
+    extra = denoiser.config.extra
+    return VPDiscrete.from_schedule(extra.get("schedule", "cosine"), int(extra.get("num_timesteps", 1000)))
+
+
 def load_zoo(root: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Zoo:
     """Load the denoiser and guiding models from `root` (default: the embedded zoo)."""
     root = Path(root) if root else ZOO_DIR
@@ -174,7 +207,6 @@ def load_zoo(root: str | os.PathLike | None = None, device: str | torch.device =
                               f"holding unet.safetensors (and classifier/noised_clip for gradient guidance)")
     unet_path = root / "unet.safetensors"
     denoiser: TextUNet = load_model(unet_path, "unet", device)  # type: ignore[assignment]
-    diffusion = training_process(denoiser)
     tokenizer = CaptionTokenizer(denoiser.vocab.cpu(), denoiser.config.context_length)
     guiding = {role: load_model(root / name, kind, device) if (root / name).exists() else None
                for role, (name, kind) in GUIDING_FILES.items()}
@@ -182,5 +214,5 @@ def load_zoo(root: str | os.PathLike | None = None, device: str | torch.device =
     clip_tok = CaptionTokenizer(clip.vocab.cpu(), clip.config.context_length) if clip is not None else None
     if weak is not None and not torch.equal(weak.vocab.cpu(), denoiser.vocab.cpu()):
         raise CheckpointError(f"{root / GUIDING_FILES['weak'][0]} uses another caption vocabulary than unet.safetensors")
-    return Zoo(denoiser, diffusion, tokenizer, guiding["classifier"], clip, clip_tok, root, weak)  # type: ignore[arg-type]
+    return Zoo(denoiser, sampling_process(denoiser), tokenizer, guiding["classifier"], clip, clip_tok, root, weak)  # type: ignore[arg-type]
 

@@ -13,7 +13,14 @@ import argparse
 import json
 from pathlib import Path
 
+import pandas as pd
 
+from bench.emoji_prompts import emoji200
+from bench.stats import summarize
+from bench.store import to_hwc_uint8
+from guidance.guiders import make_guidance
+from guidance.samplers import sample
+from guidance.zoo.emoji_data import EmojiDataset, save_grid
 from guidance.zoo.load import EVAL_CLIP_LABEL, ZOO_DIR, load_zoo
 from guidance.zoo.store import dir_checksums, read_metadata
 
@@ -43,18 +50,11 @@ def _interval(row: dict, metric: str) -> list[float | None]:
 
 def sample_grid(out: Path, name: str = "unet", scale: float = 3.0, steps: int = 50) -> Path:
     """CFG samples of one diffusion model for the first prompts of the fixed emoji200 set, as a PNG grid."""
-    from bench.emoji_prompts import emoji200
-    from bench.run import to_hwc_uint8
-    from guidance.guiders import make_guidance
-    from guidance.protocols import Conditions
-    from guidance.sampling import sample
-    from guidance.zoo.emoji_data import save_grid
-
     zoo = load_zoo(out)
     texts = emoji200().texts()[:SAMPLE_PROMPTS]
     model = zoo.weak if name == "weak_unet" else zoo.denoiser
-    x = sample(model, zoo.diffusion.respace(str(steps)), make_guidance("cfg", scale),
-               Conditions(model=zoo.tokenizer(texts)), (3, 32, 32), range(len(texts)), seed=0)
+    x = sample(model, zoo.process, zoo.process.sigmas(steps, "respace"), make_guidance("cfg", scale),
+               zoo.conditions(texts), zoo.sample_shape, range(len(texts)), seed=0)
     images = to_hwc_uint8(x)
     path = out / f"{name}_samples.png"
     save_grid(images, path, cols=8, scale=3)
@@ -67,10 +67,6 @@ def benchmark_record(run_dirs: list[Path], out: Path) -> dict:
 
     Only runs that sampled and scored with exactly these files, the evaluation CLIP and the
     evaluation classifier's features are accepted: the card labels its columns that way."""
-    import pandas as pd
-
-    from bench.stats import summarize
-
     checksums = dir_checksums(out)
     runs = []
     for run_dir in run_dirs:
@@ -106,7 +102,7 @@ def benchmark_lines(out: Path) -> list[str]:
     lines = ["## Benchmark", ""]
     if record.get("models") != dir_checksums(out):
         return lines + [f"`{BENCHMARK_FILE}` was measured with other model files: rerun the benchmark and "
-                        "`python -m guidance.zoo.cards --benchmark RUN_DIR`.", ""]
+                        "`python -m bench.cards --benchmark RUN_DIR`.", ""]
 
     def fmt(values: list[float | None], percent: bool) -> str:
         mean, lo, hi = (None if v is None else v * 100 if percent else v for v in values)
@@ -192,8 +188,6 @@ def main(argv: list[str] | None = None) -> None:
         (out / BENCHMARK_FILE).write_text(json.dumps(record, indent=1) + "\n")
         print(f"wrote {out / BENCHMARK_FILE}")
     if args.data:
-        from guidance.zoo.emoji_data import EmojiDataset, save_grid
-
         save_grid(EmojiDataset.load(args.data).images[:64], out / "dataset_grid.png", cols=16, scale=2)
     names = [name for name in ROLES if (out / f"{name}.safetensors").exists()]
     if not args.no_samples:

@@ -1,0 +1,177 @@
+"""Where samples live: the grid's cells, what each global sample index is conditioned on, and the
+per-cell sample files (batches written atomically, merged when a cell is complete).
+
+Samples are keyed by each cell's hash and the global sample index, so an interrupted run resumes
+where it stopped, and scoring reads each sample's own caption and label from its stored row.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import bench.emoji_prompts  # noqa: F401  (registers the built-in prompt sets)
+from bench.config import BenchConfig
+from bench.prompts import PromptSet, load_prompts
+from bench.report_format import format_scale
+
+
+@dataclass(frozen=True)
+class Cell:
+    guidance: str
+    scale: float
+    seed_set: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.guidance}_s{format_scale(self.scale)}_seed{self.seed_set}"
+
+
+def grid_cells(cfg: BenchConfig) -> list[Cell]:
+    """Every (guidance, scale, seed set) cell of a run, in run order."""
+    return [Cell(g, s, k, seed) for g, scales in cfg.scale_grid().items() for s in scales
+            for k, seed in enumerate(cfg.seeds)]
+
+
+def load_prompt_set(cfg: BenchConfig) -> PromptSet:
+    return load_prompts(cfg.prompts, limit=cfg.prompt_limit)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` whole: processes and shard jobs that start together read run files while others
+    write them (a plain write is empty for a moment), and a kill mid-write leaves the old file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+PART_NAME = re.compile(r"(\d+)-(\d+)\.npz")  # a complete batch file; a write cut short is `.<name>.partial`
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What each global sample index of a run is conditioned on: its caption and label (-1: none).
+
+    A saved sample is reused only where both still match, so an edited prompt file resamples exactly
+    the samples whose prompt changed, and a larger --prompt-limit keeps the samples already made.
+    """
+
+    texts: np.ndarray  # str [n]
+    labels: np.ndarray  # int64 [n]
+
+    @classmethod
+    def of(cls, prompts: PromptSet, n: int, samples_per_prompt: int) -> "Expected":
+        chosen = [prompts.prompts[i // samples_per_prompt] for i in range(n)]
+        return cls(np.array([p.text for p in chosen], dtype=str),
+                   np.array([-1 if p.label is None else p.label for p in chosen], dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def matches(self, stored: "np.lib.npyio.NpzFile") -> np.ndarray:
+        """Per stored row: is its index in this run, with the caption and label that index asks for now?"""
+        indices = stored["indices"]
+        if "labels" not in stored.files:  # written before labels were stored: cannot be checked, so not reused
+            return np.zeros(len(indices), dtype=bool)
+        inside = (indices >= 0) & (indices < len(self))
+        at = np.where(inside, indices, 0)
+        return inside & (self.texts[at] == stored["prompts"]) & (self.labels[at] == stored["labels"])
+
+
+class SampleStore:
+    """Samples of one cell on disk: batches `<cell>.<hash>.parts/<first>-<last>.npz`, merged into
+    `<cell>.npz` once the cell is complete. The hash keys what samples depend on besides their prompt
+    (sampler, steps, weights, guidance, scale, seed); prompts and labels are checked per sample."""
+
+    def __init__(self, run_dir: Path, cell: Cell, cell_hash: str) -> None:
+        self.final = run_dir / "samples" / f"{cell.name}.npz"
+        self.parts = run_dir / "samples" / f"{cell.name}.{cell_hash}.parts"
+        self.cell_hash = cell_hash
+
+    @classmethod
+    def of(cls, cfg: BenchConfig, run_dir: Path, cell: Cell) -> "SampleStore":
+        """The store of `cell` under `cfg`, keyed by what its samples depend on."""
+        return cls(Path(run_dir), cell, cfg.cell_hash(cell.guidance, cell.scale, cell.seed))
+
+    def _final_current(self) -> bool:
+        """The merged file exists and was made under this key (older formats and keys are resampled)."""
+        if not self.final.exists():
+            return False
+        with np.load(self.final, allow_pickle=False) as data:
+            return "labels" in data.files and str(data["cell_hash"]) == self.cell_hash
+
+    def _sources(self) -> list[Path]:
+        """Files holding samples of this cell: the merged file, then complete batches (later ones win)."""
+        parts = [p for p in self.parts.glob("*.npz") if PART_NAME.fullmatch(p.name)] if self.parts.is_dir() else []
+        return ([self.final] if self._final_current() else []) + sorted(parts, key=lambda p: int(p.name.split("-")[0]))
+
+    def under_another_key(self) -> bool:
+        """Samples of this cell were saved under another key (an earlier version of the suite, other
+        weights or sampler settings): they stay on disk but are not reused."""
+        pattern = f"{glob.escape(self.final.stem)}.*.parts"
+        others = [p for p in self.final.parent.glob(pattern) if p != self.parts]
+        return bool(others) or (self.final.exists() and not self._final_current())
+
+    def done(self, expected: Expected) -> bool:
+        """The merged file holds exactly samples 0..n-1, each with the prompt and label it has now."""
+        if not self._final_current():
+            return False
+        with np.load(self.final, allow_pickle=False) as data:
+            indices = data["indices"]
+            return (np.array_equal(indices, np.arange(len(expected)))
+                    and bool(expected.matches(data).all()))
+
+    def _valid_rows(self, expected: Expected) -> Iterator[tuple["np.lib.npyio.NpzFile", np.ndarray]]:
+        """Per file holding this cell's samples: the open file and its rows that still match their
+        prompt and label."""
+        for path in self._sources():
+            with np.load(path, allow_pickle=False) as data:
+                yield data, np.flatnonzero(expected.matches(data))
+
+    def finished_indices(self, expected: Expected) -> set[int]:
+        return {int(i) for data, rows in self._valid_rows(expected) for i in data["indices"][rows]}
+
+    def write_batch(self, indices: list[int], images: Tensor, expected: Expected) -> None:
+        self.parts.mkdir(parents=True, exist_ok=True)
+        path = self.parts / f"{indices[0]}-{indices[-1]}.npz"
+        tmp = self.parts / f".{path.name}.partial"  # never matches PART_NAME: a killed write is ignored
+        with open(tmp, "wb") as f:
+            np.savez(f, images=to_hwc_uint8(images), prompts=expected.texts[indices], labels=expected.labels[indices],
+                     indices=np.array(indices))
+        os.replace(tmp, path)  # atomic: a killed run leaves whole batches or none
+
+    def merge(self, expected: Expected) -> None:
+        """Write samples 0..n-1 as one file from every valid stored sample, then drop the batches."""
+        images: dict[int, np.ndarray] = {}
+        for data, rows in self._valid_rows(expected):
+            stored = data["images"]
+            images.update((int(i), stored[r]) for i, r in zip(data["indices"][rows], rows))
+        missing = sorted(set(range(len(expected))) - images.keys())
+        if missing:
+            raise ValueError(f"{self.final.stem}: samples {missing[:5]} are missing; sample them before merging")
+        tmp = self.final.with_name(f".{self.final.name}.partial")
+        with open(tmp, "wb") as f:
+            np.savez(f, images=np.stack([images[i] for i in range(len(expected))]), prompts=expected.texts,
+                     labels=expected.labels, indices=np.arange(len(expected)), cell_hash=np.array(self.cell_hash))
+        os.replace(tmp, self.final)
+        shutil.rmtree(self.parts, ignore_errors=True)
+
+    def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(images uint8 [N, H, W, C], captions [N], labels [N], -1 where none) of the merged cell."""
+        with np.load(self.final, allow_pickle=False) as data:
+            return data["images"], data["prompts"], data["labels"]
+
+
+def to_hwc_uint8(images: Tensor) -> np.ndarray:
+    """[-1, 1] float [N, C, H, W] -> uint8 [N, H, W, C]: how samples are saved and shown."""
+    return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
