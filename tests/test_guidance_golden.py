@@ -1,29 +1,34 @@
-"""Golden tests of the sampler and the GLIDE-paper guidance modules against an exact Gaussian mixture."""
+"""Golden tests of the samplers and the GLIDE-paper guidance modules against an exact Gaussian mixture."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 import torch
 
 from guidance.analytic import GaussianMixture, MixtureClassifier, MixtureDenoiser
-from guidance.diffusion import GaussianDiffusion
+from guidance.denoisers import NetworkDenoiser
 from guidance.guiders import ClassifierFreeGuidance, ClassifierGuidance, CLIPGuidance, NoGuidance
-from guidance.protocols import Conditions
-from guidance.sampling import ddim_step, ddpm_step, sample
+from guidance.guiders.base import Guidance, StepInfo
+from guidance.prediction import Prediction
+from guidance.process import VPDiscrete
+from guidance.protocols import Conditions, Denoiser
+from guidance.samplers import SAMPLERS, Denoise, sample
 
 torch.set_default_dtype(torch.float32)
 F64 = torch.float64
 
 
 @pytest.fixture(scope="module")
-def base() -> GaussianDiffusion:
-    return GaussianDiffusion.from_schedule("linear", 1000)
+def base() -> VPDiscrete:
+    return VPDiscrete.from_schedule("linear", 1000)
 
 
 @pytest.fixture(scope="module")
-def mixture(base: GaussianDiffusion) -> GaussianMixture:
+def mixture(base: VPDiscrete) -> GaussianMixture:
     means = torch.tensor([[2.0, 0.0, 1.0], [-1.5, 1.5, 0.0], [0.0, -2.0, -1.0]])
     return GaussianMixture(means, torch.tensor([0.5, 0.3, 0.7]), torch.tensor([0.5, 0.3, 0.2]), base.alphas_cumprod)
 
@@ -33,43 +38,97 @@ def rand_state(n: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(n, 3, generator=g, dtype=F64), torch.randint(0, 3, (n,), generator=g)
 
 
+def exact(mixture: GaussianMixture) -> NetworkDenoiser:
+    """The mixture's exact eps as a Denoiser (it indexes its table by whole timesteps: discrete sigmas only)."""
+    return NetworkDenoiser(MixtureDenoiser(mixture), "eps")
+
+
+def position(sigmas: Sequence[float], index: int) -> int:
+    """Where the old respaced step `index` (0 = the last step) sits in the descending sigmas."""
+    return len(sigmas) - 2 - index
+
+
+def one_step(sampler: str, model: Denoiser, guidance: Guidance, x: torch.Tensor, cond: Conditions,
+             process: VPDiscrete, sigmas: Sequence[float], index: int, noise: torch.Tensor | None = None,
+             clip_denoised: bool = False, **options: float) -> tuple[torch.Tensor, Prediction]:
+    """One step of a registered sampler from the old respaced `index`: (x_next, the prediction it used).
+    `noise` None: the step's noise is zero (the mean of an ancestral step)."""
+    i = position(sigmas, index)
+    levels = [process.level(sigmas[i]), process.level(sigmas[i + 1])]
+    seen: list[Prediction] = []
+    z = torch.zeros_like(x) if noise is None else noise
+    x_next = SAMPLERS[sampler].fn(Denoise(model, guidance, cond, sigmas, clip_denoised), x, levels, lambda: z,
+                                  lambda _i, _x, pred: seen.append(pred), **options)
+    return x_next, seen[0]
+
+
+def step_at(process: VPDiscrete, sigma: float, batch: int, trajectory: Sequence[float] = ()) -> StepInfo:
+    level = process.level(sigma)
+    return StepInfo(level, level.timesteps(batch, torch.device("cpu")), tuple(trajectory))
+
+
+def timestep_step(process: VPDiscrete, t: int, batch: int) -> StepInfo:
+    """The step at training timestep t (the unrespaced process)."""
+    return step_at(process, process.timestep_sigma(t), batch)
+
+
+def vp_tables(process: VPDiscrete, sigmas: Sequence[float], index: int) -> tuple[float, float]:
+    """(abar, abar_prev) of the old respaced step `index`, read off the process's table (abar_prev = 1 at
+    the last step), so the expected values below do not come from the sampler's own levels."""
+    timesteps = [process.sigma_to_t(s) for s in sigmas[:-1]]
+    i = position(sigmas, index)
+    abar = float(process.alphas_cumprod[int(timesteps[i])])
+    prev = float(process.alphas_cumprod[int(timesteps[i + 1])]) if i + 1 < len(timesteps) else 1.0
+    return abar, prev
+
+
+def exact_grad(mixture: GaussianMixture, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """grad_x log p(y | x_t) of the Bayes posterior, by autograd through the mixture (not the method's code)."""
+    x_req = x.clone().requires_grad_(True)
+    logp = torch.log_softmax(mixture.class_logits(x_req, t), -1)[torch.arange(len(y)), y].sum()
+    (grad,) = torch.autograd.grad(logp, x_req)
+    return grad
+
+
 @pytest.mark.parametrize("s", [0.0, 1.0, 2.5, 7.0])
 @pytest.mark.parametrize("index", [999, 600, 250, 10, 0])
 def test_classifier_guidance_at_s_minus_1_equals_cfg_at_s_ddim(base, mixture, s, index):
     """Exact parts: eps_c - sqrt(1-abar)(s-1) grad log p(y|x) == eps_u + s (eps_c - eps_u)."""
-    diffusion = base.respace("50")
-    model = MixtureDenoiser(mixture)
+    sigmas = base.sigmas(50, "respace")
+    model = exact(mixture)
     x, y = rand_state()
     cond = Conditions(model=y, labels=y)
-    step_index = min(index, diffusion.num_timesteps - 1)
-    cfg = ddim_step(model, diffusion, ClassifierFreeGuidance(s), x, step_index, cond, clip_denoised=False)
-    clf = ddim_step(model, diffusion, ClassifierGuidance(MixtureClassifier(mixture), s - 1), x, step_index, cond,
-                    clip_denoised=False)
+    step_index = min(index, len(sigmas) - 2)
+    cfg_x, cfg = one_step("ddim", model, ClassifierFreeGuidance(s), x, cond, base, sigmas, step_index)
+    clf_x, clf = one_step("ddim", model, ClassifierGuidance(MixtureClassifier(mixture), s - 1), x, cond, base, sigmas,
+                          step_index)
     torch.testing.assert_close(clf.eps, cfg.eps, rtol=0, atol=1e-9)
-    torch.testing.assert_close(clf.x_prev, cfg.x_prev, rtol=0, atol=1e-9)
+    torch.testing.assert_close(clf_x, cfg_x, rtol=0, atol=1e-9)
     if s == 1.0:
-        plain = ddim_step(model, diffusion, NoGuidance(), x, step_index, cond, clip_denoised=False)
-        torch.testing.assert_close(cfg.x_prev, plain.x_prev, rtol=0, atol=1e-12)
-        torch.testing.assert_close(clf.x_prev, plain.x_prev, rtol=0, atol=1e-12)
+        plain_x, _ = one_step("ddim", model, NoGuidance(), x, cond, base, sigmas, step_index)
+        torch.testing.assert_close(cfg_x, plain_x, rtol=0, atol=1e-12)
+        torch.testing.assert_close(clf_x, plain_x, rtol=0, atol=1e-12)
 
 
-def test_classifier_equals_cfg_over_whole_ddim_trajectory(base, mixture):
-    diffusion = base.respace("ddim25")
-    model = MixtureDenoiser(mixture)
+@pytest.mark.parametrize("sampler", ["ddim", "euler", "dpmpp-2m"])
+def test_classifier_equals_cfg_over_whole_trajectory(base, mixture, sampler):
+    """The score correction eps - s g is the same step as CFG for every deterministic sampler, not only DDIM."""
+    sigmas = base.sigmas(25, "leading")  # = the old respace("ddim25")
+    model = exact(mixture)
     _, y = rand_state(32)
     cond = Conditions(model=y, labels=y)
-    kwargs = dict(shape=(3,), sample_indices=range(32), seed=3, sampler="ddim", clip_denoised=False, dtype=F64)
-    a = sample(model, diffusion, ClassifierFreeGuidance(4.0), cond, **kwargs)
-    b = sample(model, diffusion, ClassifierGuidance(MixtureClassifier(mixture), 3.0), cond, **kwargs)
+    kwargs = dict(shape=(3,), sample_indices=range(32), seed=3, sampler=sampler, clip_denoised=False, dtype=F64)
+    a = sample(model, base, sigmas, ClassifierFreeGuidance(4.0), cond, **kwargs)
+    b = sample(model, base, sigmas, ClassifierGuidance(MixtureClassifier(mixture), 3.0), cond, **kwargs)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
 
 
 def test_cfg_scale_zero_is_unconditional_and_one_skips_pass(base, mixture):
-    diffusion = base.respace("20")
-    model = MixtureDenoiser(mixture)
+    sigmas = base.sigmas(20, "respace")
+    model = exact(mixture)
     x, y = rand_state()
-    uncond = ddim_step(model, diffusion, NoGuidance(), x, 10, Conditions(model=torch.full_like(y, -1)), clip_denoised=False)
-    zero = ddim_step(model, diffusion, ClassifierFreeGuidance(0.0), x, 10, Conditions(model=y), clip_denoised=False)
+    _, uncond = one_step("ddim", model, NoGuidance(), x, Conditions(model=torch.full_like(y, -1)), base, sigmas, 10)
+    _, zero = one_step("ddim", model, ClassifierFreeGuidance(0.0), x, Conditions(model=y), base, sigmas, 10)
     torch.testing.assert_close(zero.eps, uncond.eps, rtol=0, atol=1e-12)
     assert ClassifierFreeGuidance(1.0).cost().network_passes == 1
     assert ClassifierFreeGuidance(3.0).cost().network_passes == 2
@@ -80,20 +139,19 @@ def test_ddpm_gradient_guidance_is_variance_weighted_mean_shift(base, mixture, i
     """mu_guided - mu_plain == Sigma * s * grad log p(y|x_t), with Sigma the step's fixed variance
     beta-tilde, which is 0 at the last step (guided-diffusion's condition_mean does not move it; the
     clipped log-variance, nonzero there, is only for noise and likelihoods)."""
-    diffusion = base.respace("40")
-    model = MixtureDenoiser(mixture)
+    sigmas = base.sigmas(40, "respace")
+    model = exact(mixture)
     x, y = rand_state()
     cond = Conditions(model=y, labels=y)
-    plain = ddpm_step(model, diffusion, NoGuidance(), x, index, cond, noise=None, clip_denoised=False)
-    guided = ddpm_step(model, diffusion, ClassifierGuidance(MixtureClassifier(mixture), 2.0), x, index, cond,
-                       noise=None, clip_denoised=False)
-    t = diffusion.model_timesteps(torch.full((len(y),), index))
-    x_req = x.clone().requires_grad_(True)
-    logp = torch.log_softmax(mixture.class_logits(x_req, t), -1)[torch.arange(len(y)), y].sum()
-    (grad,) = torch.autograd.grad(logp, x_req)
-    variance = diffusion.posterior_variance[index]
+    plain, _ = one_step("ddpm", model, NoGuidance(), x, cond, base, sigmas, index)
+    guided, _ = one_step("ddpm", model, ClassifierGuidance(MixtureClassifier(mixture), 2.0), x, cond, base, sigmas,
+                         index)
+    t = base.level(sigmas[position(sigmas, index)]).timesteps(len(y), "cpu")
+    grad = exact_grad(mixture, x, t, y)
+    abar, prev = vp_tables(base, sigmas, index)
+    variance = (1 - abar / prev) * (1 - prev) / (1 - abar)  # beta-tilde of the respaced step
     assert (variance == 0) == (index == 0)
-    torch.testing.assert_close(guided.x_prev - plain.x_prev, variance * 2.0 * grad, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(guided - plain, variance * 2.0 * grad, rtol=1e-9, atol=1e-12)
 
 
 class _LearnedVarianceWrapper(torch.nn.Module):
@@ -105,59 +163,79 @@ class _LearnedVarianceWrapper(torch.nn.Module):
         super().__init__()
         self.inner = inner
 
-    def forward(self, x, t, cond):
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         eps = self.inner(x, t, cond)
         v = torch.where((cond >= 0)[:, None], torch.full_like(eps, 0.5), torch.full_like(eps, -0.9))
         return torch.cat([eps, v], 1)
 
-    def null_cond(self, cond):
+    def null_cond(self, cond: torch.Tensor) -> torch.Tensor:
         return self.inner.null_cond(cond)
 
 
+def learned(mixture: GaussianMixture) -> NetworkDenoiser:
+    return NetworkDenoiser(_LearnedVarianceWrapper(MixtureDenoiser(mixture)), "eps", learned_variance=True)
+
+
 def test_cfg_guides_eps_only_and_variance_comes_from_conditional_pass(base, mixture):
-    diffusion = base.respace("30")
-    model = _LearnedVarianceWrapper(MixtureDenoiser(mixture))
+    sigmas = base.sigmas(30, "respace")
+    model = learned(mixture)
     x, y = rand_state()
-    pred = ClassifierFreeGuidance(3.0).predict(model, x, _step(diffusion, 12, len(y)), Conditions(model=y))
+    step = step_at(base, sigmas[position(sigmas, 12)], len(y), sigmas)
+    pred = ClassifierFreeGuidance(3.0).predict(model, x, step, Conditions(model=y))
     torch.testing.assert_close(pred.var_values, torch.full_like(x, 0.5))
-    eps_c = mixture.eps(x, diffusion.model_timesteps(torch.full((len(y),), 12)), y)
-    eps_u = mixture.eps(x, diffusion.model_timesteps(torch.full((len(y),), 12)), torch.full_like(y, -1))
+    eps_c = mixture.eps(x, step.t, y)
+    eps_u = mixture.eps(x, step.t, torch.full_like(y, -1))
     torch.testing.assert_close(pred.eps, eps_u + 3.0 * (eps_c - eps_u), rtol=0, atol=1e-12)
 
 
-def test_ddpm_gradient_uses_learned_variance(base, mixture):
-    """With a learned variance, the mean shift uses that Sigma, not the fixed posterior variance."""
-    diffusion = GaussianDiffusion.from_schedule("linear", 1000, learned_variance=True, respacing="30")
-    model = _LearnedVarianceWrapper(MixtureDenoiser(mixture))
+@pytest.mark.parametrize("index", [12, 0])
+def test_ddpm_gradient_uses_learned_variance(base, mixture, index):
+    """With a learned variance, the mean shift uses that Sigma, not the fixed posterior variance:
+    log Sigma = f log beta + (1 - f) log beta-tilde, and at the last step (beta-tilde = 0) guided-diffusion's
+    clipped log-variance, log beta-tilde of the step before."""
+    sigmas = base.sigmas(30, "respace")
+    model = learned(mixture)
     x, y = rand_state()
     cond = Conditions(model=y, labels=y)
-    plain = ddpm_step(model, diffusion, NoGuidance(), x, 12, cond, noise=None, clip_denoised=False)
-    guided = ddpm_step(model, diffusion, ClassifierGuidance(MixtureClassifier(mixture), 1.5), x, 12, cond,
-                       noise=None, clip_denoised=False)
+    if index == 0:
+        # the clipped log-variance needs the step before: run the last two steps, guiding only the last
+        # (the scale is a function of sigma), so both runs reach the last step from the same state
+        tail = sigmas[-3:]
+        seen: list[torch.Tensor] = []
+        runs = {}
+        for name, method in (("plain", NoGuidance()),
+                             ("guided", ClassifierGuidance(MixtureClassifier(mixture), lambda sg: 1.5 if sg < tail[0] else 0.0))):
+            runs[name] = sample(model, base, tail, method, cond, shape=(3,), sample_indices=range(len(y)), sampler="ddpm",
+                                x_T=x, clip_denoised=False, dtype=F64,
+                                callback=lambda i, x_next, pred: seen.append(x_next) if i == 0 else None)
+        torch.testing.assert_close(seen[0], seen[1], rtol=0, atol=0)
+        plain, guided, x = runs["plain"], runs["guided"], seen[0]
+    else:
+        plain, _ = one_step("ddpm", model, NoGuidance(), x, cond, base, sigmas, index)
+        guided, _ = one_step("ddpm", model, ClassifierGuidance(MixtureClassifier(mixture), 1.5), x, cond, base,
+                             sigmas, index)
+    abar, prev = vp_tables(base, sigmas, index)
+    beta = 1 - abar / prev
+    if index == 0:
+        abar1, prev1 = vp_tables(base, sigmas, 1)
+        beta_tilde = (1 - abar1 / prev1) * (1 - prev1) / (1 - abar1)
+    else:
+        beta_tilde = beta * (1 - prev) / (1 - abar)
     frac = (0.5 + 1) / 2
-    log_var = frac * diffusion.betas[12].log() + (1 - frac) * diffusion.posterior_log_variance_clipped[12]
-    # the exact gradient of the Bayes posterior, by autograd through the mixture (not the method's code)
-    t = diffusion.model_timesteps(torch.full((len(y),), 12))
-    x_req = x.clone().requires_grad_(True)
-    logp = torch.log_softmax(mixture.class_logits(x_req, t), -1)[torch.arange(len(y)), y].sum()
-    (grad,) = torch.autograd.grad(logp, x_req)
-    torch.testing.assert_close(guided.x_prev - plain.x_prev, log_var.exp() * 1.5 * grad, rtol=1e-9, atol=1e-12)
+    log_var = frac * math.log(beta) + (1 - frac) * math.log(beta_tilde)
+    t = base.level(sigmas[position(sigmas, index)]).timesteps(len(y), "cpu")
+    grad = exact_grad(mixture, x, t, y)
+    torch.testing.assert_close(guided - plain, math.exp(log_var) * 1.5 * grad, rtol=1e-9, atol=1e-12)
 
 
-def _step(diffusion, index, batch):
-    from guidance.sampling import step_info
-
-    return step_info(diffusion, index, batch, torch.device("cpu"))
-
-
-@pytest.mark.parametrize("sampler,respacing", [("ddim", "200"), ("ddpm", None)])
-def test_sampler_reproduces_mixture_moments(base, mixture, sampler, respacing):
+@pytest.mark.parametrize("sampler,steps", [("ddim", 200), ("ddpm", 1000), ("dpmpp-2m", 100)])
+def test_sampler_reproduces_mixture_moments(base, mixture, sampler, steps):
     """Unguided sampling from the exact score recovers the data distribution's mean and covariance."""
-    diffusion = base.respace(respacing) if respacing else base
-    model = MixtureDenoiser(mixture)
+    sigmas = base.sigmas(steps, "respace")
+    model = exact(mixture)
     n = 4000
     cond = Conditions(model=torch.full((n,), -1))
-    x = sample(model, diffusion, NoGuidance(), cond, shape=(3,), sample_indices=range(n), seed=11,
+    x = sample(model, base, sigmas, NoGuidance(), cond, shape=(3,), sample_indices=range(n), seed=11,
                sampler=sampler, clip_denoised=False, dtype=F64)
     mean, cov = x.mean(0), torch.cov(x.T)
     true_mean, true_cov = mixture.mean(), mixture.covariance()
@@ -172,14 +250,14 @@ def test_sampler_reproduces_mixture_moments(base, mixture, sampler, respacing):
 
 
 def test_raising_scale_raises_target_class_probability(base, mixture):
-    diffusion = base.respace("ddim50")
-    model = MixtureDenoiser(mixture)
+    sigmas = base.sigmas(50, "leading")  # = the old respace("ddim50")
+    model = exact(mixture)
     n = 600
     labels = torch.arange(n) % 3
     t0 = torch.zeros(n, dtype=torch.long)
     probs = []
     for s in [0.0, 1.0, 2.0, 4.0]:
-        x = sample(model, diffusion, ClassifierFreeGuidance(s), Conditions(model=labels), shape=(3,),
+        x = sample(model, base, sigmas, ClassifierFreeGuidance(s), Conditions(model=labels), shape=(3,),
                    sample_indices=range(n), seed=5, sampler="ddim", clip_denoised=False, dtype=F64)
         p = torch.softmax(mixture.class_logits(x, t0), -1)[torch.arange(n), labels].mean()
         probs.append(float(p))
@@ -189,20 +267,20 @@ def test_raising_scale_raises_target_class_probability(base, mixture):
 class _ToyCLIP(torch.nn.Module):
     """An affine noised CLIP: image embedding W x + (1 - abar_t) b, text embedding a lookup."""
 
-    def __init__(self, diffusion: GaussianDiffusion) -> None:
+    def __init__(self, process: VPDiscrete) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(0)
         self.w = torch.randn(4, 3, generator=g, dtype=F64)
         self.text = torch.randn(5, 4, generator=g, dtype=F64)
         self.b = torch.randn(4, generator=g, dtype=F64)
         self.logit_scale = torch.tensor(2.0, dtype=F64)
-        self.alphas_cumprod = diffusion.alphas_cumprod
+        self.alphas_cumprod = process.alphas_cumprod
 
-    def encode_image(self, x, t):
+    def encode_image(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         abar = self.alphas_cumprod[t][:, None]
         return x @ self.w.T + (1 - abar) * self.b
 
-    def encode_text(self, tokens):
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.text[tokens]
 
 
@@ -210,7 +288,8 @@ def test_clip_gradient_matches_closed_form(base):
     clip = _ToyCLIP(base)
     x, _ = rand_state(8)
     tokens = torch.arange(8) % 5
-    step = _step(base, 300, 8)
+    step = timestep_step(base, 300, 8)
+    assert torch.equal(step.t, torch.full((8,), 300))
     grad = CLIPGuidance(clip, 3.0).gradient(x, step, Conditions(model=tokens, clip_tokens=tokens))
     # d/dx exp(ls) * <u/|u|, z> with u = W x + (1 - abar) b: exp(ls) * W^T (z - <u_hat, z> u_hat) / |u|
     u = x @ clip.w.T + (1 - base.alphas_cumprod[300]) * clip.b
@@ -227,15 +306,15 @@ def test_clip_gradient_sees_timestep(base):
     x, _ = rand_state(4)
     tokens = torch.arange(4)
     cond = Conditions(model=tokens, clip_tokens=tokens)
-    g_early = CLIPGuidance(clip, 1.0).gradient(x, _step(base, 900, 4), cond)
-    g_late = CLIPGuidance(clip, 1.0).gradient(x, _step(base, 10, 4), cond)
+    g_early = CLIPGuidance(clip, 1.0).gradient(x, timestep_step(base, 900, 4), cond)
+    g_late = CLIPGuidance(clip, 1.0).gradient(x, timestep_step(base, 10, 4), cond)
     assert not torch.allclose(g_early, g_late)
 
 
 def test_classifier_guidance_without_labels_is_a_clear_error(base, mixture):
     x, y = rand_state(4)
     with pytest.raises(ValueError, match="needs conditions.labels"):
-        ClassifierGuidance(MixtureClassifier(mixture), 1.0).gradient(x, _step(base, 5, 4), Conditions(model=y))
+        ClassifierGuidance(MixtureClassifier(mixture), 1.0).gradient(x, timestep_step(base, 5, 4), Conditions(model=y))
 
 
 def test_every_planted_bug_still_matches_the_code_it_mutates():

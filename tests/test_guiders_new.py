@@ -9,38 +9,63 @@ import numpy as np
 import pytest
 import torch
 
+from typing import Sequence
+
 from guidance.analytic import GaussianMixture, MixtureDenoiser
-from guidance.diffusion import GaussianDiffusion
-from guidance.guiders import (REGISTRY, AdaptiveProjectedGuidance, AutoGuidance, CFGZeroStar, ClassifierFreeGuidance,
-                              ClassifierGuidance, DynamicThresholdCFG, IntervalCFG, NoGuidance, RescaledCFG,
-                              make_guidance)
+from guidance.denoisers import NetworkDenoiser
+from guidance.guiders import (REGISTRY, AdaptiveProjectedGuidance, AutoGuidance, CFGPlusPlus, CFGZeroStar,
+                              ClassifierFreeGuidance, ClassifierGuidance, DynamicThresholdCFG, IntervalCFG, NoGuidance,
+                              RescaledCFG, make_guidance)
 from guidance.guiders.apg import clip_norm, project
+from guidance.guiders.base import Guidance, StepInfo
 from guidance.guiders.cfg_zero_star import optimized_scale
 from guidance.guiders.schedules import constant, interval, linear_in_log_sigma
-from guidance.protocols import Conditions
-from guidance.sampling import ddim_step, sample, step_info
+from guidance.prediction import Prediction
+from guidance.process import NoiseLevel, VPDiscrete
+from guidance.protocols import Conditions, Denoiser
+from guidance.samplers import SAMPLERS, Denoise, sample
 
 F64 = torch.float64
 B, SHAPE = 4, (3, 5, 6)
-DIFFUSION = GaussianDiffusion.from_schedule("linear", 1000).respace("20")
+PROCESS = VPDiscrete.from_schedule("linear", 1000)
+SIGMAS = PROCESS.sigmas(20, "respace")  # the old respace("20"): step index i is SIGMAS[19 - i]
+TIMESTEPS = PROCESS.timesteps("respace", 20)  # descending, as SIGMAS
+EVALUATIONS = SAMPLERS["ddim"].evaluations(SIGMAS)
 
 
-class TableDenoiser(torch.nn.Module):
-    """eps = table[cond]: cond holds row ids; the null condition of row i is row i + B."""
+def sigma_of(index: int, sigmas: Sequence[float] = SIGMAS) -> float:
+    """The sigma of the old respaced step `index` (0 = the last step before sigma 0)."""
+    return sigmas[len(sigmas) - 2 - index]
 
-    learned_variance = False
+
+def step_of(sigma: float, batch: int, process: VPDiscrete = PROCESS, trajectory: Sequence[float] = SIGMAS) -> StepInfo:
+    level = process.level(sigma)
+    return StepInfo(level, level.timesteps(batch, torch.device("cpu")), tuple(trajectory))
+
+
+class TableDenoiser:
+    """A Denoiser with eps = table[cond]: cond holds row ids; the null condition of row i is row i + B."""
 
     def __init__(self, table: torch.Tensor) -> None:
-        super().__init__()
         self.table = table
         self.rows = 0  # rows evaluated, to count passes
 
-    def forward(self, x, t, cond):
+    def __call__(self, x: torch.Tensor, level: NoiseLevel, cond: torch.Tensor) -> Prediction:
         self.rows += len(cond)
-        return self.table[cond]
+        return Prediction(x, level, "eps", self.table[cond])
 
-    def null_cond(self, cond):
+    def null_cond(self, cond: torch.Tensor) -> torch.Tensor:
         return cond + B
+
+
+def ddim_step(model: Denoiser, guidance: Guidance, x: torch.Tensor, sigma: float, cond: Conditions,
+              process: VPDiscrete = PROCESS, sigmas: Sequence[float] = SIGMAS,
+              clip_denoised: bool = True) -> torch.Tensor:
+    """One DDIM step from `sigma` to the next sigma of the trajectory."""
+    i = list(sigmas).index(sigma)
+    levels = [process.level(sigmas[i]), process.level(sigmas[i + 1])]
+    return SAMPLERS["ddim"].fn(Denoise(model, guidance, cond, sigmas, clip_denoised), x, levels,
+                               lambda: torch.zeros_like(x))
 
 
 def randn(*shape, seed=0):
@@ -53,11 +78,12 @@ def setup(index=12, seed=0, eps_c=None, eps_u=None):
     eps_c = randn(B, *SHAPE, seed=seed + 1) if eps_c is None else eps_c
     eps_u = randn(B, *SHAPE, seed=seed + 2) if eps_u is None else eps_u
     model = TableDenoiser(torch.cat([eps_c, eps_u]))
-    return x, model, step_info(DIFFUSION, index, B, torch.device("cpu")), Conditions(model=torch.arange(B))
+    return x, model, step_of(sigma_of(index), B), Conditions(model=torch.arange(B))
 
 
 def ab(index):
-    abar = float(DIFFUSION.alphas_cumprod[index])
+    """sqrt(abar), sqrt(1 - abar) of the old respaced step `index`, from the table (not the level)."""
+    abar = float(PROCESS.alphas_cumprod[TIMESTEPS[len(TIMESTEPS) - 1 - index]])
     return math.sqrt(abar), math.sqrt(1 - abar)
 
 
@@ -86,16 +112,18 @@ def test_schedules_are_functions_of_sigma():
         interval(3.0, 5.0, 1.0)
     # the same sigma gets the same scale whatever the number of steps
     g = IntervalCFG(3.0)
-    for n in ("10", "20", "50"):
-        d = GaussianDiffusion.from_schedule("cosine", 1000).respace(n)
-        for i in range(d.num_timesteps):
-            expected = 3.0 if 0.28 < float(d.sigmas[i]) <= 5.42 else 1.0
-            assert g.scale_at(step_info(d, i, 1, torch.device("cpu"))) == expected
+    cosine = VPDiscrete.from_schedule("cosine", 1000)
+    for n in (10, 20, 50):
+        sigmas = cosine.sigmas(n)
+        for t, sigma in zip(cosine.timesteps("respace", n), sigmas):
+            abar = float(cosine.alphas_cumprod[t])
+            expected = 3.0 if 0.28 < math.sqrt((1 - abar) / abar) <= 5.42 else 1.0
+            assert g.scale_at(step_of(sigma, 1, cosine, sigmas)) == expected
 
 
 def test_interval_cfg_skips_the_unconditional_pass_outside_and_counts_it():
     g = IntervalCFG(4.0, sigma_lo=0.3, sigma_hi=2.0)
-    sigmas = DIFFUSION.sigmas.tolist()
+    sigmas = SIGMAS[:-1][::-1]  # by old step index
     inside = [i for i, s in enumerate(sigmas) if 0.3 < s <= 2.0]
     assert inside and len(inside) < len(sigmas)
     for index in (inside[0], len(sigmas) - 1, 0):
@@ -109,24 +137,33 @@ def test_interval_cfg_skips_the_unconditional_pass_outside_and_counts_it():
             assert model.rows == B
             assert torch.equal(pred.eps, eps_c)
         assert g.cost(sigmas[index]).network_passes == (2 if index in inside else 1)
-    total = g.cost_per_image(DIFFUSION)
+    total = g.cost_per_image(EVALUATIONS, SIGMAS)
     assert total.network_passes == 2 * len(inside) + (len(sigmas) - len(inside))
     assert g.cost().network_passes == 2  # where guidance is active
 
 
-def test_cost_per_image_sums_the_steps():
-    n = DIFFUSION.num_timesteps
-    assert NoGuidance().cost_per_image(DIFFUSION).network_passes == n
-    assert ClassifierFreeGuidance(3.0).cost_per_image(DIFFUSION).network_passes == 2 * n
-    assert ClassifierFreeGuidance(1.0).cost_per_image(DIFFUSION).network_passes == n
-    clf = ClassifierGuidance(torch.nn.Identity(), 2.0).cost_per_image(DIFFUSION)
+@pytest.mark.parametrize("sampler", ["ddim", "heun"])
+def test_cost_per_image_sums_the_evaluations(sampler):
+    """One cost per model evaluation: n per trajectory for DDIM, 2n - 1 for Heun (its last step is Euler)."""
+    evaluations = SAMPLERS[sampler].evaluations(SIGMAS)
+    n = len(evaluations)
+    assert n == (20 if sampler == "ddim" else 39)
+
+    def cost(method: Guidance):
+        return method.cost_per_image(evaluations, SIGMAS)
+
+    assert cost(NoGuidance()).network_passes == n
+    assert cost(ClassifierFreeGuidance(3.0)).network_passes == 2 * n
+    assert cost(ClassifierFreeGuidance(1.0)).network_passes == n
+    assert cost(CFGPlusPlus(0.6)).network_passes == cost(CFGPlusPlus(1.0)).network_passes == 2 * n  # never skips
+    clf = cost(ClassifierGuidance(torch.nn.Identity(), 2.0))
     assert (clf.network_passes, clf.guide_passes, clf.backward_passes) == (n, n, n)
     for cls in (RescaledCFG, AdaptiveProjectedGuidance, DynamicThresholdCFG):
-        assert cls(3.0).cost_per_image(DIFFUSION).network_passes == 2 * n
-        assert cls(1.0).cost_per_image(DIFFUSION).network_passes == n
-    assert CFGZeroStar(3.0).cost_per_image(DIFFUSION).network_passes == 2 * (n - 1)  # zero-init step: no pass
-    assert CFGZeroStar(3.0, zero_init_steps=0).cost_per_image(DIFFUSION).network_passes == 2 * n
-    assert AutoGuidance(torch.nn.Identity(), 2.0).cost_per_image(DIFFUSION).network_passes == 2 * n
+        assert cost(cls(3.0)).network_passes == 2 * n
+        assert cost(cls(1.0)).network_passes == n
+    assert cost(CFGZeroStar(3.0)).network_passes == 2 * (n - 1)  # zero-init step: no pass
+    assert cost(CFGZeroStar(3.0, zero_init_steps=0)).network_passes == 2 * n
+    assert cost(AutoGuidance(torch.nn.Identity(), 2.0)).network_passes == 2 * n
 
 
 class _Counting:
@@ -163,14 +200,20 @@ def test_reported_cost_is_the_work_the_sampler_does(name, negative):
     cond = limit.conditions(size, 2, torch.device("cpu"))
     if negative:
         cond = Conditions(cond.model, cond.labels, cond.clip_tokens, negative=cond.model.flip(0))
-    diffusion = GaussianDiffusion.from_schedule("cosine", 1000, learned_variance=True).respace("ddim6")
+    process = VPDiscrete.from_schedule("cosine", 1000)
+    sigmas = process.sigmas(6, "leading")
+    learned = nets["unet"].learned_variance
     identity = REGISTRY[name][0].identity_scale
-    for scale in (identity, 4.0):
+    # CFG++ has no identity scale (it always runs both passes) and its lambda lies in [0, 1]
+    scales = (0.0, 0.6) if name == "cfg-pp" else (identity, 4.0)
+    for scale in scales:
         unet, weak, guide = _Counting(nets["unet"]), _Counting(nets["unet"]), _Counting(None)
         guide.model = nets["clip" if name == "clip" else "classifier"]
-        method = make_guidance(name, scale, {"classifier": guide, "clip": guide, "weak": weak})
-        sample(unet, diffusion, method, cond, (3, 16, 16), range(2), sampler="ddim")
-        cost = method.cost_per_image(diffusion, negative=negative)
+        method = make_guidance(name, scale, {"classifier": guide, "clip": guide,
+                                             "weak": NetworkDenoiser(weak, "eps", learned)})
+        sample(NetworkDenoiser(unet, "eps", learned), process, sigmas, method, cond, (3, 16, 16), range(2),
+               sampler="ddim")
+        cost = method.cost_per_image(SAMPLERS["ddim"].evaluations(sigmas), sigmas, negative=negative)
         assert cost.network_passes == (unet.rows + weak.rows) / 2, (name, scale)
         assert cost.guide_passes == guide.rows / 2 and cost.backward_passes == guide.backward_rows / 2, (name, scale)
         assert unet.backward_rows == weak.backward_rows == 0, (name, scale)  # backward through the guide only
@@ -255,8 +298,12 @@ def test_apg_momentum_resets_and_reduces_to_cfg():
     g = AdaptiveProjectedGuidance(5.0, momentum=-0.5, norm_threshold=0.0)  # a clipped norm would hide it
     x, model, step, cond = setup(10, seed=3)
     first = g.predict(model, x, step, cond).eps
-    second = g.predict(model, x, step, cond).eps  # the buffer now holds the first diff
-    assert not torch.allclose(first, second)
+    later = step_of(sigma_of(9), B)
+    second = g.predict(model, x, later, cond).eps  # the next sigma: the buffer holds the first diff
+    fresh = AdaptiveProjectedGuidance(5.0, momentum=-0.5, norm_threshold=0.0).predict(model, x, later, cond).eps
+    assert not torch.allclose(second, fresh)
+    # the same sigma again (Heun's second evaluation is the next step's first) starts from the buffer before it
+    torch.testing.assert_close(g.predict(model, x, later, cond).eps, second, rtol=0, atol=0)
     g.reset()
     torch.testing.assert_close(g.predict(model, x, step, cond).eps, first, rtol=0, atol=0)
     with pytest.raises(ValueError, match="reset"):
@@ -266,6 +313,17 @@ def test_apg_momentum_resets_and_reduces_to_cfg():
     eps_c, eps_u = model.table[:B], model.table[B:]
     torch.testing.assert_close(cfg_like.predict(model, x, step, cond).eps, eps_u + 5.0 * (eps_c - eps_u),
                                rtol=1e-9, atol=1e-9)
+
+
+def test_apg_momentum_is_keyed_by_sigma():
+    """D_bar advances when sigma falls; a second evaluation at a sigma already seen restarts from the
+    buffer before it, so Heun's two evaluations per sigma do not apply the momentum twice."""
+    g = AdaptiveProjectedGuidance(5.0, momentum=-0.5)
+    d1, d2, d3, d4 = (randn(B, 7, seed=20 + k) for k in range(4))
+    torch.testing.assert_close(g.update(d1, 3.0), d1, rtol=0, atol=0)
+    torch.testing.assert_close(g.update(d2, 2.0), d2 - 0.5 * d1, rtol=0, atol=0)
+    torch.testing.assert_close(g.update(d3, 2.0), d3 - 0.5 * d1, rtol=0, atol=0)
+    torch.testing.assert_close(g.update(d4, 1.0), d4 - 0.5 * (d3 - 0.5 * d1), rtol=0, atol=1e-15)
 
 
 def test_apg_edge_cases():
@@ -315,15 +373,20 @@ def test_cfg_zero_star_matches_paper(w, index):
 
 
 def test_cfg_zero_star_zero_init_and_edges():
-    last = DIFFUSION.num_timesteps - 1
+    last = len(SIGMAS) - 2  # the first step of the trajectory
     x, model, step, cond = setup(last)
     pred = CFGZeroStar(4.0).predict(model, x, step, cond)
     assert model.rows == 0  # no network at a zero-init step
     a, b = ab(last)
     torch.testing.assert_close(x0_from(x, pred.eps, last), x / (a + b), rtol=1e-9, atol=1e-9)  # v = 0
-    out = ddim_step(model, DIFFUSION, CFGZeroStar(4.0), x, last, cond, clip_denoised=False)
+    torch.testing.assert_close(pred.get("flow"), torch.zeros_like(x), rtol=0, atol=0)
+    out = ddim_step(model, CFGZeroStar(4.0), x, sigma_of(last), cond, clip_denoised=False)
     a_prev, b_prev = ab(last - 1)
-    torch.testing.assert_close(out.x_prev / (a_prev + b_prev), x / (a + b), rtol=1e-9, atol=1e-9)  # z stays
+    torch.testing.assert_close(out / (a_prev + b_prev), x / (a + b), rtol=1e-9, atol=1e-9)  # z stays
+    # without the trajectory no sigma is known to be among the first steps: nothing is zeroed
+    x, model, step, cond = setup(last)
+    CFGZeroStar(4.0).predict(model, x, StepInfo(step.level, step.t), cond)
+    assert model.rows == 2 * B
     x, model, step, cond = setup(last - 1)
     CFGZeroStar(4.0).predict(model, x, step, cond)
     assert model.rows == 2 * B  # only the first step is zeroed by default
@@ -370,33 +433,36 @@ def test_dynamic_threshold_leaves_in_range_x0_alone():
 
 @pytest.fixture(scope="module")
 def mixture():
-    base = GaussianDiffusion.from_schedule("linear", 1000)
+    base = PROCESS
     means = torch.tensor([[2.0, 0.0, 1.0], [-1.5, 1.5, 0.0], [0.0, -2.0, -1.0]])
     return GaussianMixture(means, torch.tensor([0.5, 0.3, 0.7]), torch.tensor([0.5, 0.3, 0.2]), base.alphas_cumprod)
 
 
-class _NullIs(torch.nn.Module):
-    """A denoiser whose null caption is a given condition (what a negative prompt stands in for)."""
+def exact(mixture: GaussianMixture) -> NetworkDenoiser:
+    """The mixture's exact eps as a Denoiser (it indexes its table by whole timesteps: discrete sigmas only)."""
+    return NetworkDenoiser(MixtureDenoiser(mixture), "eps")
 
-    learned_variance = False
 
-    def __init__(self, model: torch.nn.Module, null: torch.Tensor) -> None:
-        super().__init__()
+class _NullIs:
+    """A Denoiser whose null caption is a given condition (what a negative prompt stands in for)."""
+
+    def __init__(self, model: Denoiser, null: torch.Tensor) -> None:
         self.model, self.null = model, null
 
-    def forward(self, x, t, cond):
-        return self.model(x, t, cond)
+    def __call__(self, x: torch.Tensor, level: NoiseLevel, cond: torch.Tensor) -> Prediction:
+        return self.model(x, level, cond)
 
-    def null_cond(self, cond):
+    def null_cond(self, cond: torch.Tensor) -> torch.Tensor:
         return self.null
 
 
 @pytest.mark.parametrize("cls", [ClassifierFreeGuidance, RescaledCFG, AdaptiveProjectedGuidance, CFGZeroStar,
                                  DynamicThresholdCFG, IntervalCFG])
 def test_negative_prompt_replaces_the_unconditional_branch(mixture, cls):
-    model = MixtureDenoiser(mixture)
+    model = exact(mixture)
     x, y = randn(6, 3, seed=4), torch.tensor([0, 1, 2, 0, 1, 2])
-    step = step_info(DIFFUSION, 8, 6, torch.device("cpu"))  # sigma 2.27: inside the guidance interval too
+    step = step_of(sigma_of(8), 6)  # sigma 2.27: inside the guidance interval too
+    assert step.sigma == pytest.approx(2.27, abs=0.01)
     plain = cls(3.0).predict(model, x, step, Conditions(model=y)).eps
     null = cls(3.0).predict(model, x, step, Conditions(model=y, negative=torch.full_like(y, -1))).eps
     torch.testing.assert_close(null, plain, rtol=0, atol=1e-12)
@@ -433,14 +499,14 @@ def test_autoguidance_formula_and_edges(mixture):
 def test_autoguidance_with_a_wider_weak_mixture_pulls_samples_to_the_modes(mixture):
     """Weak = the same mixture with 2x the stds: guided samples sit closer to their class mean."""
     weak = GaussianMixture(mixture.means, mixture.stds * 2.0, mixture.weights, mixture.alphas_cumprod)
-    diffusion = GaussianDiffusion.from_schedule("linear", 1000).respace("ddim50")
+    sigmas = PROCESS.sigmas(50, "leading")  # = the old respace("ddim50")
     n = 600
     labels = torch.arange(n) % 3
     kwargs = dict(shape=(3,), sample_indices=range(n), seed=2, sampler="ddim", clip_denoised=False, dtype=F64)
     spread = {}
     for s in (0.0, 1.0, 2.0):
-        g = AutoGuidance(MixtureDenoiser(weak), s)
-        x = sample(MixtureDenoiser(mixture), diffusion, g, Conditions(model=labels), **kwargs)
+        g = AutoGuidance(exact(weak), s)
+        x = sample(exact(mixture), PROCESS, sigmas, g, Conditions(model=labels), **kwargs)
         spread[s] = float(((x - mixture.means[labels]) ** 2).sum(-1).mean())
         assert float((x - mixture.means[labels]).mean(0).abs().max()) < 0.1  # no bias, only tighter
     expected_plain = float((3 * mixture.stds[labels] ** 2).mean())
@@ -452,7 +518,9 @@ def test_autoguidance_with_a_wider_weak_mixture_pulls_samples_to_the_modes(mixtu
 
 # ---------------------------------------------------------------- the zoo model, end to end
 
-NEW_METHODS = ["cfg-interval", "cfg-rescale", "apg", "cfg-zero-star", "cfg-dynamic-threshold", "autoguidance"]
+NEW_METHODS = ["cfg-interval", "cfg-rescale", "apg", "cfg-zero-star", "cfg-dynamic-threshold", "autoguidance",
+               "cfg-pp"]
+ZOO_SCALES = {"cfg-pp": 0.6}  # CFG++'s lambda lies in [0, 1]; the others guide at 3
 
 
 @pytest.fixture(scope="module")
@@ -462,16 +530,17 @@ def zoo():
     return load_zoo()
 
 
-class NullCaptionWeak(torch.nn.Module):
-    """Stand-in weak model (the zoo has none yet): the zoo denoiser with the caption dropped."""
+class NullCaptionWeak:
+    """Stand-in weak Denoiser (any model will do): the zoo denoiser with the caption dropped."""
 
-    def __init__(self, model):
-        super().__init__()
+    def __init__(self, model: Denoiser) -> None:
         self.model = model
-        self.learned_variance = model.learned_variance
 
-    def forward(self, x, t, cond):
-        return self.model(x, t, self.model.null_cond(cond))
+    def __call__(self, x: torch.Tensor, level: NoiseLevel, cond: torch.Tensor) -> Prediction:
+        return self.model(x, level, self.model.null_cond(cond))
+
+    def null_cond(self, cond: torch.Tensor) -> torch.Tensor:
+        return self.model.null_cond(cond)
 
 
 def test_every_registered_method_is_covered():
@@ -480,32 +549,32 @@ def test_every_registered_method_is_covered():
 
 @pytest.fixture(scope="module")
 def zoo_case(zoo):
-    """One caption, a noisy x at step 7 of 10 (sigma ~ 2.8: inside the default guidance interval and
-    not a zero-init step) and the unguided step from it (the zoo UNet is slow on 2 CPU cores)."""
+    """One caption, a noisy x at the third of 10 respaced sigmas (sigma ~ 2.8: inside the default guidance
+    interval and not a zero-init step) and the unguided step from it (the zoo UNet is slow on 2 CPU cores)."""
     cond = Conditions(model=zoo.tokenizer(["grinning face"]))
-    diffusion = zoo.diffusion.respace("10")
-    index = 7
-    assert 0.28 < float(diffusion.sigmas[index]) <= 5.42
+    sigmas = zoo.process.sigmas(10, "respace")
+    sigma = sigmas[2]
+    assert 0.28 < sigma <= 5.42
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        plain = ddim_step(zoo.denoiser, diffusion, NoGuidance(), x, index, cond)
-    return diffusion, index, x, cond, plain
+        plain = ddim_step(zoo.denoiser, NoGuidance(), x, sigma, cond, zoo.process, sigmas)
+    return sigmas, sigma, x, cond, plain
 
 
 @pytest.mark.parametrize("name", NEW_METHODS)
 def test_one_guided_ddim_step_with_the_zoo(zoo, zoo_case, name):
-    diffusion, index, x, cond, plain = zoo_case
+    sigmas, sigma, x, cond, plain = zoo_case
     models = {**zoo.guiding_models(), "weak": NullCaptionWeak(zoo.denoiser)}
-    guidance = make_guidance(name, 3.0, models)
+    guidance = make_guidance(name, ZOO_SCALES.get(name, 3.0), models)
     guidance.reset()
     with torch.no_grad():
-        out = ddim_step(zoo.denoiser, diffusion, guidance, x, index, cond)
-    assert out.x_prev.shape == x.shape and torch.isfinite(out.x_prev).all()
-    assert not torch.allclose(out.x_prev, plain.x_prev), f"{name} changed nothing"
+        out = ddim_step(zoo.denoiser, guidance, x, sigma, cond, zoo.process, sigmas)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    assert not torch.allclose(out, plain), f"{name} changed nothing"
     if name == "autoguidance":  # with the caption-dropped model as the weak one, autoguidance is CFG
         with torch.no_grad():
-            cfg = ddim_step(zoo.denoiser, diffusion, ClassifierFreeGuidance(3.0), x, index, cond)
-        torch.testing.assert_close(out.x_prev, cfg.x_prev, rtol=1e-5, atol=1e-5)
+            cfg = ddim_step(zoo.denoiser, ClassifierFreeGuidance(3.0), x, sigma, cond, zoo.process, sigmas)
+        torch.testing.assert_close(out, cfg, rtol=1e-5, atol=1e-5)
 
 
 def test_autoguidance_without_a_weak_model_is_a_clear_error_and_all_skips_it(zoo, tmp_path, capsys):
@@ -514,7 +583,8 @@ def test_autoguidance_without_a_weak_model_is_a_clear_error_and_all_skips_it(zoo
     from bench.cli import guidance_list
     from guidance.zoo.load import ZOO_DIR
 
-    no_weak = replace(zoo, weak=None)
+    no_weak = replace(zoo, weak_unet=None)
+    assert no_weak.weak is None
     with pytest.raises(ValueError, match="autoguidance.*needs a weak model"):
         make_guidance("autoguidance", 2.0, no_weak.guiding_models())
     for f in ZOO_DIR.glob("*.safetensors"):  # a model directory like the zoo, without its weak model
@@ -530,28 +600,26 @@ def test_autoguidance_without_a_weak_model_is_a_clear_error_and_all_skips_it(zoo
 def test_autoguidance_with_the_committed_weak_model(zoo, zoo_case):
     """The zoo's weak model: same family and vocabulary, smaller; one step follows Karras et al.'s formula."""
     assert zoo.weak is not None, "guidance/zoo/weights/weak_unet.safetensors is missing (invoke train --models weak_unet)"
-    assert sum(p.numel() for p in zoo.weak.parameters()) < sum(p.numel() for p in zoo.denoiser.parameters()) / 2
-    assert torch.equal(zoo.weak.vocab, zoo.denoiser.vocab)
-    diffusion, index, x, cond, plain = zoo_case
-    step = step_info(diffusion, index, 1, x.device)
+    assert sum(p.numel() for p in zoo.weak_unet.parameters()) < sum(p.numel() for p in zoo.unet.parameters()) / 2
+    assert torch.equal(zoo.weak_unet.vocab, zoo.unet.vocab)
+    sigmas, sigma, x, cond, plain = zoo_case
+    step = step_of(sigma, 1, zoo.process, sigmas)
     with torch.no_grad():
         guided = AutoGuidance(zoo.weak, 2.0).predict(zoo.denoiser, x, step, cond)
-        main = zoo.denoiser(x, step.t, cond.model)[:, :3]
-        weak = zoo.weak(x, step.t, cond.model)[:, :3]
-        out = ddim_step(zoo.denoiser, diffusion, AutoGuidance(zoo.weak, 2.0), x, index, cond)
+        main = zoo.unet(x, step.t, cond.model)[:, :3]  # the raw networks' eps, not the adapters'
+        weak = zoo.weak_unet(x, step.t, cond.model)[:, :3]
+        out = ddim_step(zoo.denoiser, AutoGuidance(zoo.weak, 2.0), x, sigma, cond, zoo.process, sigmas)
     torch.testing.assert_close(guided.eps, weak + 2.0 * (main - weak), rtol=1e-5, atol=1e-5)
     assert (main - weak).abs().mean() > 1e-3, "the weak model predicts the same eps as the main one"
-    assert torch.isfinite(out.x_prev).all() and not torch.allclose(out.x_prev, plain.x_prev)
+    assert torch.isfinite(out).all() and not torch.allclose(out, plain)
 
 
 @pytest.mark.parametrize("name", ["classifier", "clip"])
 def test_gradient_guides_see_the_model_timestep_of_a_respaced_step(name):
-    """A respaced process's step index is not the timestep the guide was trained on: the classifier and
-    the noised CLIP must see timestep_map[index] (every CLIP test had used the unrespaced process)."""
-    from guidance.diffusion import GaussianDiffusion
-    from guidance.sampling import step_info
-
-    process = GaussianDiffusion.from_schedule("cosine", 1000).respace("20")
+    """A respaced trajectory's step position is not the timestep the guide was trained on: the classifier
+    and the noised CLIP must see the level's training timestep (every CLIP test had used the unrespaced process)."""
+    process = VPDiscrete.from_schedule("cosine", 1000)
+    sigmas = process.sigmas(20, "respace")
     seen = []
 
     class Recording(torch.nn.Module):
@@ -571,7 +639,8 @@ def test_gradient_guides_see_the_model_timestep_of_a_respaced_step(name):
     x = torch.randn(2, 3, 4, 4)
     cond = Conditions(model=torch.zeros(2, dtype=torch.long), labels=torch.tensor([0, 3]),
                       clip_tokens=torch.zeros(2, 4, dtype=torch.long))
-    index = 7
-    assert guidance.gradient(x, step_info(process, index, 2, x.device), cond) is not None
-    assert int(process.timestep_map[index]) != index
-    assert seen and all(torch.equal(t, torch.full((2,), int(process.timestep_map[index]))) for t in seen)
+    index = 7  # the old respaced step index; its training timestep, from the respacing, is not 7
+    timestep = process.timesteps("respace", 20)[len(sigmas) - 2 - index]
+    assert timestep != index and process.sigma_to_t(sigma_of(index, sigmas)) == timestep
+    assert guidance.gradient(x, step_of(sigma_of(index, sigmas), 2, process, sigmas), cond) is not None
+    assert seen and all(torch.equal(t, torch.full((2,), timestep)) for t in seen)
