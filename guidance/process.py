@@ -300,8 +300,9 @@ class VE(Process):
 class RectifiedFlow(Process):
     """x_t = (1 - t) x0 + t eps (SD3, FLUX); the network is told t * num_train_timesteps.
 
-    The default schedule is diffusers' FlowMatchEulerDiscreteScheduler's: t evenly spaced from 1 to
-    1 / N, each shifted by t' = shift t / (1 + (shift - 1) t) (SD3 uses shift = 3), then 0.
+    The default schedule is diffusers' FlowMatchEulerDiscreteScheduler.set_timesteps(n) (SD3's): t evenly
+    spaced from 1 to shift(1 / N), each shifted by t' = shift t / (1 + (shift - 1) t) (SD3 uses
+    shift = 3), then 0. The smallest sigma is shift(shift(1 / N)).
     """
 
     shift: float = 1.0
@@ -310,7 +311,7 @@ class RectifiedFlow(Process):
 
     @property
     def sigma_min(self) -> float:
-        t = self.shifted(1.0 / self.num_train_timesteps)
+        t = self.shifted(self.shifted(1.0 / self.num_train_timesteps))
         return t / (1 - t)
 
     @property
@@ -331,8 +332,10 @@ class RectifiedFlow(Process):
             return super().sigmas(steps, schedule)
         if steps < 1:
             raise ValueError(f"--steps {steps} is out of range; use at least 1")
-        n = self.num_train_timesteps
-        ts = torch.linspace(1.0 * n, 1.0, steps, dtype=torch.float64) / n if steps > 1 else torch.tensor([1.0])
+        # as FlowMatchEulerDiscreteScheduler.set_timesteps(n), which SD3's pipeline calls: t evenly spaced
+        # from 1 to the training schedule's last (already shifted) t, then shifted
+        last = self.shifted(1.0 / self.num_train_timesteps)
+        ts = torch.linspace(1.0, last, steps, dtype=torch.float64) if steps > 1 else torch.tensor([1.0])
         return [self.t_to_sigma(self.shifted(float(t))) for t in ts] + [0.0]
 
     @staticmethod

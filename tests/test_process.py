@@ -61,7 +61,7 @@ def test_flow_schedule_is_diffusers_shifted_linspace() -> None:
     flow = RectifiedFlow(shift=3.0)
     sigmas = flow.sigmas(4)
     ts = [t / (1 + t) if math.isfinite(t) else 1.0 for t in sigmas]
-    raw = torch.linspace(1.0, 1 / 1000, 4, dtype=torch.float64).tolist()
+    raw = torch.linspace(1.0, 3 * 0.001 / (1 + 2 * 0.001), 4, dtype=torch.float64).tolist()
     assert ts == pytest.approx([3 * t / (1 + 2 * t) for t in raw] + [0.0])
     level = flow.level(sigmas[1])
     assert level.alpha + level.s == pytest.approx(1.0) and level.model_t == pytest.approx(ts[1] * 1000)
