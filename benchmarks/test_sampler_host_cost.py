@@ -11,15 +11,16 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from guidance.diffusion import GaussianDiffusion
+from guidance.denoisers import NetworkDenoiser
 from guidance.guiders import make_guidance
+from guidance.process import VPDiscrete
 from guidance.protocols import Conditions
-from guidance.sampling import sample
+from guidance.samplers import SAMPLERS, sample
 
 STEPS = 100
 
 
-class NullDenoiser(nn.Module):
+class NullNetwork(nn.Module):
     """Returns eps = 0 and v = 0 at once: what is left to time is the sampler and the guidance."""
 
     learned_variance = True
@@ -31,12 +32,14 @@ class NullDenoiser(nn.Module):
         return torch.zeros_like(cond)
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
 @pytest.mark.parametrize("name", ["none", "cfg"])
 def test_trajectory_host_cost(benchmark, name, sampler):
-    diffusion = GaussianDiffusion.from_schedule("cosine", 1000, learned_variance=True).respace(str(STEPS))
+    process = VPDiscrete.from_schedule("cosine", 1000)
+    sigmas = process.sigmas(STEPS)
+    model = NetworkDenoiser(NullNetwork(), "eps", learned_variance=True)
     cond = Conditions(model=torch.zeros(2, 8, dtype=torch.long))
     guidance = make_guidance(name, 3.0, {})
     with torch.no_grad():
-        out = benchmark(sample, NullDenoiser(), diffusion, guidance, cond, (3, 8, 8), range(2), sampler=sampler)
+        out = benchmark(sample, model, process, sigmas, guidance, cond, (3, 8, 8), range(2), sampler=sampler)
     assert out.shape == (2, 3, 8, 8) and torch.isfinite(out).all()

@@ -56,6 +56,7 @@ class NoiseLevel:
     model_t: float  # what the network is told (training timestep, sigma, or t * N)
     abar: float = -1.0  # alpha^2 / (alpha^2 + s^2): the VP table value itself for VP levels; -1: derive it
     vp_scale: float = 1.0  # sqrt(alpha^2 + s^2): model coordinates over VP coordinates (1 for VP models)
+    _times: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.abar < 0:
@@ -71,10 +72,17 @@ class NoiseLevel:
         return -math.log(self.sigma) if math.isfinite(self.sigma) else -math.inf
 
     def timesteps(self, batch: int, device: torch.device | str) -> Tensor:
-        """[B] model times, long where they are whole training timesteps (tables index by them)."""
-        whole = float(self.model_t).is_integer()
-        return torch.full((batch,), int(self.model_t) if whole else self.model_t,
-                          dtype=torch.long if whole else torch.float32, device=device)
+        """[B] model times, long where they are whole training timesteps (tables index by them).
+
+        Made once per (batch, device) and shared by the guidance and the network: one fill per step."""
+        key = (batch, str(device))
+        cached = self._times.get(key)
+        if cached is None:
+            whole = float(self.model_t).is_integer()
+            cached = torch.full((batch,), int(self.model_t) if whole else self.model_t,
+                                dtype=torch.long if whole else torch.float32, device=device)
+            self._times[key] = cached
+        return cached
 
 
 class Process(ABC):

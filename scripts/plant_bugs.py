@@ -22,12 +22,18 @@ MUTATIONS = {
     "cfg-sign-flip": ("guidance/guiders/cfg.py", "return eps_u + scale * (eps_c - eps_u)",
                       "return eps_u - scale * (eps_c - eps_u)"),
     "variance-channels-guided": ("guidance/guiders/cfg.py",
-                                 "return Prediction(self.combine(pred_c.eps, pred_u.eps, scale, step), pred_c.var_values)",
-                                 "return Prediction(self.combine(pred_c.eps, pred_u.eps, scale, step), None if "
-                                 "pred_c.var_values is None else self.combine(pred_c.var_values, pred_u.var_values, scale, step))"),
-    "gradient-without-sigma": ("guidance/sampling.py", 'mean = mean + out["variance"] * grad', "mean = mean + grad"),
-    "ddim-wrong-sqrt-factor": ("guidance/sampling.py",
-                               "eps = eps - math.sqrt(1 - abar) * grad", "eps = eps - math.sqrt(abar) * grad"),
+                                 "return pred_c.with_value(self.space, self.combine(pred_c.get(self.space), "
+                                 "pred_u.get(self.space), scale, step))",
+                                 "return Prediction(x, step.level, self.space, self.combine(pred_c.get(self.space), "
+                                 "pred_u.get(self.space), scale, step), None if pred_c.var_values is None else "
+                                 "self.combine(pred_c.var_values, pred_u.var_values, scale, step))"),
+    # DDPM's mean shift Sigma * g (Dhariwal & Nichol, Algorithm 1) without the variance
+    "gradient-without-sigma": ("guidance/samplers/ddpm.py",
+                               "mean = mean + var * (grad if cur.vp_scale == 1.0 else grad * cur.vp_scale)",
+                               "mean = mean + (grad if cur.vp_scale == 1.0 else grad * cur.vp_scale)"),
+    # DDIM's (and every non-DDPM sampler's) score correction eps - sqrt(1 - abar) g, with sqrt(abar) instead
+    "ddim-wrong-sqrt-factor": ("guidance/prediction.py",
+                               "self.eps - self.level.s * grad", "self.eps - self.level.alpha * grad"),
     "classifier-gradient-dropped": ("guidance/guiders/classifier.py",
                                     "return lambda x_in: self.log_prob(x_in, step.t, labels)",
                                     "return lambda x_in: 0 * self.log_prob(x_in, step.t, labels)"),

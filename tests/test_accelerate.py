@@ -9,10 +9,11 @@ from bench.cli import add_run_arguments, config_from_args
 from bench.config import BenchConfig
 from guidance.accelerate import Acceleration
 from guidance.analytic import GaussianMixture, MixtureDenoiser
-from guidance.diffusion import GaussianDiffusion
+from guidance.denoisers import NetworkDenoiser
 from guidance.guiders import REGISTRY, ClassifierFreeGuidance
+from guidance.process import VPDiscrete
 from guidance.protocols import Conditions
-from guidance.sampling import sample
+from guidance.samplers import sample
 from guidance.zoo.unet import TextUNet, UNetConfig
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -65,14 +66,15 @@ def test_channels_last_unet_computes_the_same_eps():
 
 
 def test_compiled_model_gives_the_same_samples():
-    base = GaussianDiffusion.from_schedule("linear", 1000)
+    process = VPDiscrete.from_schedule("linear", 1000)
     mixture = GaussianMixture(torch.tensor([[1.0, 0.0], [-1.0, 0.5]]), torch.tensor([0.3, 0.4]),
-                              torch.tensor([0.5, 0.5]), base.alphas_cumprod)
-    diffusion, model = base.respace("10"), MixtureDenoiser(mixture)
+                              torch.tensor([0.5, 0.5]), process.alphas_cumprod)
+    net, sigmas = MixtureDenoiser(mixture), process.sigmas(10, "respace")
+    model = NetworkDenoiser(net, "eps")
     cond = Conditions(model=torch.arange(8) % 2)
-    eager = sample(model, diffusion, ClassifierFreeGuidance(3.0), cond, (2,), range(8), seed=0)
-    Acceleration(compile=True).apply(model, CPU)
-    compiled = sample(model, diffusion, ClassifierFreeGuidance(3.0), cond, (2,), range(8), seed=0)
+    eager = sample(model, process, sigmas, ClassifierFreeGuidance(3.0), cond, (2,), range(8), seed=0)
+    Acceleration(compile=True).apply(net, CPU)
+    compiled = sample(model, process, sigmas, ClassifierFreeGuidance(3.0), cond, (2,), range(8), seed=0)
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
 
 
@@ -150,20 +152,25 @@ COMBINATIONS = [("ddim", torch.bfloat16, "cuda"), ("ddpm", torch.float16, "cpu")
 def test_weights_stored_in_half_precision_compute_what_autocast_did(zoo_cpu, zoos_with_half_weights, name):
     """Under half-precision autocast, convolution and linear weights stored in that precision give the
     same samples bit for bit (autocast rounded them at every call); norms and embeddings stay fp32."""
+    from bench.perf import SCALES
     from guidance.guiders import make_guidance
+    from guidance.samplers import SAMPLERS
 
     texts = ["grinning face", "rocket"]
-    cond = Conditions(model=zoo_cpu.tokenizer(texts), labels=torch.tensor([3, 7]), clip_tokens=zoo_cpu.clip_tokenizer(texts))
+    cond = zoo_cpu.conditions(texts, torch.tensor([3, 7]))
 
     def run(zoo, sampler, dtype):
-        method = make_guidance(name, 3.0, zoo.guiding_models())
+        method = make_guidance(name, SCALES.get(name, 3.0), zoo.guiding_models())
         with torch.autocast("cpu", dtype=dtype):
-            return sample(zoo.denoiser, zoo.diffusion.respace("3"), method, cond, (3, 32, 32), range(2), seed=5,
-                          sampler=sampler)
+            return sample(zoo.denoiser, zoo.process, zoo.process.sigmas(3), method, cond, zoo.sample_shape, range(2),
+                          seed=5, sampler=sampler)
 
+    # CFG++ renoises with the unconditional eps, which DDPM cannot do (the sampler refuses the pair)
+    combinations = [c for c in COMBINATIONS if SAMPLERS[c[0]].renoise or not REGISTRY[name][0].renoises_unconditionally]
+    assert {dtype for _, dtype, _ in combinations} == {torch.bfloat16, torch.float16}
     fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
-        for sampler, dtype, rule in COMBINATIONS:
+        for sampler, dtype, rule in combinations:
             torch.backends.mha.set_fastpath_enabled(rule == "cpu")
             stored = zoos_with_half_weights[dtype, rule]
             assert torch.equal(run(stored, sampler, dtype), run(zoo_cpu, sampler, dtype)), (sampler, dtype, rule)
@@ -175,7 +182,7 @@ def test_half_weights_convert_conv_and_linear_only(zoos_with_half_weights):
     from guidance.zoo.load import load_zoo
 
     for rule in ("cpu", "cuda"):
-        stored = zoos_with_half_weights[torch.bfloat16, rule].denoiser
+        stored = zoos_with_half_weights[torch.bfloat16, rule].unet
         assert {p.dtype for p in stored.parameters()} == {torch.bfloat16, torch.float32}
         assert stored.stem.weight.dtype == torch.bfloat16
         assert all(m.weight.dtype == torch.float32 for m in stored.modules()
@@ -185,7 +192,7 @@ def test_half_weights_convert_conv_and_linear_only(zoos_with_half_weights):
     assert "weights stored in bfloat16" in Acceleration().describe(CPU, torch.bfloat16)
     off = load_zoo(device="cpu")
     off.accelerate(Acceleration(half_weights=False), CPU, torch.bfloat16)  # --no-half-weights: the A/B switch
-    assert {p.dtype for p in off.denoiser.parameters()} == {torch.float32}
+    assert {p.dtype for p in off.unet.parameters()} == {torch.float32}
     assert "weights stored" not in Acceleration(half_weights=False).describe(CPU, torch.bfloat16)
 
 
@@ -194,14 +201,18 @@ def test_methods_combine_half_precision_outputs_in_fp32(zoo_cpu, name):
     """Under fp16 autocast, APG's per-image norms and CFG-rescale's standard deviations overflowed fp16
     (NaN at the first step) when computed on the network's fp16 outputs; the outputs are upcast first."""
     from guidance.guiders import make_guidance
-    from guidance.guiders.base import split_output
 
-    assert split_output(torch.zeros(1, 3, 2, 2, dtype=torch.float16), 3, False).eps.dtype == torch.float32
     texts = ["grinning face", "rocket"]
     cond = Conditions(model=zoo_cpu.tokenizer(texts), labels=torch.tensor([3, 7]))
+    x, level = torch.zeros(2, 3, 32, 32), zoo_cpu.process.level(zoo_cpu.process.sigmas(3)[0])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        assert zoo_cpu.unet(x, level.timesteps(2, CPU), cond.model).dtype == torch.float16  # what is upcast
+        pred = zoo_cpu.denoiser(x, level, cond.model)
+    assert pred.eps.dtype == torch.float32 and pred.var_values.dtype == torch.float32
     method = make_guidance(name, 3.0, zoo_cpu.guiding_models())
-    reference = sample(zoo_cpu.denoiser, zoo_cpu.diffusion.respace("3"), method, cond, (3, 32, 32), range(2), seed=1)
+    sigmas = zoo_cpu.process.sigmas(3)
+    reference = sample(zoo_cpu.denoiser, zoo_cpu.process, sigmas, method, cond, zoo_cpu.sample_shape, range(2), seed=1)
     with torch.autocast("cpu", dtype=torch.float16):
-        half = sample(zoo_cpu.denoiser, zoo_cpu.diffusion.respace("3"), method, cond, (3, 32, 32), range(2), seed=1)
+        half = sample(zoo_cpu.denoiser, zoo_cpu.process, sigmas, method, cond, zoo_cpu.sample_shape, range(2), seed=1)
     assert torch.isfinite(half).all()
     assert (half - reference).abs().mean() < 0.1  # fp16 rounding (0.002-0.035 here), not another image (~0.5)

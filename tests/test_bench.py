@@ -325,7 +325,8 @@ def test_resume_checks_each_samples_prompt(tmp_path):
 
 
 def test_a_resume_with_nothing_left_to_sample_keeps_the_timings(tmp_path):
-    from bench.run import Cell, save_throughput
+    from bench.run import save_throughput
+    from bench.store import Cell
 
     cell = Cell("cfg", 3.0, 0, 0)
     work = {"images": 8, "seconds": 27.0, "network_passes": 160.0, "guide_passes": 0.0, "backward_passes": 0.0,
@@ -348,12 +349,13 @@ def test_labels_out_of_range_are_refused_before_sampling(tmp_path, capsys):
     assert not list(tmp_path.glob("*/samples"))
     # a set with a blank label is not scored for accuracy, so its labels are not held to the table's range
     prompts.write_text("prompt,label\nsmile,3\nwink,\nfrown,99999\n")
-    from bench.run import check_compatible, load_prompt_set
     from bench.config import BenchConfig
-    from guidance.zoo.load import load_zoo
+    from bench.run import check_compatible
+    from bench.store import load_prompt_set
+    from guidance.models import load_bundle
 
     cfg = BenchConfig.from_preset("tiny", prompts=str(prompts), metrics=["clip_score", "accuracy"])
-    check_compatible(cfg, load_prompt_set(cfg), load_zoo())
+    check_compatible(cfg, load_prompt_set(cfg), load_bundle("emoji"))
 
 
 def test_nproc_takes_a_count_of_one_or_more(capsys):
@@ -407,7 +409,8 @@ def test_a_killed_cell_keeps_the_timing_of_the_batches_it_saved(tmp_path, monkey
     """Each batch's time is recorded as soon as the batch is saved: a kill in batch 2 keeps batch 1's timing,
     and the resume reports the cell over all its images (4 in 2 batches), not only the resumed ones."""
     from bench.config import BenchConfig
-    from bench.run import SampleStore, run_benchmark
+    from bench.run import run_benchmark
+    from bench.store import SampleStore
 
     cfg = BenchConfig.from_preset("tiny", guidance=["none"], scales={"none": [0.0]}, prompt_limit=4, seeds=[0],
                                   steps=2, batch_size=2, metrics=["clip_score"], out=str(tmp_path), run_id="k")

@@ -1,4 +1,4 @@
-"""The process, respacing and per-sample determinism."""
+"""The training process (GaussianDiffusion), respacing, and the sampling loop's per-sample determinism."""
 
 from __future__ import annotations
 
@@ -7,11 +7,15 @@ import math
 import pytest
 import torch
 
+from torch import Tensor, nn
+
 from guidance.analytic import GaussianMixture, MixtureDenoiser
+from guidance.denoisers import NetworkDenoiser
 from guidance.diffusion import GaussianDiffusion, cosine_betas, extract, linear_betas, space_timesteps
 from guidance.guiders import ClassifierFreeGuidance
+from guidance.process import VPDiscrete
 from guidance.protocols import Conditions
-from guidance.sampling import NonFiniteSampleError, sample
+from guidance.samplers import NonFiniteSampleError, sample
 
 
 def test_linear_schedule_endpoints_and_cosine_alphabar():
@@ -92,16 +96,17 @@ def test_learned_variance_interpolates_log_beta_and_log_beta_tilde():
 
 
 @pytest.fixture(scope="module")
-def mixture_model():
-    base = GaussianDiffusion.from_schedule("linear", 1000)
+def mixture_model() -> tuple[VPDiscrete, list[float], NetworkDenoiser]:
+    """The analytic mixture on the linear VP process, sampled over guided-diffusion's 20-step respacing."""
+    process = VPDiscrete.from_schedule("linear", 1000)
     means = torch.tensor([[1.0, 0.0], [-1.0, 0.5]])
-    mixture = GaussianMixture(means, torch.tensor([0.3, 0.4]), torch.tensor([0.5, 0.5]), base.alphas_cumprod)
-    return base.respace("20"), MixtureDenoiser(mixture)
+    mixture = GaussianMixture(means, torch.tensor([0.3, 0.4]), torch.tensor([0.5, 0.5]), process.alphas_cumprod)
+    return process, process.sigmas(20, "respace"), NetworkDenoiser(MixtureDenoiser(mixture), "eps")
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
 def test_same_seed_bit_identical_across_batch_sizes(mixture_model, sampler):
-    diffusion, model = mixture_model
+    process, sigmas, model = mixture_model
     n = 32
     labels = torch.arange(n) % 2
 
@@ -109,34 +114,60 @@ def test_same_seed_bit_identical_across_batch_sizes(mixture_model, sampler):
         parts = []
         for start in range(0, n, batch_size):
             idx = list(range(start, min(n, start + batch_size)))
-            parts.append(sample(model, diffusion, ClassifierFreeGuidance(2.0), Conditions(model=labels[idx]),
-                                shape=(2,), sample_indices=idx, seed=7, sampler=sampler, eta=1.0, clip_denoised=False))
+            parts.append(sample(model, process, sigmas, ClassifierFreeGuidance(2.0), Conditions(model=labels[idx]),
+                                shape=(2,), sample_indices=idx, seed=7, sampler=sampler,
+                                eta=1.0 if sampler == "ddim" else None, clip_denoised=False))
         return torch.cat(parts)
 
     full = run(32)
     for bs in (1, 7):
         assert torch.equal(run(bs), full), f"batch size {bs} changed the samples"
     # a different seed changes them
-    other = sample(model, diffusion, ClassifierFreeGuidance(2.0), Conditions(model=labels), shape=(2,),
-                   sample_indices=range(n), seed=8, sampler=sampler, eta=1.0, clip_denoised=False)
+    other = sample(model, process, sigmas, ClassifierFreeGuidance(2.0), Conditions(model=labels), shape=(2,),
+                   sample_indices=range(n), seed=8, sampler=sampler, eta=1.0 if sampler == "ddim" else None,
+                   clip_denoised=False)
     assert not torch.equal(other, full)
 
 
 def test_explicit_initial_noise_is_used(mixture_model):
-    diffusion, model = mixture_model
+    process, sigmas, model = mixture_model
     labels = torch.zeros(4, dtype=torch.long)
     x_T = torch.randn(4, 2)
-    a = sample(model, diffusion, ClassifierFreeGuidance(1.0), Conditions(model=labels), (2,), range(4), seed=0, x_T=x_T)
-    b = sample(model, diffusion, ClassifierFreeGuidance(1.0), Conditions(model=labels), (2,), range(4), seed=99, x_T=x_T)
+    a = sample(model, process, sigmas, ClassifierFreeGuidance(1.0), Conditions(model=labels), (2,), range(4), seed=0,
+               x_T=x_T)
+    b = sample(model, process, sigmas, ClassifierFreeGuidance(1.0), Conditions(model=labels), (2,), range(4), seed=99,
+               x_T=x_T)
     assert torch.equal(a, b)  # DDIM eta=0 is deterministic given x_T
 
 
+class _NaNFrom(nn.Module):
+    """The mixture's eps, NaN for one sample from model timestep `t_bad` down: a blow-up mid-trajectory."""
+
+    def __init__(self, net: MixtureDenoiser, t_bad: int) -> None:
+        super().__init__()
+        self.net, self.t_bad = net, t_bad
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        eps = self.net(x, t, cond)
+        bad = torch.zeros_like(eps, dtype=torch.bool)
+        bad[0] = bool(t[0] <= self.t_bad)
+        return eps.masked_fill(bad, float("nan"))
+
+    def null_cond(self, cond: Tensor) -> Tensor:
+        return self.net.null_cond(cond)
+
+
 def test_non_finite_samples_name_guidance_scale_and_step(mixture_model):
-    diffusion, model = mixture_model
+    process, sigmas, model = mixture_model
     labels = torch.zeros(4, dtype=torch.long)
     x_T = torch.full((4, 2), float("nan"))
-    with pytest.raises(NonFiniteSampleError, match=r"'cfg' at scale 3.0, first at step 19"):
-        sample(model, diffusion, ClassifierFreeGuidance(3.0), Conditions(model=labels), (2,), range(4), x_T=x_T)
+    with pytest.raises(NonFiniteSampleError, match=rf"'cfg' at scale 3.0, first at step 0 of 20 \(sigma {sigmas[0]:.4g}\)"):
+        sample(model, process, sigmas, ClassifierFreeGuidance(3.0), Conditions(model=labels), (2,), range(4), x_T=x_T)
+    # a NaN that appears later is reported at the step that made it, with that step's sigma
+    t_bad = process.timesteps("respace", 20)[5]
+    late = NetworkDenoiser(_NaNFrom(model.net, t_bad), "eps")
+    with pytest.raises(NonFiniteSampleError, match=rf"first at step 5 of 20 \(sigma {sigmas[5]:.4g}\)"):
+        sample(late, process, sigmas, ClassifierFreeGuidance(3.0), Conditions(model=labels), (2,), range(4))
 
 
 def test_tables_are_copied_to_a_device_once_and_released_with_the_table():
@@ -169,7 +200,7 @@ def test_extract_on_another_device_reads_the_right_entries():
 
 
 def test_a_step_shared_by_the_batch_gives_what_per_sample_steps_give():
-    """Samplers pass one int step (coefficients as host floats); training passes [B] steps."""
+    """One int step for the whole batch (coefficients as host floats) and [B] steps (training) agree."""
     diffusion = GaussianDiffusion.from_schedule("cosine", 50, learned_variance=True)
     g = torch.Generator().manual_seed(0)
     x, eps, v = (torch.randn(3, 2, 4, 4, generator=g) for _ in range(3))

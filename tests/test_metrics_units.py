@@ -114,7 +114,8 @@ def test_throughput_of_jobs_side_by_side_and_in_turn():
 def test_resumed_timing_keeps_every_interval(tmp_path):
     import json
 
-    from bench.run import Cell, save_throughput
+    from bench.run import save_throughput
+    from bench.store import Cell
 
     cell = Cell("cfg", 3.0, 0, 0)
     work = {"images": 4, "seconds": 2.0, "network_passes": 80.0, "guide_passes": 0.0, "backward_passes": 0.0,
@@ -155,11 +156,15 @@ def test_identical_points_are_both_on_the_pareto_front():
 
 def test_every_sample_field_changes_the_sample_key_and_nothing_else_does():
     plain = BenchConfig()
-    changed = {"sampler": "ddpm", "steps": 21, "eta": 0.5, "dtype": "bfloat16", "model": "/other/zoo",
-               "model_fingerprint": "f" * 16}
+    changed = {"sampler": "ddpm", "schedule": "karras", "steps": 21, "eta": 0.5, "dtype": "bfloat16",
+               "model": "/other/zoo", "model_fingerprint": "f" * 16}
     assert set(changed) == set(BenchConfig.SAMPLE_FIELDS)
     for field, value in changed.items():
         assert BenchConfig(**{field: value}).cell_hash("cfg", 3.0, 0) != plain.cell_hash("cfg", 3.0, 0), field
+    # an unset --eta is the sampler's default: giving that default asks for the same samples
+    assert plain.eta is None and BenchConfig(eta=0.0).cell_hash("cfg", 3.0, 0) == plain.cell_hash("cfg", 3.0, 0)
+    ancestral = BenchConfig(sampler="euler-ancestral")
+    assert BenchConfig(sampler="euler-ancestral", eta=1.0).cell_hash("cfg", 3.0, 0) == ancestral.cell_hash("cfg", 3.0, 0)
     for field, value in {"batch_size": 5, "device": "cuda", "prompt_limit": 7, "out": "elsewhere"}.items():
         assert BenchConfig(**{field: value}).cell_hash("cfg", 3.0, 0) == plain.cell_hash("cfg", 3.0, 0), field
 
@@ -168,7 +173,7 @@ def test_a_saved_sample_is_reused_only_with_its_own_prompt_and_label(tmp_path):
     import numpy as np
 
     from bench.prompts import Prompt, PromptSet
-    from bench.run import Expected
+    from bench.store import Expected
 
     prompts = PromptSet("p", (Prompt("red apple", label=1), Prompt("rocket", label=2)), "test")
     expected = Expected.of(prompts, n=4, samples_per_prompt=2)  # indices 0, 1 -> apple; 2, 3 -> rocket
@@ -208,7 +213,7 @@ def _scored_run(tmp_path, metrics: list[str], n_prompts: int = 3, per_prompt: in
     evaluation classifier's own predictions for their first sample (so accuracy is 1 with the right mapping)."""
     from bench.config import BenchConfig
     from bench.metrics import load_eval_classifier
-    from bench.run import Expected, SampleStore, grid_cells, load_prompt_set
+    from bench.store import Expected, SampleStore, grid_cells, load_prompt_set
 
     g = torch.Generator().manual_seed(0)
     firsts = torch.rand(n_prompts, 3, 8, 8, generator=g) * 2 - 1
@@ -235,7 +240,7 @@ def test_scoring_pairs_each_sample_with_its_own_caption_and_label_across_chunks(
     images with sample i conditioned on prompt i // 2 (a chunk scored against the first chunk's captions, a
     label looked up by i mod prompts, or float images fed to the uint8 FID path all showed here)."""
     from bench.metrics import CLIPScore, DomainFeatures, Reference, domain_fid, load_eval_classifier
-    from bench.run import to_hwc_uint8
+    from bench.store import to_hwc_uint8
     from bench.scoring import make_scorer, score_cells
 
     cfg, cell, images, expected, predicted = _scored_run(tmp_path, ["fid", "clip_score", "accuracy"])

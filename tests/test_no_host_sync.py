@@ -1,4 +1,4 @@
-"""No host-device synchronisation inside the sampling loop, for every method and both samplers.
+"""No host-device synchronisation inside the sampling loop, for every method and every sampler.
 
 A sync (`.item()`, `bool(tensor)`, a data-dependent shape, a copy from pageable host memory) makes
 the host wait for the GPU at each step, so the next step's kernels cannot be queued while this one
@@ -14,9 +14,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-import guidance.sampling as sampling
+import guidance.samplers.loop as loop
+from bench.perf import SCALES
 from guidance.guiders import REGISTRY, make_guidance
-from guidance.protocols import Conditions
+from guidance.samplers import SAMPLERS
 from guidance.zoo.load import load_zoo
 
 META = torch.device("meta")
@@ -53,26 +54,33 @@ class _HostCopies(TorchDispatchMode):
 @pytest.fixture(scope="module")
 def zoo_on_meta():
     zoo = load_zoo(device="cpu")
-    texts = ["grinning face", "rocket"]
-    cond = Conditions(model=zoo.tokenizer(texts), labels=torch.arange(2), clip_tokens=zoo.clip_tokenizer(texts))
-    for model in [zoo.denoiser, *zoo.guiding_models().values()]:
-        if model is not None:
-            model.to(META)
+    cond = zoo.conditions(["grinning face", "rocket"], torch.arange(2))
+    for model in zoo.networks():
+        model.to(META)
     return zoo, cond.to(META)
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+# every sampler with every method it can run (CFG++ needs a sampler that renoises with eps_u)
+PAIRS = [(name, sampler) for sampler, spec in SAMPLERS.items() for name in sorted(REGISTRY)
+         if spec.renoise or not REGISTRY[name][0].renoises_unconditionally]
+
+
+@pytest.mark.parametrize("name, sampler", PAIRS)
 def test_sampling_loop_reads_nothing_back_from_the_device(zoo_on_meta, monkeypatch, name, sampler):
     zoo, cond = zoo_on_meta
-    monkeypatch.setattr(sampling, "SampleNoise", _MetaNoise)
-    method = make_guidance(name, 3.0, zoo.guiding_models())
+    monkeypatch.setattr(loop, "SampleNoise", _MetaNoise)
+    method = make_guidance(name, SCALES.get(name, 3.0), zoo.guiding_models())
     steps: list[int] = []
     with pytest.raises(NotImplementedError, match="nonzero"), _HostCopies() as copies:  # the NaN check after the loop
-        sampling.sample(zoo.denoiser, zoo.diffusion.respace(str(STEPS)), method, cond, (3, 32, 32), range(2),
-                        sampler=sampler, device=META, callback=lambda index, out: steps.append(index))
-    assert steps == list(range(STEPS - 1, -1, -1))
+        loop.sample(zoo.denoiser, zoo.process, zoo.process.sigmas(STEPS), method, cond, zoo.sample_shape, range(2),
+                    sampler=sampler, device=META, callback=lambda index, x, pred: steps.append(index))
+    assert steps == list(range(STEPS))
     assert copies.seen == []
+
+
+def test_every_sampler_and_method_is_checked():
+    """A sampler or method added later is covered here without editing the test."""
+    assert {s for _, s in PAIRS} == set(SAMPLERS) and {n for n, _ in PAIRS} == set(REGISTRY)
 
 
 def test_host_copy_watch_sees_a_copy():

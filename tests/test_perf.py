@@ -82,19 +82,21 @@ def test_perf_table_splits_time_for_cfg():
 
 def test_bare_loop_replays_the_networks_the_sampler_called():
     """The bare loop must call what the sampler called: autoguidance's second pass is the weak model's
-    (a quarter of the main UNet's FLOPs), not another main-model pass."""
+    (a quarter of the main UNet's FLOPs), not another main-model pass; Heun's second evaluation per
+    step is replayed too."""
     from bench.perf import network_calls
-    from guidance.protocols import Conditions
     from guidance.zoo.load import load_zoo
 
     zoo = load_zoo(device="cpu")
-    cond = Conditions(model=zoo.tokenizer(["red apple", "rocket"]))
-    diffusion = zoo.diffusion.respace("3")
-    cfg = network_calls("cfg", zoo, diffusion, cond, 2, torch.device("cpu"))
-    assert [(model, args[0].shape[0]) for model, args in cfg] == [(zoo.denoiser, 4)] * 3
-    auto = network_calls("autoguidance", zoo, diffusion, cond, 2, torch.device("cpu"))
-    assert [model for model, _ in auto] == [zoo.denoiser, zoo.weak] * 3
+    cond = zoo.conditions(["red apple", "rocket"])
+    sigmas = zoo.process.sigmas(3)
+    cfg = network_calls("cfg", zoo, sigmas, "ddim", cond, 2, torch.device("cpu"))
+    assert [(model, args[0].shape[0]) for model, args in cfg] == [(zoo.unet, 4)] * 3
+    auto = network_calls("autoguidance", zoo, sigmas, "ddim", cond, 2, torch.device("cpu"))
+    assert [model for model, _ in auto] == [zoo.unet, zoo.weak_unet] * 3
     assert all(args[0].shape[0] == 2 for _, args in auto)
+    heun = network_calls("cfg", zoo, sigmas, "heun", cond, 2, torch.device("cpu"))
+    assert [(model, args[0].shape[0]) for model, args in heun] == [(zoo.unet, 4)] * 5  # 2 + 2 + 1 (last: Euler)
 
 
 def test_side_by_side_timing_interleaves_rounds_and_takes_medians(monkeypatch):
@@ -137,28 +139,37 @@ class _OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
 def test_a_sampling_step_launches_only_the_arithmetic_of_the_update(guidance):
     """On a GPU every op outside the network is a kernel launch the bare loop does not pay (the
     overhead column of `invoke perf`). The batch shares its step, so the coefficients are host floats:
-    no table indexing or casting per step, and a DDIM step (x0, clamp, eps, update, NaN flag) stays small."""
-    from guidance.diffusion import GaussianDiffusion
+    no table indexing or casting per step, and a DDIM step (x0, clamp, eps, update, NaN flag) stays small.
+    The noise levels are read from the process's float64 tables on the host, once per trajectory
+    (they never reach the device), so they are counted apart and not charged to the step."""
     from guidance.guiders import make_guidance
-    from guidance.sampling import sample
+    from guidance.process import VPDiscrete
+    from guidance.samplers import sample
 
     size = limit.CONFIGS["tiny"]
     models = limit.build_models(size, torch.device("cpu"))
+    assert models["unet"].learned_variance  # its variance channels are split off at every step
     cond = limit.conditions(size, 2, torch.device("cpu"))
     steps = 10
-    diffusion = GaussianDiffusion.from_schedule("cosine", 1000, learned_variance=True).respace(f"ddim{steps}")
+    process = VPDiscrete.from_schedule("cosine", 1000)
+    sigmas = process.sigmas(steps, "leading")  # DDIM's fixed stride
     method = make_guidance(guidance, 3.0, models)
     with _OpCounter() as run:
-        sample(models["unet"], diffusion, method, cond, (3, 16, 16), range(2), sampler="ddim")
+        sample(limit.denoiser(models), process, sigmas, method, cond, (3, 16, 16), range(2), sampler="ddim")
+    with _OpCounter() as tables:
+        levels = process.levels(sigmas)
+    assert all(isinstance(v, float) for level in levels for k, v in vars(level).items()
+               if not k.startswith("_"))  # host floats only
     passes = 2 if guidance == "cfg" else 1
     with _OpCounter() as net, torch.no_grad():
         models["unet"](torch.zeros(2 * passes, 3, 16, 16), torch.zeros(2 * passes, dtype=torch.long),
                        torch.cat([cond.model] * passes))
-    extra = {k: (v - steps * net.ops.get(k, 0)) / steps for k, v in run.ops.items()}
+    extra = {k: (v - tables.ops.get(k, 0) - steps * net.ops.get(k, 0)) / steps for k, v in run.ops.items()}
     extra = {k: round(v, 2) for k, v in extra.items() if v > 0}
     assert "index" not in extra and "_to_copy" not in extra, extra
-    # cfg adds its batching (cat of x, t and tokens) and its combination eps_u + s (eps_c - eps_u)
-    assert sum(extra.values()) <= {"none": 14, "cfg": 20}[guidance], extra
+    # cfg adds its batching (cat of x and tokens) and its combination eps_u + s (eps_c - eps_u); the step's
+    # [B] timesteps are made once (one fill) and shared by the guidance and the network
+    assert sum(extra.values()) <= {"none": 14, "cfg": 19}[guidance], extra
 
 
 def test_limit_profile_lists_the_convolutions_of_a_guided_step(capsys):
@@ -198,9 +209,10 @@ def test_perf_trace_counts_the_samplers_extra_work():
     table, extra = trace_table("cfg", zoo, batch=2, steps=3, device=torch.device("cpu"))
     assert table.loc["bare", "aten_ops"] > 1000  # the network's operators are counted
     assert 60 < table.loc["extra_per_step", "aten_ops"] < 160
-    # CFG's batched branches cat x, t and the captions at each step; the initial noise and the NaN check
-    # stack once each: the sampler's own work, told apart from the network's cats (skip connections)
-    assert extra.loc["aten::cat", "extra_calls"] == 3 * 3 + 2
+    # CFG's batched branches cat x and the captions at each step (the doubled batch's timesteps are made
+    # whole, not cat); the initial noise and the NaN check stack once each: the sampler's own work, told
+    # apart from the network's cats (skip connections)
+    assert extra.loc["aten::cat", "extra_calls"] == 2 * 3 + 2
     assert extra["extra_host_s"].is_monotonic_decreasing
     # a guide's forward and backward are its own row, not the sampler's extra
     guided, _ = trace_table("classifier", zoo, batch=2, steps=3, device=torch.device("cpu"))

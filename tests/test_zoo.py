@@ -8,10 +8,9 @@ import shutil
 import pytest
 import torch
 
-from guidance.guiders import make_guidance
-from guidance.protocols import Conditions
-from guidance.sampling import ddim_step, ddpm_step
-from guidance.zoo.load import ZOO_DIR, load_eval_clip, load_model, load_zoo
+from guidance.guiders import Guidance, make_guidance
+from guidance.samplers import SAMPLERS, Denoise
+from guidance.zoo.load import ZOO_DIR, Zoo, load_eval_clip, load_model, load_zoo
 from guidance.zoo.store import CheckpointError, read_metadata
 
 
@@ -21,7 +20,9 @@ def zoo():
 
 
 def test_zoo_loads_with_models_and_metadata(zoo):
-    assert zoo.denoiser.learned_variance
+    assert zoo.unet.learned_variance and zoo.denoiser.learned_variance and zoo.denoiser.net is zoo.unet
+    assert zoo.weak is None or zoo.weak.net is zoo.weak_unet
+    assert zoo.process.num_timesteps == zoo.unet.config.extra.get("num_timesteps", 1000)
     assert zoo.classifier is not None and zoo.noised_clip is not None
     for kind in ("unet", "classifier", "noised_clip", "eval_clip", "eval_classifier"):
         meta = read_metadata(ZOO_DIR / f"{kind}.safetensors")
@@ -31,27 +32,29 @@ def test_zoo_loads_with_models_and_metadata(zoo):
     assert total < 100e6, "committed weights must stay under 100 MB"
 
 
+def _one_step(zoo: Zoo, sampler: str, guidance: Guidance, x: torch.Tensor, index: int, cond) -> torch.Tensor:  # noqa: ANN001
+    """One step of `sampler` from the index-th sigma of a 10-step trajectory to the next (DDPM's noise 0)."""
+    sigmas = zoo.process.sigmas(10)
+    levels = [zoo.process.level(sigmas[index]), zoo.process.level(sigmas[index + 1])]
+    denoise = Denoise(zoo.denoiser, guidance, cond, sigmas, zoo.clip_denoised)
+    return SAMPLERS[sampler].fn(denoise, x, levels, lambda: torch.zeros_like(x))
+
+
 @pytest.mark.parametrize("name,scale", [("none", 0.0), ("cfg", 3.0), ("classifier", 2.0), ("clip", 2.0)])
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
 def test_one_guided_step_of_each_kind_with_zoo_models(zoo, name, scale, sampler):
     texts = ["grinning face", "red apple"]
     labels = json.loads((ZOO_DIR / "labels.json").read_text())["identity_names"]
-    cond = Conditions(model=zoo.tokenizer(texts), labels=torch.tensor([labels.index(t) for t in texts]),
-                      clip_tokens=zoo.clip_tokenizer(texts))
-    diffusion = zoo.diffusion.respace("10")
+    cond = zoo.conditions(texts, torch.tensor([labels.index(t) for t in texts]))
     guidance = make_guidance(name, scale, zoo.guiding_models())
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    if sampler == "ddim":
-        out = ddim_step(zoo.denoiser, diffusion, guidance, x, 7, cond)
-    else:
-        out = ddpm_step(zoo.denoiser, diffusion, guidance, x, 7, cond, noise=torch.zeros_like(x))
-    plain = ddim_step(zoo.denoiser, diffusion, make_guidance("none", 0, {}), x, 7, cond) if sampler == "ddim" else \
-        ddpm_step(zoo.denoiser, diffusion, make_guidance("none", 0, {}), x, 7, cond, noise=torch.zeros_like(x))
-    assert out.x_prev.shape == x.shape and torch.isfinite(out.x_prev).all()
+    out = _one_step(zoo, sampler, guidance, x, 2, cond)  # the 3rd of 10 steps, from t = 777 (the old index 7)
+    plain = _one_step(zoo, sampler, make_guidance("none", 0, {}), x, 2, cond)
+    assert out.shape == x.shape and torch.isfinite(out).all()
     if name == "none":
-        assert torch.equal(out.x_prev, plain.x_prev)
+        assert torch.equal(out, plain)
     else:
-        assert not torch.allclose(out.x_prev, plain.x_prev), f"{name} guidance changed nothing"
+        assert not torch.allclose(out, plain), f"{name} guidance changed nothing"
 
 
 def test_eval_clip_loads_through_open_clip_and_ranks_captions():
@@ -123,7 +126,7 @@ def _bench_run(run_dir, models: dict, clip_scorer: str = "zoo:eval_clip") -> Non
 def test_unet_card_records_a_benchmark_of_its_own_weights_only(tmp_path):
     from hashlib import sha256
 
-    from guidance.zoo import cards
+    from bench import cards
 
     zoo_dir = tmp_path / "zoo"
     zoo_dir.mkdir()
@@ -152,8 +155,8 @@ def test_unet_card_records_a_benchmark_of_its_own_weights_only(tmp_path):
 
 
 def test_cards_command_writes_the_sample_grid_and_the_card(tmp_path, monkeypatch):
-    """`python -m guidance.zoo.cards` end to end on a copy of the UNet: samples, grid PNG, prompt list, card."""
-    from guidance.zoo import cards
+    """`python -m bench.cards` end to end on a copy of the UNet: samples, grid PNG, prompt list, card."""
+    from bench import cards
 
     monkeypatch.setattr(cards, "SAMPLE_PROMPTS", 4)  # the command samples 32; 4 keep the test short
     shutil.copy(ZOO_DIR / "unet.safetensors", tmp_path / "unet.safetensors")
