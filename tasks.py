@@ -110,10 +110,10 @@ def system_deps(c):
     c.run("apt-get install -y -qq --no-install-recommends " + " ".join(missing), env={"DEBIAN_FRONTEND": "noninteractive"})
 
 
-@task(pre=[system_deps])
 K_DIFFUSION = "k-diffusion==0.1.1.post1"  # parity reference; its samplers need none of its dependencies
 
 
+@task(pre=[system_deps])
 def test(c, fast=False):
     """Run the test suite (what CI runs); installs the k-diffusion reference lean (no dependencies) first."""
     if importlib.util.find_spec("k_diffusion") is None:
