@@ -8,10 +8,17 @@ import sys
 from typing import Callable
 from pathlib import Path
 
+import bench.emoji_prompts  # noqa: F401  (registers the built-in prompt sets)
 from bench.config import PRESETS, BenchConfig
+from bench.distributed import init_from_env, parse_shard
+from bench.prompts import builtin_prompt_sets
+from bench.report import build_report
+from bench.run import merge_shards, run_benchmark, summary_table
 from guidance.accelerate import add_arguments as add_acceleration_arguments
+from guidance.guiders import REGISTRY, available_guidance
 from guidance.process import SCHEDULES
 from guidance.samplers import SAMPLERS
+from guidance.zoo.load import guiding_models_present
 
 
 def parse_floats(text: str, flag: str = "--scales") -> list[float]:
@@ -100,12 +107,8 @@ def guidance_list(text: str, model: str | None = None) -> list[str]:
     'all' skips (with a note) methods whose guiding model the model set lacks, e.g. autoguidance
     without a weak model; a method named explicitly is kept, so the run reports its error.
     """
-    from guidance.guiders import REGISTRY
-
     if text.strip() != "all":
         return [g.strip() for g in text.split(",") if g.strip()]
-    from guidance.zoo.load import guiding_models_present
-
     present = guiding_models_present(None if model in (None, "emoji") else model)  # a bad --model: the run says so
     names = []
     for name, (_, needs) in REGISTRY.items():
@@ -172,8 +175,6 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 
 def print_guidance_list() -> None:
-    from guidance.guiders import available_guidance
-
     for name, line in available_guidance().items():
         print(f"{name:12s} {line}")
 
@@ -193,9 +194,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if (args.sampler or "").strip() == "list":
         print_sampler_list()
         return 0
-    from bench.distributed import init_from_env, parse_shard
-    from bench.run import run_benchmark, summary_table
-
     cfg = config_from_args(args)
     if args.nproc > 1 and args.shard:
         raise ValueError("--nproc and --shard both split the samples; use one: --nproc N on one machine, "
@@ -212,8 +210,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = summary_table(run_dir)
     print(format_summary(summary, run_dir))
     if not args.no_report:
-        from bench.report import build_report
-
         print(f"report: {build_report([run_dir])}")
     return 0
 
@@ -235,20 +231,15 @@ def launch_torchrun(nproc: int, argv: list[str]) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from bench.report import build_report
-
     print(build_report([Path(r) for r in args.runs], Path(args.out) if args.out else None))
     return 0
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from bench.run import merge_shards, summary_table
 
     run_dir = merge_shards(Path(args.run))
     print(format_summary(summary_table(run_dir), run_dir))
     if not args.no_report:
-        from bench.report import build_report
-
         print(f"report: {build_report([run_dir])}")
     return 0
 
@@ -301,9 +292,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_list() -> int:
-    import bench.emoji_prompts  # noqa: F401
-    from bench.prompts import builtin_prompt_sets
-
     print("guidance methods:")
     print_guidance_list()
     print("\nbuilt-in prompt sets:")

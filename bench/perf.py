@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from bench.cli import exit_on_bad_input, positive_int
+from bench.metrics import CLIPScore, DomainFeatures, load_eval_classifier
 from guidance.accelerate import add_arguments, autocast_context, checked_device, from_args
 from guidance.guiders import REGISTRY, make_guidance
 from guidance.guiders.base import GuidanceCost
@@ -33,6 +34,7 @@ from guidance.models import load_bundle
 from guidance.process import SCHEDULES
 from guidance.protocols import Conditions
 from guidance.samplers import SAMPLERS, sample, sampler_spec
+from guidance.zoo.load import load_eval_clip
 
 # the scale each method is timed at (others: 3, a typical CFG-convention scale); shared by bench.limit and benchmarks/
 SCALES = {"none": 0.0, "cfg": 3.0, "classifier": 5.0, "clip": 5.0, "cfg-pp": 0.6}  # CFG++: lambda in [0, 1]
@@ -225,9 +227,6 @@ def trace_table(name: str, bundle: ModelBundle, batch: int, steps: int, device: 
 @functools.lru_cache(maxsize=None)
 def scoring_networks(device: torch.device) -> tuple:
     """The evaluation classifier and CLIP, loaded once per device for every method's row."""
-    from bench.metrics import load_eval_classifier
-    from guidance.zoo.load import load_eval_clip
-
     return load_eval_classifier(device=device), load_eval_clip(device=device)
 
 
@@ -238,7 +237,6 @@ def measure(name: str, bundle: ModelBundle, batch: int, steps: int, device: torc
     with torch.no_grad():
         seconds = timed_side_by_side(work.runs, device, repeats)
     full, bare, guide = seconds["sampler"], seconds["bare"], seconds.get("guide", 0.0)
-    from bench.metrics import CLIPScore, DomainFeatures
 
     classifier, eval_clip = scoring_networks(device)
     features, clip = DomainFeatures(classifier), CLIPScore(eval_clip).to(device)

@@ -48,6 +48,21 @@ class GaussianMixture:
         abar = self.alphas_cumprod.to(x.device)[t.long()].to(x.dtype)[:, None]
         return -(1 - abar).sqrt() * score
 
+    def posterior_x0(self, x: Tensor, alpha: Tensor, s: Tensor, labels: Tensor) -> Tensor:
+        """E[x0 | x] for x = alpha x0 + s eps in any process (label -1: the marginal), exactly; alpha, s [B, 1].
+
+        Component k: x | k ~ N(alpha mu_k, (alpha^2 s_k^2 + s^2) I) and
+        E[x0 | x, k] = mu_k + alpha s_k^2 / (alpha^2 s_k^2 + s^2) (x - alpha mu_k); defined at alpha = 0 too."""
+        means, stds = self.means.to(x), self.stds.to(x)
+        var = alpha**2 * stds[None] ** 2 + s**2  # [B, K]
+        diff = x[:, None, :] - alpha[:, :, None] * means[None]  # [B, K, D]
+        log_density = -0.5 * (diff**2).sum(-1) / var - 0.5 * x.shape[-1] * var.log()
+        posterior = torch.softmax(torch.log(self.weights.to(x))[None] + log_density, dim=-1)
+        onehot = torch.zeros_like(posterior).scatter_(1, labels.clamp(min=0)[:, None], 1.0)
+        mix = torch.where((labels >= 0)[:, None], onehot, posterior)
+        x0_k = means[None] + (alpha * stds[None] ** 2 / var)[:, :, None] * diff
+        return (mix[:, :, None] * x0_k).sum(1)
+
     def mean(self) -> Tensor:
         return (self.weights[:, None] * self.means).sum(0)
 

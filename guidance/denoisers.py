@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import torch
 from torch import Tensor, nn
 
 from guidance.prediction import SPACES, Prediction, Space, at_least_fp32

@@ -16,7 +16,8 @@ from guidance.guiders.base import Guidance, StepInfo
 from guidance.prediction import Prediction
 from guidance.process import VPDiscrete
 from guidance.protocols import Conditions, Denoiser
-from guidance.samplers import SAMPLERS, Denoise, sample
+from guidance.samplers import one_step as step_once
+from guidance.samplers import Denoise, sample
 
 torch.set_default_dtype(torch.float32)
 F64 = torch.float64
@@ -54,12 +55,8 @@ def one_step(sampler: str, model: Denoiser, guidance: Guidance, x: torch.Tensor,
     """One step of a registered sampler from the old respaced `index`: (x_next, the prediction it used).
     `noise` None: the step's noise is zero (the mean of an ancestral step)."""
     i = position(sigmas, index)
-    levels = [process.level(sigmas[i]), process.level(sigmas[i + 1])]
-    seen: list[Prediction] = []
-    z = torch.zeros_like(x) if noise is None else noise
-    x_next = SAMPLERS[sampler].fn(Denoise(model, guidance, cond, sigmas, clip_denoised), x, levels, lambda: z,
-                                  lambda _i, _x, pred: seen.append(pred), **options)
-    return x_next, seen[0]
+    return step_once(sampler, Denoise(model, guidance, cond, sigmas, clip_denoised), x, process.level(sigmas[i]),
+                     process.level(sigmas[i + 1]), noise, **options)
 
 
 def step_at(process: VPDiscrete, sigma: float, batch: int, trajectory: Sequence[float] = ()) -> StepInfo:

@@ -25,6 +25,7 @@ from guidance.guiders.schedules import linear_in_log_sigma
 from guidance.prediction import Prediction
 from guidance.process import VPDiscrete, vp_betas
 from guidance.protocols import Conditions, Denoiser
+from guidance.samplers import one_step as step_once
 from guidance.samplers import SAMPLERS, Denoise, sample
 
 F64 = torch.float64
@@ -71,12 +72,8 @@ def one_step(sampler: str, model: Denoiser, guidance: Guidance, x: torch.Tensor,
     """One step of a registered sampler from the old respaced `index`: (x_next, the prediction it used).
     `noise` None: the step's noise is zero (the mean of a stochastic step)."""
     i = position(sigmas, index)
-    levels = [process.level(sigmas[i]), process.level(sigmas[i + 1])]
-    seen: list[Prediction] = []
-    z = torch.zeros_like(x) if noise is None else noise
-    x_next = SAMPLERS[sampler].fn(Denoise(model, guidance, cond, sigmas, clip_denoised), x, levels, lambda: z,
-                                  lambda _i, _x, pred: seen.append(pred), **options)
-    return x_next, seen[0]
+    return step_once(sampler, Denoise(model, guidance, cond, sigmas, clip_denoised), x, process.level(sigmas[i]),
+                     process.level(sigmas[i + 1]), noise, **options)
 
 
 @pytest.mark.parametrize("clip", [False, True])

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from guidance.guiders.base import Guidance
 from guidance.prediction import Prediction
-from guidance.process import Process
+from guidance.process import NoiseLevel, Process
 from guidance.protocols import Conditions, Denoiser
 from guidance.rng import SampleNoise
 from guidance.samplers.base import SAMPLERS, Denoise, SamplerSpec
@@ -36,6 +36,19 @@ def check_pairing(spec: SamplerSpec, guidance: Guidance) -> None:
         able = ", ".join(n for n, s in SAMPLERS.items() if s.renoise)
         raise ValueError(f"guidance {guidance.name!r} renoises with the unconditional prediction, which sampler "
                          f"{spec.name!r} cannot do; use one of: {able}")
+
+
+def one_step(sampler: str, denoise: Denoise, x: Tensor, level: NoiseLevel, next_level: NoiseLevel,
+             noise: Tensor | None = None, **options: float) -> tuple[Tensor, Prediction]:
+    """One step of a registered sampler from `level` to `next_level`: (x_next, the prediction it used).
+
+    Public so that a step can be compared with another implementation's; `noise` is the step's noise
+    (None: zeros, i.e. the mean of a stochastic step). Multistep solvers take their first-order step."""
+    seen: list[Prediction] = []
+    z = torch.zeros_like(x) if noise is None else noise
+    x_next = sampler_spec(sampler).fn(denoise, x, [level, next_level], lambda: z,
+                                      lambda _i, _x, pred: seen.append(pred), **options)
+    return x_next, seen[0]
 
 
 def sample(model: Denoiser, process: Process, sigmas: Sequence[float], guidance: Guidance, cond: Conditions,

@@ -51,21 +51,15 @@ BATCH = 8
 MEANS = torch.tensor([[2.0, 0.0, 1.0], [-1.5, 1.5, 0.0], [0.0, -2.0, -1.0]], dtype=F64)
 STDS = torch.tensor([0.5, 0.3, 0.7], dtype=F64)
 WEIGHTS = torch.tensor([0.5, 0.3, 0.2], dtype=F64)
+EXACT = GaussianMixture(MEANS, STDS, WEIGHTS, torch.ones(1, dtype=F64))  # its table is unused here
 
 # diffusers' beta schedules by name, as the suite builds them (in float64)
 BETAS = {"linear": ("linear_diffusers", 0.0001, 0.02), "scaled_linear": ("scaled_linear", 0.00085, 0.012)}
 
 
 def posterior_x0(x: Tensor, alpha: Tensor, s: Tensor, labels: Tensor) -> Tensor:
-    """E[x0 | x] for x = alpha x0 + s eps under the mixture (label -1: the marginal), exactly; alpha, s: [B, 1]."""
-    var = alpha**2 * STDS[None] ** 2 + s**2  # [B, K]
-    diff = x[:, None, :] - alpha[:, :, None] * MEANS[None]  # [B, K, D]
-    log_density = -0.5 * (diff**2).sum(-1) / var - 0.5 * x.shape[-1] * var.log()
-    posterior = torch.softmax(WEIGHTS.log()[None] + log_density, dim=-1)
-    onehot = torch.zeros_like(posterior).scatter_(1, labels.clamp(min=0)[:, None], 1.0)
-    mix = torch.where((labels >= 0)[:, None], onehot, posterior)
-    x0_k = MEANS[None] + (alpha * STDS[None] ** 2 / var)[:, :, None] * diff
-    return (mix[:, :, None] * x0_k).sum(1)
+    """The mixture's exact E[x0 | x] for x = alpha x0 + s eps (guidance.analytic)."""
+    return EXACT.posterior_x0(x, alpha, s, labels)
 
 
 class VPMixtureV(nn.Module):
