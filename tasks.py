@@ -133,15 +133,17 @@ def perf(c, compare=None, device=None, table_only=False):
 
 
 @task(auto_shortflags=False, help={"config": "glide-base (default), zoo or tiny", "batches": "comma-separated batch sizes",
-            "guidance": "subset of none,cfg,classifier,clip", "steps": "DDIM steps per sample",
+            "guidance": "subset of none,cfg,classifier,clip", "steps": "sampler steps per sample",
+            "sampler": "ddim (default), heun, dpmpp-2m, ...", "schedule": "sigma schedule (default leading)",
             "compile": "torch.compile the networks", "cuda_graphs": "torch.compile with CUDA graphs",
             "autotune": "with --compile/--cuda-graphs: inductor max-autotune (minutes of tuning)",
             "compare_half_weights": "time each row with half-precision and fp32 weights, side by side",
             "repeats": "timed runs per row (median)"})
 def limit(c, config=None, batches=None, guidance=None, steps=None, device=None, compile=False, cuda_graphs=False,
-          autotune=False, compare_half_weights=False, repeats=None):
+          autotune=False, compare_half_weights=False, repeats=None, sampler=None, schedule=None):
     """GPU: img/s and TFLOP/s of guided sampling with a GLIDE-base-sized UNet, against the measured peak."""
     c.run(f"{PY} -m bench.limit " + _flags(config=config, batches=batches, guidance=guidance, steps=steps,
+                                            sampler=sampler, schedule=schedule,
                                             device=device, compile=compile, cuda_graphs=cuda_graphs,
                                             autotune=autotune, compare_half_weights=compare_half_weights,
                                             repeats=repeats))

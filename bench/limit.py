@@ -30,7 +30,8 @@ from guidance.denoisers import NetworkDenoiser
 from guidance.guiders import make_guidance
 from guidance.process import VPDiscrete
 from guidance.protocols import Conditions
-from guidance.samplers import sample
+from guidance.process import SCHEDULES
+from guidance.samplers import SAMPLERS, sample
 from guidance.zoo.encoders import EncoderConfig, NoiseAwareClassifier, NoisedCLIPModel
 from guidance.zoo.unet import TextUNet, UNetConfig
 
@@ -107,15 +108,22 @@ def countable_kernels() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Trajectory:
-    """The process and DDIM sigmas (fixed stride, as DDIM's paper) that every row samples with."""
+    """The process, sigmas and sampler every row samples with (default: DDIM at a fixed stride, as
+    DDIM's paper). FLOPs per image are one guided model evaluation's times the sampler's NFE."""
 
     process: VPDiscrete
     sigmas: list[float]
+    sampler: str = "ddim"
 
     def one_step(self, models: dict, guidance, x: torch.Tensor, index: int, cond: Conditions) -> torch.Tensor:  # noqa: ANN001
-        """One guided DDIM step from the index-th sigma (to 0: the same network work as any step)."""
+        """One guided model evaluation, as a DDIM step from the index-th sigma (to 0: the same network work)."""
         return sample(denoiser(models), self.process, [self.sigmas[index], 0.0], guidance, cond, x.shape[1:],
                       range(x.shape[0]), x_T=x, device=x.device)
+
+    @property
+    def evaluations(self) -> int:
+        """Model evaluations per trajectory (NFE): Heun's are about twice its steps."""
+        return SAMPLERS[self.sampler].nfe(self.sigmas)
 
 
 def denoiser(models: dict) -> NetworkDenoiser:
@@ -165,7 +173,7 @@ def measure(model_sets: dict[str, dict], size: SizeConfig, guidance_name: str, b
             # gradient guidance turns gradients on for its guide alone; inductor freezes weights only without them
             with autocast, torch.no_grad():
                 sample(denoiser(models), diffusion.process, sigmas, guidance, cond, shape, range(batch),
-                       sampler="ddim", device=device)
+                       sampler=diffusion.sampler, device=device)
 
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -180,12 +188,13 @@ def measure(model_sets: dict[str, dict], size: SizeConfig, guidance_name: str, b
     return {variant: (seconds[variant], memory[variant]) for variant in model_sets}
 
 
-def prepare(config: str, device: torch.device, dtype: torch.dtype, steps: int):
+def prepare(config: str, device: torch.device, dtype: torch.dtype, steps: int, sampler: str = "ddim",
+            schedule: str = "leading"):
     """(size, models, autocast context, DDIM process of `steps` steps); speed-ups not yet applied, so that
     FLOPs are counted on the plain modules (a compiled module met first under a dispatch mode may stay eager)."""
     size = CONFIGS[config]
     process = VPDiscrete.from_schedule("cosine", 1000)
-    diffusion = Trajectory(process, process.sigmas(steps, "leading"))
+    diffusion = Trajectory(process, process.sigmas(steps, schedule), sampler)
     return size, build_models(size, device), autocast_context(device, dtype), diffusion
 
 
@@ -223,7 +232,7 @@ def profile_step(config: str, guidance_name: str, batch: int, device: torch.devi
 
 def benchmark(config: str, guidance: list[str], batches: list[int], steps: int, device: torch.device,
               dtype: torch.dtype, acceleration: Acceleration = Acceleration(), repeats: int = 1,
-              compare_half_weights: bool = False) -> pd.DataFrame:
+              compare_half_weights: bool = False, sampler: str = "ddim", schedule: str = "leading") -> pd.DataFrame:
     """One row per (guidance, batch): img/s, FLOPs per image, TFLOP/s, share of peak, peak memory.
 
     `compare_half_weights`: a row per weight storage too (`weights`: half or fp32), the same networks
@@ -235,10 +244,11 @@ def benchmark(config: str, guidance: list[str], batches: list[int], steps: int, 
     if compare_half_weights and dtype not in HALF:
         raise ValueError(f"--compare-half-weights compares weights stored in half precision with fp32 ones, "
                          f"which only differ under half-precision autocast; add --dtype bfloat16 (got {dtype})")
-    size, models, autocast, diffusion = prepare(config, device, dtype, steps)
+    size, models, autocast, diffusion = prepare(config, device, dtype, steps, sampler, schedule)
     params = sum(p.numel() for p in models["unet"].parameters())
     forward = step_flops(models, "none", size, diffusion, device, autocast)
-    flops = {name: step_flops(models, name, size, diffusion, device, autocast) * steps for name in guidance}
+    flops = {name: step_flops(models, name, size, diffusion, device, autocast) * diffusion.evaluations
+             for name in guidance}
     variants = ({"half": replace(acceleration, half_weights=True), "fp32": replace(acceleration, half_weights=False)}
                 if compare_half_weights else {"": acceleration})
     model_sets = {}
@@ -283,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
                              "precision (the default) and in fp32 (--no-half-weights); prints their img/s ratio")
     parser.add_argument("--profile", action="store_true",
                         help="print the operator table of 3 guided steps (first guidance, largest batch) and exit")
+    parser.add_argument("--sampler", default="ddim", choices=list(SAMPLERS))
+    parser.add_argument("--schedule", default="leading", choices=list(SCHEDULES))
     add_arguments(parser)
     args = parser.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -298,9 +310,9 @@ def main(argv: list[str] | None = None) -> int:
         print(profile_step(args.config, guidance[0], max(args.batches), device, dtype, acceleration))
         return 0
     table = benchmark(args.config, guidance, args.batches, args.steps, device, dtype, acceleration, repeats,
-                      args.compare_half_weights)
+                      args.compare_half_weights, args.sampler, args.schedule)
     with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
-        print(f"\n{args.steps} DDIM steps, median of {repeats} run(s) after a warm-up; peak_mem_MiB: the networks' "
+        print(f"\n{args.steps} {args.sampler} steps ({args.schedule}), median of {repeats} run(s) after a warm-up; peak_mem_MiB: the networks' "
               f"weights plus the most a 2-step warm-up allocated beyond them")
         print(table.to_string())
         if args.compare_half_weights:
