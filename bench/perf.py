@@ -145,7 +145,8 @@ def workload(name: str, bundle: ModelBundle, batch: int, steps: int, device: tor
                                       range(batch), sampler=sampler, clip_denoised=bundle.clip_denoised, device=device),
             "bare": lambda: [model(*args) for model, args in calls]}
     if cost.guide_passes:
-        runs["guide"] = lambda: [guidance.gradient(x, info, cond) for _ in range(steps)]
+        evaluations = len(sampler_spec(sampler).evaluations(sigmas))  # Heun guides twice per step
+        runs["guide"] = lambda: [guidance.gradient(x, info, cond) for _ in range(evaluations)]
     return Workload(texts, x, cost, runs)
 
 

@@ -106,7 +106,10 @@ class Prediction:
 
     def with_score_correction(self, grad: Tensor) -> "Prediction":
         """The prediction whose score is this one's plus `grad` (a guiding model's gradient of a
-        log-density w.r.t. x): eps - s * grad (Dhariwal & Nichol's DDIM rule, valid for any sampler)."""
+        log-density w.r.t. x): eps - s * grad (Dhariwal & Nichol's DDIM rule, valid for any sampler).
+        At zero SNR (alpha = 0) x holds no information about x0 and the prediction is left as it is."""
+        if self.level.alpha == 0:
+            return self
         return Prediction(self.x, self.level, "eps", self.eps - self.level.s * grad, self.var_values, self.renoise)
 
     def clipped(self, lo: float = -1.0, hi: float = 1.0) -> "Prediction":

@@ -55,6 +55,7 @@ class NoiseLevel:
     recip_alpha: float
     model_t: float  # what the network is told (training timestep, sigma, or t * N)
     abar: float = -1.0  # alpha^2 / (alpha^2 + s^2): the VP table value itself for VP levels; -1: derive it
+    integer_time: bool = False  # model_t is a training timestep of a table (sent as long), else a float
     vp_scale: float = 1.0  # sqrt(alpha^2 + s^2): model coordinates over VP coordinates (1 for VP models)
     _times: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -78,8 +79,8 @@ class NoiseLevel:
         key = (batch, str(device))
         cached = self._times.get(key)
         if cached is None:
-            whole = float(self.model_t).is_integer()
-            cached = torch.full((batch,), int(self.model_t) if whole else self.model_t,
+            whole = self.integer_time
+            cached = torch.full((batch,), int(self.model_t) if whole else float(self.model_t),
                                 dtype=torch.long if whole else torch.float32, device=device)
             self._times[key] = cached
         return cached
@@ -105,8 +106,8 @@ class Process(ABC):
         return "karras"
 
     def discrete_sigmas(self, spacing: str, steps: int) -> list[float]:
-        raise ValueError(f"--schedule {spacing} needs a discrete-time (VP) model; a {self.name} model takes "
-                         f"default, karras or exponential")
+        able = "default" if math.isinf(self.sigma_max) else "default, karras or exponential"
+        raise ValueError(f"--schedule {spacing} needs a discrete-time (VP) model; a {self.name} model takes {able}")
 
     def sigmas(self, steps: int, schedule: str = "default") -> list[float]:
         """Descending sigmas of a `steps`-step trajectory, ending with 0 (steps + 1 values)."""
@@ -135,7 +136,8 @@ def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7
     if steps == 1:
         return [sigma_max, 0.0]
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    return [(hi + i / (steps - 1) * (lo - hi)) ** rho for i in range(steps)] + [0.0]
+    inner = [(hi + i / (steps - 1) * (lo - hi)) ** rho for i in range(1, steps - 1)]
+    return [sigma_max, *inner, sigma_min, 0.0]  # the ends exactly: a table's own sigmas, not one ulp past them
 
 
 def exponential_sigmas(steps: int, sigma_min: float, sigma_max: float) -> list[float]:
@@ -143,7 +145,8 @@ def exponential_sigmas(steps: int, sigma_min: float, sigma_max: float) -> list[f
     if steps == 1:
         return [sigma_max, 0.0]
     a, b = math.log(sigma_max), math.log(sigma_min)
-    return [math.exp(a + i / (steps - 1) * (b - a)) for i in range(steps)] + [0.0]
+    inner = [math.exp(a + i / (steps - 1) * (b - a)) for i in range(1, steps - 1)]
+    return [sigma_max, *inner, sigma_min, 0.0]  # the ends exactly: a table's own sigmas, not one ulp past them
 
 
 def rescale_zero_terminal_snr(betas: Tensor) -> Tensor:
@@ -226,16 +229,16 @@ class VPDiscrete(Process):
         """The level at sigma: a table entry exactly when sigma is one (DDPM and DDIM then see the
         same numbers as ever), else interpolated in log sigma for the model time (k-diffusion)."""
         if sigma == 0:
-            return NoiseLevel(0.0, 1.0, 0.0, 1.0, -1.0, 1.0, 1.0)
+            return NoiseLevel(0.0, 1.0, 0.0, 1.0, -1.0, 1.0, True, 1.0)
         t = self.sigma_to_t(sigma)
-        if float(t).is_integer():
+        if float(t).is_integer() and float(self._sigmas[int(t)]) == sigma:
             abar = float(self.alphas_cumprod[int(t)])
             if abar == 0:
-                return NoiseLevel(math.inf, 0.0, 1.0, math.inf, t, 0.0, 1.0)
+                return NoiseLevel(math.inf, 0.0, 1.0, math.inf, t, 0.0, True, 1.0)
             return NoiseLevel(float(self._sigmas[int(t)]), math.sqrt(abar), math.sqrt(1 - abar),
-                              float((1.0 / self.alphas_cumprod[int(t)]).sqrt()), t, abar, 1.0)
+                              float((1.0 / self.alphas_cumprod[int(t)]).sqrt()), t, abar, True, 1.0)
         alpha = 1 / math.sqrt(1 + sigma**2)
-        return NoiseLevel(sigma, alpha, sigma * alpha, math.sqrt(1 + sigma**2), t, alpha**2, 1.0)
+        return NoiseLevel(sigma, alpha, sigma * alpha, math.sqrt(1 + sigma**2), t, alpha**2, False, 1.0)
 
     def sigma_to_t(self, sigma: float) -> float:
         """The (fractional) training timestep of sigma, interpolated in log sigma (k-diffusion's rule)."""

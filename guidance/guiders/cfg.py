@@ -15,7 +15,8 @@ class ClassifierFreeGuidance(Guidance):
 
     s = 1 is the conditional model and skips the unconditional pass; s = 0 is unconditional. Both
     branches run in one batched forward. The mix is affine with weights summing to one, so it is the
-    same in eps, x0, v or flow space; it is taken in eps. A learned variance comes from the
+    same in eps, x0, v or flow space; it is taken in the model's own (eps is undefined at zero SNR for a
+    flow or v model, where x0 is not). A learned variance comes from the
     conditional pass. `conditions.negative`, when set, replaces the unconditional branch.
     """
 
@@ -44,7 +45,8 @@ class ClassifierFreeGuidance(Guidance):
         if not self.guided(scale, cond):
             return super().predict(model, x, step, cond)
         pred_c, pred_u = self.branches(model, x, step, cond)
-        return pred_c.with_value(self.space, self.combine(pred_c.get(self.space), pred_u.get(self.space), scale, step))
+        space = pred_c.primary  # affine: any space gives the same mix; the model's own is defined at sigma = inf
+        return pred_c.with_value(space, self.combine(pred_c.get(space), pred_u.get(space), scale, step))
 
     def cost(self, sigma: float | None = None, negative: bool = False) -> GuidanceCost:
         return GuidanceCost(network_passes=2 if negative or self.active_at(sigma) else 1)

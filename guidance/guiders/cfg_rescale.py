@@ -51,7 +51,8 @@ class RescaledCFG(ClassifierFreeGuidance):
         if not self.guided(scale, cond):
             return model(x, step.level, cond.model)
         pred_c, pred_u = self.branches(model, x, step, cond)
-        pred_cfg = pred_c.with_value("eps", self.combine(pred_c.eps, pred_u.eps, scale, step))
+        space = pred_c.primary  # the CFG mix is affine: taken in the model's own space (defined at sigma = inf)
+        pred_cfg = pred_c.with_value(space, self.combine(pred_c.get(space), pred_u.get(space), scale, step))
         return pred_cfg.with_x0(rescale(pred_cfg.x0, pred_c.x0, self.phi))
 
     def __repr__(self) -> str:

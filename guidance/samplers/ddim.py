@@ -26,7 +26,7 @@ def sample_ddim(denoise: Denoise, x: Tensor, levels: list[NoiseLevel], noise: No
         pred = denoise(x, cur)
         abar, abar_prev = cur.abar, nxt.abar
         sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
-        x = pred.x0 * math.sqrt(abar_prev) + math.sqrt(1 - abar_prev - sigma**2) * pred.renoise_eps()
+        x = pred.x0 * math.sqrt(abar_prev) + math.sqrt(max(0.0, 1 - abar_prev - sigma**2)) * pred.renoise_eps()
         if step_noise is not None:
             x = x + sigma * step_noise
         if nxt.vp_scale != 1.0:

@@ -30,10 +30,7 @@ def sample_dpmpp_2m(denoise: Denoise, x: Tensor, levels: list[NoiseLevel], noise
         ratio = step_ratio(cur, nxt)
         d_renoise = d if pred.renoise is None or ratio == 0 else x * cur.recip_alpha - cur.sigma * pred.renoise
         h = nxt.log_snr - cur.log_snr
-        if ratio == 0:
-            x = nxt.alpha * d
-        else:
-            x = (nxt.s / cur.s) * x + nxt.alpha * (d - ratio * d_renoise)
+        x = (nxt.s / cur.s) * x + nxt.alpha * (d - ratio * d_renoise)  # from sigma = inf: s' x + alpha' x0
         if previous is not None and nxt.sigma > 0 and math.isfinite(h_last):
             x = x - (nxt.alpha * math.expm1(-h) / (2 * h_last / h)) * (d - previous)
         previous, h_last = d_renoise, h
