@@ -32,7 +32,7 @@ from guidance.diffusion import make_betas, space_timesteps
 SCHEDULES: dict[str, str] = {
     "default": "the model's own: its discrete timesteps respaced (VP), its flow shift (flow), Karras (VE)",
     "respace": "guided-diffusion's respacing of the training timesteps (evenly strided, rounded); VP only",
-    "leading": "diffusers' leading spacing of the training timesteps (SD 1.x/2.x default); VP only",
+    "leading": "diffusers' leading spacing of the training timesteps (steps_offset 0); VP only",
     "trailing": "diffusers' trailing spacing (starts at the last timestep; use with zero-terminal SNR); VP only",
     "linspace": "diffusers' linspace spacing of the training timesteps (rounded); VP only",
     "karras": "Karras et al. 2022, rho = 7, between the process's smallest and largest sigma",
