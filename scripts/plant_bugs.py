@@ -22,10 +22,10 @@ MUTATIONS = {
     "cfg-sign-flip": ("guidance/guiders/cfg.py", "return eps_u + scale * (eps_c - eps_u)",
                       "return eps_u - scale * (eps_c - eps_u)"),
     "variance-channels-guided": ("guidance/guiders/cfg.py",
-                                 "return pred_c.with_value(self.space, self.combine(pred_c.get(self.space), "
-                                 "pred_u.get(self.space), scale, step))",
-                                 "return Prediction(x, step.level, self.space, self.combine(pred_c.get(self.space), "
-                                 "pred_u.get(self.space), scale, step), None if pred_c.var_values is None else "
+                                 "return pred_c.with_value(space, self.combine(pred_c.get(space), "
+                                 "pred_u.get(space), scale, step))",
+                                 "return Prediction(x, step.level, space, self.combine(pred_c.get(space), "
+                                 "pred_u.get(space), scale, step), None if pred_c.var_values is None else "
                                  "self.combine(pred_c.var_values, pred_u.var_values, scale, step))"),
     # DDPM's mean shift Sigma * g (Dhariwal & Nichol, Algorithm 1) without the variance
     "gradient-without-sigma": ("guidance/samplers/ddpm.py",
