@@ -8,7 +8,6 @@ import sys
 from typing import Callable
 from pathlib import Path
 
-import bench.emoji_prompts  # noqa: F401  (registers the built-in prompt sets)
 from bench.config import PRESETS, BenchConfig
 from bench.distributed import init_from_env, parse_shard
 from bench.prompts import builtin_prompt_sets

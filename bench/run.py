@@ -34,7 +34,7 @@ from guidance.bundle import ModelBundle
 from guidance.guiders import REGISTRY, Guidance, make_guidance
 from guidance.models import load_bundle
 from guidance.protocols import Conditions
-from guidance.samplers import SAMPLERS, sample, sampler_spec
+from guidance.samplers import check_pairing, sample, sampler_spec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -95,10 +95,7 @@ def check_compatible(cfg: BenchConfig, prompts: PromptSet, bundle: ModelBundle) 
         if needs is not None and models.get(needs) is None:
             raise ValueError(f"guidance {name!r} needs a {needs} model, which {bundle.source} does not have; "
                              f"drop it from --guidance or point --model at a directory that has one")
-        if cls.renoises_unconditionally and not spec.renoise:
-            able = ", ".join(n for n, s in SAMPLERS.items() if s.renoise)
-            raise ValueError(f"guidance {name!r} renoises with the unconditional prediction, which --sampler "
-                             f"{cfg.sampler} cannot do; use --sampler one of {able}, or drop {name}")
+        check_pairing(spec, cls)
 
 
 def label_limits(cfg: BenchConfig, bundle: ModelBundle, prompts: PromptSet) -> dict[tuple[str, str], int]:

@@ -95,6 +95,14 @@ class Prediction:
         """A new prediction at the same state and level (the learned variance carried over)."""
         return Prediction(self.x, self.level, space, value, self.var_values, renoise)
 
+    def guided_by(self, base: "Prediction", scale: float, renoise: Tensor | None = None) -> "Prediction":
+        """base + scale * (self - base): the mix of CFG and autoguidance, in this prediction's own space.
+
+        The mix is affine with weights summing to one, so every space gives the same result; the model's
+        own is defined at sigma = inf, where eps carries no x0 for flow and v models."""
+        space = self.primary
+        return self.with_value(space, base.get(space) + scale * (self.get(space) - base.get(space)), renoise)
+
     def with_x0(self, x0_new: Tensor) -> "Prediction":
         """This prediction with its x0 edited (thresholded, rescaled, projected). Where eps is known it
         is moved by the edit alone, eps - (x0_new - x0) / sigma, so the small sigma of the last steps
@@ -114,10 +122,7 @@ class Prediction:
 
     def clipped(self, lo: float = -1.0, hi: float = 1.0) -> "Prediction":
         """x0 clamped to the data range and eps recomputed from it (guided-diffusion's clip_denoised)."""
-        x0 = self.x0.clamp(lo, hi)
-        out = Prediction(self.x, self.level, "x0", x0, self.var_values, self.renoise)
-        out.known["eps"] = out._convert("eps")
-        return out
+        return Prediction(self.x, self.level, "x0", self.x0.clamp(lo, hi), self.var_values, self.renoise)
 
     def renoise_eps(self) -> Tensor:
         """The eps a sampler renoises with: the prediction's own, or CFG++'s unconditional one."""

@@ -19,14 +19,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 MUTATIONS = {
-    "cfg-sign-flip": ("guidance/guiders/cfg.py", "return eps_u + scale * (eps_c - eps_u)",
-                      "return eps_u - scale * (eps_c - eps_u)"),
+    "cfg-sign-flip": ("guidance/prediction.py", "base.get(space) + scale * (self.get(space) - base.get(space))",
+                      "base.get(space) - scale * (self.get(space) - base.get(space))"),
     "variance-channels-guided": ("guidance/guiders/cfg.py",
-                                 "return pred_c.with_value(space, self.combine(pred_c.get(space), "
-                                 "pred_u.get(space), scale, step))",
-                                 "return Prediction(x, step.level, space, self.combine(pred_c.get(space), "
-                                 "pred_u.get(space), scale, step), None if pred_c.var_values is None else "
-                                 "self.combine(pred_c.var_values, pred_u.var_values, scale, step))"),
+                                 "return pred_c.guided_by(pred_u, scale)",
+                                 "return Prediction(x, step.level, pred_c.primary, pred_c.guided_by(pred_u, scale)"
+                                 ".known[pred_c.primary], None if pred_c.var_values is None else pred_u.var_values "
+                                 "+ scale * (pred_c.var_values - pred_u.var_values))"),
     # DDPM's mean shift Sigma * g (Dhariwal & Nichol, Algorithm 1) without the variance
     "gradient-without-sigma": ("guidance/samplers/ddpm.py",
                                "mean = mean + var * (grad if cur.vp_scale == 1.0 else grad * cur.vp_scale)",

@@ -32,8 +32,7 @@ class AutoGuidance(Guidance):
         if scale == 1.0:
             return main
         weak = self.weak(x, step.level, cond.model)
-        space = main.primary  # affine mix, in the model's own space (defined at sigma = inf)
-        return main.with_value(space, weak.get(space) + scale * (main.get(space) - weak.get(space)))
+        return main.guided_by(weak, scale)
 
     def cost(self, sigma: float | None = None, negative: bool = False) -> GuidanceCost:
         return GuidanceCost(network_passes=2 if self.active_at(sigma) else 1)  # main + weak passes

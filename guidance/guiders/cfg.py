@@ -33,9 +33,6 @@ class ClassifierFreeGuidance(Guidance):
         pred_c, pred_u = model(torch.cat([x, x]), step.level, cond_cat([cond.model, uncond])).chunk(2)
         return pred_c, pred_u
 
-    def combine(self, eps_c: Tensor, eps_u: Tensor, scale: float, step: StepInfo) -> Tensor:
-        return eps_u + scale * (eps_c - eps_u)
-
     def guided(self, scale: float, cond: Conditions) -> bool:
         """Whether this evaluation needs the unconditional branch (not at s = 1 without a negative prompt)."""
         return not (scale == 1.0 and cond.negative is None)
@@ -45,8 +42,7 @@ class ClassifierFreeGuidance(Guidance):
         if not self.guided(scale, cond):
             return super().predict(model, x, step, cond)
         pred_c, pred_u = self.branches(model, x, step, cond)
-        space = pred_c.primary  # affine: any space gives the same mix; the model's own is defined at sigma = inf
-        return pred_c.with_value(space, self.combine(pred_c.get(space), pred_u.get(space), scale, step))
+        return pred_c.guided_by(pred_u, scale)
 
     def cost(self, sigma: float | None = None, negative: bool = False) -> GuidanceCost:
         return GuidanceCost(network_passes=2 if negative or self.active_at(sigma) else 1)

@@ -47,9 +47,7 @@ class CFGPlusPlus(ClassifierFreeGuidance):
     def predict(self, model: Denoiser, x: Tensor, step: StepInfo, cond: Conditions) -> Prediction:
         scale = self.scale_at(step)
         pred_c, pred_u = self.branches(model, x, step, cond)
-        space = pred_c.primary  # affine mix, in the model's own space (defined at sigma = inf)
-        return pred_c.with_value(space, self.combine(pred_c.get(space), pred_u.get(space), scale, step),
-                                 renoise=pred_u.eps)
+        return pred_c.guided_by(pred_u, scale, renoise=pred_u.eps)
 
     def cost(self, sigma: float | None = None, negative: bool = False) -> GuidanceCost:
         return GuidanceCost(network_passes=2)

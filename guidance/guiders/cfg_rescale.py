@@ -51,8 +51,7 @@ class RescaledCFG(ClassifierFreeGuidance):
         if not self.guided(scale, cond):
             return model(x, step.level, cond.model)
         pred_c, pred_u = self.branches(model, x, step, cond)
-        space = pred_c.primary  # the CFG mix is affine: taken in the model's own space (defined at sigma = inf)
-        pred_cfg = pred_c.with_value(space, self.combine(pred_c.get(space), pred_u.get(space), scale, step))
+        pred_cfg = pred_c.guided_by(pred_u, scale)
         return pred_cfg.with_x0(rescale(pred_cfg.x0, pred_c.x0, self.phi))
 
     def __repr__(self) -> str:

@@ -30,12 +30,12 @@ def sampler_spec(name: str) -> SamplerSpec:
     return SAMPLERS[name]
 
 
-def check_pairing(spec: SamplerSpec, guidance: Guidance) -> None:
-    """Refuse a guidance the sampler cannot apply, with the fix."""
+def check_pairing(spec: SamplerSpec, guidance: Guidance | type[Guidance]) -> None:
+    """Refuse a guidance (an instance, or its class before any is built) the sampler cannot apply, with the fix."""
     if guidance.renoises_unconditionally and not spec.renoise:
         able = ", ".join(n for n, s in SAMPLERS.items() if s.renoise)
-        raise ValueError(f"guidance {guidance.name!r} renoises with the unconditional prediction, which sampler "
-                         f"{spec.name!r} cannot do; use one of: {able}")
+        raise ValueError(f"guidance {guidance.name!r} renoises with the unconditional prediction, which --sampler "
+                         f"{spec.name} cannot do; use --sampler one of {able}, or drop {guidance.name}")
 
 
 def one_step(sampler: str, denoise: Denoise, x: Tensor, level: NoiseLevel, next_level: NoiseLevel,
