@@ -17,7 +17,6 @@ from guidance.accelerate import add_arguments as add_acceleration_arguments
 from guidance.guiders import REGISTRY, available_guidance
 from guidance.process import SCHEDULES
 from guidance.samplers import SAMPLERS
-from guidance.zoo.load import guiding_models_present
 
 
 def parse_floats(text: str, flag: str = "--scales") -> list[float]:
@@ -100,22 +99,10 @@ def parse_prompt_limit(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"bad --prompt-limit {text!r}; use a positive count or 'all'") from None
 
 
-def guidance_list(text: str, model: str | None = None) -> list[str]:
-    """Comma-separated names as given, or for 'all' every registered method the model set can run.
-
-    'all' skips (with a note) methods whose guiding model the model set lacks, e.g. autoguidance
-    without a weak model; a method named explicitly is kept, so the run reports its error.
-    """
-    if text.strip() != "all":
-        return [g.strip() for g in text.split(",") if g.strip()]
-    present = guiding_models_present(None if model in (None, "emoji") else model)  # a bad --model: the run says so
-    names = []
-    for name, (_, needs) in REGISTRY.items():
-        if needs is not None and not present.get(needs, False):
-            print(f"note: --guidance all skips {name!r}: the model set has no {needs} model", file=sys.stderr)
-            continue
-        names.append(name)
-    return names
+def guidance_list(text: str) -> list[str]:
+    """Comma-separated names as given; 'all' stays ['all'] until the run has loaded its model and knows
+    which methods apply to it (bench.run.applicable_guidance)."""
+    return [g.strip() for g in text.split(",") if g.strip()]
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -125,6 +112,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-limit", type=parse_prompt_limit, default=None,
                    help="use the first N prompts, or 'all' (default: the preset's: quick 20, tiny 8, full all)")
     p.add_argument("--samples-per-prompt", type=int, default=None)
+    p.add_argument("--negative-prompt", default=None,
+                   help="negative prompt for CFG and its variants (replaces the null caption; a prompt file's "
+                        "negative_prompt column overrides it per prompt)")
     p.add_argument("--seeds", default=None, help="seed sets, e.g. 0,1,2 (>= 2 for confidence intervals)")
     p.add_argument("--sampler", default=None, help="ddim (default), ddpm, euler, euler-ancestral, heun, dpmpp-2m, "
                                                    "flow-euler, or 'list' to describe them")
@@ -151,14 +141,15 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    guidance = guidance_list(args.guidance, args.model)
+    guidance = guidance_list(args.guidance)
     scales = parse_scales(args.scales) if args.scales else {}
     if isinstance(scales, list):
         scales = {g: scales for g in guidance}
     every_prompt = args.prompt_limit == "all"
     overrides = dict(guidance=guidance, scales=scales, prompts=args.prompts,
                      prompt_limit=None if every_prompt else args.prompt_limit,
-                     samples_per_prompt=args.samples_per_prompt, sampler=args.sampler, steps=args.steps,
+                     samples_per_prompt=args.samples_per_prompt, negative_prompt=args.negative_prompt,
+                     sampler=args.sampler, steps=args.steps,
                      schedule=args.schedule, eta=args.eta,
                      batch_size=args.batch_size, device=args.device, dtype=args.dtype, model=args.model,
                      channels_last=args.channels_last, compile=args.compile or None,

@@ -48,6 +48,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+ALL = "all"  # --guidance all: every registered method that applies to the model and sampler
+
 HALF_NUMERICS = 2  # bump when a change alters bf16/fp16 samples but not fp32 ones (part of their sample key)
 
 
@@ -58,6 +60,7 @@ class BenchConfig:
     prompts: str = "emoji200"
     prompt_limit: int | None = 20
     samples_per_prompt: int = 1
+    negative_prompt: str | None = None  # CFG's unconditional branch for prompts without their own negative_prompt
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     sampler: str = "ddim"
     schedule: str = "default"  # sigma schedule: the model's own, or a spacing or Karras / exponential
@@ -145,14 +148,15 @@ class BenchConfig:
 
     def validate(self, num_timesteps: int = 1000) -> None:
         """Raise a one-line ValueError naming the bad option and the fix; nothing is sampled before this."""
-        unknown = [g for g in self.guidance if g not in REGISTRY]
+        every = self.guidance == [ALL]  # resolved against the model once it is loaded
+        unknown = [g for g in self.guidance if g not in REGISTRY and not every]
         if unknown or not self.guidance:
             raise ValueError(f"unknown guidance {unknown or self.guidance}; valid: {', '.join(REGISTRY)} "
                              f"(comma-separated, or 'all')")
-        extra = set(self.scales) - set(self.guidance)
+        extra = set(self.scales) - set(self.guidance) - set(REGISTRY if every else ())
         if extra:
             raise ValueError(f"scales given for {sorted(extra)}, which is not in --guidance {self.guidance}")
-        for g, scales in self.scale_grid().items():
+        for g, scales in ({} if every else self.scale_grid()).items():
             if not scales:
                 raise ValueError(f"no scales for {g!r}; give at least one, e.g. --scales {g}=1,3,6")
             repeated = sorted({s for s in scales if scales.count(s) > 1})
@@ -175,6 +179,8 @@ class BenchConfig:
                                  f"{', '.join(n for n, s in SAMPLERS.items() if 'eta' in s.options)}")
             if not 0.0 <= self.eta <= 1.0:
                 raise ValueError(f"--eta {self.eta} is out of range; use [0, 1]")
+        if self.negative_prompt is not None and not self.negative_prompt.strip():
+            raise ValueError("--negative-prompt is empty; leave the flag out to use the null caption")
         if self.samples_per_prompt < 1 or self.batch_size < 1:
             raise ValueError("--samples-per-prompt and --batch-size must be at least 1")
         if self.prompt_limit is not None and self.prompt_limit < 1:

@@ -35,6 +35,7 @@ __all__ = [
 PROMPT_KEYS = ("prompt", "text", "caption")
 CATEGORY_KEYS = ("category", "tag")  # "tag" is GenEval's category
 LABEL_KEY = "label"
+NEGATIVE_KEYS = ("negative_prompt", "negative")  # a per-prompt negative prompt for CFG
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Prompt:
     label: int | None = None  # class index for classifier guidance (emoji identity), if known
     category: str | None = None
     meta: Mapping[str, str] = field(default_factory=dict)  # other columns, for breakdowns
+    negative: str | None = None  # replaces CFG's unconditional branch for this prompt (None: the null caption)
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,7 @@ def _record_to_prompt(record: Mapping[str, object], prompt_key: str, path: Path,
     keys = list(record)
     category_key = _find_key(keys, CATEGORY_KEYS)
     label_key = _find_key(keys, (LABEL_KEY,))
+    negative_key = _find_key(keys, NEGATIVE_KEYS)
     raw_text = record[prompt_key]
     text = raw_text.strip() if isinstance(raw_text, str) else ""
     if not text:
@@ -139,13 +142,18 @@ def _record_to_prompt(record: Mapping[str, object], prompt_key: str, path: Path,
     meta = {
         k: v if isinstance(v, str) else json.dumps(v)
         for k, v in record.items()
-        if k not in (prompt_key, category_key, label_key)
+        if k not in (prompt_key, category_key, label_key, negative_key)
     }
+    negative = record.get(negative_key) if negative_key else None
+    if negative is not None and not isinstance(negative, str):
+        raise PromptFileError(path, line, f"negative prompt {negative!r} is not text",
+                              "write the negative prompt as a string, or leave it empty for none")
     return Prompt(
         text=text,
         label=_parse_label(record[label_key], path, line) if label_key else None,
         category=str(category) if category not in (None, "") else None,
         meta=meta,
+        negative=(negative.strip() or None) if negative is not None else None,
     )
 
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 import pandas as pd
 import torch
 
-from bench.config import BenchConfig
+from bench.config import ALL, BenchConfig
 from bench.distributed import Shard, init_from_env, local_device
 from bench.emoji_prompts import emoji_labels
 from bench.prompts import PromptSet
@@ -39,9 +39,15 @@ from guidance.samplers import check_pairing, sample, sampler_spec
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def default_run_id(cfg: BenchConfig) -> str:
+    """Time stamp and methods: up to three named, more counted (a name for --guidance all stays short)."""
+    methods = "-".join(cfg.guidance) if len(cfg.guidance) <= 3 else f"{len(cfg.guidance)}-methods"
+    return f"{datetime.now():%Y%m%d-%H%M%S}-{methods}"
+
+
 def prepare_output(cfg: BenchConfig) -> Path:
     """Create and probe the run directory before any sampling, so a bad --out fails at once."""
-    run_id = cfg.run_id or f"{datetime.now():%Y%m%d-%H%M%S}-{'-'.join(cfg.guidance)}"
+    run_id = cfg.run_id or default_run_id(cfg)
     run_dir = Path(cfg.out) / run_id
     try:
         (run_dir / "samples").mkdir(parents=True, exist_ok=True)
@@ -75,10 +81,49 @@ def check_keeps_samples(run_dir: Path, cfg: BenchConfig) -> None:
                      f"new --run-id (or --out), or repeat {was}")
 
 
+def why_not(name: str, cfg: BenchConfig, prompts: PromptSet, bundle: ModelBundle) -> str | None:
+    """Why guidance `name` cannot run on this model, sampler and prompt set (one line with the fix), or None."""
+    cls, needs = REGISTRY[name]
+    if name == "classifier" and not prompts.has_labels:
+        return (f"guidance 'classifier' cannot run on prompt set {prompts.name!r}: it has no labels; use a set "
+                f"with a label column (e.g. emoji200) or drop classifier from --guidance")
+    if needs is not None and bundle.guiding_models().get(needs) is None:
+        return (f"guidance {name!r} needs a {needs} model, which {bundle.source} does not have; drop it from "
+                f"--guidance or point --model at a directory that has one")
+    try:
+        check_pairing(sampler_spec(cfg.sampler), cls)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def applicable_guidance(cfg: BenchConfig, prompts: PromptSet, bundle: ModelBundle,
+                        note: Callable[[str], None] = print) -> BenchConfig:
+    """`--guidance all` becomes every registered method that can run here (`note` says which are
+    skipped and why); scales given for 'all' apply to each. Other configs are returned as they are."""
+    if cfg.guidance != [ALL]:
+        return cfg
+    names = []
+    for name in REGISTRY:
+        reason = why_not(name, cfg, prompts, bundle)
+        if reason is None:
+            names.append(name)
+        else:
+            note(f"note: --guidance all skips {name!r}: {reason.split(';')[0]}")
+    common = cfg.scales.get(ALL)
+    scales = {g: v for g, v in cfg.scales.items() if g in names}
+    if common is not None:
+        scales = {g: list(common) for g in names} | scales
+    resolved = replace(cfg, guidance=names, scales=scales)
+    resolved.validate()
+    return resolved
+
+
 def check_compatible(cfg: BenchConfig, prompts: PromptSet, bundle: ModelBundle) -> None:
-    if "classifier" in cfg.guidance and not prompts.has_labels:
-        raise ValueError(f"guidance 'classifier' cannot run on prompt set {prompts.name!r}: it has no labels; "
-                         f"use a set with a label column (e.g. emoji200) or drop classifier from --guidance")
+    for name in cfg.guidance:
+        reason = why_not(name, cfg, prompts, bundle)
+        if reason is not None:
+            raise ValueError(reason)
     for (what, drop), classes in label_limits(cfg, bundle, prompts).items():
         bad = next((p for p in prompts.prompts if p.label is not None and not 0 <= p.label < classes), None)
         if bad is not None:
@@ -88,14 +133,6 @@ def check_compatible(cfg: BenchConfig, prompts: PromptSet, bundle: ModelBundle) 
         raise ValueError(f"FID and KID need at least 2 samples per cell, and {len(prompts)} prompt(s) x "
                          f"{cfg.samples_per_prompt} sample(s) per prompt make {len(prompts) * cfg.samples_per_prompt}; "
                          f"raise --prompt-limit or --samples-per-prompt, or drop fid/kid from --metrics")
-    models = bundle.guiding_models()
-    spec = sampler_spec(cfg.sampler)
-    for name in cfg.guidance:
-        cls, needs = REGISTRY[name]
-        if needs is not None and models.get(needs) is None:
-            raise ValueError(f"guidance {name!r} needs a {needs} model, which {bundle.source} does not have; "
-                             f"drop it from --guidance or point --model at a directory that has one")
-        check_pairing(spec, cls)
 
 
 def label_limits(cfg: BenchConfig, bundle: ModelBundle, prompts: PromptSet) -> dict[tuple[str, str], int]:
@@ -135,11 +172,13 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def conditions(bundle: ModelBundle, expected: Expected, indices: list[int]) -> Conditions:
-    """The batch's conditions, from the captions and labels its global sample indices ask for (encoded
-    once per batch: every step of the trajectory reuses them)."""
+    """The batch's conditions, from the captions, labels and negative prompts its global sample indices
+    ask for (encoded once per batch: every step of the trajectory reuses them)."""
     labels = expected.labels[indices]
+    negatives = [str(t) or None for t in expected.negatives[indices]]
     return bundle.conditions([str(t) for t in expected.texts[indices]],
-                             torch.from_numpy(labels) if (labels >= 0).all() else None)
+                             torch.from_numpy(labels) if (labels >= 0).all() else None,
+                             negatives if any(negatives) else None)
 
 
 def batches(todo: list[int], size: int) -> Iterator[list[int]]:
@@ -160,8 +199,10 @@ def sample_cell(cfg: BenchConfig, bundle: ModelBundle, cell: Cell, guidance: Gui
     kept (its resume then reports s/img over all the cell's batches)."""
     sigmas = bundle.process.sigmas(cfg.steps, cfg.schedule)
     finished = store.finished_indices(expected)
-    # per image over every model evaluation (NFE; Heun: two per step): exact for interval guidance
-    cost = guidance.cost_per_image(sampler_spec(cfg.sampler).evaluations(sigmas), sigmas)
+    # per image over every model evaluation (NFE; Heun: two per step): exact for interval guidance; a batch
+    # with a negative prompt runs CFG's second branch at every evaluation, s = 1 included
+    evaluations = sampler_spec(cfg.sampler).evaluations(sigmas)
+    costs = {negative: guidance.cost_per_image(evaluations, sigmas, negative=negative) for negative in (False, True)}
     dtype = DTYPES[cfg.dtype]
     autocast = autocast_context(device, dtype)
     # batches are numbered over the whole cell, so shard ownership and batch members never depend on
@@ -171,6 +212,7 @@ def sample_cell(cfg: BenchConfig, bundle: ModelBundle, cell: Cell, guidance: Gui
         if not idx or not shard.owns(number):
             continue
         cond = conditions(bundle, expected, idx)
+        cost = costs[cond.negative is not None]
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start, started_at = time.perf_counter(), time.time()  # the interval's length comes from perf_counter
@@ -224,6 +266,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
         print(f"prompts: the first {cfg.prompt_limit} of {prompts.name} (--prompt-limit N or all to change)")
     device = checked_device(local_device(cfg.device))
     bundle = load_bundle(cfg.model, device)
+    cfg = applicable_guidance(cfg, prompts, bundle, note=print if progress else lambda _: None)
     check_compatible(cfg, prompts, bundle)
     check_scorers(cfg, device)
     bundle.accelerate(cfg.acceleration(), device, DTYPES[cfg.dtype])
@@ -233,7 +276,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
     if shard.is_main or not shard.launched:  # every independent shard job: any of them may start first
         write_atomic(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
     n = len(prompts) * cfg.samples_per_prompt
-    expected = Expected.of(prompts, n, cfg.samples_per_prompt)
+    expected = Expected.of(prompts, n, cfg.samples_per_prompt, cfg.negative_prompt)
     cells = grid_cells(cfg)
     bar = tqdm(total=n * len(cells), desc="sampling", unit="img", disable=not progress, dynamic_ncols=True)
     for cell in cells:
@@ -301,7 +344,7 @@ def merge_shards(run_dir: Path, progress: bool = True) -> Path:
     cfg.scales = {g: list(v) for g, v in cfg.scales.items()}
     prompts = load_prompt_set(cfg)
     n = len(prompts) * cfg.samples_per_prompt
-    expected = Expected.of(prompts, n, cfg.samples_per_prompt)
+    expected = Expected.of(prompts, n, cfg.samples_per_prompt, cfg.negative_prompt)
     device = torch.device(cfg.device if cfg.device == "cpu" or torch.cuda.is_available() else "cpu")
     bundle = load_bundle(cfg.model, device)
     check_keeps_samples(Path(run_dir), replace(cfg, model_fingerprint=bundle.fingerprint()))
@@ -328,7 +371,7 @@ def agree_on_run_id(cfg: BenchConfig, shard: Shard) -> BenchConfig:
     if cfg.run_id is None and shard.launched:
         import torch.distributed as dist
 
-        name = [f"{datetime.now():%Y%m%d-%H%M%S}-{'-'.join(cfg.guidance)}" if shard.is_main else None]
+        name = [default_run_id(cfg) if shard.is_main else None]
         dist.broadcast_object_list(name, src=0)
         cfg = cfg.with_overrides(run_id=name[0])
     if cfg.run_id is None and shard.world > 1:

@@ -60,32 +60,39 @@ PART_NAME = re.compile(r"(\d+)-(\d+)\.npz")  # a complete batch file; a write cu
 
 @dataclass(frozen=True)
 class Expected:
-    """What each global sample index of a run is conditioned on: its caption and label (-1: none).
+    """What each global sample index of a run is conditioned on: its caption, label (-1: none) and
+    negative prompt ("": none, CFG's null caption).
 
-    A saved sample is reused only where both still match, so an edited prompt file resamples exactly
-    the samples whose prompt changed, and a larger --prompt-limit keeps the samples already made.
+    A saved sample is reused only where all three still match, so an edited prompt file resamples
+    exactly the samples whose prompt changed, and a larger --prompt-limit keeps the samples already made.
     """
 
     texts: np.ndarray  # str [n]
     labels: np.ndarray  # int64 [n]
+    negatives: np.ndarray  # str [n]
 
     @classmethod
-    def of(cls, prompts: PromptSet, n: int, samples_per_prompt: int) -> "Expected":
+    def of(cls, prompts: PromptSet, n: int, samples_per_prompt: int, negative_prompt: str | None = None) -> "Expected":
+        """`negative_prompt` applies to the prompts that have no negative of their own."""
         chosen = [prompts.prompts[i // samples_per_prompt] for i in range(n)]
         return cls(np.array([p.text for p in chosen], dtype=str),
-                   np.array([-1 if p.label is None else p.label for p in chosen], dtype=np.int64))
+                   np.array([-1 if p.label is None else p.label for p in chosen], dtype=np.int64),
+                   np.array([p.negative or negative_prompt or "" for p in chosen], dtype=str))
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def matches(self, stored: "np.lib.npyio.NpzFile") -> np.ndarray:
-        """Per stored row: is its index in this run, with the caption and label that index asks for now?"""
+        """Per stored row: is its index in this run, with the caption, label and negative prompt that
+        index asks for now? (Rows saved before negative prompts existed had none.)"""
         indices = stored["indices"]
         if "labels" not in stored.files:  # written before labels were stored: cannot be checked, so not reused
             return np.zeros(len(indices), dtype=bool)
         inside = (indices >= 0) & (indices < len(self))
         at = np.where(inside, indices, 0)
-        return inside & (self.texts[at] == stored["prompts"]) & (self.labels[at] == stored["labels"])
+        negatives = stored["negatives"] if "negatives" in stored.files else np.full(len(indices), "")
+        return (inside & (self.texts[at] == stored["prompts"]) & (self.labels[at] == stored["labels"])
+                & (self.negatives[at] == negatives))
 
 
 class SampleStore:
@@ -147,7 +154,7 @@ class SampleStore:
         tmp = self.parts / f".{path.name}.partial"  # never matches PART_NAME: a killed write is ignored
         with open(tmp, "wb") as f:
             np.savez(f, images=to_hwc_uint8(images), prompts=expected.texts[indices], labels=expected.labels[indices],
-                     indices=np.array(indices))
+                     negatives=expected.negatives[indices], indices=np.array(indices))
         os.replace(tmp, path)  # atomic: a killed run leaves whole batches or none
 
     def merge(self, expected: Expected) -> None:
@@ -162,7 +169,7 @@ class SampleStore:
         tmp = self.final.with_name(f".{self.final.name}.partial")
         with open(tmp, "wb") as f:
             np.savez(f, images=np.stack([images[i] for i in range(len(expected))]), prompts=expected.texts,
-                     labels=expected.labels, indices=np.arange(len(expected)), cell_hash=np.array(self.cell_hash))
+                     labels=expected.labels, negatives=expected.negatives, indices=np.arange(len(expected)), cell_hash=np.array(self.cell_hash))
         os.replace(tmp, self.final)
         shutil.rmtree(self.parts, ignore_errors=True)
 

@@ -27,8 +27,10 @@ class ModelBundle(Protocol):
     clip_denoised: bool  # x0 lives in [-1, 1] (pixels): samplers may clip it
     source: str  # where it was loaded from, for manifests
 
-    def conditions(self, texts: Sequence[str], labels: Tensor | None = None) -> Conditions:
-        """The batch's conditions (model, guiding-model and label inputs) from captions and labels."""
+    def conditions(self, texts: Sequence[str], labels: Tensor | None = None,
+                   negative: Sequence[str | None] | None = None) -> Conditions:
+        """The batch's conditions (model, guiding-model and label inputs) from captions and labels;
+        `negative`: per-sample negative prompts (None in a row: that row's null condition)."""
         ...
 
     def decode(self, x: Tensor) -> Tensor:

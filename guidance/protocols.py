@@ -10,7 +10,7 @@ nothing in the samplers or the guidance methods names a class.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Mapping, Protocol, Union, runtime_checkable
+from typing import Mapping, Protocol, Sequence, Union, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -32,6 +32,18 @@ def cond_cat(parts: list[ModelCond]) -> ModelCond:
 
 def cond_apply(cond: ModelCond, fn) -> ModelCond:  # noqa: ANN001
     return fn(cond) if isinstance(cond, Tensor) else {k: fn(v) for k, v in cond.items()}
+
+
+def cond_where(keep: Sequence[bool], cond: ModelCond, other: ModelCond) -> ModelCond:
+    """Per row: `cond` where `keep`, else `other` (a batch where only some samples have a negative
+    prompt takes the null condition in the other rows)."""
+    def pick(a: Tensor, b: Tensor) -> Tensor:
+        mask = torch.tensor(list(keep), dtype=torch.bool, device=a.device).view(-1, *[1] * (a.dim() - 1))
+        return torch.where(mask, a, b)
+
+    if isinstance(cond, Tensor):
+        return pick(cond, other)  # type: ignore[arg-type]
+    return {k: pick(v, other[k]) for k, v in cond.items()}  # type: ignore[index]
 
 
 def cond_len(cond: ModelCond) -> int:

@@ -577,24 +577,30 @@ def test_one_guided_ddim_step_with_the_zoo(zoo, zoo_case, name):
         torch.testing.assert_close(out, cfg, rtol=1e-5, atol=1e-5)
 
 
-def test_autoguidance_without_a_weak_model_is_a_clear_error_and_all_skips_it(zoo, tmp_path, capsys):
+def test_autoguidance_without_a_weak_model_is_a_clear_error_and_all_skips_it(zoo):
     from dataclasses import replace
 
-    from bench.cli import guidance_list
-    from guidance.zoo.load import ZOO_DIR
+    from bench.config import BenchConfig
+    from bench.run import applicable_guidance, check_compatible
+    from bench.store import load_prompt_set
 
     no_weak = replace(zoo, weak_unet=None)
     assert no_weak.weak is None
     with pytest.raises(ValueError, match="autoguidance.*needs a weak model"):
         make_guidance("autoguidance", 2.0, no_weak.guiding_models())
-    for f in ZOO_DIR.glob("*.safetensors"):  # a model directory like the zoo, without its weak model
-        if f.name != "weak_unet.safetensors":
-            (tmp_path / f.name).symlink_to(f)
-    names = guidance_list("all", str(tmp_path))
-    assert "autoguidance" not in names and set(names) == set(REGISTRY) - {"autoguidance"}
-    assert "skips 'autoguidance'" in capsys.readouterr().err
-    assert guidance_list("cfg,autoguidance") == ["cfg", "autoguidance"]  # named: kept, so the run errors
-    assert set(guidance_list("all")) == set(REGISTRY)  # the committed zoo has its weak model
+    every = BenchConfig.from_preset("tiny", guidance=["all"], scales={"all": [2.0]})
+    prompts, notes = load_prompt_set(every), []
+    resolved = applicable_guidance(every, prompts, no_weak, note=notes.append)
+    assert "autoguidance" not in resolved.guidance
+    assert set(resolved.guidance) == set(REGISTRY) - {"autoguidance"}
+    assert resolved.scale_grid() == {g: [2.0] for g in resolved.guidance}
+    assert any("skips 'autoguidance'" in n for n in notes)
+    with pytest.raises(ValueError, match="needs a weak model"):  # named: kept, so the run errors
+        check_compatible(BenchConfig.from_preset("tiny", guidance=["cfg", "autoguidance"]), prompts, no_weak)
+    assert set(applicable_guidance(every, prompts, zoo).guidance) == set(REGISTRY)  # the zoo has its weak model
+    ddpm = applicable_guidance(replace(every, sampler="ddpm"), prompts, zoo, note=notes.append)
+    assert set(ddpm.guidance) == set(REGISTRY) - {"cfg-pp"}  # ancestral DDPM cannot renoise unconditionally
+    assert any("skips 'cfg-pp'" in n for n in notes)
 
 
 def test_autoguidance_with_the_committed_weak_model(zoo, zoo_case):

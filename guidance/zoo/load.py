@@ -21,7 +21,7 @@ from guidance.accelerate import Acceleration
 from guidance.denoisers import NetworkDenoiser
 from guidance.diffusion import GaussianDiffusion
 from guidance.process import VPDiscrete
-from guidance.protocols import Conditions
+from guidance.protocols import Conditions, cond_where
 from guidance.zoo.encoders import EncoderConfig, EvalClassifier, NoiseAwareClassifier, NoisedCLIPModel
 from guidance.zoo.store import CheckpointError, dir_checksums, load_weights, read_metadata
 from guidance.zoo.text import CaptionTokenizer
@@ -149,10 +149,18 @@ class Zoo:
                                                                          self.weak_unet.learned_variance)
         self.source = str(self.root)
 
-    def conditions(self, texts: Sequence[str], labels: Tensor | None = None) -> Conditions:
+    def conditions(self, texts: Sequence[str], labels: Tensor | None = None,
+                   negative: Sequence[str | None] | None = None) -> Conditions:
         texts = [str(t) for t in texts]
         clip_tokens = self.clip_tokenizer(texts) if self.clip_tokenizer is not None else None
-        return Conditions(model=self.tokenizer(texts), labels=labels, clip_tokens=clip_tokens)
+        tokens = self.tokenizer(texts)
+        if negative is not None:
+            if len(negative) != len(texts):
+                raise ValueError(f"{len(negative)} negative prompts for {len(texts)} captions; give one per caption "
+                                 f"(None where a sample has none)")
+            negative = cond_where([n is not None for n in negative], self.tokenizer([n or "" for n in negative]),
+                                  self.denoiser.null_cond(tokens))
+        return Conditions(model=tokens, labels=labels, clip_tokens=clip_tokens, negative=negative)
 
     def decode(self, x: Tensor) -> Tensor:
         return x
