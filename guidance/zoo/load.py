@@ -119,12 +119,6 @@ GUIDING_FILES = {"classifier": ("classifier.safetensors", "classifier"),
 SAMPLING_FILES = ("unet.safetensors", *(name for name, _ in GUIDING_FILES.values()))
 
 
-def guiding_models_present(root: str | os.PathLike | None = None) -> dict[str, bool]:
-    """Which guiding models a model directory holds, from its files alone (nothing is loaded)."""
-    root = Path(root) if root else ZOO_DIR
-    return {role: (root / name).exists() for role, (name, _) in GUIDING_FILES.items()}
-
-
 @dataclass
 class Zoo:
     """The zoo's model bundle (guidance.bundle.ModelBundle): the text UNet on its cosine VP process,
