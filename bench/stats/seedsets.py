@@ -1,4 +1,4 @@
-"""Statistics over seed sets: confidence intervals, per-cell summaries, Pareto front, ranking.
+"""Statistics over seed sets: Student-t intervals, per-cell summaries, Pareto front, ranking.
 
 A benchmark cell (guidance, scale) is sampled with several independent seed sets; the spread
 between seed sets is the honest error bar (FID of one set of 64 images varies a lot), so every
