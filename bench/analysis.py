@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _sps
 
+from bench.report_format import metric_name
 from bench.stats import mean_ci, rank_methods, summarize
 from bench.stats.bootstrap import (DEFAULT_B, DEFAULT_SEED, Clustered, bootstrap_p, design_wilson, holm,
                                    percentile_interval, resample_counts)
@@ -29,17 +30,16 @@ from bench.stats.matched import REACHED, first_crossing, interpolate, status
 
 __all__ = [
     "PER_SAMPLE_FILE", "Analysis", "PairedData", "load_per_sample", "paired_data", "cell_table", "paired_difference",
-    "comparisons",
-    "ranking_with_confidence", "matched_alignment", "by_category", "analyse", "write_analysis",
-    "higher_is_better",
+    "comparisons", "vs_rank1", "ranking_with_confidence", "best_cells", "rank1_share", "matched_alignment",
+    "by_category", "analyse", "write_analysis", "higher_is_better",
 ]
 
 PER_SAMPLE_FILE = "per_sample.csv"
 CELL = ("guidance", "scale")
 CLUSTER = "prompt_index"
 REQUIRED = ("guidance", "scale", "seed_set", "prompt_index")
-ID_COLUMNS = frozenset({"run", "guidance", "scale", "seed_set", "index", "prompt_index", "prompt", "text",
-                        "caption", "label", "sample_index"})
+ID_COLUMNS = frozenset({"run", "guidance", "scale", "seed_set", "seed", "index", "prompt_index", "prompt", "text",
+                        "caption", "label", "sample", "sample_index", "batch", "path", "file_path"})
 SET_METRICS = ("fid", "kid_mean", "cmmd", "precision", "recall", "density", "coverage", "diversity", "vendi")
 LOWER_IS_BETTER = frozenset({"fid", "kid_mean", "kid_std", "cmmd"})
 ALIGNMENT = "clip_score"  # the axis methods are matched on
@@ -64,7 +64,7 @@ def load_per_sample(run_dir: str | Path) -> pd.DataFrame | None:
     try:
         frame = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: malformed {PER_SAMPLE_FILE} ({e}); re-score the run (`python -m bench merge`)") from None
+        raise ValueError(f"{path}: malformed {PER_SAMPLE_FILE} ({e}); delete it, or re-run the run's `invoke bench` command (it resumes and re-scores)") from None
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: lacks the column(s) {missing}; found {list(frame.columns)}")
@@ -84,8 +84,17 @@ def per_sample_metrics(frame: pd.DataFrame) -> list[str]:
 
 
 def category_columns(frame: pd.DataFrame) -> list[str]:
-    """Text columns that describe the prompt (PartiPrompts Category, GenEval tag, emoji group...)."""
-    return [c for c in frame.columns if c not in ID_COLUMNS and not pd.api.types.is_numeric_dtype(frame[c])]
+    """Text columns that describe the prompt (PartiPrompts Category, GenEval tag, emoji group...): one
+    value per prompt, and fewer values than prompts (else it names prompts, not categories)."""
+    out = []
+    n_prompts = frame[CLUSTER].nunique()
+    for c in frame.columns:
+        if c in ID_COLUMNS or pd.api.types.is_numeric_dtype(frame[c]):
+            continue
+        values = frame[c].fillna("(none)").astype(str)
+        if values.groupby(frame[CLUSTER]).nunique().max() == 1 and values.nunique() < max(n_prompts, 2):
+            out.append(c)
+    return out
 
 
 def set_metrics(results: pd.DataFrame) -> list[str]:
@@ -154,7 +163,9 @@ def _interval_rows(clustered: Clustered, reps: np.ndarray, proportion: bool, con
     for i in range(len(clustered.cells)):
         n_prompts, n_images = clustered.cluster_counts(i)
         row = {"mean": means[i], "lo": lo[i], "hi": hi[i], "interval": BOOTSTRAP, "n": n_prompts, "n_images": n_images}
-        if proportion and n_images and not (hi[i] > lo[i]):
+        if n_prompts < 2:  # one prompt: resampling it says nothing about the spread
+            row["lo"], row["hi"], row["interval"] = math.nan, math.nan, "none (one prompt)"
+        if proportion and n_images and not (row["hi"] > row["lo"]):
             row["lo"], row["hi"] = design_wilson(means[i], var[i], n_images, n_prompts, confidence)
             row["interval"] = WILSON
         rows.append(row)
@@ -341,7 +352,7 @@ def paired_difference(paired: PairedData, metric: str, a: tuple, b: tuple) -> di
     ia, ib = order[a], order[b]
     common = (clustered.counts[ia] > 0) & (clustered.counts[ib] > 0)
     n = int(common.sum())
-    if n == 0:
+    if n < 2:  # one shared prompt: no spread to resample
         return None
     point = clustered.replicates(np.ones((1, len(clustered.clusters))), [ia, ib], common)[0]
     reps = clustered.replicates(paired.weights, [ia, ib], common)
@@ -381,6 +392,27 @@ def comparisons(summary: pd.DataFrame, ranking: pd.DataFrame, results: pd.DataFr
     return table[COMPARISON_COLUMNS]
 
 
+def vs_rank1(ranking: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+    """Per ranking row, how its chosen cell compares with rank 1's, metric by metric: "worse" /
+    "better" where Holm-significant, "n.s." where not ("" for rank 1 itself)."""
+    out = []
+    if ranking.empty or table.empty:
+        return [""] * len(ranking)
+    top = ranking.iloc[0]["guidance"]
+    best = table[table["kind"] == "best vs best"]
+    for _, row in ranking.iterrows():
+        g = row["guidance"]
+        rows = best[((best["a_guidance"] == top) & (best["b_guidance"] == g))
+                    | ((best["a_guidance"] == g) & (best["b_guidance"] == top))]
+        parts = []
+        for _, r in rows.iterrows():
+            own = "a" if r["a_guidance"] == g else "b"
+            verdict = "n.s." if not r["better"] else ("better" if r["better"] == own else "worse")
+            parts.append(f"{metric_name(r['metric'])}: {verdict}")
+        out.append("" if g == top else "; ".join(parts))
+    return out
+
+
 # --------------------------------------------------------------------------- matched alignment
 
 
@@ -418,11 +450,13 @@ def matched_alignment(summary: pd.DataFrame, results: pd.DataFrame, paired: Pair
     alpha_n = paired.n_prompts if use_reps else None
 
     def curve(g: str) -> tuple[pd.DataFrame, np.ndarray | None]:
+        """A method's cells by scale (CLIP score: the per-image mean its replicates scatter around)."""
         rows = summary[(summary["guidance"] == g) & summary[ALIGNMENT].notna()].sort_values("scale")
         if not use_reps:
             return rows, None
         cols = [order.get((g, float(s))) for s in rows["scale"]]
-        reps = paired.reps(ALIGNMENT)
+        reps, means = paired.reps(ALIGNMENT), paired.metrics[ALIGNMENT].means()
+        rows = rows.assign(**{ALIGNMENT: [means[c] if c is not None else np.nan for c in cols]})
         return rows, np.stack([reps[:, c] if c is not None else np.full(len(reps), np.nan) for c in cols], 1)
 
     base_rows, base_reps = curve(baseline)
@@ -524,8 +558,10 @@ def analyse(results: pd.DataFrame, per_sample: pd.DataFrame | None, b: int = DEF
     summary = full_summary(results, table, confidence)
     ranking = ranking_with_confidence(summary, results, paired, b, seed)
     n_seed_sets = int(results["seed_set"].nunique()) if "seed_set" in results.columns else 1
+    pairs = comparisons(summary, ranking, results, paired, confidence)
+    ranking["vs_rank1"] = vs_rank1(ranking, pairs)
     return Analysis(
-        summary=summary, ranking=ranking, comparisons=comparisons(summary, ranking, results, paired, confidence),
+        summary=summary, ranking=ranking, comparisons=pairs,
         matched=matched_alignment(summary, results, paired, confidence=confidence), cells=table,
         by_category=by_category(paired) if paired is not None and paired.categories else None,
         n_prompts=paired.n_prompts if paired is not None else None, n_seed_sets=n_seed_sets, b=b,

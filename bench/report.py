@@ -469,7 +469,8 @@ def _display_ranking(ranking: pd.DataFrame) -> pd.DataFrame:
         out["p_rank1"] = out["p_rank1"].map(lambda v: "–" if pd.isna(v) else f"{v:.2f}")
     return out.rename(columns={"best_scale": "best scale", "clip_score": "CLIP score", "fid": "FID",
                                "on_front": "on overall front", "s_per_img": "s / img",
-                               "distance": "distance to ideal", "p_rank1": "P(rank 1)"})
+                               "distance": "distance to ideal", "p_rank1": "P(rank 1)",
+                               "vs_rank1": "vs rank 1 (Holm)"})
 
 
 def _in_units(metric: str, value: float) -> str:

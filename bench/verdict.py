@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from bench.analysis import SEED_T, Analysis, higher_is_better
 from bench.report_format import format_number, format_scale, metric_name, percent_metric
+from bench.stats.bootstrap import bootstrap_p
 
 __all__ = ["verdict", "format_p"]
 
@@ -52,7 +54,7 @@ def _significant(row: pd.Series) -> str:
     a, b = _cell(row["a_guidance"], row["a_scale"]), _cell(row["b_guidance"], row["b_scale"])
     verb = "beats" if row["better"] == "a" else "is worse than"
     direction = "" if higher_is_better(row["metric"]) else " (lower is better)"
-    return (f"{a} {verb} {b} on {metric_name(row['metric'])}{direction}: difference {_interval(row)} "
+    return (f"{a} {verb} {b} on {metric_name(row['metric'])}{direction} by {_interval(row)} "
             f"(p={format_p(row['p'])}, Holm p={format_p(row['p_holm'])}, {_n(row)}).")
 
 
@@ -76,6 +78,17 @@ def _scope(analysis: Analysis) -> str:
             f"bootstrap intervals from {analysis.b} resamples of the prompts (shared by every cell, so differences "
             f"are paired); p-values Holm-adjusted over the comparisons of each metric; set metrics (FID, KID) "
             f"are compared paired by seed set.")
+
+
+def _floor(analysis: Analysis) -> str:
+    """Why nothing can be significant when there are too few prompts for the bootstrap to resolve p < 0.05."""
+    if not analysis.paired or not analysis.n_prompts:
+        return ""
+    floor = float(bootstrap_p(np.ones(analysis.b), analysis.n_prompts)[0])
+    if floor < 1.0 - analysis.confidence:
+        return ""
+    return (f" With {analysis.n_prompts} prompts no paired difference can reach p < {1 - analysis.confidence:.2g} "
+            f"(smallest possible p: {format_p(floor)}): use more prompts.")
 
 
 def _rank(analysis: Analysis) -> str | None:
@@ -104,7 +117,7 @@ def verdict(analysis: Analysis) -> list[str]:
         if not rest.empty:
             lines.append(_not_significant(rest))
         if significant.empty:
-            lines.append("No difference between the compared cells is significant at this n.")
+            lines.append("No difference between the compared cells is significant at this n." + _floor(analysis))
     rank = _rank(analysis)
     if rank:
         lines.append(rank)

@@ -53,10 +53,14 @@ def make_fake_run(root: Path, run_id: str = "run-a", n: int = 64, seed: int = 0,
                 prompts = np.array([PROMPTS[i % len(PROMPTS)] for i in range(images)])
                 np.savez(run / "samples" / f"{g}_s{format_scale(scale)}_seed{k}.npz", images=pics, prompts=prompts,
                          indices=np.arange(images))
-                samples += [{"guidance": g, "scale": scale, "seed_set": k, "index": i, "prompt_index": i % len(PROMPTS),
-                             "clip_score": 20 + 3 * si + i % len(PROMPTS) + rng.normal(0, 0.5),
-                             "acc_identity": float(rng.random() < 0.3 + 0.2 * si), "acc_group": 1.0,
-                             "category": ["<b>faces</b>", "things"][i % 2]} for i in range(images)]
+                cell = [{"guidance": g, "scale": scale, "seed_set": k, "index": i, "prompt_index": i % len(PROMPTS),
+                         "clip_score": 20 + 3 * si + gi + i % len(PROMPTS) + rng.normal(0, 0.5),
+                         "acc_identity": float(rng.random() < 0.3 + 0.2 * si), "acc_subgroup": 1.0,
+                         "category": ["<b>faces</b>", "things"][i % 2]} for i in range(images)]
+                samples += cell
+                if per_sample:  # results.csv holds each seed set's mean of the per-image scores
+                    for m in ("clip_score", "acc_identity", "acc_subgroup"):
+                        rows[-1][m] = float(np.mean([c[m] for c in cell]))
     pd.DataFrame(rows).to_csv(run / "results.csv", index=False)
     if per_sample:
         pd.DataFrame(samples).to_csv(run / "per_sample.csv", index=False)

@@ -66,9 +66,12 @@ def test_matched_alignment_bootstrap_brackets_the_point() -> None:
 
 def test_per_category_split_matches_hand_means() -> None:
     rows = [{"guidance": "cfg", "scale": s, "seed_set": k, "prompt_index": p,
-             "clip_score": (10.0 if p < 4 else 20.0) + s, "Category": "Animals" if p < 4 else "Food"}
+             "clip_score": (10.0 if p < 4 else 20.0) + s, "Category": "Animals" if p < 4 else "Food",
+             "prompt": f"prompt {p}", "file": f"img{p}_{k}_{s}.png"}  # neither is a category
             for s in (1.0, 3.0) for p in range(10) for k in range(3)]
-    table = by_category(paired_data(pd.DataFrame(rows), b=200))
+    paired = paired_data(pd.DataFrame(rows), b=200)
+    assert list(paired.categories) == ["Category"] and list(paired.metrics) == ["clip_score"]
+    table = by_category(paired)
     cell = table.set_index(["category", "scale"])
     assert cell.loc[("Animals", 1.0), "mean"] == pytest.approx(11.0) and cell.loc[("Food", 3.0), "mean"] == pytest.approx(23.0)
     assert cell.loc[("Animals", 1.0), "n"] == 4 and cell.loc[("Food", 1.0), "n"] == 6
@@ -95,7 +98,7 @@ def test_analysis_verdict_names_significant_and_not_significant() -> None:
     results = per_sample.groupby(["guidance", "scale", "seed_set"], as_index=False)[["clip_score", "acc_identity"]].mean()
     analysis = analyse(results, per_sample, b=500)
     text = " ".join(verdict(analysis))
-    assert "cfg 3 beats cfg 1 on CLIP score: difference +" in text and "n=20 prompts x 3 seed sets" in text
+    assert "cfg 3 beats cfg 1 on CLIP score by +" in text and "n=20 prompts x 3 seed sets" in text
     assert "Not significant" in text and "accuracy: identity" in text
     row = analysis.comparisons.set_index("metric").loc["clip_score"]
     assert row["lo"] < 4.0 < row["hi"] and row["significant"]
