@@ -28,7 +28,7 @@ import matplotlib
 from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg canvas on save
 from PIL import Image
 
-from bench.analysis import Analysis, analyse, best_cells, load_per_sample
+from bench.analysis import SET_METRICS, Analysis, analyse, best_cells, load_per_sample
 from bench.report_format import format_number, format_scale, metric_name, percent_metric
 from bench.report_compare import compare_grids_html
 from bench.stats import QUALITY_METRICS, THROUGHPUT_METRICS, pareto_front, rank_methods
@@ -48,6 +48,7 @@ METRIC_LABELS = {
 }
 GRID_IMAGES = 16
 GRID_UPSCALE = 3  # 32x32 emoji are unreadable at 1:1
+MAX_CATEGORIES = 30  # per category column on the page (all of them are in results_by_category.csv)
 
 
 # --------------------------------------------------------------------------- loading
@@ -435,7 +436,7 @@ def _display_summary(summary: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         k = 100.0 if percent_metric(m) else 1.0
         name = metric_name(m) + (" (%)" if k == 100.0 else "")
         boot = f"{m}_boot_lo" in summary.columns and summary[f"{m}_boot_lo"].notna().any()
-        per_image = boot and m not in ("fid", "kid_mean")
+        per_image = boot and m not in SET_METRICS
         lo, hi = (f"{m}_boot_lo", f"{m}_boot_hi") if per_image else (f"{m}_lo", f"{m}_hi")
         out[name] = [_fmt_ci(a * k, b * k, c * k) for a, b, c in zip(summary[m], summary[lo], summary[hi])]
         if boot and not per_image:
@@ -454,7 +455,7 @@ def _plot_summary(summary: pd.DataFrame) -> pd.DataFrame:
     """The summary with per-sample metrics' error bars taken from the paired bootstrap where present."""
     out = summary.copy()
     for m in QUALITY_METRICS:
-        if m not in ("fid", "kid_mean") and f"{m}_boot_lo" in out.columns and out[f"{m}_boot_lo"].notna().any():
+        if m not in SET_METRICS and f"{m}_boot_lo" in out.columns and out[f"{m}_boot_lo"].notna().any():
             out[f"{m}_lo"], out[f"{m}_hi"] = out[f"{m}_boot_lo"], out[f"{m}_boot_hi"]
     return out
 
@@ -512,8 +513,11 @@ def _display_matched(matched: pd.DataFrame) -> pd.DataFrame:
 
 def _category_tables(table: pd.DataFrame) -> str:
     """One table per category column and metric: rows are categories, columns are cells."""
-    parts = []
-    for (col, m), part in table.groupby(["category_column", "metric"], sort=False):
+    counts = table.groupby("category_column", sort=False)["category"].nunique()
+    parts = [f'<p class="muted">{_e(col)}: {n} categories, too many to show here; see results_by_category.csv.</p>'
+             for col, n in counts.items() if n > MAX_CATEGORIES]
+    shown = table[table["category_column"].map(counts) <= MAX_CATEGORIES]
+    for (col, m), part in shown.groupby(["category_column", "metric"], sort=False):
         k = 100.0 if percent_metric(m) else 1.0
         part = part.assign(cell=[f"{g} {format_scale(s)}" for g, s in zip(part["guidance"], part["scale"])],
                            text=[_fmt_ci(a * k, b * k, c * k) for a, b, c in zip(part["mean"], part["lo"], part["hi"])])
