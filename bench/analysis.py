@@ -41,6 +41,7 @@ REQUIRED = ("guidance", "scale", "seed_set", "prompt_index")
 ID_COLUMNS = frozenset({"run", "guidance", "scale", "seed_set", "seed", "index", "prompt_index", "prompt", "text",
                         "caption", "label", "sample", "sample_index", "batch", "path", "file_path"})
 SET_METRICS = ("fid", "kid_mean", "cmmd", "precision", "recall", "density", "coverage", "diversity", "vendi")
+PER_IMAGE_METRICS = ("clip_score", "acc_identity", "acc_subgroup", "acc_group")  # results.csv holds their means
 LOWER_IS_BETTER = frozenset({"fid", "kid_mean", "kid_std", "cmmd"})
 ALIGNMENT = "clip_score"  # the axis methods are matched on
 BASELINE = "cfg"  # the method whose scales define the matched alignment levels, when present
@@ -373,7 +374,11 @@ def comparisons(summary: pd.DataFrame, ranking: pd.DataFrame, results: pd.DataFr
     pairs = comparison_pairs(summary, ranking)
     rows = []
     per_sample = list(paired.metrics) if paired is not None else []
-    for m in per_sample + [m for m in set_metrics(results) if m not in per_sample]:
+    by_seed_set = set_metrics(results)
+    if paired is None:  # an older run: its per-image metrics' seed-set means, paired by seed set like FID
+        by_seed_set = [m for m in PER_IMAGE_METRICS if m in results.columns
+                       and pd.to_numeric(results[m], errors="coerce").notna().any()] + by_seed_set
+    for m in per_sample + [m for m in by_seed_set if m not in per_sample]:
         for kind, a, b in pairs:
             stat = paired_difference(paired, m, a, b) if m in per_sample else _paired_t(results, m, a, b, confidence)
             if stat is not None:

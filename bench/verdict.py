@@ -71,9 +71,9 @@ def _scope(analysis: Analysis) -> str:
     level = f"{analysis.confidence:.0%}"
     if not analysis.paired:
         return (f"Paired statistics unavailable: this run has no per_sample.csv (it predates per-image scores), so "
-                f"per-sample metrics have only {level} Student-t intervals over {analysis.n_seed_sets} seed sets; "
-                f"FID and the other set metrics are compared paired by seed set. Re-score the run for paired "
-                f"bootstrap statistics.")
+                f"every metric has only {level} Student-t intervals over {analysis.n_seed_sets} seed sets, and cells "
+                f"are compared paired by seed set (t-test on the per-seed-set differences). Re-score the run for "
+                f"paired bootstrap statistics over prompts.")
     return (f"Paired statistics over n={analysis.n_prompts} prompts x {analysis.n_seed_sets} seed sets: {level} "
             f"bootstrap intervals from {analysis.b} resamples of the prompts (shared by every cell, so differences "
             f"are paired); p-values Holm-adjusted over the comparisons of each metric; set metrics (FID, KID) "

@@ -104,3 +104,5 @@ def test_analysis_verdict_names_significant_and_not_significant() -> None:
     assert row["lo"] < 4.0 < row["hi"] and row["significant"]
     without = analyse(results, None)
     assert "Paired statistics unavailable" in " ".join(verdict(without)) and without.cells is None
+    assert set(without.comparisons["method"]) == {"paired t over seed sets"}
+    assert set(without.comparisons["metric"]) == {"clip_score", "acc_identity"}
