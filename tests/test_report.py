@@ -233,12 +233,13 @@ def test_runs_whose_names_differ_only_in_unsafe_characters_keep_their_own_grids(
 
 def test_run_ids_devices_and_guidance_names_are_escaped(tmp_path: Path) -> None:
     """Every user string reaches the page escaped: run ids and directories, the device, guidance names."""
-    run = make_fake_run(tmp_path, "<script>run")
+    run = make_fake_run(tmp_path, "<script>run", per_sample=True)  # verdict, comparisons, categories, grids too
     manifest = json.loads((run / "manifest.json").read_text())
     (run / "manifest.json").write_text(json.dumps({**manifest, "device": "<script>dev"}))
-    results = pd.read_csv(run / "results.csv")
-    results["guidance"] = results["guidance"].replace("clip", "<script>g")
-    results.to_csv(run / "results.csv", index=False)
+    for name in ("results.csv", "per_sample.csv"):
+        table = pd.read_csv(run / name)
+        table["guidance"] = table["guidance"].replace("clip", "<script>g")
+        table.to_csv(run / name, index=False)
     for sample in (run / "samples").glob("clip_*.npz"):
         sample.rename(sample.with_name(sample.name.replace("clip", "<script>g")))
     for runs in ([run], [run, make_fake_run(tmp_path, "other")]):
