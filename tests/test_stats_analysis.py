@@ -106,3 +106,15 @@ def test_analysis_verdict_names_significant_and_not_significant() -> None:
     assert "Paired statistics unavailable" in " ".join(verdict(without)) and without.cells is None
     assert set(without.comparisons["method"]) == {"paired t over seed sets"}
     assert set(without.comparisons["metric"]) == {"clip_score", "acc_identity"}
+
+
+def test_set_metric_image_bootstrap_combines_over_seed_sets() -> None:
+    results = pd.DataFrame({"guidance": "cfg", "scale": 3.0, "seed_set": [0, 1], "n_samples": 64,
+                            "fid": [10.0, 20.0], "fid_boot_lo": [8.0, 17.0], "fid_boot_hi": [13.0, 24.0],
+                            "cmmd": [0.5, 0.7], "cmmd_boot_lo": [0.4, 0.6], "cmmd_boot_hi": [0.6, 0.8]})
+    analysis = analyse(results, None)
+    row = analysis.summary.iloc[0]
+    assert row["fid"] == 15.0 and row["fid_boot_lo"] == pytest.approx(15 - math.sqrt(4 + 9) / 2)
+    assert row["fid_boot_hi"] == pytest.approx(15 + math.sqrt(9 + 16) / 2)
+    assert row["cmmd"] == pytest.approx(0.6) and "cmmd_lo" in analysis.summary.columns  # a set metric summarize lacks
+    assert {"fid_lo", "fid_hi", "n_seed_sets"} <= set(analysis.summary.columns)  # existing columns kept
