@@ -28,8 +28,11 @@ import matplotlib
 from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg canvas on save
 from PIL import Image
 
-from bench.report_format import format_scale
-from bench.stats import QUALITY_METRICS, THROUGHPUT_METRICS, pareto_front, rank_methods, summarize
+from bench.analysis import SET_METRICS, Analysis, analyse, best_cells, load_per_sample
+from bench.report_format import format_number, format_scale, metric_name, percent_metric
+from bench.report_compare import compare_grids_html
+from bench.stats import QUALITY_METRICS, THROUGHPUT_METRICS, pareto_front, rank_methods
+from bench.verdict import format_p, verdict
 
 __all__ = ["Run", "format_scale", "load_run", "sample_grid", "build_report", "main"]
 
@@ -45,6 +48,7 @@ METRIC_LABELS = {
 }
 GRID_IMAGES = 16
 GRID_UPSCALE = 3  # 32x32 emoji are unreadable at 1:1
+MAX_CATEGORIES = 30  # per category column on the page (all of them are in results_by_category.csv)
 
 
 # --------------------------------------------------------------------------- loading
@@ -122,22 +126,7 @@ def _run_labels(runs: Sequence[Run]) -> list[str]:
 # --------------------------------------------------------------------------- formatting
 
 
-def _fmt(value: object) -> str:
-    """A compact number: enough digits to compare, no more."""
-    try:
-        v = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return str(value)
-    if math.isnan(v):
-        return "–"
-    a = abs(v)
-    if a >= 100:
-        return f"{v:.0f}"
-    if a >= 10:
-        return f"{v:.1f}"
-    if a >= 1:
-        return f"{v:.2f}"
-    return f"{v:.3g}"
+_fmt = format_number
 
 
 def _fmt_ci(mean: float, lo: float, hi: float) -> str:
@@ -282,8 +271,8 @@ def plot_metrics_vs_scale(summary: pd.DataFrame, path: Path) -> Path:
     handles, names = axes[0].get_legend_handles_labels()
     if handles:  # one legend for all panels, below them, so no curve is hidden
         fig.legend(handles, names, loc="outside lower center", ncols=min(len(names), 6), fontsize=8)
-    fig.suptitle(f"Quality metrics vs guidance scale (bands: 95% CI over seed sets)\n{_n_caption(summary)}",
-                 fontsize=10)
+    fig.suptitle("Quality metrics vs guidance scale (bands: 95% CI; paired bootstrap over prompts where per-image "
+                 f"scores exist, else over seed sets)\n{_n_caption(summary)}", fontsize=10)
     return _save(fig, path)
 
 
@@ -389,8 +378,13 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 .bad{background:#fde2e1;border-color:#d33}
 .meta td{text-align:left;white-space:normal}
 .grids{display:flex;flex-wrap:wrap;gap:18px}
-figure{margin:0;max-width:340px}figure img{display:block;image-rendering:pixelated}
-figcaption{font-size:12px}ol.prompts{font-size:11.5px;margin:4px 0;padding-left:22px;color:#444}
+figure{margin:0;flex:0 1 340px;max-width:340px;min-width:0}
+figure img{display:block;max-width:100%;height:auto;image-rendering:pixelated}
+figcaption{font-size:12px}ol.prompts{font-size:11.5px;margin:4px 0;padding-left:22px;color:#444;overflow-wrap:anywhere}
+.verdict{background:#eef6ee;border:1px solid #6a6;padding:8px 12px;border-radius:4px}.verdict li{margin:3px 0}
+table.cmp td{padding:2px;vertical-align:middle}table.cmp img{display:block;image-rendering:pixelated}
+table.cmp td.caption{white-space:normal;text-align:left;max-width:260px;overflow-wrap:anywhere;font-size:12px}
+.legend li{margin:2px 0}
 img.plot{max-width:100%;margin:8px 0}
 pre{background:#f7f7f7;padding:10px;overflow:auto;font-size:12px}
 .muted{color:#666;font-size:12.5px}.scroll{overflow-x:auto}
@@ -424,18 +418,30 @@ def _table(frame: pd.DataFrame) -> str:
 
 
 def _display_summary(summary: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """Summary for people: ``mean [lo, hi]`` per metric, all-NaN metrics dropped (and named)."""
+    """Summary for people: ``mean [lo, hi]`` per metric (the paired bootstrap interval where the run
+    has per-image scores, else Student-t over seed sets; set metrics also get their image-bootstrap
+    interval), accuracies in percent, all-NaN metrics dropped (and named)."""
     keys = [k for k in ("run", "guidance") if k in summary.columns]
     out = summary[keys].copy()
     out["scale"] = summary["scale"].map(format_scale)
     out["n / cell"] = summary["n_samples"].map(lambda v: "?" if pd.isna(v) else str(int(v)))
     out["seed sets"] = summary["n_seed_sets"].astype(int).astype(str)
+    if "n_prompts" in summary.columns:
+        out["prompts"] = summary["n_prompts"].map(lambda v: "?" if pd.isna(v) else str(int(v)))
     absent = []
     for m in QUALITY_METRICS:
         if summary[m].isna().all():
             absent.append(m)
             continue
-        out[m] = [_fmt_ci(a, b, c) for a, b, c in zip(summary[m], summary[f"{m}_lo"], summary[f"{m}_hi"])]
+        k = 100.0 if percent_metric(m) else 1.0
+        name = metric_name(m) + (" (%)" if k == 100.0 else "")
+        boot = f"{m}_boot_lo" in summary.columns and summary[f"{m}_boot_lo"].notna().any()
+        per_image = boot and m not in SET_METRICS
+        lo, hi = (f"{m}_boot_lo", f"{m}_boot_hi") if per_image else (f"{m}_lo", f"{m}_hi")
+        out[name] = [_fmt_ci(a * k, b * k, c * k) for a, b, c in zip(summary[m], summary[lo], summary[hi])]
+        if boot and not per_image:
+            out[f"{name}: images bootstrap"] = [f"[{_fmt(b)}, {_fmt(c)}]" for b, c in
+                                                zip(summary[f"{m}_boot_lo"], summary[f"{m}_boot_hi"])]
     for col, name in [("s_per_img", "s / img"), ("network_passes_per_img", "net passes"),
                       ("guide_passes_per_img", "guide passes"), ("backward_passes_per_img", "bwd passes"),
                       ("peak_mem_mb", "peak MB")]:
@@ -445,15 +451,80 @@ def _display_summary(summary: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return out, absent
 
 
+def _plot_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary with per-sample metrics' error bars taken from the paired bootstrap where present."""
+    out = summary.copy()
+    for m in QUALITY_METRICS:
+        if m not in SET_METRICS and f"{m}_boot_lo" in out.columns and out[f"{m}_boot_lo"].notna().any():
+            out[f"{m}_lo"], out[f"{m}_hi"] = out[f"{m}_boot_lo"], out[f"{m}_boot_hi"]
+    return out
+
+
 def _display_ranking(ranking: pd.DataFrame) -> pd.DataFrame:
     out = ranking.copy()
     out["best_scale"] = out["best_scale"].map(lambda v: "–" if pd.isna(v) else format_scale(v))
     out["on_front"] = out["on_front"].map(lambda v: "yes" if v else "no")
     for col in ("fid", "clip_score", "s_per_img", "distance"):
         out[col] = out[col].map(_fmt)
+    if "p_rank1" in out.columns:
+        out["p_rank1"] = out["p_rank1"].map(lambda v: "–" if pd.isna(v) else f"{v:.2f}")
     return out.rename(columns={"best_scale": "best scale", "clip_score": "CLIP score", "fid": "FID",
                                "on_front": "on overall front", "s_per_img": "s / img",
-                               "distance": "distance to ideal"})
+                               "distance": "distance to ideal", "p_rank1": "P(rank 1)",
+                               "vs_rank1": "vs rank 1 (Holm)"})
+
+
+def _in_units(metric: str, value: float) -> str:
+    return _fmt(value * 100 if percent_metric(metric) else value)
+
+
+def _display_comparisons(table: pd.DataFrame) -> pd.DataFrame:
+    """comparisons.csv for people: one row per pair and metric, differences in display units."""
+    rows = []
+    for _, r in table.iterrows():
+        m = r["metric"]
+        rows.append({
+            "metric": metric_name(m) + (" (points)" if percent_metric(m) else ""), "kind": r["kind"],
+            "a": f"{r['a_guidance']} {format_scale(r['a_scale'])}", "b": f"{r['b_guidance']} {format_scale(r['b_scale'])}",
+            "a - b [95% CI]": f"{_in_units(m, r['diff'])} [{_in_units(m, r['lo'])}, {_in_units(m, r['hi'])}]",
+            "p": format_p(r["p"]), "Holm p": format_p(r["p_holm"]),
+            "significant": {"a": "yes: a better", "b": "yes: b better"}.get(r["better"], "no"),
+            "method": r["method"],
+        })
+    return pd.DataFrame(rows)
+
+
+def _display_matched(matched: pd.DataFrame) -> pd.DataFrame:
+    """matched_alignment.csv for people: each method at each CLIP level, or why it is not there."""
+    metrics = [c[:-len("_interval")] for c in matched.columns if c.endswith("_interval")]
+    rows = []
+    for _, r in matched.iterrows():
+        row = {"CLIP level": _fmt(r["clip_level"]), "level": r["level_source"], "guidance": r["guidance"]}
+        reached = r["status"] == "reached"
+        row["scale at level"] = (f"{_fmt(r['scale_at'])}" + ("" if pd.isna(r["scale_lo"]) else
+                                 f" [{_fmt(r['scale_lo'])}, {_fmt(r['scale_hi'])}]")) if reached else r["status"]
+        for m in metrics:
+            row[metric_name(m)] = _fmt_ci(r[m], r[f"{m}_lo"], r[f"{m}_hi"]) if reached else r["status"]
+        if pd.notna(r.get("reached_share", math.nan)):
+            row["share of resamples reaching it"] = f"{r['reached_share']:.2f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _category_tables(table: pd.DataFrame) -> str:
+    """One table per category column and metric: rows are categories, columns are cells."""
+    counts = table.groupby("category_column", sort=False)["category"].nunique()
+    parts = [f'<p class="muted">{_e(col)}: {n} categories, too many to show here; see results_by_category.csv.</p>'
+             for col, n in counts.items() if n > MAX_CATEGORIES]
+    shown = table[table["category_column"].map(counts) <= MAX_CATEGORIES]
+    for (col, m), part in shown.groupby(["category_column", "metric"], sort=False):
+        k = 100.0 if percent_metric(m) else 1.0
+        part = part.assign(cell=[f"{g} {format_scale(s)}" for g, s in zip(part["guidance"], part["scale"])],
+                           text=[_fmt_ci(a * k, b * k, c * k) for a, b, c in zip(part["mean"], part["lo"], part["hi"])])
+        wide = part.pivot_table(index=["category", "n"], columns="cell", values="text", aggfunc="first", sort=False)
+        wide = wide.rename_axis(columns=None).reset_index().rename(columns={"n": "prompts"})
+        parts.append(f"<h3>{_e(metric_name(m))}{' (%)' if k == 100.0 else ''} by {_e(col)}</h3>{_table(wide)}")
+    return "".join(parts)
 
 
 def _run_meta(run: Run, label: str) -> str:
@@ -527,11 +598,65 @@ def _grid_html(grids: Sequence[_Grid], several: bool) -> str:
     return "".join(parts)
 
 
+def _legend(runs: Sequence[Run]) -> str:
+    """Units of every number on the page, so no FID is read as an Inception FID."""
+    inception = any((r.manifest.get("config") or {}).get("fid_inception_weights") for r in runs)
+    fid = ("FID (Inception) in Inception-v3 pool features, against the rendered emoji dataset" if inception else
+           "FID and KID are domain metrics: computed in the evaluation classifier's feature units against committed "
+           "reference statistics, in other units than Inception FID or published numbers")
+    items = [
+        "CLIP score: 100 × max(cos, 0) between the evaluation CLIP's image and prompt embeddings (0–100, higher is "
+        "more aligned); compare it only between runs scored by the same CLIP model.",
+        "Accuracy: share of images the evaluation classifier assigns the prompt's identity / subgroup / group, in % "
+        "(differences in percentage points).",
+        f"{fid}; lower is better, and biased at small n.",
+        "Intervals are 95%: paired bootstrap over prompts for per-image metrics (Wilson with the clustering's "
+        "design effect where every image scored 0 or 1), bootstrap over images and Student-t over seed sets for "
+        "set metrics. Method: docs/statistics.md.",
+    ]
+    return '<ul class="legend muted">' + "".join(f"<li>{_e(i)}</li>" for i in items) + "</ul>"
+
+
+@dataclass
+class _RunStats:
+    """One run's statistics and comparison grids for the page."""
+
+    label: str
+    analysis: Analysis
+    compare: str  # HTML of the comparison grids
+
+
+def _stats_sections(stats: Sequence[_RunStats], several: bool) -> dict[str, str]:
+    """HTML of the verdict, matched-alignment, comparisons, per-category and comparison-grid sections."""
+    out = {"verdict": [], "matched": [], "comparisons": [], "categories": [], "compare": []}
+    for st in stats:
+        head = f"<h3>{_e(st.label)}</h3>" if several else ""
+        a = st.analysis
+        out["verdict"].append(head + '<ul class="verdict">' + "".join(f"<li>{_e(v)}</li>" for v in verdict(a))
+                              + "</ul>")
+        if a.matched.empty:
+            out["matched"].append(head + '<p class="muted">No CLIP score in this run: nothing to match on.</p>')
+        else:
+            out["matched"].append(head + _table(_display_matched(a.matched)))
+        out["comparisons"].append(head + (_table(_display_comparisons(a.comparisons)) if not a.comparisons.empty
+                                          else '<p class="muted">No pairs of cells to compare.</p>'))
+        if a.by_category is not None and not a.by_category.empty:
+            out["categories"].append(head + _category_tables(a.by_category))
+        elif not a.paired:
+            out["categories"].append(head + '<p class="muted">Per-category results need per_sample.csv, which this '
+                                     'run does not have (paired statistics unavailable).</p>')
+        else:
+            out["categories"].append(head + '<p class="muted">The prompt set has no category columns.</p>')
+        out["compare"].append(st.compare or head + '<p class="muted">No saved samples to compare.</p>')
+    return {k: "".join(v) for k, v in out.items()}
+
+
 def _page(runs: Sequence[Run], labels: Sequence[str], summary: pd.DataFrame, ranking: pd.DataFrame,
-          plots: Sequence[tuple[Path, str]], grids: Sequence[_Grid]) -> str:
+          plots: Sequence[tuple[Path, str]], grids: Sequence[_Grid], stats: Sequence[_RunStats]) -> str:
     several = len(runs) > 1
     title = "Guidance benchmark: " + ", ".join(labels)
     shown, absent = _display_summary(summary)
+    sections = _stats_sections(stats, several)
     warn = "".join(f'<div class="warn bad">{w}</div>' for w in _warnings(runs, labels, summary))
     meta = "".join(_run_meta(r, lbl) for r, lbl in zip(runs, labels))
     configs = "".join(
@@ -546,19 +671,39 @@ def _page(runs: Sequence[Run], labels: Sequence[str], summary: pd.DataFrame, ran
 <title>{_e(title)}</title><style>{CSS}</style></head>
 <body>
 <h1>{_e(title)}</h1>
+<h2>Verdict</h2>
+{sections["verdict"]}
+{_legend(runs)}
 {meta}
 {warn}
-<p class="muted">{_e(_n_caption(summary))}. Intervals are 95% Student-t confidence intervals over seed sets.</p>
+<p class="muted">{_e(_n_caption(summary))}.</p>
 <h2>Method ranking</h2>
 <p class="muted">Per guidance, the scale on its own FID-vs-CLIP Pareto front nearest the ideal corner
 (best CLIP and best FID of the table, min-max normalised); rank 1 is nearest. "On overall front": no other
-method beats that point on both FID and CLIP score.</p>
+method beats that point on both FID and CLIP score. P(rank 1): share of bootstrap resamples (prompts for CLIP
+score, seed sets for FID) in which the method comes first.</p>
 {_table(_display_ranking(ranking))}
 <h2>Summary</h2>
 {_table(shown)}
 {absent_txt}
+<h2>Comparison at matched alignment</h2>
+<p class="muted">Each method read where its CLIP score equals the baseline's at each baseline scale, interpolated
+linearly along its scale curve ("Guidance Matters", arXiv:2602.22570: compare methods at equal effect, not equal
+nominal scale). "not reached": the method's CLIP score stays below the level at every scale; "exceeded at lowest
+scale": it is above the level already at its lowest scale.</p>
+{sections["matched"]}
+<h2>Pairwise comparisons</h2>
+<p class="muted">a − b per metric: each scale against its method's lowest, and each method's chosen scale against
+the others'. Significant: Holm-adjusted p below 0.05 over the comparisons of that metric.</p>
+{sections["comparisons"]}
+<h2>Per category</h2>
+{sections["categories"]}
 <h2>Plots</h2>
 {"".join(_img(p, alt, "plot") for p, alt in plots)}
+<h2>Comparison grids</h2>
+<p class="muted">One row per prompt, same initial noise in every column: what changes along a row is guidance
+alone.</p>
+{sections["compare"]}
 <h2>Samples</h2>
 {_grid_html(grids, several)}
 <h2>Configuration</h2>
@@ -579,6 +724,23 @@ def _default_out(run_dirs: Sequence[Path]) -> Path:
     return out
 
 
+def _write_tables(analyses: Sequence[Analysis], labels: Sequence[str] | None, out: Path) -> None:
+    """comparisons.csv, matched_alignment.csv and results_by_category.csv (a run column when several)."""
+    def joined(frames: list[pd.DataFrame | None]) -> pd.DataFrame | None:
+        present = [(f, lbl) for f, lbl in zip(frames, labels or [None] * len(frames)) if f is not None]
+        if not present:
+            return None
+        if labels is None:
+            return present[0][0]
+        return pd.concat([f.assign(run=lbl)[["run", *f.columns]] for f, lbl in present], ignore_index=True)
+
+    for name, attr in (("comparisons.csv", "comparisons"), ("matched_alignment.csv", "matched"),
+                       ("results_by_category.csv", "by_category")):
+        table = joined([getattr(a, attr) for a in analyses])
+        if table is not None:
+            table.to_csv(out / name, index=False)
+
+
 def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None) -> Path:
     """Write summary.csv, plots, grids and a self-contained index.html; return the index path."""
     if not run_dirs:
@@ -593,25 +755,34 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         if several:
             frame.insert(0, "run", label)
         frames.append(frame)
-    summary = summarize(pd.concat(frames, ignore_index=True))
-    ranking = rank_methods(summary)
+    analyses = [analyse(run.results, load_per_sample(run.dir)) for run in runs]
+    summary = pd.concat([a.summary.assign(run=label) if several else a.summary for a, label in zip(analyses, labels)],
+                        ignore_index=True)
+    if several:
+        summary = summary[["run"] + [c for c in summary.columns if c != "run"]]
+    ranking = rank_methods(summary) if several else analyses[0].ranking
     out = Path(out_dir) if out_dir is not None else _default_out(run_dirs)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a directory for the report")
     out.mkdir(parents=True, exist_ok=True)
     summary.to_csv(out / "summary.csv", index=False)
+    _write_tables(analyses, labels if several else None, out)
     with matplotlib.rc_context({"text.parse_math": False}):  # run ids and prompts are text: '$' is not mathtext
+        shown = _plot_summary(summary)
         plots = [
-            (plot_fid_vs_clip(summary, out / "plots" / "fid_vs_clip.png"), "FID versus CLIP score"),
-            (plot_metrics_vs_scale(summary, out / "plots" / "metrics_vs_scale.png"), "quality metrics versus scale"),
-            (plot_throughput(summary, out / "plots" / "throughput.png"), "throughput per guidance and scale"),
+            (plot_fid_vs_clip(shown, out / "plots" / "fid_vs_clip.png"), "FID versus CLIP score"),
+            (plot_metrics_vs_scale(shown, out / "plots" / "metrics_vs_scale.png"), "quality metrics versus scale"),
+            (plot_throughput(shown, out / "plots" / "throughput.png"), "throughput per guidance and scale"),
         ]
     grids = []
     for number, (run, label) in enumerate(zip(runs, labels), 1):
         # numbered: labels that differ only in characters _safe_name replaces ("my run", "my_run") stay apart
         grids += _make_grids(run, label, f"run{number}_{_safe_name(label)}__" if several else "", out)
+    stats = [_RunStats(label, a, compare_grids_html(run.dir, run.results, best_cells(a.summary, a.ranking),
+                                                    label if several else ""))
+             for run, label, a in zip(runs, labels, analyses)]
     index = out / "index.html"
-    index.write_text(_page(runs, labels, summary, ranking, plots, grids), encoding="utf-8")
+    index.write_text(_page(runs, labels, summary, ranking, plots, grids, stats), encoding="utf-8")
     return index
 
 

@@ -1,4 +1,4 @@
-"""How a guidance scale is written in file names and labels: one rule for the sample store and the report."""
+"""How scales and numbers are written in file names, labels and report text: one rule for the store and the report."""
 
 from __future__ import annotations
 
@@ -10,3 +10,36 @@ def format_scale(scale: float) -> str:
     """
     text = repr(float(scale))
     return text[:-2] if text.endswith(".0") else text
+
+
+def format_number(value: object) -> str:
+    """A compact number for tables and sentences: enough digits to compare, no more ("–" for NaN)."""
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return str(value)
+    if v != v:
+        return "–"
+    a = abs(v)
+    if a >= 100:
+        return f"{v:.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    if a >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3g}"
+
+
+METRIC_NAMES = {"fid": "FID", "kid_mean": "KID", "cmmd": "CMMD", "clip_score": "CLIP score",
+                "acc_identity": "accuracy: identity", "acc_subgroup": "accuracy: subgroup",
+                "acc_group": "accuracy: group"}
+
+
+def metric_name(metric: str) -> str:
+    """A metric's name for people (the column name when it has none)."""
+    return METRIC_NAMES.get(metric, metric)
+
+
+def percent_metric(metric: str) -> bool:
+    """Accuracies are stored as fractions and shown in percent (differences in percentage points)."""
+    return metric.startswith("acc_")

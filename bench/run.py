@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 import pandas as pd
 import torch
 
+from bench.analysis import write_analysis
 from bench.config import ALL, BenchConfig
 from bench.distributed import Shard, init_from_env, local_device
 from bench.emoji_prompts import emoji_labels
@@ -313,7 +314,7 @@ def finish_run(cfg: BenchConfig, run_dir: Path, cells: list[Cell], bundle: Model
     results = score_cells(cfg, run_dir, cells, device, progress, shard)
     if shard.is_main:
         results.to_csv(run_dir / "results.csv", index=False)
-        summary_table(run_dir).to_csv(run_dir / "summary.csv", index=False)  # also without the HTML report
+        write_analysis(run_dir)  # summary.csv and the paired tables, also without the HTML report
         write_manifest(cfg, run_dir, bundle, device, wall, n, processes)
     shard.barrier()
     return run_dir

@@ -20,13 +20,17 @@ GUIDANCES = {"cfg": [1.0, 3.0, 5.0], "classifier": [0.0, 2.5, 10.0], "clip": [0.
 PNG_IMG = re.compile(r"<img\b[^>]*>", re.IGNORECASE)
 
 
+PROMPTS = [HOSTILE, "a smiling face", "a red heart", "a cat"]
+
+
 def make_fake_run(root: Path, run_id: str = "run-a", n: int = 64, seed: int = 0,
-                  clip_scorer: str = "zoo:eval_clip") -> Path:
-    """A run dir as the harness writes it: 3 guidances x 3 scales x 3 seed sets, plausible numbers."""
+                  clip_scorer: str = "zoo:eval_clip", images: int = 4, per_sample: bool = False) -> Path:
+    """A run dir as the harness writes it: 3 guidances x 3 scales x 3 seed sets, plausible numbers;
+    with ``per_sample``, also per_sample.csv (one row per saved image, prompts as in the samples)."""
     rng = np.random.default_rng(seed)
     run = root / run_id
     (run / "samples").mkdir(parents=True)
-    rows = []
+    rows, samples = [], []
     for gi, (g, scales) in enumerate(GUIDANCES.items()):
         for si, scale in enumerate(scales):
             for k in range(3):
@@ -45,10 +49,21 @@ def make_fake_run(root: Path, run_id: str = "run-a", n: int = 64, seed: int = 0,
                     "peak_mem_mb": 300.0 + 50 * gi, "wall_s": n * (gi + 1) / 40.0,
                     "sampler": "ddim", "steps": 50,
                 })
-                images = rng.integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)
-                prompts = np.array([HOSTILE, "a smiling face", "a red heart", "a cat"])
-                np.savez(run / "samples" / f"{g}_s{format_scale(scale)}_seed{k}.npz", images=images, prompts=prompts)
+                pics = rng.integers(0, 256, size=(images, 32, 32, 3), dtype=np.uint8)
+                prompts = np.array([PROMPTS[i % len(PROMPTS)] for i in range(images)])
+                np.savez(run / "samples" / f"{g}_s{format_scale(scale)}_seed{k}.npz", images=pics, prompts=prompts,
+                         indices=np.arange(images))
+                cell = [{"guidance": g, "scale": scale, "seed_set": k, "index": i, "prompt_index": i % len(PROMPTS),
+                         "clip_score": 20 + 3 * si + gi + i % len(PROMPTS) + rng.normal(0, 0.5),
+                         "acc_identity": float(rng.random() < 0.3 + 0.2 * si), "acc_subgroup": 1.0,
+                         "category": ["<b>faces</b>", "things"][i % 2]} for i in range(images)]
+                samples += cell
+                if per_sample:  # results.csv holds each seed set's mean of the per-image scores
+                    for m in ("clip_score", "acc_identity", "acc_subgroup"):
+                        rows[-1][m] = float(np.mean([c[m] for c in cell]))
     pd.DataFrame(rows).to_csv(run / "results.csv", index=False)
+    if per_sample:
+        pd.DataFrame(samples).to_csv(run / "per_sample.csv", index=False)
     manifest = {
         "run_id": run_id, "created": "2024-05-01T12:00:00", "config_hash": "abc123def4567890",
         "config": {"prompts": f"builtin:emoji {HOSTILE}", "guidance": list(GUIDANCES),
@@ -172,7 +187,12 @@ def test_build_report_single_run(tmp_path: Path) -> None:
 
     text = index.read_text(encoding="utf-8")
     _html_checks(text)
-    assert len(PNG_IMG.findall(text)) == 3 + 9
+    # 3 plots + 9 sample grids + comparison grids: 3 methods x 3 scales x 4 prompts, 3 chosen cells x 4 prompts
+    assert len(PNG_IMG.findall(text)) == 3 + 9 + 36 + 12
+    assert "Paired statistics unavailable" in text and "no per_sample.csv" in text
+    for name in ("comparisons.csv", "matched_alignment.csv"):
+        assert (run / name).is_file()
+    assert not (run / "results_by_category.csv").exists()
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &quot;quotes&quot;" in text
     assert "n = 64 images per cell, 3 seed sets" in text
     assert "compare only runs with equal n" in text
@@ -213,12 +233,13 @@ def test_runs_whose_names_differ_only_in_unsafe_characters_keep_their_own_grids(
 
 def test_run_ids_devices_and_guidance_names_are_escaped(tmp_path: Path) -> None:
     """Every user string reaches the page escaped: run ids and directories, the device, guidance names."""
-    run = make_fake_run(tmp_path, "<script>run")
+    run = make_fake_run(tmp_path, "<script>run", per_sample=True)  # verdict, comparisons, categories, grids too
     manifest = json.loads((run / "manifest.json").read_text())
     (run / "manifest.json").write_text(json.dumps({**manifest, "device": "<script>dev"}))
-    results = pd.read_csv(run / "results.csv")
-    results["guidance"] = results["guidance"].replace("clip", "<script>g")
-    results.to_csv(run / "results.csv", index=False)
+    for name in ("results.csv", "per_sample.csv"):
+        table = pd.read_csv(run / name)
+        table["guidance"] = table["guidance"].replace("clip", "<script>g")
+        table.to_csv(run / name, index=False)
     for sample in (run / "samples").glob("clip_*.npz"):
         sample.rename(sample.with_name(sample.name.replace("clip", "<script>g")))
     for runs in ([run], [run, make_fake_run(tmp_path, "other")]):
@@ -285,3 +306,28 @@ def test_sample_grid_upscales_nearest() -> None:
     assert grid.size == ((4 * 34 + 2) * 3, (4 * 34 + 2) * 3)  # 16 of 20 images, 4x4, 2px padding, x3
     arr = np.asarray(grid)
     assert set(np.unique(arr)) <= {0, 255}  # nearest neighbour: no blended values
+
+
+def test_report_with_per_sample_has_paired_sections(tmp_path: Path) -> None:
+    run = make_fake_run(tmp_path, per_sample=True)
+    text = build_report([run]).read_text(encoding="utf-8")
+    _html_checks(text)
+    assert "Paired statistics over n=4 prompts x 3 seed sets" in text
+    assert "Paired statistics unavailable" not in text
+    assert text.index("Verdict") < text.index("Method ranking")
+    assert "Comparison at matched alignment" in text and "P(rank 1)" in text
+    assert "CLIP score by category" in text and "&lt;b&gt;faces&lt;/b&gt;" in text and "<b>faces" not in text
+    by_cat = pd.read_csv(run / "results_by_category.csv")
+    assert set(by_cat["category"]) == {"<b>faces</b>", "things"}
+    summary = pd.read_csv(run / "summary.csv")
+    assert {"clip_score_boot_lo", "clip_score_boot_hi", "n_prompts"} <= set(summary.columns)
+    assert (summary["acc_identity_boot_lo"] >= 0).all() and (summary["acc_identity_boot_hi"] <= 1).all()
+    comps = pd.read_csv(run / "comparisons.csv")
+    assert {"vs lowest scale", "best vs best"} == set(comps["kind"])
+
+
+def test_comparison_grid_rows_carry_escaped_captions(tmp_path: Path) -> None:
+    text = build_report([make_fake_run(tmp_path)]).read_text(encoding="utf-8")
+    rows = re.findall(r'<tr><td class="caption">(.*?)</td>(.*?)</tr>', text)
+    assert rows and rows[0][0] == report._e(HOSTILE)
+    assert all(len(PNG_IMG.findall(cells)) in (3,) for _, cells in rows)  # one image per scale / method

@@ -48,7 +48,7 @@ def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
             str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, headless=True,
-            args=FLAGS, offline=True,
+            args=FLAGS, offline=True, viewport={"width": 1400, "height": 900},
         )
         try:
             yield context
@@ -76,7 +76,8 @@ def visit(context, url: str) -> Visit:  # noqa: ANN001 - playwright BrowserConte
 
 @pytest.fixture(scope="module")
 def report_visit(browser_context, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Visit]:  # noqa: ANN001
-    index = build_report([make_fake_run(tmp_path_factory.mktemp("runs"))])
+    # 16 images per cell: the 4x4 sample grids are wider than their 340 px figures, as in the quick preset
+    index = build_report([make_fake_run(tmp_path_factory.mktemp("runs"), images=16, per_sample=True)])
     v = visit(browser_context, index.as_uri())
     yield v
     v.page.close()
@@ -89,9 +90,29 @@ def test_page_shows_tables_and_images(report_visit: Visit) -> None:
     assert summary.is_visible()
     assert summary.locator("tbody tr").count() == 9
     widths = page.evaluate("[...document.images].map(i => i.complete ? i.naturalWidth : -1)")
-    assert len(widths) == 3 + 9  # plots + one grid per guidance and scale
+    assert page.locator("img.plot").count() == 3 and page.locator("figure img").count() == 9  # one grid per cell
+    assert page.locator("table.cmp img").count() == 3 * 3 * 8 + 3 * 8  # 8 prompts: per method, then chosen cells
     assert all(w > 0 for w in widths), widths
     assert page.evaluate("document.scripts.length") == 0
+
+
+def test_figures_do_not_overlap_at_1400_px(report_visit: Visit) -> None:
+    """Each figure holds its own image (none spills into the next one) and no two figures overlap."""
+    figures = report_visit.page.evaluate("""[...document.querySelectorAll('figure')].map(f => {
+        const box = r => [r.left, r.top, r.right, r.bottom];
+        return {box: box(f.getBoundingClientRect()),
+                inner: [...f.querySelectorAll('img')].map(i => box(i.getBoundingClientRect()))};
+    })""")
+    assert len(figures) == 9
+    for fig in figures:
+        left, top, right, bottom = fig["box"]
+        for l, t, r, b in fig["inner"]:
+            assert left - 0.5 <= l and r <= right + 0.5 and top - 0.5 <= t and b <= bottom + 0.5, (fig["box"], (l, t, r, b))
+    for i, a in enumerate(figures):
+        for b in figures[i + 1:]:
+            apart = (a["box"][2] <= b["box"][0] or b["box"][2] <= a["box"][0]
+                     or a["box"][3] <= b["box"][1] or b["box"][3] <= a["box"][1])
+            assert apart, (a["box"], b["box"])
 
 
 def test_no_console_errors_no_network_no_dialog(report_visit: Visit) -> None:

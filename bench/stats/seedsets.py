@@ -1,10 +1,12 @@
-"""Statistics over seed sets: confidence intervals, per-cell summaries, Pareto front, ranking.
+"""Statistics over seed sets: Student-t intervals, per-cell summaries, Pareto front, ranking.
 
 A benchmark cell (guidance, scale) is sampled with several independent seed sets; the spread
-between seed sets is the honest error bar (FID of one set of 64 images varies a lot), so every
-quality metric is reported as a mean with a Student-t interval over seed sets, never as a bare
-number. Methods are then compared on the FID-vs-CLIP trade-off, since guidance scale trades
-sample diversity (FID) against prompt alignment (CLIP score) and no single scale is "the" result.
+between seed sets is an error bar every metric has (FID of one set of 64 images varies a lot), so
+every quality metric is reported as a mean with a Student-t interval over seed sets, never as a
+bare number. With few seed sets that interval is wide; per-image metrics get tighter, paired
+intervals from the prompt bootstrap (bench/stats/bootstrap.py, bench/analysis.py). Methods are
+then compared on the FID-vs-CLIP trade-off, since guidance scale trades sample diversity (FID)
+against prompt alignment (CLIP score) and no single scale is "the" result.
 """
 
 from __future__ import annotations
