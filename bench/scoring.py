@@ -297,5 +297,5 @@ def set_metrics(cfg: BenchConfig, ev: Evaluation, features: dict[str, torch.Tens
                 out[f"{cols[c]}_boot_lo"], out[f"{cols[c]}_boot_hi"] = percentile_interval(values.cpu())
     if "diversity" in cfg.metrics and cfg.samples_per_prompt > 1:
         first = cfg.feature_nets()[0]
-        out.update(PromptDiversity(features[first], torch.as_tensor(prompt_index)).value())
+        out.update(PromptDiversity(features[first], torch.tensor(prompt_index)).value())
     return out
