@@ -17,6 +17,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 from torchmetrics.utilities import dim_zero_cat
 
+from bench.evaluators.base import HIGHER
 from bench.evaluators.reference import Reference
 from guidance.zoo.encoders import EvalClassifier
 from guidance.zoo.load import ZOO_DIR, EvalCLIPScorer, load_model
@@ -98,6 +99,8 @@ class CLIPScore(Metric):
     """Mean of 100 * max(cos(image, caption), 0) under an open_clip model (torchmetrics' convention)."""
 
     full_state_update = False
+    columns = {"clip_score": HIGHER}
+    units = "100 x cosine similarity, floored at 0"
 
     def __init__(self, scorer: EvalCLIPScorer, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -119,6 +122,8 @@ class LabelAccuracy(Metric):
     """Top-1 identity, subgroup and group accuracy of the evaluation classifier on generated images."""
 
     full_state_update = False
+    columns = {"acc_identity": HIGHER, "acc_subgroup": HIGHER, "acc_group": HIGHER}
+    units = "fraction of images"
 
     def __init__(self, classifier: EvalClassifier, subgroup_of: Sequence[int], group_of_subgroup: Sequence[int],
                  **kwargs) -> None:

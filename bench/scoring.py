@@ -12,6 +12,7 @@ import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import open_clip
 import pandas as pd
 import torch
 from safetensors import SafetensorError
@@ -28,7 +29,7 @@ from bench.evaluators.dinov2 import DINOv2Net
 from bench.evaluators.domain import DomainNet
 from bench.evaluators.inception import InceptionNet
 from bench.evaluators.reference import Reference, ReferenceSource, reference_source
-from bench.metrics import Gathered, Throughput, clip_scores, label_hits, load_eval_classifier
+from bench.metrics import CLIPScore, Gathered, LabelAccuracy, Throughput, clip_scores, label_hits, load_eval_classifier
 from bench.prompts import PromptSet
 from bench.store import Cell, SampleStore, load_prompt_set
 from guidance.zoo.encoders import EvalClassifier
@@ -101,7 +102,9 @@ def make_net(name: str, cfg: BenchConfig, device: torch.device, classifier: Eval
 
 
 def check_clip_pretrained(cfg: BenchConfig) -> None:
-    """The open_clip weights file holds plain tensors, checked before open_clip reads it."""
+    """A known open_clip architecture, and a weights file of plain tensors (checked before open_clip reads it)."""
+    if cfg.clip_model not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip architecture {cfg.clip_model!r}")
     path = check_readable(cfg.clip_pretrained, "--clip-pretrained", "pass the open_clip weights of --clip-model")
     load_state_dict_file(path, "--clip-pretrained")
 
@@ -223,7 +226,8 @@ class Evaluation:
                 "diversity_features": self.cfg.feature_nets()[0] if "diversity" in self.cfg.metrics else None,
                 "bootstrap": {"resamples": self.cfg.bootstrap, "confidence": 0.95,
                               "assumption": "reference features held fixed; cell images resampled with replacement"},
-                "directions": {c: d for m in SET_METRICS.values() for c, d in m.columns.items()}}
+                "directions": {c: d for m in (*SET_METRICS.values(), PromptDiversity, CLIPScore, LabelAccuracy)
+                               for c, d in m.columns.items()}}
 
 
 @torch.no_grad()

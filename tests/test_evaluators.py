@@ -267,3 +267,22 @@ def test_dinov2_refuses_downloads_and_files_that_are_not_weights(tiny_dinov2, tm
     (tmp_path / "w.pth").write_bytes(b"0")
     with pytest.raises(ValueError, match="nothing is downloaded"):
         DINOv2Net(str(tmp_path / "w.pth"), "hf-hub:timm/vit_small_patch14_dinov2")
+
+
+def test_zoo_networks_take_images_of_any_size():
+    """Samples of a 512 px or 96 px model go through the 32 px domain and CLIP networks, resized as each
+    network expects (the classifier: bilinear, antialiased; CLIP: bicubic, antialiased)."""
+    from bench.evaluators.clip import CLIPNet
+    from bench.evaluators.domain import DomainNet
+    from bench.metrics import load_eval_classifier
+    from guidance.zoo.load import load_eval_clip
+
+    classifier = load_eval_classifier()
+    domain, clip = DomainNet(classifier), CLIPNet(load_eval_clip(), "zoo")
+    images = torch.randint(0, 256, (2, 3, 96, 96), dtype=torch.uint8)
+    with torch.no_grad():
+        small = nn.functional.interpolate(images.float() / 127.5 - 1, size=(32, 32), mode="bilinear", antialias=True,
+                                          align_corners=False)
+        torch.testing.assert_close(domain(images), classifier.features(small))
+        assert clip(images).shape == (2, clip.dim) and domain(torch.zeros(1, 3, 512, 512, dtype=torch.uint8)).shape == (1, 256)
+        torch.testing.assert_close(clip(images).norm(dim=-1), torch.ones(2))

@@ -21,7 +21,6 @@ from bench.evaluators.prdc import PrecisionRecall
 FEATURE_NETS: dict[str, type[FeatureNet]] = {c.name: c for c in (DomainNet, InceptionNet, DINOv2Net, CLIPNet)}
 SET_METRICS: dict[str, type[SetMetric]] = {c.name: c for c in (FrechetDistance, KernelDistance, PrecisionRecall, CMMD)}
 PER_NETWORK = ("fid", "kid", "prdc")  # computed on every network of --features
-PER_SAMPLE_METRICS = ("clip_score", "accuracy")
 METRIC_NAMES = ("fid", "kid", "clip_score", "accuracy", "cmmd", "prdc", "diversity")
 PRIMARY_NET = "domain"  # its columns keep the plain names
 
@@ -31,12 +30,5 @@ def column(name: str, net: str) -> str:
     return name if net == PRIMARY_NET else f"{name}_{net}"
 
 
-def directions() -> dict[str, str]:
-    """Every set-metric column family -> LOWER or HIGHER, from the metric classes."""
-    out = {c: d for m in SET_METRICS.values() for c, d in m.columns.items()}
-    out.update(PromptDiversity.columns)
-    return out
-
-
 __all__ = ["FEATURE_NETS", "SET_METRICS", "PER_NETWORK", "METRIC_NAMES", "HIGHER", "LOWER", "FeatureNet", "SetMetric",
-           "DINOV2_ARCH", "PromptDiversity", "column", "directions"]
+           "DINOV2_ARCH", "PromptDiversity", "column"]

@@ -17,7 +17,7 @@ class PromptDiversity:
     units = "feature units of the first --features network"
 
     def __init__(self, features: Tensor, prompt_index: Tensor) -> None:
-        self.features, self.prompt_index = features.double(), prompt_index
+        self.features, self.prompt_index = features.double(), prompt_index.to(features.device)
 
     def per_prompt(self) -> Tensor:
         out = []

@@ -27,14 +27,14 @@ class FrechetDistance(SetMetric):
         self.reference, self.features, self.chunk = reference, features, chunk
 
     def value(self) -> dict[str, float]:
-        mu_r, cov_r = self.reference.mean_cov()
+        mu_r, cov_r = (t.to(self.features.device) for t in self.reference.mean_cov())
         mu_s, cov_s = ChunkedSums.of(self.features, self.chunk).mean_cov()
         return {"fid": float(_compute_fid(mu_r, cov_r, mu_s, cov_s).to(self.features.dtype))}
 
     def resampled(self, counts: Tensor) -> dict[str, Tensor]:
-        mu_r, _ = self.reference.mean_cov()
+        mu_r, cov_r = (t.to(self.features.device) for t in self.reference.mean_cov())
         root = self.reference.cov_sqrt().to(self.features.device)
-        trace_r = self.reference.mean_cov()[1].trace()
+        trace_r = cov_r.trace()
         x = self.features.double()
         z = x @ root  # the samples seen through S_r^1/2
         n = x.shape[0]
