@@ -140,6 +140,6 @@ def kth_neighbour_distance(x: Tensor, k: int, chunk: int = 2048) -> Tensor:
     """Per point, the Euclidean distance to its k-th nearest other point of the same set (float64)."""
     out = []
     for lo in range(0, len(x), chunk):
-        d = torch.cdist(x[lo:lo + chunk].double(), x.double(), compute_mode="donot_use_mm_for_euclid_dist")
+        d = torch.cdist(x[lo:lo + chunk].double(), x.double())
         out.append(d.kthvalue(k + 1, dim=1).values)  # the point itself is at distance 0
     return torch.cat(out)

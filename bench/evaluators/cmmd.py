@@ -27,7 +27,8 @@ class CMMD(SetMetric):
     units = "1000 x MMD^2 of unit-length CLIP embeddings (RBF kernel, sigma 10)"
 
     def __init__(self, reference: Reference, features: Tensor, chunk: int) -> None:
-        self.mmd = KernelMMD(rbf_kernel, reference.features.to(features.device), features)
+        real = reference.needs_features("cmmd").to(features.device)
+        self.mmd = KernelMMD(rbf_kernel, real, features, k_rr=reference.kernel_mean("cmmd", rbf_kernel))
 
     def value(self) -> dict[str, float]:
         return {"cmmd": float(SCALE * self.mmd.value())}

@@ -25,7 +25,8 @@ class KernelDistance(SetMetric):
     units = "squared feature units of the feature network (cubic polynomial kernel)"
 
     def __init__(self, reference: Reference, features: Tensor, chunk: int) -> None:
-        self.real, self.fake = reference.features.float().to(features.device), features.float()
+        self.reference = reference
+        self.real, self.fake = reference.needs_features("kid").float().to(features.device), features.float()
 
     def value(self) -> dict[str, float]:
         subset = min(KID_MAX_SUBSET, len(self.fake), len(self.real))
@@ -39,5 +40,5 @@ class KernelDistance(SetMetric):
         return {"kid_mean": float(stacked.mean()), "kid_std": float(stacked.std(unbiased=False))}
 
     def resampled(self, counts: Tensor) -> dict[str, Tensor]:
-        mmd = KernelMMD(lambda a, b: poly_kernel(a, b), self.real, self.fake)
+        mmd = KernelMMD(poly_kernel, self.real, self.fake, k_rr=self.reference.kernel_mean("kid", poly_kernel))
         return {"kid_mean": mmd.resampled(counts).float()}

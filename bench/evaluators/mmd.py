@@ -30,8 +30,9 @@ def offdiagonal_mean(kernel: Kernel, x: Tensor, chunk: int = 2048) -> Tensor:
 class KernelMMD:
     """Kernels between samples and against the reference, computed once for the value and every resample."""
 
-    def __init__(self, kernel: Kernel, reference: Tensor, samples: Tensor, chunk: int = 2048) -> None:
-        self.k_rr = offdiagonal_mean(kernel, reference, chunk)
+    def __init__(self, kernel: Kernel, reference: Tensor, samples: Tensor, chunk: int = 2048,
+                 k_rr: Tensor | None = None) -> None:
+        self.k_rr = offdiagonal_mean(kernel, reference, chunk) if k_rr is None else k_rr.to(samples.device)
         self.k_ss = kernel(samples, samples).double()
         cross = torch.zeros(len(samples), dtype=torch.float64, device=samples.device)
         for lo in range(0, len(reference), chunk):

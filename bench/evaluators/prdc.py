@@ -42,7 +42,7 @@ class PrecisionRecall(SetMetric):
         self.in_count = torch.zeros(len(fake), dtype=torch.float64, device=fake.device)
         recall_hit, cover_hit = [], []
         for lo in range(0, len(real), CHUNK):  # [R, n] distances a block of reference rows at a time
-            d = torch.cdist(real[lo:lo + CHUNK], fake, compute_mode="donot_use_mm_for_euclid_dist")
+            d = torch.cdist(real[lo:lo + CHUNK], fake)
             inside_real = d <= real_radii[lo:lo + CHUNK].unsqueeze(1)  # sample j inside reference ball r
             self.in_count += inside_real.sum(0)  # per sample: reference balls holding it
             recall_hit.append(d <= fake_radii.unsqueeze(0))  # reference point r inside sample ball j

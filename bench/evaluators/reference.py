@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from bench.evaluators.base import ChunkedSums, FeatureNet, file_digest, kth_neighbour_distance, resize_uint8
+from bench.evaluators.mmd import offdiagonal_mean
 from guidance.zoo.emoji_data import build_emoji_dataset, cache_root
 from guidance.zoo.load import ZOO_DIR
 from guidance.zoo.store import CheckpointError
@@ -88,6 +89,12 @@ class Reference:
         if ("radii", k) not in self._cache:
             self._cache["radii", k] = kth_neighbour_distance(self.needs_features("precision/recall"), k)
         return self._cache["radii", k]
+
+    def kernel_mean(self, name: str, kernel: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+        """mean_{r != r'} kernel(r, r') over the reference, computed once per kernel name."""
+        if ("kernel", name) not in self._cache:
+            self._cache["kernel", name] = offdiagonal_mean(kernel, self.needs_features(name))
+        return self._cache["kernel", name]
 
     def needs_features(self, metric: str) -> Tensor:
         if self.features is None:
