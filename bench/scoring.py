@@ -12,6 +12,7 @@ import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import open_clip
 import pandas as pd
 import torch
@@ -129,8 +130,8 @@ def check_scorers(cfg: BenchConfig, device: torch.device) -> None:
         except (RuntimeError, OSError, KeyError, EOFError, pickle.UnpicklingError, ValueError, SafetensorError) as err:
             detail = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
             raise ValueError(f"{flags}: cannot load ({detail}); {fix}") from err
-    if net_names(cfg):
-        reference_source(cfg.reference, cfg.reference_images)  # a missing or empty reference fails here
+    if net_names(cfg):  # a missing, empty or mismatched reference fails here
+        reference_source(cfg.reference, cfg.reference_images).check(net_names(cfg))
 
 
 def my_chunks(n: int, size: int, shard: Shard) -> list[tuple[int, int]]:
@@ -285,7 +286,7 @@ def score_cells(cfg: BenchConfig, run_dir: Path, cells: list[Cell], device: torc
 
 
 def set_metrics(cfg: BenchConfig, ev: Evaluation, features: dict[str, torch.Tensor], n: int,
-                prompt_index) -> dict[str, float]:  # noqa: ANN001
+                prompt_index: np.ndarray) -> dict[str, float]:
     """FID, KID, precision/recall per network, CMMD on CLIP, diversity, with bootstrap intervals."""
     out: dict[str, float] = {}
     jobs = [(m, net) for net in cfg.feature_nets() for m in PER_NETWORK if m in cfg.metrics]

@@ -105,3 +105,14 @@ def test_an_unreadable_weights_file_is_named_as_unreadable_not_missing(tmp_path,
     assert cli_main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "permission denied" in err and "chmod" in err and err.count("\n") == 0, err
+
+
+def test_a_features_file_reference_of_another_network_is_refused_before_sampling(tmp_path, capsys):
+    """The committed zoo statistics are the domain network's: as --reference they serve --features domain
+    alone, and a run that also needs CLIP embeddings (cmmd) is told to pass images instead."""
+    zoo = ROOT / "guidance" / "zoo" / "weights" / "reference_features.safetensors"
+    argv = ["run", "--preset", "tiny", "--reference", str(zoo), "--out", str(tmp_path), "--no-report"]
+    assert cli_main([*argv, "--metrics", "fid,cmmd"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds features of domain, and this run needs domain, clip" in err and err.count("\n") == 0, err
+    assert not list(tmp_path.glob("*/samples/*"))

@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -132,6 +132,23 @@ class ReferenceSource:
     batches: Callable[[FeatureNet], Iterator[Tensor]]  # uint8 [N, 3, H, W] batches for a network, fixed order
     files: dict[str, Path] = field(default_factory=dict)  # network name -> features file used as it is
     file: Path | None = None  # a features/statistics file for whichever network
+
+    def check(self, nets: list[str]) -> None:
+        """A features file must be of the networks the run uses (named in its metadata), checked unread."""
+        if self.file is None:
+            return
+        try:
+            with safe_open(str(self.file), "pt") as f:
+                made_by = (f.metadata() or {}).get("feature_net", "")
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"--reference {self.file}: not a readable .safetensors file ({str(err)[:100]}); pass "
+                             f"a features file written by the bench, or a folder of images") from None
+        name = "domain" if made_by == "eval_classifier" else made_by.split(":")[0]
+        wrong = [n for n in nets if name and n != name]
+        if wrong or (not name and len(nets) > 1):
+            raise ValueError(f"--reference {self.file} holds features of {name or 'an unnamed network'}, and this "
+                             f"run needs {', '.join(nets)}: pass reference images (a folder) so each network embeds "
+                             f"them, or use --features {name or 'NAME'} alone (and drop cmmd unless it is clip)")
 
     def features_for(self, net: FeatureNet, device: torch.device) -> Reference:
         """The network's reference features: from the file, the cache, or computed and cached."""
