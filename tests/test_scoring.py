@@ -116,3 +116,18 @@ def test_a_features_file_reference_of_another_network_is_refused_before_sampling
     err = capsys.readouterr().err.strip()
     assert "holds features of domain, and this run needs domain, clip" in err and err.count("\n") == 0, err
     assert not list(tmp_path.glob("*/samples/*"))
+
+
+def test_zoo_reference_images_that_cannot_be_rendered_fail_before_sampling(tmp_path, capsys, monkeypatch):
+    """CMMD on the zoo needs the rendered emoji images (the committed statistics are the domain network's):
+    without the emoji font the run stops before sampling, naming the way out."""
+    def no_font(*args, **kwargs):
+        raise FileNotFoundError("Noto Color Emoji font not found at /usr/share/fonts/x.ttf; install it")
+
+    monkeypatch.setattr(reference_module, "build_emoji_dataset", no_font)
+    assert cli_main(["run", "--preset", "tiny", "--out", str(tmp_path), "--no-report"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Noto Color Emoji font not found" in err and "--features domain without cmmd" in err, err
+    assert err.count("\n") == 0 and not list(tmp_path.glob("*/samples/*"))
+    assert cli_main(["run", "--preset", "tiny", "--metrics", "fid", "--out", str(tmp_path), "--run-id", "ok",
+                     "--prompt-limit", "2", "--seeds", "0", "--steps", "1", "--no-report"]) == 0  # domain: committed

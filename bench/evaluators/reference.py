@@ -136,6 +136,12 @@ class ReferenceSource:
     def check(self, nets: list[str]) -> None:
         """A features file must be of the networks the run uses (named in its metadata), checked unread."""
         if self.file is None:
+            if any(n not in self.files for n in nets):
+                try:
+                    self.digest()  # reads (or for the zoo, renders) the images now, not after sampling
+                except (OSError, RuntimeError) as err:
+                    raise ValueError(f"reference images of {self.label} cannot be read ({str(err)[:160]}); fix that, "
+                                     f"or pass --reference, or use --features domain without cmmd") from None
             return
         try:
             with safe_open(str(self.file), "pt") as f:
