@@ -34,13 +34,19 @@ def _flags(**options: object) -> str:
     "compile": "torch.compile the networks", "cuda_graphs": "torch.compile with CUDA graphs (CUDA only)",
     "autotune": "with --compile/--cuda-graphs: inductor max-autotune (slow to compile)",
     "no_half_weights": "under bf16/fp16: let autocast re-cast the weights at every call (same samples; for timing)",
+    "features": "feature networks for FID/KID/precision-recall: domain (default), inception, dinov2, clip",
+    "dinov2_weights": "local DINOv2 weights for --features dinov2", "dinov2_arch": "its timm architecture",
+    "reference": "real images: folder, COCO captions json (+ --reference-images DIR) or features .safetensors",
+    "reference_images": "image folder of a COCO captions json reference",
+    "bootstrap": "resamples per cell for set-metric intervals (default 200, 0: none)",
 })
 def bench(c, guidance="cfg", scales=None, prompts=None, prompt_limit=None, samples_per_prompt=None, negative_prompt=None,
           seeds=None,
           sampler=None, schedule=None, eta=None, steps=None, batch_size=None, device=None, dtype=None, model=None, clip_model=None,
           clip_pretrained=None, score_with_guiding_clip=False, fid_inception_weights=None, metrics=None, out=None,
           run_id=None, preset="quick", no_report=False, nproc=None, shard=None, channels_last="auto", compile=False,
-          cuda_graphs=False, autotune=False, no_half_weights=False):
+          cuda_graphs=False, autotune=False, no_half_weights=False, features=None, dinov2_weights=None,
+          dinov2_arch=None, reference=None, reference_images=None, bootstrap=None):
     """Benchmark guidance methods over scales and seeds; prints a summary and writes reports/<run-id>/."""
     args = _flags(guidance=guidance, scales=scales, prompts=prompts, prompt_limit=prompt_limit,
                   samples_per_prompt=samples_per_prompt, negative_prompt=negative_prompt, seeds=seeds, sampler=sampler, schedule=schedule, eta=eta,
@@ -49,7 +55,9 @@ def bench(c, guidance="cfg", scales=None, prompts=None, prompt_limit=None, sampl
                   clip_pretrained=clip_pretrained, score_with_guiding_clip=score_with_guiding_clip,
                   fid_inception_weights=fid_inception_weights, metrics=metrics, out=out, run_id=run_id,
                   preset=preset, no_report=no_report, nproc=nproc, shard=shard, compile=compile,
-                  cuda_graphs=cuda_graphs, autotune=autotune, no_half_weights=no_half_weights)
+                  cuda_graphs=cuda_graphs, autotune=autotune, no_half_weights=no_half_weights, features=features,
+                  dinov2_weights=dinov2_weights, dinov2_arch=dinov2_arch, reference=reference,
+                  reference_images=reference_images, bootstrap=bootstrap)
     if channels_last not in ("auto", "on", "off"):
         raise SystemExit(f"--channels-last {channels_last!r}: use on, off or auto")
     if channels_last != "auto":

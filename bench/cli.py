@@ -131,7 +131,17 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip-pretrained", default=None, help="local pretrained file for --clip-model")
     p.add_argument("--score-with-guiding-clip", action="store_true", help="score with the guiding CLIP (inflated)")
     p.add_argument("--fid-inception-weights", default=None, help="local Inception weights for FID")
-    p.add_argument("--metrics", default=None, help="comma-separated subset of fid,kid,clip_score,accuracy")
+    p.add_argument("--metrics", default=None, help="comma-separated subset of "
+                                                   "fid,kid,clip_score,accuracy,cmmd,prdc,diversity")
+    p.add_argument("--features", default=None, help="feature networks for FID/KID/precision-recall: "
+                                                    "domain (default), inception, dinov2, clip (comma-separated)")
+    p.add_argument("--dinov2-weights", default=None, help="local DINOv2 weights (.safetensors or .pth)")
+    p.add_argument("--dinov2-arch", default=None, help="timm DINOv2 architecture (default vit_large_patch14_dinov2)")
+    p.add_argument("--reference", default=None, help="real images: a folder, a COCO captions json, or a features "
+                                                     ".safetensors (default: the zoo's emoji dataset)")
+    p.add_argument("--reference-images", default=None, help="image folder of a COCO captions json --reference")
+    p.add_argument("--bootstrap", type=int, default=None, help="resamples per cell for set-metric intervals "
+                                                                "(default 200; 0: none)")
     p.add_argument("--out", default=None, help="parent directory of run directories (default: reports)")
     p.add_argument("--run-id", default=None, help="name of the run directory (reuse one to resume)")
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS))
@@ -159,7 +169,10 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
                      score_with_guiding_clip=args.score_with_guiding_clip or None,
                      fid_inception_weights=args.fid_inception_weights, out=args.out, run_id=args.run_id,
                      seeds=parse_seeds(args.seeds) if args.seeds else None,
-                     metrics=[m.strip() for m in args.metrics.split(",")] if args.metrics else None)
+                     metrics=[m.strip() for m in args.metrics.split(",")] if args.metrics else None,
+                     features=[f.strip() for f in args.features.split(",") if f.strip()] if args.features else None,
+                     dinov2_weights=args.dinov2_weights, dinov2_arch=args.dinov2_arch, reference=args.reference,
+                     reference_images=args.reference_images, bootstrap=args.bootstrap)
     cfg = BenchConfig.from_preset(args.preset, **overrides)
     return cfg.with_overrides(prompt_limit=None) if every_prompt else cfg
 

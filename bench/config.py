@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from bench.evaluators import DINOV2_ARCH, FEATURE_NETS, METRIC_NAMES
+from bench.evaluators.base import NOTHING_DOWNLOADED, check_readable
 from guidance.accelerate import Acceleration, checked_device
 from guidance.guiders import REGISTRY
 from guidance.process import SCHEDULES
@@ -79,8 +81,14 @@ class BenchConfig:
     clip_model: str | None = None  # open_clip architecture for CLIP score (default: the zoo's eval CLIP)
     clip_pretrained: str | None = None  # local pretrained file for clip_model
     score_with_guiding_clip: bool = False  # only to demonstrate GLIDE's warning; labelled in reports
-    fid_inception_weights: str | None = None  # local Inception weights: FID on Inception features
-    metrics: list[str] = field(default_factory=lambda: ["fid", "kid", "clip_score", "accuracy"])
+    fid_inception_weights: str | None = None  # local Inception weights (adds the inception network)
+    metrics: list[str] = field(default_factory=lambda: list(METRIC_NAMES))
+    features: list[str] = field(default_factory=lambda: ["domain"])  # feature networks for FID, KID, PR/DC
+    dinov2_weights: str | None = None  # local DINOv2 weights for the dinov2 network
+    dinov2_arch: str = DINOV2_ARCH  # its timm architecture
+    reference: str | None = None  # real images: a folder, COCO captions json, or features file (None: the zoo's)
+    reference_images: str | None = None  # the image folder of a COCO captions json --reference
+    bootstrap: int = 200  # resamples of each cell's images for set-metric intervals (0: none)
     out: str = "reports"
     run_id: str | None = None
     preset: str = "quick"
@@ -196,12 +204,7 @@ class BenchConfig:
             self.acceleration().check(device)  # the flag rules live in Acceleration.check
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"unknown dtype {self.dtype!r}; valid: float32, bfloat16, float16")
-        bad = [m for m in self.metrics if m not in ("fid", "kid", "clip_score", "accuracy")]
-        if bad:
-            raise ValueError(f"unknown metric(s) {bad}; valid: fid, kid, clip_score, accuracy")
-        for flag, path in (("--fid-inception-weights", self.fid_inception_weights), ("--clip-pretrained", self.clip_pretrained)):
-            if path is not None and not Path(path).is_file():
-                raise ValueError(f"{flag} {path}: file not found; pass a local file (nothing is downloaded)")
+        self.validate_evaluators()
         if self.clip_pretrained and not self.clip_model:
             raise ValueError(f"--clip-pretrained {self.clip_pretrained} needs --clip-model NAME (its open_clip "
                              f"architecture, e.g. ViT-B-32)")
@@ -215,6 +218,38 @@ class BenchConfig:
         if self.clip_model and not self.clip_pretrained:
             raise ValueError(f"--clip-model {self.clip_model} needs --clip-pretrained PATH (a local file; "
                              f"nothing is downloaded)")
+
+    def feature_nets(self) -> list[str]:
+        """The networks set metrics run on: --features, plus inception when its weights are given."""
+        nets = list(self.features)
+        if self.fid_inception_weights and "inception" not in nets:
+            nets.append("inception")
+        return nets
+
+    def validate_evaluators(self) -> None:
+        """The evaluator options: known names, and local files that exist and can be read."""
+        bad = [m for m in self.metrics if m not in METRIC_NAMES]
+        if bad:
+            raise ValueError(f"unknown metric(s) {bad}; valid: {', '.join(METRIC_NAMES)}")
+        bad = [f for f in self.features if f not in FEATURE_NETS]
+        if bad or not self.features:
+            raise ValueError(f"unknown feature network(s) {bad or self.features} in --features; valid: "
+                             f"{', '.join(FEATURE_NETS)} (comma-separated)")
+        if self.bootstrap < 0:
+            raise ValueError(f"--bootstrap {self.bootstrap} is out of range; use 0 (no intervals) or a count, e.g. 200")
+        if "inception" in self.features and not self.fid_inception_weights:
+            raise ValueError("--features inception needs --fid-inception-weights LOCAL_FILE (torch-fidelity's "
+                             f"pt_inception-2015-12-05); {NOTHING_DOWNLOADED}")
+        if "dinov2" in self.features:
+            check_readable(self.dinov2_weights, "--dinov2-weights", "give DINOv2 weights (.safetensors or .pth) "
+                           f"for --dinov2-arch {self.dinov2_arch}")
+        for flag, path in (("--fid-inception-weights", self.fid_inception_weights),
+                           ("--clip-pretrained", self.clip_pretrained)):
+            if path is not None:
+                check_readable(path, flag, "pass a local weights file")
+        if self.clip_model and self.clip_model.startswith(("hf-hub:", "hf_hub:")):
+            raise ValueError(f"--clip-model {self.clip_model}: an hf-hub name would download; {NOTHING_DOWNLOADED} "
+                             f"with --clip-pretrained and name its architecture (e.g. ViT-B-32)")
 
     def with_overrides(self, **kwargs: Any) -> "BenchConfig":
         return replace(self, **kwargs)

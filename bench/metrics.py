@@ -1,30 +1,29 @@
 """Quality and cost metrics, each a torchmetrics `Metric` so states sync across processes and merge.
 
-FID and KID are torchmetrics' own, fed the domain feature network (the evaluation classifier's
-penultimate layer) against committed reference statistics, or Inception with local weights. CLIP
+Set metrics (FID, KID, CMMD, precision/recall) live in bench.evaluators; here are the per-sample scores
+(CLIP score, label accuracy), the gathering of per-sample rows across processes, and throughput. CLIP
 score uses an open_clip model that never guided the samples unless the user asks for it.
 """
 
 from __future__ import annotations
 
-import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 from torchmetrics.utilities import dim_zero_cat
 
+from bench.evaluators.base import HIGHER
+from bench.evaluators.reference import Reference
 from guidance.zoo.encoders import EvalClassifier
 from guidance.zoo.load import ZOO_DIR, EvalCLIPScorer, load_model
-from guidance.zoo.store import CheckpointError
 
-METRICS = ("fid", "kid", "clip_score", "accuracy")
+__all__ = ["Reference", "DomainFeatures", "domain_fid", "domain_kid", "CLIPScore", "LabelAccuracy", "Gathered",
+           "clip_scores", "label_hits", "Throughput", "covered_seconds", "load_eval_classifier"]
 
 
 class DomainFeatures(nn.Module):
@@ -37,23 +36,6 @@ class DomainFeatures(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.classifier.features(images.float() / 127.5 - 1)
-
-
-@dataclass
-class Reference:
-    """Statistics of the real images: features (for KID) and FID's float64 sums."""
-
-    features: Tensor
-    sum: Tensor
-    cov_sum: Tensor
-    num_samples: int
-
-    @classmethod
-    def load(cls, path: str | Path = ZOO_DIR / "reference_features.safetensors") -> "Reference":
-        if not Path(path).is_file():
-            raise CheckpointError(f"reference statistics not found: {path}; run `python -m guidance.zoo.reference`")
-        data = load_file(str(path))
-        return cls(data["features"].float(), data["sum"], data["cov_sum"], int(data["num_samples"]))
 
 
 def domain_fid(feature_net: DomainFeatures, reference: Reference) -> FrechetInceptionDistance:
@@ -71,42 +53,54 @@ def domain_kid(feature_net: DomainFeatures, reference: Reference, subset_size: i
     return kid
 
 
-def inception_fid(weights_path: str) -> FrechetInceptionDistance:
-    """FID on Inception-v3 pool features from a local weights file (nothing is downloaded).
+def clip_scores(image_embeddings: Tensor, text_embeddings: Tensor) -> Tensor:
+    """Per image: 100 * max(cos(image, its caption), 0), from unit-length embeddings."""
+    return 100 * (image_embeddings * text_embeddings).sum(-1).clamp(min=0)
 
-    torchmetrics' Inception comes from torch-fidelity, which unpickles the file with weights_only=False.
-    So the file (a torch state dict, or .safetensors) is copied to a private directory and loaded there
-    with weights_only=True first: only a copy that holds nothing but tensors reaches torch-fidelity.
-    """
-    import importlib.util
-    import tempfile
 
-    path = Path(weights_path)
-    if not path.is_file():
-        raise CheckpointError(f"Inception weights not found: {weights_path}; pass a local FID Inception "
-                              f"checkpoint (pt_inception-2015-12-05) with --fid-inception-weights")
-    if importlib.util.find_spec("torch_fidelity") is None:
-        raise ValueError("FID on Inception features needs torch-fidelity (torchmetrics' Inception-v3); "
-                         "install it with `pip install -e '.[fid]'` or drop --fid-inception-weights")
-    with tempfile.TemporaryDirectory() as private:
-        checked = Path(private) / "inception.pt"
-        try:
-            if path.suffix == ".safetensors":
-                torch.save(load_file(str(path)), checked)
-            else:
-                shutil.copyfile(path, checked)
-                torch.load(checked, map_location="cpu", weights_only=True)
-        except Exception as err:  # any unreadable or unsafe file: one clear error naming the file
-            raise CheckpointError(f"--fid-inception-weights {weights_path} is not a plain tensor state dict "
-                                  f"({type(err).__name__}; torch.load(weights_only=True) refuses it); pass "
-                                  f"torch-fidelity's pt_inception-2015-12-05 weights, or the same as .safetensors") from None
-        return FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(checked))
+@torch.no_grad()
+def label_hits(classifier: EvalClassifier, subgroup_of: Tensor, group_of_subgroup: Tensor, images: Tensor,
+               labels: Tensor) -> Tensor:
+    """int64 [N, 3]: whether the evaluation classifier gets each image's identity, subgroup and group right."""
+    identity_logits, subgroup_logits = classifier.heads(images.float())
+    labels = labels.to(identity_logits.device)
+    sub_true = subgroup_of.to(labels.device)[labels]
+    sub_pred = subgroup_logits.argmax(-1)
+    groups = group_of_subgroup.to(labels.device)
+    return torch.stack([identity_logits.argmax(-1) == labels, sub_pred == sub_true,
+                        groups[sub_pred] == groups[sub_true]], 1).long()
+
+
+class Gathered(Metric):
+    """Per-sample rows (features, scores) of this process, gathered in rank order across a torchrun group:
+    with each process scoring a contiguous run of chunks, `compute` gives every row in file order."""
+
+    full_state_update = False
+
+    def __init__(self, width: int, dtype: torch.dtype = torch.float32, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.width, self.row_dtype = width, dtype
+        self.add_state("rows", [], dist_reduce_fx="cat")
+
+    def update(self, rows: Tensor) -> None:
+        self.rows.append(rows.to(self.row_dtype).reshape(len(rows), self.width))
+
+    def compute(self) -> Tensor:
+        return dim_zero_cat(self.rows)
+
+    def gathered(self) -> Tensor:
+        """Every process's rows; a process that scored nothing still sends one (empty) tensor."""
+        empty = torch.zeros(0, self.width, dtype=self.row_dtype, device=self.device)
+        self.rows = [torch.cat([empty, *self.rows])]
+        return self.compute()
 
 
 class CLIPScore(Metric):
     """Mean of 100 * max(cos(image, caption), 0) under an open_clip model (torchmetrics' convention)."""
 
     full_state_update = False
+    columns = {"clip_score": HIGHER}
+    units = "100 x cosine similarity, floored at 0"
 
     def __init__(self, scorer: EvalCLIPScorer, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -117,8 +111,7 @@ class CLIPScore(Metric):
     @torch.no_grad()
     def update(self, images: Tensor, texts: Sequence[str]) -> None:
         zi = self.scorer.encode_images(images.to(self.score_sum.device))
-        zt = self.scorer.encode_texts(list(texts))
-        self.score_sum += (100 * (zi * zt).sum(-1).clamp(min=0)).double().sum()
+        self.score_sum += clip_scores(zi, self.scorer.encode_texts(list(texts))).double().sum()
         self.count += len(images)
 
     def compute(self) -> Tensor:
@@ -129,6 +122,8 @@ class LabelAccuracy(Metric):
     """Top-1 identity, subgroup and group accuracy of the evaluation classifier on generated images."""
 
     full_state_update = False
+    columns = {"acc_identity": HIGHER, "acc_subgroup": HIGHER, "acc_group": HIGHER}
+    units = "fraction of images"
 
     def __init__(self, classifier: EvalClassifier, subgroup_of: Sequence[int], group_of_subgroup: Sequence[int],
                  **kwargs) -> None:
@@ -142,14 +137,10 @@ class LabelAccuracy(Metric):
 
     @torch.no_grad()
     def update(self, images: Tensor, labels: Tensor) -> None:
-        identity_logits, subgroup_logits = self.classifier.heads(images.float())
-        labels = labels.to(identity_logits.device)
-        sub_true = self.subgroup_of.to(labels.device)[labels]
-        sub_pred = subgroup_logits.argmax(-1)
-        groups = self.group_of_subgroup.to(labels.device)
-        self.correct_identity += (identity_logits.argmax(-1) == labels).sum()
-        self.correct_subgroup += (sub_pred == sub_true).sum()
-        self.correct_group += (groups[sub_pred] == groups[sub_true]).sum()
+        hits = label_hits(self.classifier, self.subgroup_of, self.group_of_subgroup, images, labels)
+        self.correct_identity += hits[:, 0].sum()
+        self.correct_subgroup += hits[:, 1].sum()
+        self.correct_group += hits[:, 2].sum()
         self.total += len(labels)
 
     def compute(self) -> dict[str, Tensor]:

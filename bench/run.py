@@ -311,9 +311,11 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
 
 def finish_run(cfg: BenchConfig, run_dir: Path, cells: list[Cell], bundle: ModelBundle, device: torch.device, shard: Shard,
                wall: float | None, n: int, progress: bool, processes: int) -> Path:
-    results = score_cells(cfg, run_dir, cells, device, progress, shard)
+    scores = score_cells(cfg, run_dir, cells, device, progress, shard)
     if shard.is_main:
-        results.to_csv(run_dir / "results.csv", index=False)
+        scores.results.to_csv(run_dir / "results.csv", index=False)
+        scores.per_sample.to_csv(run_dir / "per_sample.csv", index=False)
+        write_atomic(run_dir / "evaluators.json", json.dumps(scores.evaluators, indent=2))
         write_analysis(run_dir)  # summary.csv and the paired tables, also without the HTML report
         write_manifest(cfg, run_dir, bundle, device, wall, n, processes)
     shard.barrier()

@@ -1,26 +1,43 @@
-"""Score saved samples: one results row per cell (guidance x scale x seed set)."""
+"""Score saved samples: one results row per cell (guidance x scale x seed set), one per_sample row per image.
+
+Set metrics (FID, KID, precision/recall, CMMD) run on the feature networks the config names, against one
+reference; each cell's features are computed once and reused by every metric and every bootstrap resample.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
-from pathlib import Path
 import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
+import open_clip
 import pandas as pd
 import torch
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from bench.config import BenchConfig
 from bench.distributed import Shard
 from bench.emoji_prompts import emoji_labels
-from bench.metrics import (CLIPScore, DomainFeatures, LabelAccuracy, Reference, Throughput, domain_fid, domain_kid,
-                           inception_fid, load_eval_classifier)
+from bench.evaluators import FEATURE_NETS, PER_NETWORK, SET_METRICS, PromptDiversity, column
+from bench.evaluators.base import NOTHING_DOWNLOADED, FeatureNet, check_readable, file_digest, load_state_dict_file
+from bench.evaluators.bootstrap import draw_counts, percentile_interval
+from bench.evaluators.clip import CLIPNet
+from bench.evaluators.dinov2 import DINOv2Net
+from bench.evaluators.domain import DomainNet
+from bench.evaluators.inception import InceptionNet
+from bench.evaluators.reference import Reference, ReferenceSource, reference_source
+from bench.metrics import CLIPScore, Gathered, LabelAccuracy, Throughput, clip_scores, label_hits, load_eval_classifier
+from bench.prompts import PromptSet
 from bench.store import Cell, SampleStore, load_prompt_set
-from guidance.zoo.emoji_data import build_emoji_dataset
-from guidance.zoo.load import EVAL_CLIP_LABEL, EvalCLIPScorer, load_eval_clip, load_zoo
+from guidance.zoo.encoders import EvalClassifier
+from guidance.zoo.load import EVAL_CLIP_LABEL, ZOO_DIR, EvalCLIPScorer, load_eval_clip, load_zoo
 from guidance.zoo.store import CheckpointError
 
-KID_MAX_SUBSET = 100
+PER_SAMPLE_KEYS = ("guidance", "scale", "seed_set", "index", "prompt_index")
 
 
 def scorer_label(cfg: BenchConfig) -> str:
@@ -36,6 +53,7 @@ class GuidingCLIPScorer(EvalCLIPScorer):
         torch.nn.Module.__init__(self)
         self.clip, self.tok, self.name = zoo.noised_clip, zoo.clip_tokenizer, "guiding"
         self.register_buffer("mean", torch.zeros(1))
+        self.image_size = zoo.sample_shape[-1]
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         z = self.clip.encode_image(images.float(), torch.zeros(len(images), device=images.device))
@@ -51,38 +69,69 @@ def make_scorer(cfg: BenchConfig, device: torch.device) -> EvalCLIPScorer:
     return load_eval_clip(device=device, arch=cfg.clip_model, pretrained=cfg.clip_pretrained)
 
 
+def scorer_weights_id(cfg: BenchConfig) -> str:
+    """What the CLIP scorer's embeddings depend on: keys its cached reference embeddings."""
+    if cfg.score_with_guiding_clip:
+        root = Path(cfg.model) if cfg.model != "emoji" else ZOO_DIR
+        return f"guiding:{file_digest(root / 'noised_clip.safetensors')}"
+    if cfg.clip_model:
+        return f"open_clip:{cfg.clip_model}:{file_digest(cfg.clip_pretrained)}"
+    return f"zoo:{file_digest(ZOO_DIR / 'eval_clip.safetensors')}"
+
+
+def needs_clip(cfg: BenchConfig) -> bool:
+    return any(m in cfg.metrics for m in ("clip_score", "cmmd")) or "clip" in cfg.feature_nets()
+
+
+def net_names(cfg: BenchConfig) -> list[str]:
+    """Networks a run computes features with: --features for set metrics, clip for CMMD."""
+    names = cfg.feature_nets() if any(m in cfg.metrics for m in (*PER_NETWORK, "diversity")) else []
+    return names + (["clip"] if "cmmd" in cfg.metrics and "clip" not in names else [])
+
+
+def make_net(name: str, cfg: BenchConfig, device: torch.device, classifier: EvalClassifier | None = None,
+             scorer: EvalCLIPScorer | None = None) -> FeatureNet:
+    if name == "domain":
+        return DomainNet(classifier if classifier is not None else load_eval_classifier(device=device))
+    if name == "inception":
+        return InceptionNet(cfg.fid_inception_weights).to(device)
+    if name == "dinov2":
+        return DINOv2Net(cfg.dinov2_weights, cfg.dinov2_arch).to(device)
+    if name == "clip":
+        return CLIPNet(scorer if scorer is not None else make_scorer(cfg, device), scorer_weights_id(cfg))
+    raise ValueError(f"unknown feature network {name!r}; valid: {', '.join(FEATURE_NETS)}")
+
+
+def check_clip_pretrained(cfg: BenchConfig) -> None:
+    """A known open_clip architecture, and a weights file of plain tensors (checked before open_clip reads it)."""
+    if cfg.clip_model not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip architecture {cfg.clip_model!r}")
+    path = check_readable(cfg.clip_pretrained, "--clip-pretrained", "pass the open_clip weights of --clip-model")
+    load_state_dict_file(path, "--clip-pretrained")
+
+
 def check_scorers(cfg: BenchConfig, device: torch.device) -> None:
-    """Build the external scorers once before any sampling: a wrong architecture name or weights file
-    fails in seconds with the flag named, not after hours of sampling (the zoo's own scorers are tested)."""
+    """Build the external scorers, feature networks and the reference once before any sampling: a wrong
+    name, weights file or reference fails in seconds with the flag named, not after hours of sampling."""
     loaders = []
-    if "clip_score" in cfg.metrics and cfg.clip_model and not cfg.score_with_guiding_clip:
+    if needs_clip(cfg) and cfg.clip_model and not cfg.score_with_guiding_clip:
         loaders.append((f"--clip-model {cfg.clip_model} --clip-pretrained {cfg.clip_pretrained}",
-                        lambda: make_scorer(cfg, device),
+                        lambda: (check_clip_pretrained(cfg), make_scorer(cfg, device)),
                         "check the name against open_clip.list_models() and that the file holds its weights"))
-    if "fid" in cfg.metrics and cfg.fid_inception_weights:
-        loaders.append((f"--fid-inception-weights {cfg.fid_inception_weights}",
-                        lambda: inception_fid(cfg.fid_inception_weights),
-                        "pass torchmetrics' FID Inception checkpoint (pt_inception-2015-12-05)"))
+    for name in net_names(cfg):
+        if name in ("inception", "dinov2"):
+            loaders.append((f"--features {name}", lambda name=name: make_net(name, cfg, device),
+                            "pass local weights of that network"))
     for flags, load, fix in loaders:
         try:
             load()
         except CheckpointError:
             raise  # already names the file and the fix
-        except (RuntimeError, OSError, KeyError, EOFError, pickle.UnpicklingError, ValueError) as err:
+        except (RuntimeError, OSError, KeyError, EOFError, pickle.UnpicklingError, ValueError, SafetensorError) as err:
             detail = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
             raise ValueError(f"{flags}: cannot load ({detail}); {fix}") from err
-
-
-def make_fid(cfg: BenchConfig, features: DomainFeatures, reference: Reference, device: torch.device):
-    """Domain FID against committed statistics, or Inception FID against the rendered emoji dataset."""
-    if not cfg.fid_inception_weights:
-        return domain_fid(features, reference).to(device)
-    fid = inception_fid(cfg.fid_inception_weights).to(device)
-    fid.reset_real_features = False
-    real = torch.from_numpy(build_emoji_dataset(32).images).permute(0, 3, 1, 2)
-    for chunk in real.split(256):
-        fid.update(chunk.to(device), real=True)
-    return fid
+    if net_names(cfg):  # a missing, empty or mismatched reference fails here
+        reference_source(cfg.reference, cfg.reference_images).check(net_names(cfg))
 
 
 def my_chunks(n: int, size: int, shard: Shard) -> list[tuple[int, int]]:
@@ -119,71 +168,139 @@ def merged_throughput(per_process: list[dict[str, dict[str, float]]], cell_name:
     return None if total is None else {k: float(v) for k, v in total.compute().items()}
 
 
-def score_cells(cfg: BenchConfig, run_dir: Path, cells: list[Cell], device: torch.device,
-                progress: bool = True, shard: Shard | None = None) -> pd.DataFrame:
-    """Metrics per cell. Under torchrun each process scores a contiguous slice of every cell and the
-    metric states sync across the group, so the result equals a one-process score."""
-    shard = shard or Shard()
+@dataclass
+class Scores:
+    """What scoring writes: results.csv rows (per cell), per_sample.csv rows (per image), and evaluators.json."""
 
+    results: pd.DataFrame
+    per_sample: pd.DataFrame
+    evaluators: dict = field(default_factory=dict)
+
+
+def prompt_columns(prompts: PromptSet) -> pd.DataFrame:
+    """Per prompt: its category and other columns (for per-category breakdowns), if the set has any."""
+    rows = []
+    for p in prompts.prompts:
+        row = {f"meta_{k}" if k in (*PER_SAMPLE_KEYS, "category") else k: v for k, v in p.meta.items()}
+        if any(q.category is not None for q in prompts.prompts):
+            row["category"] = p.category
+        rows.append(row)
+    return pd.DataFrame(rows, index=range(len(prompts)))
+
+
+def chunked_mean(values: torch.Tensor, chunk: int) -> float:
+    """Mean of per-sample scores summed chunk by chunk in float64 (the order the cell's metric states add)."""
+    total = torch.zeros((), dtype=torch.float64, device=values.device)
+    for part in values.split(chunk):
+        total += part.double().sum()
+    return float(total / max(len(values), 1))
+
+
+class Evaluation:
+    """The networks, reference and label tables of one scoring: loaded once, used for every cell."""
+
+    def __init__(self, cfg: BenchConfig, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        self.classifier = load_eval_classifier(device=device)
+        self.scorer = make_scorer(cfg, device) if needs_clip(cfg) else None
+        self.nets = {name: make_net(name, cfg, device, self.classifier, self.scorer) for name in net_names(cfg)}
+        self.source: ReferenceSource | None = reference_source(cfg.reference, cfg.reference_images) if self.nets else None
+        self._references: dict[str, Reference] = {}
+        labels = emoji_labels()
+        self.subgroup_of = torch.tensor(labels["identity_subgroup"])
+        group_of_subgroup = [0] * len(labels["subgroup_names"])
+        for sub, grp in zip(labels["identity_subgroup"], labels["identity_group"]):
+            group_of_subgroup[sub] = grp
+        self.group_of_subgroup = torch.tensor(group_of_subgroup)
+
+    def reference(self, net: str) -> Reference:
+        if net not in self._references:
+            self._references[net] = self.source.features_for(self.nets[net], self.device)
+        return self._references[net]
+
+    def describe(self) -> dict:
+        """evaluators.json: every network's units and weights, the reference, and the bootstrap settings."""
+        return {"feature_nets": {name: {"units": net.units, "dim": net.dim, "fingerprint": net.fingerprint()}
+                                 for name, net in self.nets.items()},
+                "reference": self.source.label if self.source else None,
+                "clip_scorer": scorer_label(self.cfg) if self.scorer is not None else None,
+                "diversity_features": self.cfg.feature_nets()[0] if "diversity" in self.cfg.metrics else None,
+                "bootstrap": {"resamples": self.cfg.bootstrap, "confidence": 0.95,
+                              "assumption": "reference features held fixed; cell images resampled with replacement"},
+                "directions": {c: d for m in (*SET_METRICS.values(), PromptDiversity, CLIPScore, LabelAccuracy)
+                               for c, d in m.columns.items()}}
+
+
+@torch.no_grad()
+def score_cells(cfg: BenchConfig, run_dir: Path, cells: list[Cell], device: torch.device,
+                progress: bool = True, shard: Shard | None = None) -> Scores:
+    """Metrics per cell and per sample. Under torchrun each process scores a contiguous slice of every cell
+    and the per-sample rows gather across the group in file order, so the result equals a one-process score."""
+    shard = shard or Shard()
     prompts = load_prompt_set(cfg)
-    classifier = load_eval_classifier(device=device)
-    features = DomainFeatures(classifier)
-    reference = Reference.load()
-    scorer = make_scorer(cfg, device) if "clip_score" in cfg.metrics else None
-    labels_meta = emoji_labels()
-    group_of_subgroup = [0] * len(labels_meta["subgroup_names"])
-    for sub, grp in zip(labels_meta["identity_subgroup"], labels_meta["identity_group"]):
-        group_of_subgroup[sub] = grp
+    ev = Evaluation(cfg, device)
+    extra = prompt_columns(prompts)
     timings = load_throughput(run_dir)
-    rows, fid = [], None
+    rows, samples = [], []
     for cell in tqdm(cells, desc="scoring", disable=not progress, dynamic_ncols=True):
         store = SampleStore.of(cfg, run_dir, cell)
         images_np, texts, labels = store.load()  # each sample's own caption and label, as sampled
         n = len(images_np)
         row: dict[str, float | str | int] = {"guidance": cell.guidance, "scale": cell.scale, "seed_set": cell.seed_set,
                                              "n_samples": n, "sampler": cfg.sampler, "steps": cfg.steps}
-        if "fid" in cfg.metrics:
-            if fid is None:
-                fid = make_fid(cfg, features, reference, device)
-                if shard.rank != 0:  # states add up across the group: only rank 0 holds the reference
-                    fid.real_features_sum.zero_()
-                    fid.real_features_cov_sum.zero_()
-                    fid.real_features_num_samples.zero_()
-            fid.reset()  # keeps the reference ("real") state: reset_real_features=False
-        kid = None
-        if "kid" in cfg.metrics:
-            kid = domain_kid(features, reference, subset_size=min(KID_MAX_SUBSET, n)).to(device)
-            if shard.rank != 0:
-                kid.real_features = [reference.features[:0].clone()]
-        clip = CLIPScore(scorer).to(device) if scorer is not None else None
-        acc = LabelAccuracy(classifier, labels_meta["identity_subgroup"], group_of_subgroup).to(device) \
-            if "accuracy" in cfg.metrics and prompts.has_labels else None
+        banks = {name: Gathered(net.dim).to(device) for name, net in ev.nets.items()}
+        clip_rows = Gathered(1).to(device) if "clip_score" in cfg.metrics else None
+        acc_rows = Gathered(3, torch.int64).to(device) if "accuracy" in cfg.metrics and prompts.has_labels else None
         for lo, hi in my_chunks(n, cfg.batch_size, shard):
             uint8 = torch.from_numpy(images_np[lo:hi]).permute(0, 3, 1, 2).to(device)
             images = uint8.float().div(127.5).sub(1)
-            if "fid" in cfg.metrics:
-                fid.update(uint8, real=False)
-            if kid is not None:
-                kid.update(uint8, real=False)
-            if clip is not None:
-                clip.update(images, [str(t) for t in texts[lo:hi]])
-            if acc is not None:
-                acc.update(images, torch.from_numpy(labels[lo:hi]))
-        if "fid" in cfg.metrics:
-            row["fid"] = float(fid.compute())
-        if kid is not None:
-            # KID keeps lists and gathers them element by element: give every rank exactly one tensor
-            empty = reference.features[:0].to(device)
-            kid.fake_features = [torch.cat([empty, *kid.fake_features])]
-            torch.manual_seed(0)  # KID draws random subsets: fixed, so reruns and process counts agree
-            kid_mean, kid_std = kid.compute()
-            row["kid_mean"], row["kid_std"] = float(kid_mean), float(kid_std)
-        if clip is not None:
-            row["clip_score"] = float(clip.compute())
-        if acc is not None:
-            row.update({k: float(v) for k, v in acc.compute().items()})
+            zi = ev.scorer.encode_images(images) if ev.scorer is not None else None
+            for name, net in ev.nets.items():
+                banks[name].update(zi if name == "clip" else net(uint8))
+            if clip_rows is not None:
+                clip_rows.update(clip_scores(zi, ev.scorer.encode_texts([str(t) for t in texts[lo:hi]])).unsqueeze(1))
+            if acc_rows is not None:
+                acc_rows.update(label_hits(ev.classifier, ev.subgroup_of, ev.group_of_subgroup, images,
+                                           torch.from_numpy(labels[lo:hi])))
+        features = {name: bank.gathered() for name, bank in banks.items()}
+        per = pd.DataFrame({"guidance": cell.guidance, "scale": cell.scale, "seed_set": cell.seed_set,
+                            "index": range(n), "prompt_index": [i // cfg.samples_per_prompt for i in range(n)]})
+        if clip_rows is not None:
+            scores = clip_rows.gathered()[:, 0]
+            row["clip_score"] = chunked_mean(scores, cfg.batch_size)
+            per["clip_score"] = scores.cpu().numpy()
+        if acc_rows is not None:
+            hits = acc_rows.gathered()
+            total = torch.tensor(n).clamp(min=1)
+            for k, name in enumerate(("acc_identity", "acc_subgroup", "acc_group")):
+                row[name] = float(hits[:, k].sum() / total)
+                per[name] = hits[:, k].cpu().numpy()
+        row.update(set_metrics(cfg, ev, features, n, per["prompt_index"].to_numpy()))
         spent = merged_throughput(timings, cell.name)
         if spent:
             row.update(spent)
         rows.append(row)
-    return pd.DataFrame(rows)
+        samples.append(per.join(extra, on="prompt_index") if len(extra.columns) else per)
+    per_sample = pd.concat(samples, ignore_index=True) if samples else pd.DataFrame(columns=list(PER_SAMPLE_KEYS))
+    return Scores(pd.DataFrame(rows), per_sample, ev.describe())
+
+
+def set_metrics(cfg: BenchConfig, ev: Evaluation, features: dict[str, torch.Tensor], n: int,
+                prompt_index: np.ndarray) -> dict[str, float]:
+    """FID, KID, precision/recall per network, CMMD on CLIP, diversity, with bootstrap intervals."""
+    out: dict[str, float] = {}
+    jobs = [(m, net) for net in cfg.feature_nets() for m in PER_NETWORK if m in cfg.metrics]
+    if "cmmd" in cfg.metrics:
+        jobs.append(("cmmd", "clip"))
+    counts = draw_counts(n, cfg.bootstrap) if cfg.bootstrap > 0 else None
+    for name, net in jobs:
+        metric = SET_METRICS[name](ev.reference(net), features[net], cfg.batch_size)
+        cols = {c: (c if name == "cmmd" else column(c, net)) for c in metric.columns}
+        out.update({cols[c]: v for c, v in metric.value().items()})
+        if counts is not None:
+            for c, values in metric.resampled(counts.to(features[net].device)).items():
+                out[f"{cols[c]}_boot_lo"], out[f"{cols[c]}_boot_hi"] = percentile_interval(values.cpu())
+    if "diversity" in cfg.metrics and cfg.samples_per_prompt > 1:
+        first = cfg.feature_nets()[0]
+        out.update(PromptDiversity(features[first], torch.tensor(prompt_index)).value())
+    return out

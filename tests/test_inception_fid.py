@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from bench.metrics import inception_fid
+from bench.evaluators.inception import InceptionNet, inception_fid
 from guidance.zoo.store import CheckpointError
 
 EXECUTED: list[str] = []
@@ -66,3 +66,18 @@ def test_inception_weights_that_would_run_code_are_refused_unread(tmp_path):
     assert not EXECUTED
     torch.load(evil, weights_only=False)  # what torch-fidelity would have done with the file
     assert EXECUTED == ["unpickled"]
+
+
+def test_inception_network_features_give_torchmetrics_inception_fid(random_inception):
+    """The inception feature network (any image size: torch-fidelity resizes to 299 itself) through the
+    bench's Fréchet distance equals torchmetrics' Inception FID on the same images."""
+    from bench.evaluators.fid import FrechetDistance
+    from bench.evaluators.reference import Reference
+
+    g = torch.Generator().manual_seed(1)
+    real, fake = (torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8, generator=g) for _ in range(2))
+    net = InceptionNet(str(random_inception / "pt_inception.safetensors"))
+    with torch.no_grad():
+        ours = FrechetDistance(Reference.of(net(real), chunk=5), net(fake), chunk=5).value()["fid"]
+    assert net(fake).shape == (5, 2048)
+    assert ours == pytest.approx(_fid(random_inception / "pt_inception.safetensors", real, fake), rel=1e-4)

@@ -245,7 +245,7 @@ def test_scoring_pairs_each_sample_with_its_own_caption_and_label_across_chunks(
 
     cfg, cell, images, expected, predicted = _scored_run(tmp_path, ["fid", "clip_score", "accuracy"])
     assert len(set(predicted)) == 3, "the prompts' labels must differ for the mapping to matter"
-    row = score_cells(cfg, tmp_path / "r", [cell], torch.device("cpu"), progress=False).iloc[0]
+    row = score_cells(cfg, tmp_path / "r", [cell], torch.device("cpu"), progress=False).results.iloc[0]
     assert row["acc_identity"] == 1.0
     stored = torch.from_numpy(to_hwc_uint8(images)).permute(0, 3, 1, 2)
     clip = CLIPScore(make_scorer(cfg, torch.device("cpu")))
@@ -263,9 +263,9 @@ def test_kid_subsets_do_not_depend_on_the_global_random_state(tmp_path):
 
     cfg, cell, *_ = _scored_run(tmp_path, ["kid"], n_prompts=3, per_prompt=40, batch_size=32)
     torch.manual_seed(1)
-    first = score_cells(cfg, tmp_path / "r", [cell], torch.device("cpu"), progress=False).iloc[0]["kid_mean"]
+    first = score_cells(cfg, tmp_path / "r", [cell], torch.device("cpu"), progress=False).results.iloc[0]["kid_mean"]
     torch.manual_seed(2)
-    second = score_cells(cfg, tmp_path / "r", [cell], torch.device("cpu"), progress=False).iloc[0]["kid_mean"]
+    second = score_cells(cfg, tmp_path / "r", [cell], torch.device("cpu"), progress=False).results.iloc[0]["kid_mean"]
     assert first == second
 
 
@@ -280,3 +280,24 @@ def test_score_chunks_of_ranks_in_rank_order_are_the_whole_file_in_order(n, size
     ranks = [my_chunks(n, size, Shard(r, world, launched=True)) for r in range(world)]
     assert [c for chunks in ranks for c in chunks] == single
     assert single[0][0] == 0 and single[-1][1] == n
+
+
+def test_per_sample_rows_pair_each_image_with_its_prompt_and_give_the_cell_means(tmp_path):
+    """per_sample.csv: one row per image with its global index and prompt position; its clip_score and
+    accuracy columns average to the results row; set metrics get bootstrap intervals and diversity appears
+    with two samples per prompt."""
+    from bench.scoring import score_cells
+
+    cfg, cell, images, expected, predicted = _scored_run(tmp_path, ["fid", "kid", "clip_score", "accuracy", "prdc",
+                                                                    "diversity"], n_prompts=3, per_prompt=2)
+    cfg = dataclasses.replace(cfg, bootstrap=30)
+    scores = score_cells(cfg, tmp_path / "r", [cell], torch.device("cpu"), progress=False)
+    row, per = scores.results.iloc[0], scores.per_sample
+    assert list(per.columns[:5]) == ["guidance", "scale", "seed_set", "index", "prompt_index"]
+    assert list(per["index"]) == list(range(6)) and list(per["prompt_index"]) == [0, 0, 1, 1, 2, 2]
+    assert per["clip_score"].mean() == pytest.approx(row["clip_score"], rel=1e-6)
+    for col in ("acc_identity", "acc_subgroup", "acc_group"):
+        assert set(per[col]) <= {0, 1} and per[col].mean() == pytest.approx(row[col])
+    for col in ("fid", "kid_mean", "precision", "recall", "density", "coverage"):
+        assert row[f"{col}_boot_lo"] <= row[f"{col}_boot_hi"], col
+    assert row["diversity"] > 0 and "clip_score_boot_lo" not in row

@@ -202,9 +202,14 @@ class EmojiDataset:
         return ds
 
 
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where rendered datasets and computed reference features are cached ($GUIDANCE_BENCH_CACHE)."""
+    return Path(cache_dir or os.environ.get("GUIDANCE_BENCH_CACHE") or Path.home() / ".cache" / "guidance-bench")
+
+
 def _cache_file(cache_dir: str | os.PathLike | None, size: int, styles: Sequence[str], skin_tones: bool,
                 limit: int | None) -> Path:
-    root = Path(cache_dir or os.environ.get("GUIDANCE_BENCH_CACHE") or Path.home() / ".cache" / "guidance-bench")
+    root = cache_root(cache_dir)
     tones = "tones" if skin_tones else "notones"
     return root / f"emoji_v{DATASET_VERSION}_{size}px_{'-'.join(styles)}_{tones}_{limit or 'all'}.npz"
 

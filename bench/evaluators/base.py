@@ -1,0 +1,145 @@
+"""What every evaluator shares: feature networks (uint8 images in, one feature row per image out) and
+set metrics (a sample set against a fixed reference), each declaring its columns, direction and units."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from guidance.zoo.store import CheckpointError
+
+LOWER, HIGHER = "lower", "higher"  # which way a column is better
+NOTHING_DOWNLOADED = "nothing is downloaded; pass a local file"
+
+
+class FeatureNet(nn.Module):
+    """A feature network for set metrics. `forward` takes uint8 [N, 3, H, W] of any size and resizes as
+    the network expects; `size` is the side reference images of mixed sizes are brought to before batching."""
+
+    name: ClassVar[str]
+    units: ClassVar[str]  # what a distance in this space is measured in (docs, manifest)
+    dim: int
+    size: int
+
+    def fingerprint(self) -> str:
+        """Identifies the weights and preprocessing: part of a cached reference's key."""
+        raise NotImplementedError
+
+
+class SetMetric:
+    """A metric of a sample set against a reference, with its bootstrap over the samples.
+
+    Subclasses are built from (reference, sample features) and give `value()` and `resampled(counts)`, where
+    `counts` [B, n] says how often each sample is drawn in each of B resamples (the reference stays fixed).
+    """
+
+    name: ClassVar[str]  # the --metrics entry
+    columns: ClassVar[dict[str, str]]  # result column -> LOWER or HIGHER (is better)
+    units: ClassVar[str]
+
+    def value(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def resampled(self, counts: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+
+def resize_uint8(images: Tensor, size: int) -> Tensor:
+    """uint8 [N, 3, H, W] -> uint8 [N, 3, size, size], bicubic with antialiasing (as PIL downsizes)."""
+    if images.shape[-2:] == (size, size):
+        return images
+    x = nn.functional.interpolate(images.float(), size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (remembered per path, size and mtime within a process)."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
+
+
+def check_readable(path: str | os.PathLike | None, flag: str, fix: str) -> Path:
+    """A local weights file that exists and can be read, or a CheckpointError naming the flag and the fix."""
+    if path is None:
+        raise CheckpointError(f"{flag} is not set; {fix} ({NOTHING_DOWNLOADED})")
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{flag} {path}: file not found; {fix} ({NOTHING_DOWNLOADED})")
+    if not os.access(p, os.R_OK):
+        raise CheckpointError(f"{flag} {path}: permission denied (the file exists but cannot be read); "
+                              f"make it readable (chmod a+r) or copy it somewhere readable")
+    return p
+
+
+def load_state_dict_file(path: Path, flag: str) -> dict[str, Tensor]:
+    """Tensors of a .safetensors file or a torch file loaded with weights_only=True: never unpickled."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as err:
+        detail = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+        raise CheckpointError(f"{flag} {path}: not a readable .safetensors or weights-only torch file ({detail}); "
+                              f"pass the weights as .safetensors or a plain tensor state dict") from None
+    except Exception as err:  # weights_only refusals (pickled objects) come as various UnpicklingErrors
+        raise CheckpointError(f"{flag} {path}: not a plain tensor state dict ({type(err).__name__}; "
+                              f"torch.load(weights_only=True) refuses it); save it as .safetensors") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointError(f"{flag} {path}: holds no tensor state dict; pass the network's weights")
+    return state
+
+
+@dataclass
+class ChunkedSums:
+    """Float64 sum and x^T x of features, added chunk by chunk in the order torchmetrics' FID does."""
+
+    sum: Tensor
+    cov_sum: Tensor
+    num_samples: int
+
+    @classmethod
+    def of(cls, features: Tensor, chunk: int) -> "ChunkedSums":
+        d = features.shape[1]
+        total = torch.zeros(d, dtype=torch.float64, device=features.device)
+        cov = torch.zeros(d, d, dtype=torch.float64, device=features.device)
+        for part in features.split(chunk):
+            part = part.double()
+            total += part.sum(dim=0)
+            cov += part.t().mm(part)
+        return cls(total, cov, len(features))
+
+    def mean_cov(self) -> tuple[Tensor, Tensor]:
+        mean = (self.sum / self.num_samples).unsqueeze(0)
+        cov = (self.cov_sum - self.num_samples * mean.t().mm(mean)) / (self.num_samples - 1)
+        return mean.squeeze(0), cov
+
+
+def kth_neighbour_distance(x: Tensor, k: int, chunk: int = 2048) -> Tensor:
+    """Per point, the Euclidean distance to its k-th nearest other point of the same set (float64)."""
+    out = []
+    for lo in range(0, len(x), chunk):
+        d = torch.cdist(x[lo:lo + chunk].double(), x.double())
+        out.append(d.kthvalue(k + 1, dim=1).values)  # the point itself is at distance 0
+    return torch.cat(out)

@@ -1,0 +1,242 @@
+"""Reference sets: the real images a run's samples are compared with, and their features per network.
+
+A reference is the zoo's emoji dataset (default), a folder of images (png/jpg/webp, any size), a COCO
+captions json with its image folder, or a .safetensors file of features/statistics. Features computed from
+images are cached under $GUIDANCE_BENCH_CACHE/references, keyed by the images' content hash and the
+network's weights, so a second run reads them instead of recomputing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from bench.evaluators.base import ChunkedSums, FeatureNet, file_digest, kth_neighbour_distance, resize_uint8
+from bench.evaluators.mmd import offdiagonal_mean
+from guidance.zoo.emoji_data import build_emoji_dataset, cache_root
+from guidance.zoo.load import ZOO_DIR
+from guidance.zoo.store import CheckpointError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+CACHE_VERSION = 1  # bump when reference features are computed differently
+ZOO_REFERENCE = ZOO_DIR / "reference_features.safetensors"
+
+
+@dataclass
+class Reference:
+    """Features of the real images (None for a statistics-only file) and FID's float64 sums."""
+
+    features: Tensor | None
+    sum: Tensor
+    cov_sum: Tensor
+    num_samples: int
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, path: str | Path = ZOO_REFERENCE) -> "Reference":
+        """A statistics/features file: `features` and/or `sum`, `cov_sum`, `num_samples`."""
+        if not Path(path).is_file():
+            raise CheckpointError(f"reference statistics not found: {path}; run `python -m guidance.zoo.reference`")
+        try:
+            data = load_file(str(path))
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"--reference {path}: not a readable .safetensors file ({str(err)[:100]}); pass a "
+                             f"features file written by the bench, or a folder of images") from None
+        if "features" in data and "sum" not in data:
+            return cls.of(data["features"].float())
+        if "sum" not in data or "cov_sum" not in data:
+            raise ValueError(f"--reference {path}: holds neither `features` nor `sum`/`cov_sum`; pass a features "
+                             f"file written by the bench, or a folder of images")
+        features = data["features"].float() if "features" in data else None
+        return cls(features, data["sum"], data["cov_sum"], int(data["num_samples"]))
+
+    @classmethod
+    def of(cls, features: Tensor, chunk: int = 256) -> "Reference":
+        sums = ChunkedSums.of(features, chunk)
+        return cls(features, sums.sum, sums.cov_sum, sums.num_samples)
+
+    def save(self, path: Path, feature_net: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.partial")
+        tensors = {"sum": self.sum, "cov_sum": self.cov_sum, "num_samples": torch.tensor(self.num_samples)}
+        if self.features is not None:
+            tensors["features"] = self.features.contiguous()
+        save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp), metadata={"feature_net": feature_net})
+        tmp.replace(path)
+
+    def mean_cov(self) -> tuple[Tensor, Tensor]:
+        return ChunkedSums(self.sum, self.cov_sum, self.num_samples).mean_cov()
+
+    def cov_sqrt(self) -> Tensor:
+        """S^1/2 of the reference covariance (eigenvalues clamped at 0), computed once."""
+        if "sqrt" not in self._cache:
+            values, vectors = torch.linalg.eigh(self.mean_cov()[1])
+            self._cache["sqrt"] = (vectors * values.clamp(min=0).sqrt()) @ vectors.T
+        return self._cache["sqrt"]
+
+    def radii(self, k: int) -> Tensor:
+        """Distance of each reference point to its k-th nearest other reference point, computed once."""
+        if ("radii", k) not in self._cache:
+            self._cache["radii", k] = kth_neighbour_distance(self.needs_features("precision/recall"), k)
+        return self._cache["radii", k]
+
+    def kernel_mean(self, name: str, kernel: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+        """mean_{r != r'} kernel(r, r') over the reference, computed once per kernel name."""
+        if ("kernel", name) not in self._cache:
+            self._cache["kernel", name] = offdiagonal_mean(kernel, self.needs_features(name))
+        return self._cache["kernel", name]
+
+    def needs_features(self, metric: str) -> Tensor:
+        if self.features is None:
+            raise ValueError(f"{metric} needs the reference's features, and the --reference file holds statistics "
+                             f"only; pass the reference images (a folder) or a features file")
+        return self.features
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def coco_image_files(captions: Path, images: Path) -> list[Path]:
+    """The images a COCO captions json names (each once, in file order), under its image folder."""
+    doc = json.loads(captions.read_text())
+    names = [img.get("file_name") for img in doc.get("images") or [] if isinstance(img, dict)]
+    names = list(dict.fromkeys(n for n in names if n))
+    if not names:
+        raise ValueError(f"--reference {captions}: its \"images\" list names no file_name; pass a COCO captions "
+                         f"json with its images, or a folder of images")
+    missing = [n for n in names if not (images / n).is_file()]
+    if missing:
+        raise ValueError(f"--reference {captions}: {len(missing)} of its {len(names)} images are not in "
+                         f"--reference-images {images} (e.g. {missing[0]}); point --reference-images at the folder "
+                         f"that holds them (e.g. val2017/)")
+    return [images / n for n in names]
+
+
+@dataclass
+class ReferenceSource:
+    """Where the reference images come from, with a content hash that keys cached features."""
+
+    label: str
+    digest: Callable[[], str]  # content hash of the images (computed when features are first needed)
+    batches: Callable[[FeatureNet], Iterator[Tensor]]  # uint8 [N, 3, H, W] batches for a network, fixed order
+    files: dict[str, Path] = field(default_factory=dict)  # network name -> features file used as it is
+    file: Path | None = None  # a features/statistics file for whichever network
+
+    def check(self, nets: list[str]) -> None:
+        """A features file must be of the networks the run uses (named in its metadata), checked unread."""
+        if self.file is None:
+            if any(n not in self.files for n in nets):
+                try:
+                    self.digest()  # reads (or for the zoo, renders) the images now, not after sampling
+                except (OSError, RuntimeError) as err:
+                    raise ValueError(f"reference images of {self.label} cannot be read ({str(err)[:160]}); fix that, "
+                                     f"or pass --reference, or use --features domain without cmmd") from None
+            return
+        try:
+            with safe_open(str(self.file), "pt") as f:
+                made_by = (f.metadata() or {}).get("feature_net", "")
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"--reference {self.file}: not a readable .safetensors file ({str(err)[:100]}); pass "
+                             f"a features file written by the bench, or a folder of images") from None
+        name = "domain" if made_by == "eval_classifier" else made_by.split(":")[0]
+        wrong = [n for n in nets if name and n != name]
+        if wrong or (not name and len(nets) > 1):
+            raise ValueError(f"--reference {self.file} holds features of {name or 'an unnamed network'}, and this "
+                             f"run needs {', '.join(nets)}: pass reference images (a folder) so each network embeds "
+                             f"them, or use --features {name or 'NAME'} alone (and drop cmmd unless it is clip)")
+
+    def features_for(self, net: FeatureNet, device: torch.device) -> Reference:
+        """The network's reference features: from the file, the cache, or computed and cached."""
+        if self.file is not None or net.name in self.files:
+            return Reference.load(self.file or self.files[net.name])
+        key = hashlib.sha256(f"{CACHE_VERSION}|{self.digest()}|{net.fingerprint()}".encode()).hexdigest()[:32]
+        cached = cache_root() / "references" / f"{net.name}-{key}.safetensors"
+        if cached.is_file():
+            try:
+                return Reference.load(cached)
+            except ValueError:
+                pass  # a damaged cache file is recomputed
+        reference = Reference.of(embed(net, self.batches(net), device))
+        reference.save(cached, net.fingerprint())
+        return reference
+
+
+@torch.no_grad()
+def embed(net: FeatureNet, batches: Iterator[Tensor], device: torch.device) -> Tensor:
+    return torch.cat([net(images.to(device)).float().cpu() for images in batches])
+
+
+def load_image(path: Path) -> Tensor:
+    """uint8 [1, 3, H, W] of an image file, in RGB."""
+    with Image.open(path) as img:
+        return torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1).unsqueeze(0)
+
+
+def file_batches(files: list[Path], net: FeatureNet, batch: int = 64) -> Iterator[Tensor]:
+    """Images as uint8 batches: as they are when all share one size (the network resizes them as it does
+    samples), else each brought to the network's input size first (bicubic, antialiased)."""
+    sizes = set()
+    for f in files:
+        with Image.open(f) as img:
+            sizes.add(img.size)
+    for lo in range(0, len(files), batch):
+        images = [load_image(f) for f in files[lo:lo + batch]]
+        if len(sizes) > 1:
+            images = [resize_uint8(x, net.size) for x in images]
+        yield torch.cat(images)
+
+
+def folder_digest(label: str, files: list[Path], root: Path) -> str:
+    digest = hashlib.sha256(label.encode())
+    for f in files:
+        digest.update(f"{f.relative_to(root)}\0{file_digest(f)}\n".encode())
+    return digest.hexdigest()
+
+
+def emoji_source() -> ReferenceSource:
+    """The zoo's default: the rendered 32 px emoji dataset the zoo was trained on (cached by its builder);
+    the domain network reads the committed statistics of the same images."""
+    def batches(net: FeatureNet) -> Iterator[Tensor]:
+        yield from torch.from_numpy(build_emoji_dataset(32, progress=False).images).permute(0, 3, 1, 2).split(256)
+
+    return ReferenceSource("zoo:emoji-32px", lambda: build_emoji_dataset(32, progress=False).checksum, batches,
+                           files={"domain": ZOO_REFERENCE})
+
+
+def reference_source(path: str | None, images: str | None = None) -> ReferenceSource:
+    """The source --reference names (None: the zoo's emoji dataset), checked before any sampling."""
+    if path is None:
+        return emoji_source()
+    p = Path(path)
+    if p.is_dir():
+        files = image_files(p)
+        if not files:
+            raise ValueError(f"--reference {path}: the folder holds no images ({', '.join(IMAGE_SUFFIXES)}); "
+                             f"pass a folder of reference images, a COCO captions json, or a features .safetensors")
+        return ReferenceSource(f"folder:{p}", lambda: folder_digest("folder", files, p),
+                               lambda net: file_batches(files, net))
+    if not p.is_file():
+        raise ValueError(f"--reference {path}: not found; pass a folder of images, a COCO captions json with "
+                         f"--reference-images DIR, or a features .safetensors")
+    if p.suffix == ".safetensors":
+        return ReferenceSource(f"file:{p}", lambda: file_digest(p), lambda net: iter(()), file=p)
+    if p.suffix == ".json":
+        folder = Path(images) if images else p.parent
+        if not folder.is_dir():
+            raise ValueError(f"--reference-images {folder}: not a folder; pass the folder of the COCO images")
+        files = coco_image_files(p, folder)
+        return ReferenceSource(f"coco:{p}", lambda: folder_digest(f"coco:{file_digest(p)}", files, folder),
+                               lambda net: file_batches(files, net))
+    raise ValueError(f"--reference {path}: unknown kind ({p.suffix or 'no suffix'}); pass a folder of images, a "
+                     f"COCO captions .json (with --reference-images DIR), or a features .safetensors")
