@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _sps
 
+from bench.metrics import higher_is_better, per_image_columns, set_columns
 from bench.report_format import metric_name
 from bench.stats import mean_ci, rank_methods, summarize
 from bench.stats.bootstrap import (DEFAULT_B, DEFAULT_SEED, Clustered, bootstrap_p, design_wilson, holm,
@@ -40,18 +41,13 @@ CLUSTER = "prompt_index"
 REQUIRED = ("guidance", "scale", "seed_set", "prompt_index")
 ID_COLUMNS = frozenset({"run", "guidance", "scale", "seed_set", "seed", "index", "prompt_index", "prompt", "text",
                         "caption", "label", "sample", "sample_index", "batch", "path", "file_path"})
-SET_METRICS = ("fid", "kid_mean", "cmmd", "precision", "recall", "density", "coverage", "diversity", "vendi")
-PER_IMAGE_METRICS = ("clip_score", "acc_identity", "acc_subgroup", "acc_group")  # results.csv holds their means
-LOWER_IS_BETTER = frozenset({"fid", "kid_mean", "kid_std", "cmmd"})
+SET_METRICS = set_columns()
+PER_IMAGE_METRICS = per_image_columns()  # results.csv holds their means
 ALIGNMENT = "clip_score"  # the axis methods are matched on
 BASELINE = "cfg"  # the method whose scales define the matched alignment levels, when present
 WILSON = "wilson (design effect)"
 BOOTSTRAP = "paired bootstrap over prompts"
 SEED_T = "paired t over seed sets"
-
-
-def higher_is_better(metric: str) -> bool:
-    return metric not in LOWER_IS_BETTER
 
 
 # --------------------------------------------------------------------------- inputs

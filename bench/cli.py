@@ -8,11 +8,16 @@ import sys
 from typing import Callable
 from pathlib import Path
 
+import pandas as pd
+
+from bench.analysis import analyse, load_per_sample
 from bench.config import PRESETS, BenchConfig
 from bench.distributed import init_from_env, parse_shard
+from bench.metrics import per_image_columns
 from bench.prompts import builtin_prompt_sets
 from bench.report import build_report
-from bench.run import merge_shards, run_benchmark, summary_table
+from bench.run import merge_shards, run_benchmark
+from bench.verdict import verdict
 from guidance.accelerate import add_arguments as add_acceleration_arguments
 from guidance.guiders import REGISTRY, available_guidance
 from guidance.process import SCHEDULES
@@ -210,8 +215,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     if not init_from_env(cfg.device).is_main:  # under torchrun: rank 0 prints and reports
         return 0
-    summary = summary_table(run_dir)
-    print(format_summary(summary, run_dir))
+    print(format_summary(run_dir))
     if not args.no_report:
         print(f"report: {build_report([run_dir])}")
     return 0
@@ -241,23 +245,29 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
 
     run_dir = merge_shards(Path(args.run))
-    print(format_summary(summary_table(run_dir), run_dir))
+    print(format_summary(run_dir))
     if not args.no_report:
         print(f"report: {build_report([run_dir])}")
     return 0
 
 
-def format_summary(summary, run_dir: Path) -> str:  # noqa: ANN001
-    import math
+SUMMARY_COLUMNS = ("fid", "kid_mean", "cmmd", "clip_score", "acc_identity", "acc_subgroup", "acc_group")
 
-    cols = [c for c in ("fid", "kid_mean", "clip_score", "acc_identity", "acc_subgroup", "acc_group") if c in summary]
 
-    def cell(row, c):  # noqa: ANN001
-        lo, hi = row.get(f"{c}_lo"), row.get(f"{c}_hi")
-        ci = "" if lo is None or (isinstance(lo, float) and math.isnan(lo)) else f" [{lo:.3g}, {hi:.3g}]"
+def format_summary(run_dir: Path) -> str:
+    """The terminal's view of a run: per cell, each metric with the interval the report shows (per-image
+    metrics: paired bootstrap over prompts; set metrics: over seed sets), then the verdict in words."""
+    summary = pd.read_csv(run_dir / "summary.csv")
+    cols = [c for c in SUMMARY_COLUMNS if c in summary and summary[c].notna().any()]
+
+    def cell(row: pd.Series, c: str) -> str:
+        kind = "_boot" if c in per_image_columns() and pd.notna(row.get(f"{c}_boot_lo")) else ""
+        lo, hi = row.get(f"{c}{kind}_lo"), row.get(f"{c}{kind}_hi")
+        ci = "" if lo is None or pd.isna(lo) else f" [{lo:.3g}, {hi:.3g}]"
         return f"{row[c]:.4g}{ci}"
 
-    lines = [f"results ({run_dir}): mean [95% CI over seed sets]"]
+    lines = [f"results ({run_dir}): mean [95% interval: per-image metrics paired bootstrap over prompts, "
+             f"set metrics over seed sets]"]
     header = ["guidance", "scale", "n"] + cols + ["s/img", "passes/img"]
     table = [header]
     for _, row in summary.iterrows():
@@ -265,7 +275,8 @@ def format_summary(summary, run_dir: Path) -> str:  # noqa: ANN001
                      + [f"{row.get('s_per_img', float('nan')):.3g}", f"{row.get('network_passes_per_img', float('nan')):.0f}"])
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in table]
-    return "\n".join(lines)
+    analysis = analyse(pd.read_csv(run_dir / "results.csv"), load_per_sample(run_dir))
+    return "\n".join(lines + [""] + verdict(analysis))
 
 
 def main(argv: list[str] | None = None) -> int:

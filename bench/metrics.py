@@ -17,7 +17,8 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 from torchmetrics.utilities import dim_zero_cat
 
-from bench.evaluators.base import HIGHER
+from bench.evaluators import FEATURE_NETS, PRIMARY_NET, SET_METRICS, PromptDiversity
+from bench.evaluators.base import HIGHER, LOWER
 from bench.evaluators.reference import Reference
 from guidance.zoo.encoders import EvalClassifier
 from guidance.zoo.load import ZOO_DIR, EvalCLIPScorer, load_model
@@ -209,3 +210,29 @@ class Throughput(Metric):
 
 def load_eval_classifier(path: str | Path | None = None, device: str | torch.device = "cpu") -> EvalClassifier:
     return load_model(Path(path) if path else ZOO_DIR / "eval_classifier.safetensors", "eval_classifier", device)  # type: ignore[return-value]
+
+
+def metric_directions() -> dict[str, str]:
+    """Each result column's direction ("higher" or "lower" is better), as its metric class declares it."""
+    return {c: d for m in (*SET_METRICS.values(), PromptDiversity, CLIPScore, LabelAccuracy) for c, d in m.columns.items()}
+
+
+def set_columns() -> tuple[str, ...]:
+    """Result columns computed once per cell over its image set (not spreads such as kid_std)."""
+    return tuple(c for m in (*SET_METRICS.values(), PromptDiversity) for c in m.columns if not c.endswith("_std"))
+
+
+def per_image_columns() -> tuple[str, ...]:
+    """Result columns that are means of a per-image score (per_sample.csv holds the scores)."""
+    return (*CLIPScore.columns, *LabelAccuracy.columns)
+
+
+def higher_is_better(column: str) -> bool:
+    """Whether a larger value of a result column is better; network-suffixed columns (fid_dinov2,
+    precision_clip) take their metric's direction. Unknown columns (a user's per-image score) count as
+    higher-is-better."""
+    directions = metric_directions()
+    for net in FEATURE_NETS:
+        if net != PRIMARY_NET and column.endswith(f"_{net}") and column[: -len(net) - 1] in directions:
+            column = column[: -len(net) - 1]
+    return directions.get(column, HIGHER) != LOWER

@@ -28,7 +28,6 @@ from bench.distributed import Shard, init_from_env, local_device
 from bench.emoji_prompts import emoji_labels
 from bench.prompts import PromptSet
 from bench.scoring import check_scorers, score_cells, scorer_label
-from bench.stats import summarize
 from bench.store import Cell, Expected, SampleStore, grid_cells, load_prompt_set, write_atomic
 from guidance.accelerate import autocast_context, checked_device
 from guidance.bundle import ModelBundle
@@ -415,6 +414,3 @@ def write_manifest(cfg: BenchConfig, run_dir: Path, bundle: ModelBundle, device:
     }
     (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
-
-def summary_table(run_dir: Path) -> pd.DataFrame:
-    return summarize(pd.read_csv(run_dir / "results.csv"))

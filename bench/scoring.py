@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +25,15 @@ from bench.distributed import Shard
 from bench.emoji_prompts import emoji_labels
 from bench.evaluators import FEATURE_NETS, PER_NETWORK, SET_METRICS, PromptDiversity, column
 from bench.evaluators.base import NOTHING_DOWNLOADED, FeatureNet, check_readable, file_digest, load_state_dict_file
-from bench.evaluators.bootstrap import draw_counts, percentile_interval
 from bench.evaluators.clip import CLIPNet
 from bench.evaluators.dinov2 import DINOv2Net
 from bench.evaluators.domain import DomainNet
 from bench.evaluators.inception import InceptionNet
 from bench.evaluators.reference import Reference, ReferenceSource, reference_source
-from bench.metrics import CLIPScore, Gathered, LabelAccuracy, Throughput, clip_scores, label_hits, load_eval_classifier
+from bench.metrics import (CLIPScore, Gathered, LabelAccuracy, Throughput, clip_scores, label_hits, load_eval_classifier,
+                           metric_directions)
 from bench.prompts import PromptSet
+from bench.stats.bootstrap import basic_interval, resample_counts
 from bench.store import Cell, SampleStore, load_prompt_set
 from guidance.zoo.encoders import EvalClassifier
 from guidance.zoo.load import EVAL_CLIP_LABEL, ZOO_DIR, EvalCLIPScorer, load_eval_clip, load_zoo
@@ -227,8 +229,7 @@ class Evaluation:
                 "diversity_features": self.cfg.feature_nets()[0] if "diversity" in self.cfg.metrics else None,
                 "bootstrap": {"resamples": self.cfg.bootstrap, "confidence": 0.95,
                               "assumption": "reference features held fixed; cell images resampled with replacement"},
-                "directions": {c: d for m in (*SET_METRICS.values(), PromptDiversity, CLIPScore, LabelAccuracy)
-                               for c, d in m.columns.items()}}
+                "directions": metric_directions()}
 
 
 @torch.no_grad()
@@ -292,14 +293,16 @@ def set_metrics(cfg: BenchConfig, ev: Evaluation, features: dict[str, torch.Tens
     jobs = [(m, net) for net in cfg.feature_nets() for m in PER_NETWORK if m in cfg.metrics]
     if "cmmd" in cfg.metrics:
         jobs.append(("cmmd", "clip"))
-    counts = draw_counts(n, cfg.bootstrap) if cfg.bootstrap > 0 else None
+    counts = torch.from_numpy(resample_counts(n, cfg.bootstrap)).long() if cfg.bootstrap > 0 else None
     for name, net in jobs:
         metric = SET_METRICS[name](ev.reference(net), features[net], cfg.batch_size)
         cols = {c: (c if name == "cmmd" else column(c, net)) for c in metric.columns}
-        out.update({cols[c]: v for c, v in metric.value().items()})
+        values = metric.value()
+        out.update({cols[c]: v for c, v in values.items()})
         if counts is not None:
-            for c, values in metric.resampled(counts.to(features[net].device)).items():
-                out[f"{cols[c]}_boot_lo"], out[f"{cols[c]}_boot_hi"] = percentile_interval(values.cpu())
+            for c, reps in metric.resampled(counts.to(features[net].device)).items():
+                out[f"{cols[c]}_boot_lo"], out[f"{cols[c]}_boot_hi"] = basic_interval(
+                    values[c], reps.cpu().numpy(), bounds=metric.bounds.get(c, (-math.inf, math.inf)))
     if "diversity" in cfg.metrics and cfg.samples_per_prompt > 1:
         first = cfg.feature_nets()[0]
         out.update(PromptDiversity(features[first], torch.tensor(prompt_index)).value())

@@ -42,6 +42,7 @@ class SetMetric:
     name: ClassVar[str]  # the --metrics entry
     columns: ClassVar[dict[str, str]]  # result column -> LOWER or HIGHER (is better)
     units: ClassVar[str]
+    bounds: ClassVar[dict[str, tuple[float, float]]] = {}  # a column's range, where it has one (intervals stay in it)
 
     def value(self) -> dict[str, float]:
         raise NotImplementedError

@@ -3,6 +3,8 @@ FD-DINOv2 on DINOv2's, domain FID on the evaluation classifier's)."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torchmetrics.image.fid import _compute_fid
@@ -21,6 +23,7 @@ class FrechetDistance(SetMetric):
 
     name = "fid"
     columns = {"fid": LOWER}
+    bounds = {"fid": (0.0, math.inf)}
     units = "squared feature units of the feature network"
 
     def __init__(self, reference: Reference, features: Tensor, chunk: int) -> None:

@@ -4,6 +4,8 @@ edge is inside it (the original code's <=)."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -28,6 +30,7 @@ class PrecisionRecall(SetMetric):
 
     name = "prdc"
     columns = {"precision": HIGHER, "recall": HIGHER, "density": HIGHER, "coverage": HIGHER}
+    bounds = {"precision": (0.0, 1.0), "recall": (0.0, 1.0), "density": (0.0, math.inf), "coverage": (0.0, 1.0)}
     units = "fractions (density: may exceed 1)"
 
     def __init__(self, reference: Reference, features: Tensor, chunk: int) -> None:

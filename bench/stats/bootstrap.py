@@ -25,6 +25,7 @@ __all__ = [
     "resample_counts",
     "expanded_alpha",
     "percentile_interval",
+    "basic_interval",
     "bootstrap_p",
     "holm",
     "wilson",
@@ -128,6 +129,22 @@ def percentile_interval(replicates: np.ndarray, confidence: float = 0.95,
     if ok.any():
         lo[ok], hi[ok] = np.nanquantile(reps[:, ok], [alpha, 1.0 - alpha], axis=0)
     return lo, hi
+
+
+def basic_interval(estimate: float, replicates: np.ndarray, confidence: float = 0.95,
+                   bounds: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float, float]:
+    """Basic (reverse-percentile) bootstrap interval [2 t - q_hi, 2 t - q_lo], clipped to the metric's
+    range. For set metrics such as FID, whose resamples are biased (a resample's repeated images
+    inflate FID), the percentile interval sits beside the estimate; the basic interval assumes only
+    that t* - t behaves like t - theta, so the bias is subtracted rather than reported."""
+    reps = np.asarray(replicates, float)
+    reps = reps[np.isfinite(reps)]
+    if reps.size == 0 or not math.isfinite(estimate):
+        return math.nan, math.nan
+    alpha = (1.0 - confidence) / 2.0
+    q_lo, q_hi = np.quantile(reps, [alpha, 1.0 - alpha])
+    lo, hi = 2 * estimate - q_hi, 2 * estimate - q_lo
+    return float(min(max(lo, bounds[0]), bounds[1])), float(min(max(hi, bounds[0]), bounds[1]))
 
 
 def bootstrap_p(diff_replicates: np.ndarray, n_clusters: int | None = None) -> np.ndarray:
