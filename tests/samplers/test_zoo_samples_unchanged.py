@@ -2,7 +2,8 @@
 
 `tests/fixtures/zoo_samples_before_open_core.npz` was written by the previous sampler (commit
 "Test fixture: zoo DDIM/DDPM samples ..."): 10 respaced steps, seed 7, the first two emoji200
-prompts, fp32 on the CPU. Methods that edit x0 now hand x0 to the step directly instead of through
+prompts, fp32 on the CPU with 2 intra-op threads (the CI machine's; float sums depend on the thread
+count, so the test pins it). Methods that edit x0 now hand x0 to the step directly instead of through
 an eps round trip (which cancelled catastrophically at the first step, where sqrt(abar) ~ 1e-4),
 so their samples moved by rounding; they carry numerics_version 2 in their sample key.
 """
@@ -25,11 +26,17 @@ FIXTURE = Path(__file__).parent.parent / "fixtures" / "zoo_samples_before_open_c
 ROUNDING = {"apg": 5e-4, "cfg-rescale": 5e-4, "cfg-dynamic-threshold": 1e-2, "cfg-zero-star": 3e-2}
 
 
+FIXTURE_THREADS = 2
+
+
 @pytest.fixture(scope="module")
 def zoo_and_cond():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(FIXTURE_THREADS)
     zoo = load_zoo()
     prompts = emoji200().prompts[:2]
-    return zoo, zoo.conditions([p.text for p in prompts], torch.tensor([p.label for p in prompts]))
+    yield zoo, zoo.conditions([p.text for p in prompts], torch.tensor([p.label for p in prompts]))
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("key", list(np.load(FIXTURE).files))
