@@ -128,6 +128,10 @@ class DiffusersProcessorPerturbation:
     def __call__(self, attn: nn.Module, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
                  attention_mask: Tensor | None = None, temb: Tensor | None = None, *args: Any, **kwargs: Any) -> Tensor:
         out = self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        if not isinstance(out, Tensor):
+            raise ValueError(f"perturbation {self.spec.kind!r} supports self-attention that returns hidden states "
+                             f"(UNet, DiT); {type(self.original).__name__} returns {type(out).__name__} (joint "
+                             f"attention, e.g. SD3 / Flux): use the 'skip' perturbation (slg) on such models")
         r = self.rows
         if self.spec.kind == "identity-attention":
             return _replace_rows(out, r, _identity_attention(attn, hidden_states[r]))
