@@ -15,7 +15,9 @@ Two kinds of network are supported, found by duck typing (nothing here imports a
   restored afterwards); blocks for skipping are the `*TransformerBlock` modules, skipped through a
   forward hook that hands the block's input rows back as its output.
 
-Layers are numbered in module order (the forward order of the zoo's UNet: down, middle, up).
+Layers are numbered in module order (the forward order of the zoo's UNet: down, middle, up); by
+default the first one in the middle block (the zoo's `middle`, diffusers' `mid_block`), else the
+middle of the list (a DiT's stack of blocks).
 """
 
 from __future__ import annotations
@@ -36,13 +38,13 @@ KINDS: tuple[str, ...] = ("identity-attention", "smoothed-query", "skip")
 @dataclass(frozen=True)
 class Perturbation:
     """What to damage: `kind` on the self-attention layers (or blocks, for "skip") numbered `layers`
-    (None: the middle one). identity-attention: the attention map is the identity, so each token's
+    (None: the middle block's first). identity-attention: the attention map is the identity, so each token's
     output is its own value (PAG); smoothed-query: queries blurred by a 2D Gaussian of `blur_sigma`
     tokens over the image grid, inf meaning the mean query (SEG); skip: the layer's residual branch
     (zoo) or the whole block (diffusers) is dropped (SLG)."""
 
     kind: Kind
-    layers: tuple[int, ...] | None = None
+    layers: tuple[int, ...] | None = None  # None: the first layer in the middle block, else the list's middle
     blur_sigma: float = math.inf
 
     def __post_init__(self) -> None:
@@ -51,12 +53,16 @@ class Perturbation:
         if not self.blur_sigma > 0:
             raise ValueError(f"blur_sigma must be > 0 (inf: the mean query), got {self.blur_sigma}")
 
-    def chosen(self, count: int, what: str) -> list[int]:
-        """The layer indices this spec names among `count` layers, checked."""
+    def chosen(self, names: list[str], what: str) -> list[int]:
+        """The indices this spec names among layers with qualified `names`, checked."""
+        count = len(names)
         if count == 0:
             raise ValueError(f"perturbation {self.kind!r} needs a network with {what}; this one has none "
                              f"(the zoo's UNet and diffusers models with attention processors have them)")
-        layers = [count // 2] if self.layers is None else list(self.layers)
+        if self.layers is None:
+            middle = [i for i, name in enumerate(names) if "mid" in name.split(".")[0]]
+            return [middle[0] if middle else count // 2]
+        layers = list(self.layers)
         bad = [i for i in layers if not -count <= i < count]
         if bad:
             raise ValueError(f"perturbation layers {bad} out of range: the network has {count} {what} "
@@ -173,28 +179,44 @@ def _identity_attention(attn: Any, hidden_states: Tensor) -> Tensor:
     return out / getattr(attn, "rescale_output_factor", 1.0)
 
 
+def _named(net: nn.Module, keep) -> tuple[list[str], list[nn.Module]]:  # noqa: ANN001
+    pairs = [(name, m) for name, m in net.named_modules() if keep(m)]
+    return [n for n, _ in pairs], [m for _, m in pairs]
+
+
+def _is_zoo_attention(m: nn.Module) -> bool:
+    return hasattr(m, "perturbation") and not isinstance(m, nn.ModuleList)
+
+
+def _is_diffusers_self_attention(m: nn.Module) -> bool:
+    return hasattr(m, "set_processor") and hasattr(m, "processor") and not getattr(m, "is_cross_attention", False)
+
+
+def _is_diffusers_block(m: nn.Module) -> bool:
+    return type(m).__name__.endswith("TransformerBlock")
+
+
 def zoo_attention_layers(net: nn.Module) -> list[nn.Module]:
     """The zoo's attention blocks (modules exposing a `perturbation` hook point), in module order."""
-    return [m for m in net.modules() if hasattr(m, "perturbation") and not isinstance(m, nn.ModuleList)]
+    return _named(net, _is_zoo_attention)[1]
 
 
 def diffusers_self_attention(net: nn.Module) -> list[nn.Module]:
     """diffusers' self-attention modules (processor-based `Attention`, not cross-attention), in order."""
-    return [m for m in net.modules() if hasattr(m, "set_processor") and hasattr(m, "processor")
-            and not getattr(m, "is_cross_attention", False)]
+    return _named(net, _is_diffusers_self_attention)[1]
 
 
 def diffusers_blocks(net: nn.Module) -> list[nn.Module]:
     """diffusers' transformer blocks (BasicTransformerBlock, SD3's JointTransformerBlock, ...), in order."""
-    return [m for m in net.modules() if type(m).__name__.endswith("TransformerBlock")]
+    return _named(net, _is_diffusers_block)[1]
 
 
 @contextmanager
 def perturbed(net: nn.Module, spec: Perturbation, rows: slice) -> Iterator[None]:
     """Within the block, `net`'s chosen layers are perturbed on batch rows `rows`, and only there."""
-    zoo = zoo_attention_layers(net)
+    names, zoo = _named(net, _is_zoo_attention)
     if zoo:
-        chosen = [zoo[i] for i in spec.chosen(len(zoo), "attention blocks")]
+        chosen = [zoo[i] for i in spec.chosen(names, "attention blocks")]
         for layer in chosen:
             layer.perturbation = ZooAttentionPerturbation(spec, rows)
         try:
@@ -204,17 +226,17 @@ def perturbed(net: nn.Module, spec: Perturbation, rows: slice) -> Iterator[None]
                 layer.perturbation = None
         return
     if spec.kind == "skip":
-        blocks = diffusers_blocks(net)
+        names, blocks = _named(net, _is_diffusers_block)
         handles = [blocks[i].register_forward_hook(_skip_block_hook(rows), with_kwargs=True)
-                   for i in spec.chosen(len(blocks), "transformer blocks")]
+                   for i in spec.chosen(names, "transformer blocks")]
         try:
             yield
         finally:
             for handle in handles:
                 handle.remove()
         return
-    layers = diffusers_self_attention(net)
-    chosen = [layers[i] for i in spec.chosen(len(layers), "self-attention layers")]
+    names, layers = _named(net, _is_diffusers_self_attention)
+    chosen = [layers[i] for i in spec.chosen(names, "self-attention layers")]
     originals = [layer.processor for layer in chosen]
     for layer, original in zip(chosen, originals):
         layer.set_processor(DiffusersProcessorPerturbation(original, spec, rows))

@@ -13,8 +13,8 @@ class PerturbedAttentionGuidance(PerturbedGuidance):
     """eps = eps_u + s_cfg (eps_c - eps_u) + s (eps_c - eps_p), eps_p with the self-attention map of the
     chosen layers replaced by the identity (each token's output is its own value).
 
-    Layers index the model's self-attention layers (None: the middle one, the UNet's bottleneck, as
-    the paper's mid-block choice for SD). s = 0 is the conditional model (1 pass with cfg_scale 1).
+    Layers index the model's self-attention layers (None: the middle block's, the UNet's bottleneck,
+    as the paper's mid-block choice for SD). s = 0 is the conditional model (1 pass with cfg_scale 1).
     """
 
     name = "pag"
