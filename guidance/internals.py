@@ -85,9 +85,9 @@ def gaussian_blur_2d(q: Tensor, size: tuple[int, int], sigma: float) -> Tensor:
     k = math.ceil(6 * sigma) + 1 - math.ceil(6 * sigma) % 2
     k = max(1, min(k, h - (1 - h % 2), w - (1 - w % 2)))
     half = (k - 1) / 2
-    x = torch.linspace(-half, half, k, dtype=torch.float64)
+    x = torch.linspace(-half, half, k, dtype=torch.promote_types(q.dtype, torch.float32), device=q.device)
     pdf = torch.exp(-0.5 * (x / sigma) ** 2)
-    k1 = (pdf / pdf.sum()).to(q)
+    k1 = (pdf / pdf.sum()).to(q.dtype)
     kernel = (k1[:, None] * k1[None, :]).expand(d, 1, k, k)
     pad = k // 2
     padded = F.pad(grid, [pad, pad, pad, pad], mode="reflect") if pad else grid

@@ -12,12 +12,16 @@ from guidance.guiders.base import Prediction, StepInfo, at_least_fp32, register
 from guidance.guiders.cfg import ClassifierFreeGuidance
 from guidance.protocols import Conditions, Denoiser
 
-# Burt & Adelson's 5-tap binomial kernel, separable: [1, 4, 6, 4, 1] / 16 per axis
-_TAPS = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
+def _taps(like: Tensor) -> Tensor:
+    """Burt & Adelson's 5-tap binomial [1, 4, 6, 4, 1] / 16, made on the device (no host copy):
+    6 - 1.5 d - 0.5 d^2 at distance d = 0, 1, 2 from the centre, exact in floating point."""
+    d = (torch.arange(5, device=like.device, dtype=like.dtype) - 2).abs()
+    return (6.0 - 1.5 * d - 0.5 * d * d) / 16.0
 
 
 def _blur(x: Tensor) -> Tensor:
-    kernel = (_TAPS[:, None] * _TAPS[None, :]).to(x).expand(x.shape[1], 1, 5, 5)
+    taps = _taps(x)
+    kernel = (taps[:, None] * taps[None, :]).expand(x.shape[1], 1, 5, 5)
     return F.conv2d(F.pad(x, [2, 2, 2, 2], mode="reflect"), kernel, groups=x.shape[1])
 
 

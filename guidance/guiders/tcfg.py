@@ -15,13 +15,21 @@ def tangential_uncond(cond: Tensor, uncond: Tensor) -> Tensor:
     """The unconditional prediction projected on the principal direction of the stacked pair.
 
     Per sample, M = [cond; uncond] (2 x N); its first right singular vector v1 (the direction of
-    largest energy of the pair) spans what is kept: u' = <u, v1> v1. The sign of v1 cancels."""
-    c32, u32 = at_least_fp32(cond), at_least_fp32(uncond)
-    stacked = torch.stack([c32.flatten(1), u32.flatten(1)], dim=1)  # [B, 2, N]
-    _, _, vh = torch.linalg.svd(stacked, full_matrices=False)
-    v1 = vh[:, :1]  # [B, 1, N]
-    u_flat = u32.flatten(1)[:, None]  # [B, 1, N]
-    return ((u_flat @ v1.transpose(-2, -1)) @ v1).reshape(uncond.shape).to(uncond.dtype)
+    largest energy of the pair) spans what is kept: u' = <u, v1> v1. v1 is M^T e / |M^T e|, e the top
+    eigenvector of the 2 x 2 Gram matrix M M^T, in closed form: no SVD (which synchronises a CUDA
+    device with the host). The signs of e and v1 cancel."""
+    c32, u32 = at_least_fp32(cond).flatten(1), at_least_fp32(uncond).flatten(1)
+    a, b, d = (c32 * c32).sum(1), (c32 * u32).sum(1), (u32 * u32).sum(1)
+    top = 0.5 * (a + d) + torch.sqrt((0.5 * (a - d)) ** 2 + b * b)
+    # two expressions of the same eigenvector; take the better-conditioned one per sample
+    e1 = torch.stack([b, top - a], 1)
+    e2 = torch.stack([top - d, b], 1)
+    e = torch.where((e1.norm(dim=1) >= e2.norm(dim=1))[:, None], e1, e2)
+    w = e[:, :1] * c32 + e[:, 1:] * u32  # M^T e, along v1
+    ww = (w * w).sum(1, keepdim=True)
+    coef = torch.where(ww > 0, (u32 * w).sum(1, keepdim=True) / ww.clamp_min(torch.finfo(ww.dtype).tiny),
+                       torch.zeros_like(ww))
+    return (coef * w).reshape(uncond.shape).to(uncond.dtype)
 
 
 @register()
