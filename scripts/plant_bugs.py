@@ -40,7 +40,8 @@ MUTATIONS = {
     "clip-wrong-timestep": ("guidance/guiders/clip.py", "self.similarity(x_in, step.t, text_emb)",
                             "self.similarity(x_in, step.t.flip(0) * 0, text_emb)"),
     # TCFG projecting on the second (minor) singular direction instead of the principal one
-    "tcfg-minor-direction": ("guidance/guiders/tcfg.py", "v1 = vh[:, :1]", "v1 = vh[:, 1:2]"),
+    "tcfg-minor-direction": ("guidance/guiders/tcfg.py", "top = 0.5 * (a + d) + torch.sqrt(",
+                             "top = 0.5 * (a + d) - torch.sqrt("),
     # MAMBO-G's ratio against the conditional's norm instead of the unconditional's
     "mambo-wrong-norm": ("guidance/guiders/mambo_g.py", "base = torch.linalg.vector_norm(u32,",
                          "base = torch.linalg.vector_norm(c32,"),

@@ -13,7 +13,9 @@ from guidance.protocols import Conditions, Denoiser
 
 @register()
 class APGMix(AdaptiveProjectedGuidance):
-    """CFG with `cfg_scale` (default: s) for sigma > sigma_switch, APG with s (guidance.guiders.apg) at
+    """CFG on the first, high-noise steps (sigma > sigma_switch), then APG, with one momentum buffer.
+
+    CFG with `cfg_scale` (default: s) for sigma > sigma_switch, APG with s (guidance.guiders.apg) at
     and below it. The momentum buffer is updated on the CFG steps too (D = x0_c - x0_u), so APG starts
     with it warm, as diffusers does. sigma_switch = 5.42 (default; the upper end of Kynkäänniemi et
     al.'s interval, above which guidance mostly sets the layout): with the zoo's default schedule,

@@ -75,7 +75,9 @@ def fdg_mix(cond: Tensor, uncond: Tensor, scales: list[float], parallel_weights:
 
 @register()
 class FrequencyDecoupledGuidance(ClassifierFreeGuidance):
-    """CFG per Laplacian-pyramid level: eps = R(u_i + w_i (c_i - u_i)), c_i / u_i the levels of the
+    """CFG per Laplacian-pyramid level: s on the fine band, 1 + (s - 1) / 2 on the coarse level.
+
+    CFG per Laplacian-pyramid level: eps = R(u_i + w_i (c_i - u_i)), c_i / u_i the levels of the
     conditional / unconditional prediction, R the exact reconstruction.
 
     `levels` = 2 (the paper's SDXL setting): the high-frequency band gets s, the coarsest level

@@ -25,7 +25,9 @@ def damped_scale(cond: Tensor, uncond: Tensor, scale: float, alpha: float) -> Te
 
 @register()
 class MagnitudeAwareGuidance(ClassifierFreeGuidance):
-    """eps = eps_u + w (eps_c - eps_u), w = 1 + (s - 1) exp(-alpha ||eps_c - eps_u|| / ||eps_u||) per
+    """CFG with its scale damped per sample: w = 1 + (s - 1) exp(-alpha |eps_c - eps_u| / |eps_u|).
+
+    eps = eps_u + w (eps_c - eps_u), w = 1 + (s - 1) exp(-alpha ||eps_c - eps_u|| / ||eps_u||) per
     sample: the CFG scale is damped where the guidance update is large relative to the prediction
     (the early, high-noise steps). alpha = 8 (the paper's and diffusers' default).
 

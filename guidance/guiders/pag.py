@@ -10,7 +10,9 @@ from guidance.internals import Perturbation
 
 @register()
 class PerturbedAttentionGuidance(PerturbedGuidance):
-    """eps = eps_u + s_cfg (eps_c - eps_u) + s (eps_c - eps_p), eps_p with the self-attention map of the
+    """eps_c + s (eps_c - eps_p), eps_p with identity self-attention maps on chosen layers (+ optional CFG).
+
+    eps = eps_u + s_cfg (eps_c - eps_u) + s (eps_c - eps_p), eps_p with the self-attention map of the
     chosen layers replaced by the identity (each token's output is its own value).
 
     Layers index the model's self-attention layers (None: the middle block's, the UNet's bottleneck,

@@ -157,7 +157,9 @@ class IntervalCFG(ClassifierFreeGuidance):
 
 @register()
 class IncreasingCFG(ClassifierFreeGuidance):
-    """CFG whose scale increases as the noise falls (Wang et al. 2024): 1 at sigma >= 80 (one pass),
+    """CFG whose scale rises as the noise falls, linear in log sigma with mean s (Wang et al. 2024).
+
+    CFG whose scale increases as the noise falls (Wang et al. 2024): 1 at sigma >= 80 (one pass),
     1 + 2 (s - 1) at sigma <= 0.002, linear in log sigma between; s is the mean over that range.
     With the zoo's default 20 steps and s = 3: 1 at the first (sigma 2e4, one pass), then 1.71 rising to
     4.56 at the last; their mean is 2.6, as the zoo's steps are not log-uniform in sigma."""
@@ -177,7 +179,9 @@ class IncreasingCFG(ClassifierFreeGuidance):
 
 @register()
 class EarlyCFG(ClassifierFreeGuidance):
-    """CFG with scale s on the first steps only (sigma > sigma_stop, default 1, where SNR < 1), the
+    """CFG on the first, high-noise steps only (sigma > 1); the conditional model (one pass) after.
+
+    CFG with scale s on the first steps only (sigma > sigma_stop, default 1, where SNR < 1), the
     conditional model (one pass) after them: guidance sets the layout, the late steps run unguided."""
 
     name = "cfg-early"

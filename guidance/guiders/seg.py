@@ -12,7 +12,9 @@ from guidance.internals import Perturbation
 
 @register()
 class SmoothedEnergyGuidance(PerturbedGuidance):
-    """eps = eps_u + s_cfg (eps_c - eps_u) + s (eps_c - eps_seg), eps_seg with the queries of the chosen
+    """As PAG, eps_p with the chosen layers' queries blurred by a 2D Gaussian (inf: the mean query).
+
+    eps = eps_u + s_cfg (eps_c - eps_u) + s (eps_c - eps_seg), eps_seg with the queries of the chosen
     self-attention layers blurred by a 2D Gaussian of `blur_sigma` tokens over the image grid.
 
     blur_sigma = inf (default) is the infinite-blur limit: every query is the mean query, so every

@@ -15,7 +15,9 @@ SLG_SIGMA_HI = 30.0
 
 @register()
 class SkipLayerGuidance(PerturbedGuidance):
-    """eps = eps_u + s_cfg (eps_c - eps_u) + s (eps_c - eps_skip) for sigma in (sigma_lo, sigma_hi], the
+    """As PAG, eps_p with chosen layers skipped, only for sigma in (3, 30] by default.
+
+    eps = eps_u + s_cfg (eps_c - eps_u) + s (eps_c - eps_skip) for sigma in (sigma_lo, sigma_hi], the
     model alone elsewhere; eps_skip with the chosen layers skipped (the zoo: the attention block's
     residual branch dropped; diffusers: the whole transformer block made the identity).
 

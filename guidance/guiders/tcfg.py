@@ -34,7 +34,9 @@ def tangential_uncond(cond: Tensor, uncond: Tensor) -> Tensor:
 
 @register()
 class TangentialCFG(ClassifierFreeGuidance):
-    """eps = u' + s (eps_c - u'), u' = eps_u projected on the first right singular vector of the
+    """CFG with eps_u first projected on the principal direction of the stacked [eps_c; eps_u].
+
+    eps = u' + s (eps_c - u'), u' = eps_u projected on the first right singular vector of the
     per-sample stack [eps_c; eps_u]: the unconditional's component off the pair's principal
     direction (its "tangential" part) is removed before the CFG mix.
 

@@ -11,7 +11,7 @@ from guidance.guiders.pag import PerturbedAttentionGuidance
 from guidance.internals import Perturbation, perturbed
 from guidance.protocols import Conditions, Perturbable
 from guidance.zoo.unet import TextUNet, UNetConfig
-from guider_helpers import PROCESS, SIGMAS, diffusers_guiders
+from guider_helpers import B, F64, PROCESS, SIGMAS, TableDenoiser, conditions, diffusers_guiders, step_at
 from perturbed_cases import diffusers_without_cfg_is_continuous, hand_mix, matches_diffusers_with_cfg
 
 
@@ -57,3 +57,18 @@ def test_zoo_network_cond_rows_untouched_and_perturbed_row_from_the_hook():
             p = model(x, level, tokens).eps
     assert not torch.allclose(c, p, atol=1e-4)
     assert torch.allclose(out, c + 2.0 * (c - p), atol=1e-5)
+
+
+def test_a_model_without_internals_is_a_clear_error():
+    class Plain:  # a Denoiser without `perturbed`
+        def __init__(self) -> None:
+            self.inner = TableDenoiser(torch.ones(B, 2, dtype=F64), torch.zeros(B, 2, dtype=F64))
+
+        def __call__(self, x, level, cond):
+            return self.inner(x, level, cond)
+
+        def null_cond(self, cond):
+            return self.inner.null_cond(cond)
+
+    with pytest.raises(ValueError, match="perturbs the model's attention layers"):
+        PerturbedAttentionGuidance(2.0).predict(Plain(), torch.zeros(B, 2, dtype=F64), step_at(SIGMAS[3]), conditions())
