@@ -22,6 +22,7 @@ middle of the list (a DiT's stack of blocks).
 
 from __future__ import annotations
 
+import inspect
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -153,6 +154,19 @@ class DiffusersProcessorPerturbation:
         return _replace_rows(out, r, torch.zeros_like(out[r]))
 
 
+def _wrap_processor(original: Any, spec: Perturbation, rows: slice) -> DiffusersProcessorPerturbation:
+    """A DiffusersProcessorPerturbation whose `__call__` shows the original's signature: diffusers'
+    `Attention.forward` passes a processor only the keyword arguments its signature names, so the
+    wrapper must name the same ones (LoRA scale, rotary embeddings, ...) to pass them on."""
+
+    def call(self: DiffusersProcessorPerturbation, attn: nn.Module, *args: Any, **kwargs: Any) -> Tensor:
+        return DiffusersProcessorPerturbation.__call__(self, attn, *args, **kwargs)
+
+    call.__signature__ = inspect.signature(type(original).__call__)  # type: ignore[attr-defined]
+    cls = type(f"Perturbed{type(original).__name__}", (DiffusersProcessorPerturbation,), {"__call__": call})
+    return cls(original, spec, rows)
+
+
 def _blur_tokens(q: Tensor, sigma: float) -> Tensor:
     """diffusers queries [B, N, C] over a square grid of N tokens."""
     side = math.isqrt(q.shape[-2])
@@ -239,7 +253,7 @@ def perturbed(net: nn.Module, spec: Perturbation, rows: slice) -> Iterator[None]
     chosen = [layers[i] for i in spec.chosen(names, "self-attention layers")]
     originals = [layer.processor for layer in chosen]
     for layer, original in zip(chosen, originals):
-        layer.set_processor(DiffusersProcessorPerturbation(original, spec, rows))
+        layer.set_processor(_wrap_processor(original, spec, rows))
     try:
         yield
     finally:

@@ -168,3 +168,24 @@ def test_diffusers_layer_skip_on_sd3_is_the_model_without_that_block():
     apply_layer_skip(sd3, LayerSkipConfig(indices=[1], fqn="transformer_blocks", skip_attention=True, skip_ff=True))
     with torch.no_grad():
         assert torch.allclose(sd3(**inputs).sample, reference(**inputs).sample, atol=1e-5)
+
+
+def test_diffusers_wrapper_passes_on_the_keywords_the_original_processor_takes():
+    """Attention.forward drops keywords a processor's signature does not name: the wrapper names the original's."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from guidance.internals import diffusers_self_attention
+
+    seen = []
+
+    class Recording(AttnProcessor2_0):
+        def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, marker=None):
+            seen.append(marker)
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+    unet = diffusers_unet()
+    diffusers_self_attention(unet)[0].set_processor(Recording())
+    x, t, ctx = torch.randn(2, 4, 8, 8), torch.tensor([500, 500]), torch.randn(2, 5, 8)
+    with torch.no_grad(), perturbed(unet, Perturbation("identity-attention", (0,)), slice(1, 2)):
+        unet(x, t, ctx, cross_attention_kwargs={"marker": 7})
+    assert seen == [7]
