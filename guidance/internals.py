@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal
 
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 Kind = Literal["identity-attention", "smoothed-query", "skip"]
+PerturbedPass = AbstractContextManager[None]  # what `perturbed(...)` returns: the perturbation lasts for its block
 KINDS: tuple[str, ...] = ("identity-attention", "smoothed-query", "skip")
 
 
@@ -279,5 +280,5 @@ def _skip_block_hook(rows: slice):  # noqa: ANN202
     return hook
 
 
-__all__ = ["Perturbation", "KINDS", "perturbed", "gaussian_blur_2d", "zoo_attention_layers",
+__all__ = ["Perturbation", "PerturbedPass", "KINDS", "perturbed", "gaussian_blur_2d", "zoo_attention_layers",
            "diffusers_self_attention", "diffusers_blocks"]

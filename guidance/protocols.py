@@ -10,12 +10,12 @@ nothing in the samplers or the guidance methods names a class.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import ContextManager, Mapping, Protocol, Union, runtime_checkable
+from typing import Mapping, Protocol, Union, runtime_checkable
 
 import torch
 from torch import Tensor
 
-from guidance.internals import Perturbation
+from guidance.internals import Perturbation, PerturbedPass
 from guidance.prediction import Prediction
 from guidance.process import NoiseLevel
 
@@ -57,7 +57,7 @@ class Perturbable(Protocol):
     """A denoiser whose network's attention layers or blocks can be damaged on batch rows `rows` for
     the passes inside `with model.perturbed(spec, rows): ...` (PAG, SEG, SLG; guidance.internals)."""
 
-    def perturbed(self, perturbation: Perturbation, rows: slice) -> ContextManager[None]: ...
+    def perturbed(self, perturbation: Perturbation, rows: slice) -> PerturbedPass: ...
 
 
 @runtime_checkable
