@@ -24,7 +24,11 @@ QUICK_SCALES: dict[str, list[float]] = {"none": [0.0], "cfg": [1.0, 3.0, 6.0], "
                                         "cfg-interval": [3.0, 6.0], "cfg-rescale": [3.0, 6.0],
                                         "apg": [6.0, 10.0], "cfg-zero-star": [3.0, 6.0],
                                         "cfg-dynamic-threshold": [6.0, 10.0], "autoguidance": [1.5, 2.5],
-                                        "cfg-pp": [0.2, 0.6]}  # CFG++'s lambda in [0, 1]
+                                        "cfg-pp": [0.2, 0.6],  # CFG++'s lambda in [0, 1]
+                                        "tcfg": [3.0, 6.0], "mambo-g": [3.0, 6.0], "fdg": [3.0, 6.0],
+                                        "apg-mix": [6.0, 10.0], "cfg-increasing": [3.0, 6.0], "cfg-early": [3.0, 6.0],
+                                        # the perturbed pass's scale (0 = none), CFG off (cfg_scale 1)
+                                        "pag": [1.5, 3.0], "seg": [1.5, 3.0], "slg": [1.5, 3.0]}
 FULL_SCALES: dict[str, list[float]] = {"none": [0.0], "cfg": [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0],
                                        "classifier": [0.5, 1.0, 2.0, 5.0, 10.0, 20.0],
                                        "clip": [0.5, 1.0, 2.0, 5.0, 10.0, 20.0],
@@ -34,7 +38,15 @@ FULL_SCALES: dict[str, list[float]] = {"none": [0.0], "cfg": [1.0, 1.5, 2.0, 3.0
                                        "cfg-zero-star": [1.5, 2.0, 3.0, 4.0, 6.0, 8.0],
                                        "cfg-dynamic-threshold": [2.0, 4.0, 6.0, 8.0, 10.0, 15.0],
                                        "autoguidance": [1.25, 1.5, 2.0, 2.5, 3.0],
-                                       "cfg-pp": [0.2, 0.4, 0.6, 0.8]}
+                                       "cfg-pp": [0.2, 0.4, 0.6, 0.8],
+                                       "tcfg": [1.5, 2.0, 3.0, 4.0, 6.0, 8.0],
+                                       "mambo-g": [1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0],
+                                       "fdg": [1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0],
+                                       "apg-mix": [2.0, 4.0, 6.0, 8.0, 10.0, 15.0],
+                                       "cfg-increasing": [1.5, 2.0, 3.0, 4.0, 6.0, 8.0],
+                                       "cfg-early": [1.5, 2.0, 3.0, 4.0, 6.0, 8.0],
+                                       "pag": [0.5, 1.0, 2.0, 3.0, 5.0], "seg": [0.5, 1.0, 2.0, 3.0, 5.0],
+                                       "slg": [0.5, 1.0, 2.0, 3.0, 5.0]}
 SCALE_RANGE = (0.0, 1000.0)
 
 PRESETS: dict[str, dict[str, Any]] = {

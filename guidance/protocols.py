@@ -15,6 +15,7 @@ from typing import Mapping, Protocol, Sequence, Union, runtime_checkable
 import torch
 from torch import Tensor
 
+from guidance.internals import Perturbation, PerturbedPass
 from guidance.prediction import Prediction
 from guidance.process import NoiseLevel
 
@@ -61,6 +62,14 @@ class Denoiser(Protocol):
     def __call__(self, x: Tensor, level: NoiseLevel, cond: ModelCond) -> Prediction: ...
 
     def null_cond(self, cond: ModelCond) -> ModelCond: ...
+
+
+@runtime_checkable
+class Perturbable(Protocol):
+    """A denoiser whose network's attention layers or blocks can be damaged on batch rows `rows` for
+    the passes inside `with model.perturbed(spec, rows): ...` (PAG, SEG, SLG; guidance.internals)."""
+
+    def perturbed(self, perturbation: Perturbation, rows: slice) -> PerturbedPass: ...
 
 
 @runtime_checkable

@@ -2,6 +2,7 @@
 
     python scripts/plant_bugs.py                       # golden tests vs the core bugs
     python scripts/plant_bugs.py --suite gate          # the CI quality gate vs its bugs
+    python scripts/plant_bugs.py --suite methods       # tests/guiders vs bugs in the newer methods' formulas
 
 Each mutation is a literal text replacement that must match exactly once, so a refactor that
 silently disarms a mutation fails loudly here instead.
@@ -38,10 +39,30 @@ MUTATIONS = {
                                     "return lambda x_in: 0 * self.log_prob(x_in, step.t, labels)"),
     "clip-wrong-timestep": ("guidance/guiders/clip.py", "self.similarity(x_in, step.t, text_emb)",
                             "self.similarity(x_in, step.t.flip(0) * 0, text_emb)"),
+    # TCFG projecting on the second (minor) singular direction instead of the principal one
+    "tcfg-minor-direction": ("guidance/guiders/tcfg.py", "top = 0.5 * (a + d) + torch.sqrt(",
+                             "top = 0.5 * (a + d) - torch.sqrt("),
+    # MAMBO-G's ratio against the conditional's norm instead of the unconditional's
+    "mambo-wrong-norm": ("guidance/guiders/mambo_g.py", "base = torch.linalg.vector_norm(u32,",
+                         "base = torch.linalg.vector_norm(c32,"),
+    # FDG's scales applied coarse-to-fine instead of fine-to-coarse
+    "fdg-levels-reversed": ("guidance/guiders/fdg.py", "for w, p, c_i, u_i in zip(scales,",
+                            "for w, p, c_i, u_i in zip(scales[::-1],"),
+    # PAG / SEG / SLG pulling from the unconditional instead of the conditional prediction
+    "perturbed-from-uncond": ("guidance/guiders/perturbed.py", "value = value + scale * (c - pred_p.get(space))",
+                              "value = value + scale * (value - pred_p.get(space))"),
+    # SEG's infinite blur as the identity (the limit of no blur, diffusers' swapped branches)
+    "seg-blur-swapped": ("guidance/internals.py", "return q.mean(dim=-2, keepdim=True).expand_as(q)", "return q"),
+    # APG-mix switching by the wrong side of sigma (APG first, CFG late)
+    "apg-mix-phase-flipped": ("guidance/guiders/apg_mix.py", "return sigma > self.sigma_switch",
+                              "return sigma <= self.sigma_switch"),
 }
 SUITES = {
     "core": (["cfg-sign-flip", "variance-channels-guided", "gradient-without-sigma", "ddim-wrong-sqrt-factor"],
              [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/test_guidance_golden.py"]),
+    "methods": (["tcfg-minor-direction", "mambo-wrong-norm", "fdg-levels-reversed", "perturbed-from-uncond",
+                 "seg-blur-swapped", "apg-mix-phase-flipped"],
+                [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/guiders", "tests/test_internals.py"]),
     "gate": (["cfg-sign-flip", "classifier-gradient-dropped", "clip-wrong-timestep", "gradient-without-sigma"],
              [sys.executable, "-m", "bench.regress"]),
 }

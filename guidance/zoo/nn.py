@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +58,8 @@ class AttentionBlock(nn.Module):
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.context_kv = nn.Linear(context_dim, 2 * channels) if context_dim else None
         self.proj = zero(nn.Conv1d(channels, channels, 1))
+        # hook point for guidance.internals (PAG, SEG, SLG): set for one pass, None otherwise
+        self.perturbation: Any = None
 
     def forward(self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
         # Work token-major ([B, H, N, D], last dim contiguous): SDPA's fused kernels need it, and a strided
@@ -73,8 +76,13 @@ class AttentionBlock(nn.Module):
             if context_mask is not None:
                 pixels = torch.ones(b, h * w, dtype=torch.bool, device=x.device)
                 mask = torch.cat([context_mask, pixels], 1)[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, N, D]
+        if self.perturbation is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, N, D]
+        else:
+            out = self.perturbation.attention(q, k, v, mask, (h, w))
         out = F.linear(out.transpose(1, 2).reshape(b, h * w, c), self.proj.weight[..., 0], self.proj.bias)
+        if self.perturbation is not None:
+            out = self.perturbation.branch(out)
         return x + out.transpose(1, 2).reshape(b, c, h, w)
 
 
