@@ -1,0 +1,8 @@
+"""Model sources besides the embedded zoo: each turns something on disk into a ModelBundle.
+
+`diffusers:PATH` (guidance.sources.pipeline) loads a local diffusers pipeline folder; `tiny` writes
+tiny random-weight pipelines of every supported family for tests, benchmarks and a first try on the
+CPU. diffusers and transformers are the optional `diffusers` extra, imported only by those modules.
+"""
+
+DIFFUSERS_PREFIX = "diffusers:"  # how --model names a diffusers pipeline folder

@@ -1,0 +1,90 @@
+"""A pipeline's scheduler as the suite's process, default trajectory and default sampler.
+
+The process comes from the scheduler's own table (VP: its float32 alphas_cumprod, so trained betas,
+zero-terminal SNR and every beta schedule carry over; flow: its shift), the prediction type from its
+config, and the `default` schedule from the scheduler itself: a copy runs `set_timesteps(n)`, so
+spacing (leading, trailing, linspace), steps_offset and Karras sigmas are the pipeline's own. The
+other schedules (--schedule respace, karras, ...) stay the suite's.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from guidance.process import RectifiedFlow, VPDiscrete
+from guidance.zoo.store import CheckpointError
+
+# diffusers scheduler class -> the suite's sampler that takes the same steps
+SAMPLER_OF = {"DDIMScheduler": "ddim", "DDPMScheduler": "ddpm", "EulerDiscreteScheduler": "euler",
+              "EulerAncestralDiscreteScheduler": "euler-ancestral", "HeunDiscreteScheduler": "heun",
+              "DPMSolverMultistepScheduler": "dpmpp-2m", "FlowMatchEulerDiscreteScheduler": "flow-euler"}
+FLOW = ("FlowMatchEulerDiscreteScheduler",)
+
+
+def scheduler_timesteps(scheduler: Any, steps: int) -> tuple[list[float], list[float] | None]:
+    """The scheduler's timesteps for `steps` and its sigmas where it keeps them (on a copy: the pipeline's is untouched)."""
+    sched = copy.deepcopy(scheduler)
+    sched.set_timesteps(steps, device="cpu")
+    sigmas = getattr(sched, "sigmas", None)
+    return [float(t) for t in sched.timesteps], None if sigmas is None else [float(s) for s in sigmas]
+
+
+class PipelineVP(VPDiscrete):
+    """The scheduler's VP table; its `default` trajectory is the scheduler's own timesteps."""
+
+    def __init__(self, alphas_cumprod: torch.Tensor, scheduler: Any) -> None:
+        super().__init__(alphas_cumprod)
+        self.scheduler = scheduler
+
+    def sigmas(self, steps: int, schedule: str = "default") -> list[float]:
+        if schedule != "default":
+            return super().sigmas(steps, schedule)
+        if not 1 <= steps <= self.num_timesteps:
+            raise ValueError(f"--steps {steps} is out of range for a model of {self.num_timesteps} timesteps; "
+                             f"use 1..{self.num_timesteps}")
+        times, sigmas = scheduler_timesteps(self.scheduler, steps)
+        if all(t.is_integer() and 0 <= t < self.num_timesteps for t in times):
+            out = [self.timestep_sigma(int(t)) for t in times]  # the table's own sigmas: whole timesteps
+        elif sigmas is not None:
+            out = [s for s in sigmas[:len(times)]]
+        else:
+            raise ValueError(f"{type(self.scheduler).__name__} gives fractional timesteps and no sigmas; pass "
+                             f"--schedule leading, trailing or linspace")
+        return [*out, 0.0]
+
+
+class PipelineFlow(RectifiedFlow):
+    """The scheduler's rectified flow; its `default` trajectory is the scheduler's own sigmas (t values)."""
+
+    def __init__(self, shift: float, num_train_timesteps: int, scheduler: Any) -> None:
+        super().__init__(shift=shift, num_train_timesteps=num_train_timesteps)
+        self.scheduler = scheduler
+
+    def sigmas(self, steps: int, schedule: str = "default") -> list[float]:
+        if schedule not in ("default", "flow"):
+            return super().sigmas(steps, schedule)
+        if steps < 1:
+            raise ValueError(f"--steps {steps} is out of range; use at least 1")
+        _, ts = scheduler_timesteps(self.scheduler, steps)
+        return [self.t_to_sigma(t) for t in ts[:steps]] + [0.0]
+
+
+def pipeline_process(scheduler: Any) -> tuple[VPDiscrete | RectifiedFlow, str, str]:
+    """(process, prediction type, default sampler) of a pipeline's scheduler."""
+    name, config = type(scheduler).__name__, scheduler.config
+    sampler = SAMPLER_OF.get(name, "ddim")
+    if name in FLOW:
+        if config.get("use_dynamic_shifting"):
+            raise CheckpointError(f"the pipeline's {name} shifts its schedule by image size (use_dynamic_shifting), "
+                                  f"which the suite has no process for; set use_dynamic_shifting false and a fixed "
+                                  f"shift in scheduler/scheduler_config.json")
+        return PipelineFlow(float(config.get("shift", 1.0)), int(config.num_train_timesteps), scheduler), "flow", sampler
+    abar = getattr(scheduler, "alphas_cumprod", None)
+    if abar is None:
+        raise CheckpointError(f"the pipeline's {name} keeps no alphas_cumprod table; replace scheduler/ with a "
+                              f"DDIM, Euler or DPM-Solver scheduler config")
+    process = PipelineVP(abar.to(torch.float64), scheduler)  # as the scheduler steps: its own float32 table
+    return process, str(config.get("prediction_type", "epsilon")), sampler
