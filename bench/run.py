@@ -95,6 +95,9 @@ def check_compatible(cfg: BenchConfig, prompts: PromptSet, bundle: ModelBundle) 
         if needs is not None and models.get(needs) is None:
             raise ValueError(f"guidance {name!r} needs a {needs} model, which {bundle.source} does not have; "
                              f"drop it from --guidance or point --model at a directory that has one")
+        if cls.pixel_range_only and not bundle.clip_denoised:
+            raise ValueError(f"guidance {name!r} thresholds x0 as pixels in [-1, 1], which the latents of "
+                             f"{bundle.source} are not; drop it from --guidance (cfg-rescale or apg tame high scales)")
         check_pairing(spec, cls)
 
 

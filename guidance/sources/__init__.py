@@ -6,3 +6,4 @@ CPU. diffusers and transformers are the optional `diffusers` extra, imported onl
 """
 
 DIFFUSERS_PREFIX = "diffusers:"  # how --model names a diffusers pipeline folder
+GUIDING_CLIP = "guiding_clip.safetensors"  # optional, in a pipeline folder: the clean CLIP universal-clip follows

@@ -25,13 +25,13 @@ from guidance.accelerate import Acceleration
 from guidance.denoisers import NetworkDenoiser
 from guidance.process import Process
 from guidance.protocols import Conditions
+from guidance.sources import GUIDING_CLIP
 from guidance.sources.families import NETS, FamilyNet
 from guidance.sources.folder import null_components, read_index
 from guidance.sources.schedule import pipeline_process
 from guidance.zoo.load import EvalCLIPScorer, load_eval_clip
 from guidance.zoo.store import CheckpointError, file_sha256
 
-GUIDING_CLIP = "guiding_clip.safetensors"  # optional, in the pipeline folder: the CLIP universal-clip follows
 DECODE_BATCH = 16  # VAE decodes per call: bounds the decoder's activation memory at large batches
 
 

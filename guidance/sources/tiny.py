@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from guidance.sources import GUIDING_CLIP
+
 FAMILIES = ("sd", "sd-v", "sdxl", "sd3", "dit")
 SCHEDULERS = ("ddim", "dpmpp-2m", "euler")  # the VP families' scheduler choices (sd3: flow Euler; dit: ddim)
 TEXT_DIM = 32  # hidden size of the tiny CLIP text encoders
@@ -129,8 +131,24 @@ def build(family: str, scheduler: str = "ddim", seed: int = 0, tokenizer_dir: Pa
                                  id2label={i: f"class {i}" for i in range(NUM_CLASSES)})
 
 
-def save_pipeline(folder: str | Path, family: str = "sd", scheduler: str = "ddim", seed: int = 0) -> Path:
-    """Write a tiny random `family` pipeline to `folder` (safetensors, as save_pretrained writes it)."""
+def save_guiding_clip(path: Path, seed: int = 0) -> None:
+    """A tiny random open_clip model in the zoo's format (config in the file), as universal-clip's guide."""
+    import open_clip
+
+    from guidance.zoo.store import save_model
+
+    cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+           "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    torch.manual_seed(seed + 1)
+    model = open_clip.model.CLIP(**cfg)
+    preprocess = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "size": 32}
+    save_model(model, path, "eval_clip", {"model_cfg": cfg, "preprocess_cfg": preprocess}, half=False)
+
+
+def save_pipeline(folder: str | Path, family: str = "sd", scheduler: str = "ddim", seed: int = 0,
+                  guiding_clip: bool = True) -> Path:
+    """Write a tiny random `family` pipeline to `folder` (safetensors, as save_pretrained writes it), with
+    a tiny guiding CLIP for universal-clip beside it unless `guiding_clip` is False."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     pipe = build(family, scheduler, seed, None if family == "dit" else folder / "tokenizer")
@@ -139,4 +157,6 @@ def save_pipeline(folder: str | Path, family: str = "sd", scheduler: str = "ddim
         index = json.loads((folder / "model_index.json").read_text())
         index["id2label"] = {str(i): f"class {i}" for i in range(NUM_CLASSES)}
         (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    if guiding_clip:
+        save_guiding_clip(folder / GUIDING_CLIP, seed)
     return folder
