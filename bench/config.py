@@ -22,7 +22,8 @@ QUICK_SCALES: dict[str, list[float]] = {"none": [0.0], "cfg": [1.0, 3.0, 6.0], "
                                         "cfg-interval": [3.0, 6.0], "cfg-rescale": [3.0, 6.0],
                                         "apg": [6.0, 10.0], "cfg-zero-star": [3.0, 6.0],
                                         "cfg-dynamic-threshold": [6.0, 10.0], "autoguidance": [1.5, 2.5],
-                                        "cfg-pp": [0.2, 0.6]}  # CFG++'s lambda in [0, 1]
+                                        "cfg-pp": [0.2, 0.6],  # CFG++'s lambda in [0, 1]
+                                        "universal-clip": [5.0, 20.0]}  # gradient scale (0 = none)
 FULL_SCALES: dict[str, list[float]] = {"none": [0.0], "cfg": [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0],
                                        "classifier": [0.5, 1.0, 2.0, 5.0, 10.0, 20.0],
                                        "clip": [0.5, 1.0, 2.0, 5.0, 10.0, 20.0],
@@ -32,7 +33,8 @@ FULL_SCALES: dict[str, list[float]] = {"none": [0.0], "cfg": [1.0, 1.5, 2.0, 3.0
                                        "cfg-zero-star": [1.5, 2.0, 3.0, 4.0, 6.0, 8.0],
                                        "cfg-dynamic-threshold": [2.0, 4.0, 6.0, 8.0, 10.0, 15.0],
                                        "autoguidance": [1.25, 1.5, 2.0, 2.5, 3.0],
-                                       "cfg-pp": [0.2, 0.4, 0.6, 0.8]}
+                                       "cfg-pp": [0.2, 0.4, 0.6, 0.8],
+                                       "universal-clip": [1.0, 5.0, 10.0, 20.0, 50.0]}
 SCALE_RANGE = (0.0, 1000.0)
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -7,10 +7,7 @@ from typing import Callable
 
 import pytest
 
-pytest.importorskip("diffusers", reason="diffusers is not installed (the `diffusers` extra)")
-pytest.importorskip("transformers", reason="transformers is not installed (the `diffusers` extra)")
-
-from guidance.sources.tiny import save_pipeline  # noqa: E402
+from guidance.sources.tiny import save_pipeline
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,8 @@ from guidance.guiders.cfg_rescale import RescaledCFG, rescale
 from guidance.models import load_bundle
 from guidance.samplers import sample
 
+pytest.importorskip("diffusers", reason="diffusers is not installed (the `diffusers` extra)")
+
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 PROMPTS = ["a red cat on a mat", "two dogs"]
