@@ -136,7 +136,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda[:N]")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (autocast)")
     add_acceleration_arguments(p)
-    p.add_argument("--model", default=None, help="'emoji' (embedded zoo) or a directory of zoo checkpoints")
+    p.add_argument("--model", default=None, help="'emoji' (embedded zoo), a directory of zoo checkpoints, or "
+                                                 "diffusers:PATH (a diffusers pipeline folder, docs/diffusers.md)")
     p.add_argument("--clip-model", default=None, help="open_clip architecture for CLIP score")
     p.add_argument("--clip-pretrained", default=None, help="local pretrained file for --clip-model")
     p.add_argument("--score-with-guiding-clip", action="store_true", help="score with the guiding CLIP (inflated)")

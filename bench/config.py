@@ -74,7 +74,7 @@ class BenchConfig:
     cudnn_benchmark: bool | None = None  # None: on for CUDA (cuDNN times its convolution algorithms)
     autotune: bool = False  # with compile / cuda_graphs: inductor max-autotune
     half_weights: bool = True  # under bf16/fp16 autocast, conv/linear weights stored in it (same samples)
-    model: str = "emoji"  # the embedded zoo, or a directory of zoo-format checkpoints
+    model: str = "emoji"  # the embedded zoo, a directory of zoo-format checkpoints, or diffusers:PATH
     clip_model: str | None = None  # open_clip architecture for CLIP score (default: the zoo's eval CLIP)
     clip_pretrained: str | None = None  # local pretrained file for clip_model
     score_with_guiding_clip: bool = False  # only to demonstrate GLIDE's warning; labelled in reports

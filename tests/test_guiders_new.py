@@ -189,7 +189,7 @@ class _Counting:
 
 
 @pytest.mark.parametrize("negative", [False, True])
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("name", sorted(n for n, (_, needs) in REGISTRY.items() if needs != "decoder_clip"))
 def test_reported_cost_is_the_work_the_sampler_does(name, negative):
     """cost_per_image against passes counted in a real sampling run, at the identity scale (where
     methods skip work, unless a negative prompt keeps CFG's second branch) and at a guiding scale."""
@@ -544,7 +544,8 @@ class NullCaptionWeak:
 
 
 def test_every_registered_method_is_covered():
-    assert set(NEW_METHODS) | {"none", "cfg", "classifier", "clip"} == set(REGISTRY)
+    # universal-clip needs a latent bundle's decoder: tests/sources/test_diffusers_bundle.py
+    assert set(NEW_METHODS) | {"none", "cfg", "classifier", "clip", "universal-clip"} == set(REGISTRY)
 
 
 @pytest.fixture(scope="module")
@@ -591,10 +592,11 @@ def test_autoguidance_without_a_weak_model_is_a_clear_error_and_all_skips_it(zoo
         if f.name != "weak_unet.safetensors":
             (tmp_path / f.name).symlink_to(f)
     names = guidance_list("all", str(tmp_path))
-    assert "autoguidance" not in names and set(names) == set(REGISTRY) - {"autoguidance"}
+    assert "autoguidance" not in names and set(names) == set(REGISTRY) - {"autoguidance", "universal-clip"}
     assert "skips 'autoguidance'" in capsys.readouterr().err
     assert guidance_list("cfg,autoguidance") == ["cfg", "autoguidance"]  # named: kept, so the run errors
-    assert set(guidance_list("all")) == set(REGISTRY)  # the committed zoo has its weak model
+    # the committed zoo has its weak model; universal-clip needs a decoder, which it has not
+    assert set(guidance_list("all")) == set(REGISTRY) - {"universal-clip"}
 
 
 def test_autoguidance_with_the_committed_weak_model(zoo, zoo_case):
