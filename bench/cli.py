@@ -15,9 +15,9 @@ from bench.report import build_report
 from bench.run import merge_shards, run_benchmark, summary_table
 from guidance.accelerate import add_arguments as add_acceleration_arguments
 from guidance.guiders import REGISTRY, available_guidance
+from guidance.models import guiding_models_present, pixel_model
 from guidance.process import SCHEDULES
 from guidance.samplers import SAMPLERS
-from guidance.zoo.load import guiding_models_present
 
 
 def parse_floats(text: str, flag: str = "--scales") -> list[float]:
@@ -108,11 +108,16 @@ def guidance_list(text: str, model: str | None = None) -> list[str]:
     """
     if text.strip() != "all":
         return [g.strip() for g in text.split(",") if g.strip()]
-    present = guiding_models_present(None if model in (None, "emoji") else model)  # a bad --model: the run says so
+    present = guiding_models_present(model)  # a bad --model: the run says so
+    pixels = pixel_model(model)
     names = []
-    for name, (_, needs) in REGISTRY.items():
+    for name, (cls, needs) in REGISTRY.items():
         if needs is not None and not present.get(needs, False):
             print(f"note: --guidance all skips {name!r}: the model set has no {needs} model", file=sys.stderr)
+            continue
+        if cls.pixel_range_only and not pixels:
+            print(f"note: --guidance all skips {name!r}: it needs pixels in [-1, 1], the model samples latents",
+                  file=sys.stderr)
             continue
         names.append(name)
     return names

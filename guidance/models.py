@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import torch
 
+from pathlib import Path
+
 from guidance.bundle import ModelBundle
-from guidance.sources import DIFFUSERS_PREFIX
-from guidance.zoo.load import load_zoo
+from guidance.sources import DIFFUSERS_PREFIX, GUIDING_CLIP
+from guidance.zoo.load import guiding_models_present as zoo_guiding_models, load_zoo
 
 
 def load_bundle(spec: str, device: torch.device | str = "cpu") -> ModelBundle:
@@ -24,3 +26,15 @@ def load_bundle(spec: str, device: torch.device | str = "cpu") -> ModelBundle:
                              f"extra: pip install 'guidance-bench[diffusers]'") from None
         return load_diffusers(spec[len(DIFFUSERS_PREFIX):], device)
     return load_zoo(None if spec == "emoji" else spec, device)
+
+
+def guiding_models_present(spec: str | None = None) -> dict[str, bool]:
+    """Which guiding models the model set `--model` names offers, from its files alone (nothing is loaded)."""
+    if spec is not None and spec.startswith(DIFFUSERS_PREFIX):
+        return {"decoder_clip": (Path(spec[len(DIFFUSERS_PREFIX):]).expanduser() / GUIDING_CLIP).is_file()}
+    return zoo_guiding_models(None if spec in (None, "emoji") else spec)
+
+
+def pixel_model(spec: str | None = None) -> bool:
+    """Whether the model `--model` names samples pixels (the zoo) rather than latents (diffusers pipelines)."""
+    return spec is None or not spec.startswith(DIFFUSERS_PREFIX)

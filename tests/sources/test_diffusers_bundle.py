@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+from bench.cli import guidance_list
 from bench.config import BenchConfig
 from bench.prompts import PromptSet
 from bench.run import check_compatible
@@ -150,3 +151,12 @@ def test_universal_clip_raises_the_guiding_similarity(sd):
     assert bool((similarity[1] > similarity[0]).all())
     cost = make_guidance("universal-clip", 30.0, sd.guiding_models()).cost_per_image(sigmas[:-1])
     assert (cost.network_passes, cost.guide_passes, cost.backward_passes) == (4, 4, 4)
+
+
+def test_guidance_all_on_a_pipeline_is_what_it_can_run(tiny_pipeline, tmp_path):
+    names = guidance_list("all", f"diffusers:{tiny_pipeline('sd')}")
+    assert "universal-clip" in names and "apg" in names
+    assert not {"classifier", "clip", "autoguidance", "cfg-dynamic-threshold"} & set(names)
+    folder = shutil.copytree(tiny_pipeline("sd"), tmp_path / "sd")
+    (folder / "guiding_clip.safetensors").unlink()
+    assert "universal-clip" not in guidance_list("all", f"diffusers:{folder}")
