@@ -10,11 +10,13 @@ other schedules (--schedule respace, karras, ...) stay the suite's.
 from __future__ import annotations
 
 import copy
+import math
+from dataclasses import replace
 from typing import Any
 
 import torch
 
-from guidance.process import RectifiedFlow, VPDiscrete
+from guidance.process import NoiseLevel, RectifiedFlow, VPDiscrete
 from guidance.zoo.store import CheckpointError
 
 # diffusers scheduler class -> the suite's sampler that takes the same steps
@@ -38,6 +40,16 @@ class PipelineVP(VPDiscrete):
     def __init__(self, alphas_cumprod: torch.Tensor, scheduler: Any) -> None:
         super().__init__(alphas_cumprod)
         self.scheduler = scheduler
+        self.scheduler_times: dict[float, float] = {}  # off-table sigma -> the timestep the scheduler tells the network
+
+    def level(self, sigma: float) -> NoiseLevel:
+        """As VPDiscrete, except that at an off-table sigma of the scheduler's own trajectory (Karras) the
+        network is told the scheduler's timestep (DPM-Solver rounds it), not the interpolated one."""
+        level = super().level(sigma)
+        t = self.scheduler_times.get(sigma)
+        if t is None or level.integer_time:
+            return level
+        return replace(level, model_t=t, integer_time=float(t).is_integer(), _times={})
 
     def sigmas(self, steps: int, schedule: str = "default") -> list[float]:
         if schedule != "default":
@@ -46,14 +58,19 @@ class PipelineVP(VPDiscrete):
             raise ValueError(f"--steps {steps} is out of range for a model of {self.num_timesteps} timesteps; "
                              f"use 1..{self.num_timesteps}")
         times, sigmas = scheduler_timesteps(self.scheduler, steps)
-        if all(t.is_integer() and 0 <= t < self.num_timesteps for t in times):
-            out = [self.timestep_sigma(int(t)) for t in times]  # the table's own sigmas: whole timesteps
-        elif sigmas is not None:
-            out = [s for s in sigmas[:len(times)]]
-        else:
+        return [*(self.trajectory_sigma(t, None if sigmas is None else sigmas[i]) for i, t in enumerate(times)), 0.0]
+
+    def trajectory_sigma(self, t: float, sigma: float | None) -> float:
+        """The table's own sigma at a whole timestep the scheduler's sigma agrees with (DDIM and DDPM keep
+        none), else the scheduler's sigma (Karras and exponential ramps between table entries)."""
+        whole = t.is_integer() and 0 <= t < self.num_timesteps
+        if whole and (sigma is None or math.isclose(self.timestep_sigma(int(t)), sigma, rel_tol=1e-5)):
+            return self.timestep_sigma(int(t))
+        if sigma is None:
             raise ValueError(f"{type(self.scheduler).__name__} gives fractional timesteps and no sigmas; pass "
                              f"--schedule leading, trailing or linspace")
-        return [*out, 0.0]
+        self.scheduler_times[sigma] = t
+        return sigma
 
 
 class PipelineFlow(RectifiedFlow):

@@ -16,7 +16,7 @@ import torch
 from guidance.sources import GUIDING_CLIP
 
 FAMILIES = ("sd", "sd-v", "sdxl", "sd3", "dit")
-SCHEDULERS = ("ddim", "dpmpp-2m", "euler")  # the VP families' scheduler choices (sd3: flow Euler; dit: ddim)
+SCHEDULERS = ("ddim", "dpmpp-2m", "dpmpp-2m-karras", "euler")  # the VP families' scheduler choices (sd3: flow Euler; dit: ddim)
 TEXT_DIM = 32  # hidden size of the tiny CLIP text encoders
 LATENT = 16  # latent side: the VAE below upsamples by 2, so images are 32 x 32 (the zoo's size)
 NUM_CLASSES = 1000  # DiT's pipeline hard-codes the null class as 1000
@@ -78,9 +78,10 @@ def vp_scheduler(kind: str, prediction: str = "epsilon"):  # noqa: ANN201
         return DDIMScheduler(**table, clip_sample=False, set_alpha_to_one=True)
     if kind == "euler":
         return EulerDiscreteScheduler(**table)
-    if kind == "dpmpp-2m":
+    if kind in ("dpmpp-2m", "dpmpp-2m-karras"):
         return DPMSolverMultistepScheduler(**table, algorithm_type="dpmsolver++", solver_order=2,
-                                           lower_order_final=True, final_sigmas_type="zero")
+                                           lower_order_final=True, final_sigmas_type="zero",
+                                           use_karras_sigmas=kind.endswith("karras"))
     raise ValueError(f"unknown tiny scheduler {kind!r}; valid: {', '.join(SCHEDULERS)}")
 
 
