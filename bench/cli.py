@@ -15,7 +15,7 @@ from bench.report import build_report
 from bench.run import merge_shards, run_benchmark, summary_table
 from guidance.accelerate import add_arguments as add_acceleration_arguments
 from guidance.guiders import REGISTRY, available_guidance
-from guidance.models import guiding_models_present, pixel_model
+from guidance.models import guiding_models_present, model_sampler, pixel_model
 from guidance.process import SCHEDULES
 from guidance.samplers import SAMPLERS
 
@@ -164,7 +164,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     every_prompt = args.prompt_limit == "all"
     overrides = dict(guidance=guidance, scales=scales, prompts=args.prompts,
                      prompt_limit=None if every_prompt else args.prompt_limit,
-                     samples_per_prompt=args.samples_per_prompt, sampler=args.sampler, steps=args.steps,
+                     samples_per_prompt=args.samples_per_prompt, sampler=args.sampler or model_sampler(args.model),
+                     steps=args.steps,
                      schedule=args.schedule, eta=args.eta,
                      batch_size=args.batch_size, device=args.device, dtype=args.dtype, model=args.model,
                      channels_last=args.channels_last, compile=args.compile or None,

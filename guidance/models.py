@@ -12,6 +12,7 @@ from pathlib import Path
 
 from guidance.bundle import ModelBundle
 from guidance.sources import DIFFUSERS_PREFIX, GUIDING_CLIP
+from guidance.sources.schedule import scheduler_sampler
 from guidance.zoo.load import guiding_models_present as zoo_guiding_models, load_zoo
 
 
@@ -38,3 +39,11 @@ def guiding_models_present(spec: str | None = None) -> dict[str, bool]:
 def pixel_model(spec: str | None = None) -> bool:
     """Whether the model `--model` names samples pixels (the zoo) rather than latents (diffusers pipelines)."""
     return spec is None or not spec.startswith(DIFFUSERS_PREFIX)
+
+
+def model_sampler(spec: str | None = None) -> str | None:
+    """The sampler closest to a pipeline's own scheduler (what `--sampler` defaults to for it), from its
+    scheduler config alone; None for the zoo (the preset's sampler) or a folder without one (loading says why)."""
+    if spec is None or not spec.startswith(DIFFUSERS_PREFIX):
+        return None
+    return scheduler_sampler(Path(spec[len(DIFFUSERS_PREFIX):]).expanduser() / "scheduler" / "scheduler_config.json")

@@ -10,8 +10,10 @@ other schedules (--schedule respace, karras, ...) stay the suite's.
 from __future__ import annotations
 
 import copy
+import json
 import math
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +26,21 @@ SAMPLER_OF = {"DDIMScheduler": "ddim", "DDPMScheduler": "ddpm", "EulerDiscreteSc
               "EulerAncestralDiscreteScheduler": "euler-ancestral", "HeunDiscreteScheduler": "heun",
               "DPMSolverMultistepScheduler": "dpmpp-2m", "FlowMatchEulerDiscreteScheduler": "flow-euler"}
 FLOW = ("FlowMatchEulerDiscreteScheduler",)
+
+
+def scheduler_sampler(config: Path) -> str | None:
+    """The suite's sampler for the scheduler a scheduler_config.json names (ddim for one without a match);
+    None where the file is missing or unreadable (loading the folder then names the problem)."""
+    try:
+        name = json.loads(config.read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return sampler_for(str(name))
+
+
+def sampler_for(scheduler_class: str) -> str:
+    """The suite's sampler that steps like a diffusers scheduler class (ddim, exact on every process, otherwise)."""
+    return SAMPLER_OF.get(scheduler_class, "ddim")
 
 
 def scheduler_timesteps(scheduler: Any, steps: int) -> tuple[list[float], list[float] | None]:
@@ -92,7 +109,7 @@ class PipelineFlow(RectifiedFlow):
 def pipeline_process(scheduler: Any) -> tuple[VPDiscrete | RectifiedFlow, str, str]:
     """(process, prediction type, default sampler) of a pipeline's scheduler."""
     name, config = type(scheduler).__name__, scheduler.config
-    sampler = SAMPLER_OF.get(name, "ddim")
+    sampler = sampler_for(name)
     if name in FLOW:
         if config.get("use_dynamic_shifting"):
             raise CheckpointError(f"the pipeline's {name} shifts its schedule by image size (use_dynamic_shifting), "

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 
 import pytest
 import torch
 
-from bench.cli import guidance_list
+from bench.cli import add_run_arguments, config_from_args, guidance_list
 from bench.config import BenchConfig
 from bench.prompts import PromptSet
 from bench.run import check_compatible
@@ -160,3 +161,15 @@ def test_guidance_all_on_a_pipeline_is_what_it_can_run(tiny_pipeline, tmp_path):
     folder = shutil.copytree(tiny_pipeline("sd"), tmp_path / "sd")
     (folder / "guiding_clip.safetensors").unlink()
     assert "universal-clip" not in guidance_list("all", f"diffusers:{folder}")
+
+
+def test_the_sampler_defaults_to_the_pipelines_scheduler(tiny_pipeline):
+    def sampler(*argv: str) -> str:
+        parser = argparse.ArgumentParser()
+        add_run_arguments(parser)
+        return config_from_args(parser.parse_args(list(argv))).sampler
+
+    assert sampler("--model", f"diffusers:{tiny_pipeline('sd3')}") == "flow-euler"
+    assert sampler("--model", f"diffusers:{tiny_pipeline('sd', 'euler')}") == "euler"
+    assert sampler("--model", f"diffusers:{tiny_pipeline('sd3')}", "--sampler", "ddim") == "ddim"
+    assert sampler("--model", "emoji") == "ddim"  # the zoo: the preset's
