@@ -11,7 +11,7 @@ import torch
 from pathlib import Path
 
 from guidance.bundle import ModelBundle
-from guidance.sources import DIFFUSERS_PREFIX, GUIDING_CLIP
+from guidance.sources import DIFFUSERS_PREFIX, GUIDING_CLIP, GUIDING_CLIP_SPEC
 from guidance.sources.schedule import scheduler_sampler
 from guidance.zoo.load import guiding_models_present as zoo_guiding_models, load_zoo
 
@@ -32,7 +32,8 @@ def load_bundle(spec: str, device: torch.device | str = "cpu") -> ModelBundle:
 def guiding_models_present(spec: str | None = None) -> dict[str, bool]:
     """Which guiding models the model set `--model` names offers, from its files alone (nothing is loaded)."""
     if spec is not None and spec.startswith(DIFFUSERS_PREFIX):
-        return {"decoder_clip": (Path(spec[len(DIFFUSERS_PREFIX):]).expanduser() / GUIDING_CLIP).is_file()}
+        root = Path(spec[len(DIFFUSERS_PREFIX):]).expanduser()
+        return {"decoder_clip": any((root / name).is_file() for name in (GUIDING_CLIP, GUIDING_CLIP_SPEC))}
     return zoo_guiding_models(None if spec in (None, "emoji") else spec)
 
 

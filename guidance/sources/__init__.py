@@ -6,4 +6,7 @@ CPU. diffusers and transformers are the optional `diffusers` extra, imported onl
 """
 
 DIFFUSERS_PREFIX = "diffusers:"  # how --model names a diffusers pipeline folder
-GUIDING_CLIP = "guiding_clip.safetensors"  # optional, in a pipeline folder: the clean CLIP universal-clip follows
+# optional, in a pipeline folder: the clean CLIP universal-clip follows, as a zoo-format file (open_clip config in
+# its metadata) or as {"arch": open_clip name, "pretrained": local weights file} naming an open_clip model
+GUIDING_CLIP = "guiding_clip.safetensors"
+GUIDING_CLIP_SPEC = "guiding_clip.json"

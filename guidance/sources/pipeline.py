@@ -25,7 +25,7 @@ from guidance.accelerate import Acceleration
 from guidance.denoisers import NetworkDenoiser
 from guidance.process import Process
 from guidance.protocols import Conditions
-from guidance.sources import GUIDING_CLIP
+from guidance.sources import GUIDING_CLIP, GUIDING_CLIP_SPEC
 from guidance.sources.families import NETS, FamilyNet
 from guidance.sources.folder import null_components, read_index
 from guidance.sources.schedule import pipeline_process
@@ -172,7 +172,18 @@ def check_shapes(family: str, pipe: Any, root: Path) -> None:
 
 
 def load_guide(root: Path, decoder: LatentDecoder, device: torch.device | str) -> UniversalGuide | None:
-    """The folder's guiding CLIP (zoo format: an open_clip config and its safetensors weights), if it has one."""
+    """The folder's guiding CLIP, if it has one: guiding_clip.safetensors (zoo format: an open_clip config and
+    its weights) or guiding_clip.json naming an open_clip architecture and a local weights file."""
+    spec_path = root / GUIDING_CLIP_SPEC
+    if spec_path.is_file():
+        try:
+            spec = json.loads(spec_path.read_text())
+            arch, pretrained = str(spec["arch"]), Path(spec["pretrained"]).expanduser()
+        except (ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{spec_path} must be JSON like {{\"arch\": \"ViT-B-32\", \"pretrained\": "
+                                  f"\"/models/clip.safetensors\"}} ({err!r}); fix it or remove it") from None
+        pretrained = pretrained if pretrained.is_absolute() else root / pretrained
+        return UniversalGuide(decoder, load_eval_clip(device=device, arch=arch, pretrained=str(pretrained)))
     path = root / GUIDING_CLIP
     return UniversalGuide(decoder, load_eval_clip(path, device)) if path.is_file() else None
 

@@ -173,3 +173,15 @@ def test_the_sampler_defaults_to_the_pipelines_scheduler(tiny_pipeline):
     assert sampler("--model", f"diffusers:{tiny_pipeline('sd', 'euler')}") == "euler"
     assert sampler("--model", f"diffusers:{tiny_pipeline('sd3')}", "--sampler", "ddim") == "ddim"
     assert sampler("--model", "emoji") == "ddim"  # the zoo: the preset's
+
+
+def test_a_guiding_clip_named_by_json_is_checked(tiny_pipeline, tmp_path):
+    folder = shutil.copytree(tiny_pipeline("sd"), tmp_path / "sd")
+    (folder / "guiding_clip.safetensors").unlink()
+    (folder / "guiding_clip.json").write_text('{"arch": "ViT-B-32"}')
+    assert "universal-clip" in guidance_list("all", f"diffusers:{folder}")
+    with pytest.raises(ValueError, match="must be JSON like"):
+        load_bundle(f"diffusers:{folder}")
+    (folder / "guiding_clip.json").write_text('{"arch": "ViT-B-32", "pretrained": "missing.safetensors"}')
+    with pytest.raises(ValueError, match="needs a local pretrained file"):
+        load_bundle(f"diffusers:{folder}")
