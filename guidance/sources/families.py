@@ -130,6 +130,10 @@ class DiTNet(FamilyNet):
     def encode(self, texts: Sequence[str], labels: Tensor | None) -> ModelCond:
         if labels is None:
             labels = torch.tensor([self.label_of(t) for t in texts])
+        bad = labels[(labels < 0) | (labels >= self.num_classes)]
+        if len(bad):
+            raise ValueError(f"label {int(bad[0])} is out of range 0..{self.num_classes - 1} of the DiT pipeline; "
+                             f"fix the prompt set's label column")
         return labels.to(self.device, torch.long)
 
     def encode_null(self) -> ModelCond:

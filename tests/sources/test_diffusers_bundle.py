@@ -119,6 +119,8 @@ def test_dit_labels_from_the_label_column_a_number_or_id2label(tiny_pipeline):
     assert dit.denoiser.null_cond(torch.tensor([1, 2])).tolist() == [1000, 1000]
     with pytest.raises(ValueError, match="neither a class id nor a label"):
         dit.conditions(["a zebra"])
+    with pytest.raises(ValueError, match="out of range 0..999"):
+        dit.conditions(["x"], torch.tensor([1000]))
 
 
 def test_pixel_range_methods_are_refused_on_latents(sd):
