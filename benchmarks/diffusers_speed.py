@@ -1,6 +1,6 @@
 """The suite's img/s against diffusers' own pipeline on the same tiny pipeline, side by side.
 
-    OMP_NUM_THREADS=1 python benchmarks/diffusers_speed.py --family sd --steps 20 --batch 8 --rounds 7
+    OMP_NUM_THREADS=1 python -m benchmarks.diffusers_speed --family sd --steps 20 --batch 8 --rounds 7
 
 Both sides do the same work per batch: encode the prompts (and the empty prompt), run CFG with the
 conditional and unconditional branches in one batched forward per step, and decode the latents with

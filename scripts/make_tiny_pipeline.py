@@ -1,6 +1,6 @@
 """Write a tiny random-weight diffusers pipeline folder, to try `--model diffusers:PATH` on the CPU.
 
-    python scripts/make_tiny_pipeline.py /tmp/tiny-sd --family sd --scheduler ddim
+    python -m scripts.make_tiny_pipeline /tmp/tiny-sd --family sd --scheduler ddim
     python -m bench run --model diffusers:/tmp/tiny-sd --guidance cfg,cfg-rescale,apg --steps 10
 
 Nothing is downloaded: configs are the suite's (guidance.sources.tiny), the weights random (seeded),
