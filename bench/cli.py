@@ -20,6 +20,7 @@ from bench.run import merge_shards, run_benchmark
 from bench.verdict import verdict
 from guidance.accelerate import add_arguments as add_acceleration_arguments
 from guidance.guiders import REGISTRY, available_guidance
+from guidance.models import model_sampler
 from guidance.process import SCHEDULES
 from guidance.samplers import SAMPLERS
 
@@ -131,7 +132,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda[:N]")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (autocast)")
     add_acceleration_arguments(p)
-    p.add_argument("--model", default=None, help="'emoji' (embedded zoo) or a directory of zoo checkpoints")
+    p.add_argument("--model", default=None, help="'emoji' (embedded zoo), a directory of zoo checkpoints, or "
+                                                 "diffusers:PATH (a diffusers pipeline folder, docs/diffusers.md)")
     p.add_argument("--clip-model", default=None, help="open_clip architecture for CLIP score")
     p.add_argument("--clip-pretrained", default=None, help="local pretrained file for --clip-model")
     p.add_argument("--score-with-guiding-clip", action="store_true", help="score with the guiding CLIP (inflated)")
@@ -164,7 +166,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     overrides = dict(guidance=guidance, scales=scales, prompts=args.prompts,
                      prompt_limit=None if every_prompt else args.prompt_limit,
                      samples_per_prompt=args.samples_per_prompt, negative_prompt=args.negative_prompt,
-                     sampler=args.sampler, steps=args.steps,
+                     sampler=args.sampler or model_sampler(args.model), steps=args.steps,
                      schedule=args.schedule, eta=args.eta,
                      batch_size=args.batch_size, device=args.device, dtype=args.dtype, model=args.model,
                      channels_last=args.channels_last, compile=args.compile or None,

@@ -28,7 +28,8 @@ QUICK_SCALES: dict[str, list[float]] = {"none": [0.0], "cfg": [1.0, 3.0, 6.0], "
                                         "tcfg": [3.0, 6.0], "mambo-g": [3.0, 6.0], "fdg": [3.0, 6.0],
                                         "apg-mix": [6.0, 10.0], "cfg-increasing": [3.0, 6.0], "cfg-early": [3.0, 6.0],
                                         # the perturbed pass's scale (0 = none), CFG off (cfg_scale 1)
-                                        "pag": [1.5, 3.0], "seg": [1.5, 3.0], "slg": [1.5, 3.0]}
+                                        "pag": [1.5, 3.0], "seg": [1.5, 3.0], "slg": [1.5, 3.0],
+                                        "universal-clip": [5.0, 20.0]}  # gradient scale (0 = none)
 FULL_SCALES: dict[str, list[float]] = {"none": [0.0], "cfg": [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0],
                                        "classifier": [0.5, 1.0, 2.0, 5.0, 10.0, 20.0],
                                        "clip": [0.5, 1.0, 2.0, 5.0, 10.0, 20.0],
@@ -46,7 +47,8 @@ FULL_SCALES: dict[str, list[float]] = {"none": [0.0], "cfg": [1.0, 1.5, 2.0, 3.0
                                        "cfg-increasing": [1.5, 2.0, 3.0, 4.0, 6.0, 8.0],
                                        "cfg-early": [1.5, 2.0, 3.0, 4.0, 6.0, 8.0],
                                        "pag": [0.5, 1.0, 2.0, 3.0, 5.0], "seg": [0.5, 1.0, 2.0, 3.0, 5.0],
-                                       "slg": [0.5, 1.0, 2.0, 3.0, 5.0]}
+                                       "slg": [0.5, 1.0, 2.0, 3.0, 5.0],
+                                       "universal-clip": [1.0, 5.0, 10.0, 20.0, 50.0]}
 SCALE_RANGE = (0.0, 1000.0)
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -89,7 +91,7 @@ class BenchConfig:
     cudnn_benchmark: bool | None = None  # None: on for CUDA (cuDNN times its convolution algorithms)
     autotune: bool = False  # with compile / cuda_graphs: inductor max-autotune
     half_weights: bool = True  # under bf16/fp16 autocast, conv/linear weights stored in it (same samples)
-    model: str = "emoji"  # the embedded zoo, or a directory of zoo-format checkpoints
+    model: str = "emoji"  # the embedded zoo, a directory of zoo-format checkpoints, or diffusers:PATH
     clip_model: str | None = None  # open_clip architecture for CLIP score (default: the zoo's eval CLIP)
     clip_pretrained: str | None = None  # local pretrained file for clip_model
     score_with_guiding_clip: bool = False  # only to demonstrate GLIDE's warning; labelled in reports

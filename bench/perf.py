@@ -241,6 +241,8 @@ def measure(name: str, bundle: ModelBundle, batch: int, steps: int, device: torc
 
     classifier, eval_clip = scoring_networks(device)
     features, clip = DomainFeatures(classifier), CLIPScore(eval_clip).to(device)
+    with torch.no_grad():
+        x = bundle.decode(x)  # latent models: the images scoring sees
     uint8 = ((x.clamp(-1, 1) + 1) * 127.5).to(torch.uint8)
     with torch.no_grad():
         metrics = timed(lambda: (features(uint8), clip.update(x, texts), classifier.heads(x)), device, repeats)

@@ -90,6 +90,9 @@ def why_not(name: str, cfg: BenchConfig, prompts: PromptSet, bundle: ModelBundle
     if needs is not None and bundle.guiding_models().get(needs) is None:
         return (f"guidance {name!r} needs a {needs} model, which {bundle.source} does not have; drop it from "
                 f"--guidance or point --model at a directory that has one")
+    if cls.pixel_range_only and not bundle.clip_denoised:
+        return (f"guidance {name!r} thresholds x0 as pixels in [-1, 1], which the latents of {bundle.source} are "
+                f"not; drop it from --guidance (cfg-rescale or apg tame high scales)")
     try:
         check_pairing(sampler_spec(cfg.sampler), cls)
     except ValueError as err:

@@ -189,7 +189,7 @@ class _Counting:
 
 
 @pytest.mark.parametrize("negative", [False, True])
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("name", sorted(n for n, (_, needs) in REGISTRY.items() if needs != "decoder_clip"))
 def test_reported_cost_is_the_work_the_sampler_does(name, negative):
     """cost_per_image against passes counted in a real sampling run, at the identity scale (where
     methods skip work, unless a negative prompt keeps CFG's second branch) and at a guiding scale."""
@@ -545,7 +545,8 @@ class NullCaptionWeak:
 
 
 def test_every_registered_method_is_covered():
-    assert set(NEW_METHODS) | OUTSIDE_THIS_STEP | {"none", "cfg", "classifier", "clip"} == set(REGISTRY)
+    # universal-clip needs a latent bundle's decoder: tests/sources/test_diffusers_bundle.py
+    assert set(NEW_METHODS) | OUTSIDE_THIS_STEP | {"none", "cfg", "classifier", "clip", "universal-clip"} == set(REGISTRY)
 
 
 @pytest.fixture(scope="module")
@@ -593,14 +594,15 @@ def test_autoguidance_without_a_weak_model_is_a_clear_error_and_all_skips_it(zoo
     prompts, notes = load_prompt_set(every), []
     resolved = applicable_guidance(every, prompts, no_weak, note=notes.append)
     assert "autoguidance" not in resolved.guidance
-    assert set(resolved.guidance) == set(REGISTRY) - {"autoguidance"}
+    assert set(resolved.guidance) == set(REGISTRY) - {"autoguidance", "universal-clip"}
     assert resolved.scale_grid() == {g: [2.0] for g in resolved.guidance}
     assert any("skips 'autoguidance'" in n for n in notes)
     with pytest.raises(ValueError, match="needs a weak model"):  # named: kept, so the run errors
         check_compatible(BenchConfig.from_preset("tiny", guidance=["cfg", "autoguidance"]), prompts, no_weak)
-    assert set(applicable_guidance(every, prompts, zoo).guidance) == set(REGISTRY)  # the zoo has its weak model
+    # the zoo has its weak model; universal-clip needs a decoder and a clean guiding CLIP, which it has not
+    assert set(applicable_guidance(every, prompts, zoo).guidance) == set(REGISTRY) - {"universal-clip"}
     ddpm = applicable_guidance(replace(every, sampler="ddpm"), prompts, zoo, note=notes.append)
-    assert set(ddpm.guidance) == set(REGISTRY) - {"cfg-pp"}  # ancestral DDPM cannot renoise unconditionally
+    assert set(ddpm.guidance) == set(REGISTRY) - {"cfg-pp", "universal-clip"}  # ancestral DDPM cannot renoise unconditionally
     assert any("skips 'cfg-pp'" in n for n in notes)
 
 

@@ -61,7 +61,9 @@ def zoo_on_meta():
 
 
 # every sampler with every method it can run (CFG++ needs a sampler that renoises with eps_u)
-PAIRS = [(name, sampler) for sampler, spec in SAMPLERS.items() for name in sorted(REGISTRY)
+# (universal-clip needs a latent bundle's decoder, which the zoo has not: tests/sources covers it)
+ZOO_METHODS = {name for name, (_, needs) in REGISTRY.items() if needs != "decoder_clip"}
+PAIRS = [(name, sampler) for sampler, spec in SAMPLERS.items() for name in sorted(ZOO_METHODS)
          if spec.renoise or not REGISTRY[name][0].renoises_unconditionally]
 
 
@@ -80,7 +82,7 @@ def test_sampling_loop_reads_nothing_back_from_the_device(zoo_on_meta, monkeypat
 
 def test_every_sampler_and_method_is_checked():
     """A sampler or method added later is covered here without editing the test."""
-    assert {s for _, s in PAIRS} == set(SAMPLERS) and {n for n, _ in PAIRS} == set(REGISTRY)
+    assert {s for _, s in PAIRS} == set(SAMPLERS) and {n for n, _ in PAIRS} == ZOO_METHODS
 
 
 def test_host_copy_watch_sees_a_copy():

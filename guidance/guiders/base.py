@@ -80,6 +80,7 @@ class Guidance(ABC):
     space: ClassVar[str] = "eps"  # where predictions are combined: "eps", "x0", "v" or "flow"
     identity_scale: ClassVar[float] = 0.0  # the scale that means "no guidance"
     renoises_unconditionally: ClassVar[bool] = False  # CFG++: the sampler must renoise with eps_u
+    pixel_range_only: ClassVar[bool] = False  # edits x0 as if it lived in [-1, 1]: refused on latent models
     numerics_version: ClassVar[int] = 1  # bump when the method's fp32 samples change (part of the sample key)
     reference: ClassVar[str] = ""
 

@@ -31,6 +31,7 @@ class DynamicThresholdCFG(ClassifierFreeGuidance):
 
     name = "cfg-dynamic-threshold"
     space = "x0"
+    pixel_range_only = True  # its threshold of 1 is the pixel range; latents have none
     numerics_version = 2  # x0 no longer round-trips through eps before the step (changes fp32 samples ~1e-4)
     reference = "Saharia et al. 2022 (Imagen), arXiv:2205.11487, section 2.3 (dynamic thresholding)"
 

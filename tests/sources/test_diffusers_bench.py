@@ -1,0 +1,45 @@
+"""`bench run --model diffusers:PATH` through the harness: sampling, scoring, report files and resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.cli import main as cli_main
+
+pytest.importorskip("diffusers", reason="diffusers is not installed (the `diffusers` extra)")
+pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.slow]
+
+PARTI = "Prompt\tCategory\tChallenge\tNote\na red cat on a mat\tAnimals\tColors\t\ntwo dogs\tAnimals\tCounting\t\n" \
+        "a blue car\tVehicles\tColors\t\n"
+
+
+def test_a_pipeline_runs_through_the_harness_and_resumes(tiny_pipeline, tmp_path, capsys):
+    folder = shutil.copytree(tiny_pipeline("sd"), tmp_path / "sd")
+    prompts = tmp_path / "parti.tsv"
+    prompts.write_text(PARTI)
+    args = ["run", "--model", f"diffusers:{folder}", "--guidance", "cfg,cfg-rescale,apg", "--scales",
+            "cfg=1,4;cfg-rescale=4;apg=4", "--prompts", str(prompts), "--seeds", "0", "--steps", "3",
+            "--batch-size", "2", "--metrics", "clip_score", "--out", str(tmp_path), "--run-id", "r", "--no-report"]
+    assert cli_main(args) == 0
+    run = tmp_path / "r"
+    results = pd.read_csv(run / "results.csv")
+    assert sorted(zip(results.guidance, results.scale)) == [("apg", 4.0), ("cfg", 1.0), ("cfg", 4.0), ("cfg-rescale", 4.0)]
+    with np.load(run / "samples" / "cfg_s4_seed0.npz") as data:
+        first = data["images"].copy()
+    assert first.shape == (3, 32, 32, 3)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["model_dir"] == f"diffusers:{folder}" and "unet/diffusion_pytorch_model.safetensors" in manifest["models"]
+    stamp = (run / "samples" / "cfg_s4_seed0.npz").stat().st_mtime_ns
+
+    assert cli_main(args) == 0  # resume: nothing left to sample
+    assert (run / "samples" / "cfg_s4_seed0.npz").stat().st_mtime_ns == stamp
+
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")  # other weights under the same folder
+    assert cli_main(args) != 0  # refused: the run directory holds samples of the old weights
+    assert "holds samples of other weights" in capsys.readouterr().err
