@@ -19,7 +19,7 @@ from bench.report import build_report
 from bench.run import merge_shards, run_benchmark
 from bench.verdict import verdict
 from guidance.accelerate import add_arguments as add_acceleration_arguments
-from guidance.guiders import REGISTRY, available_guidance
+from guidance.guiders import available_guidance
 from guidance.models import model_sampler
 from guidance.process import SCHEDULES
 from guidance.samplers import SAMPLERS

@@ -19,7 +19,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import pandas as pd
 import torch
 
 from bench.analysis import write_analysis

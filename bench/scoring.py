@@ -6,7 +6,6 @@ reference; each cell's features are computed once and reused by every metric and
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import pickle
@@ -24,13 +23,13 @@ from bench.config import BenchConfig
 from bench.distributed import Shard
 from bench.emoji_prompts import emoji_labels
 from bench.evaluators import FEATURE_NETS, PER_NETWORK, SET_METRICS, PromptDiversity, column
-from bench.evaluators.base import NOTHING_DOWNLOADED, FeatureNet, check_readable, file_digest, load_state_dict_file
+from bench.evaluators.base import FeatureNet, check_readable, file_digest, load_state_dict_file
 from bench.evaluators.clip import CLIPNet
 from bench.evaluators.dinov2 import DINOv2Net
 from bench.evaluators.domain import DomainNet
 from bench.evaluators.inception import InceptionNet
 from bench.evaluators.reference import Reference, ReferenceSource, reference_source
-from bench.metrics import (CLIPScore, Gathered, LabelAccuracy, Throughput, clip_scores, label_hits, load_eval_classifier,
+from bench.metrics import (Gathered, Throughput, clip_scores, label_hits, load_eval_classifier,
                            metric_directions)
 from bench.prompts import PromptSet
 from bench.stats.bootstrap import basic_interval, resample_counts

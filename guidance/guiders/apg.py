@@ -8,7 +8,6 @@ from torch import Tensor
 
 from guidance.guiders.base import Prediction, StepInfo, at_least_fp32, register
 from guidance.guiders.cfg import ClassifierFreeGuidance
-from guidance.protocols import Conditions, Denoiser
 
 
 def _per_sample_dot(a: Tensor, b: Tensor) -> Tensor:
@@ -81,11 +80,7 @@ class AdaptiveProjectedGuidance(ClassifierFreeGuidance):
         parallel, orthogonal = project(diff, x0_c32)
         return (x0_c32 + (scale - 1.0) * (orthogonal + self.eta * parallel)).to(x0_c.dtype)
 
-    def predict(self, model: Denoiser, x: Tensor, step: StepInfo, cond: Conditions) -> Prediction:
-        scale = self.scale_at(step)
-        if not self.guided(scale, cond):
-            return model(x, step.level, cond.model)
-        pred_c, pred_u = self.branches(model, x, step, cond)
+    def combine(self, pred_c: Prediction, pred_u: Prediction, scale: float, step: StepInfo) -> Prediction:
         return pred_c.with_x0(self.guided_x0(pred_c.x0, pred_u.x0, scale, step.sigma))
 
     def __repr__(self) -> str:

@@ -42,6 +42,10 @@ class ClassifierFreeGuidance(Guidance):
         if not self.guided(scale, cond):
             return super().predict(model, x, step, cond)
         pred_c, pred_u = self.branches(model, x, step, cond)
+        return self.combine(pred_c, pred_u, scale, step)
+
+    def combine(self, pred_c: Prediction, pred_u: Prediction, scale: float, step: StepInfo) -> Prediction:
+        """The guided prediction from both branches at this evaluation: what a CFG variant changes."""
         return pred_c.guided_by(pred_u, scale)
 
     def cost(self, sigma: float | None = None, negative: bool = False) -> GuidanceCost:

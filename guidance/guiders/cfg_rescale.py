@@ -7,7 +7,6 @@ from torch import Tensor
 
 from guidance.guiders.base import Prediction, StepInfo, at_least_fp32, register
 from guidance.guiders.cfg import ClassifierFreeGuidance
-from guidance.protocols import Conditions, Denoiser
 
 
 def rescale(x_cfg: Tensor, x_pos: Tensor, phi: float) -> Tensor:
@@ -46,11 +45,7 @@ class RescaledCFG(ClassifierFreeGuidance):
             raise ValueError(f"guidance_rescale phi must be in [0, 1], got {phi}")
         self.phi = float(phi)
 
-    def predict(self, model: Denoiser, x: Tensor, step: StepInfo, cond: Conditions) -> Prediction:
-        scale = self.scale_at(step)
-        if not self.guided(scale, cond):
-            return model(x, step.level, cond.model)
-        pred_c, pred_u = self.branches(model, x, step, cond)
+    def combine(self, pred_c: Prediction, pred_u: Prediction, scale: float, step: StepInfo) -> Prediction:
         pred_cfg = pred_c.guided_by(pred_u, scale)
         return pred_cfg.with_x0(rescale(pred_cfg.x0, pred_c.x0, self.phi))
 

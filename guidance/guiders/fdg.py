@@ -10,7 +10,6 @@ from torch import Tensor
 from guidance.guiders.apg import project
 from guidance.guiders.base import Prediction, StepInfo, at_least_fp32, register
 from guidance.guiders.cfg import ClassifierFreeGuidance
-from guidance.protocols import Conditions, Denoiser
 
 def _taps(like: Tensor) -> Tensor:
     """Burt & Adelson's 5-tap binomial [1, 4, 6, 4, 1] / 16, made on the device (no host copy):
@@ -109,11 +108,7 @@ class FrequencyDecoupledGuidance(ClassifierFreeGuidance):
             return [scale]
         return [scale] * (self.levels - 1) + [1.0 + self.low_fraction * (scale - 1.0)]
 
-    def predict(self, model: Denoiser, x: Tensor, step: StepInfo, cond: Conditions) -> Prediction:
-        scale = self.scale_at(step)
-        if not self.guided(scale, cond):
-            return model(x, step.level, cond.model)
-        pred_c, pred_u = self.branches(model, x, step, cond)
+    def combine(self, pred_c: Prediction, pred_u: Prediction, scale: float, step: StepInfo) -> Prediction:
         space = pred_c.primary
         return pred_c.with_value(space, fdg_mix(pred_c.get(space), pred_u.get(space), self.level_scales(scale),
                                                 self.parallel_weights))

@@ -8,7 +8,6 @@ from torch import Tensor
 
 from guidance.guiders.base import Prediction, StepInfo, at_least_fp32, register
 from guidance.guiders.cfg import ClassifierFreeGuidance
-from guidance.protocols import Conditions, Denoiser
 
 
 def damped_scale(cond: Tensor, uncond: Tensor, scale: float, alpha: float) -> Tensor:
@@ -44,11 +43,7 @@ class MagnitudeAwareGuidance(ClassifierFreeGuidance):
             raise ValueError(f"MAMBO-G alpha must be >= 0 (0 is CFG), got {alpha}")
         self.alpha = float(alpha)
 
-    def predict(self, model: Denoiser, x: Tensor, step: StepInfo, cond: Conditions) -> Prediction:
-        scale = self.scale_at(step)
-        if not self.guided(scale, cond):
-            return model(x, step.level, cond.model)
-        pred_c, pred_u = self.branches(model, x, step, cond)
+    def combine(self, pred_c: Prediction, pred_u: Prediction, scale: float, step: StepInfo) -> Prediction:
         space = pred_c.primary
         c, u = pred_c.get(space), pred_u.get(space)
         w = damped_scale(c, u, scale, self.alpha).to(c.dtype)

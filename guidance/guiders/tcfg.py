@@ -8,7 +8,6 @@ from torch import Tensor
 
 from guidance.guiders.base import Prediction, StepInfo, at_least_fp32, register
 from guidance.guiders.cfg import ClassifierFreeGuidance
-from guidance.protocols import Conditions, Denoiser
 
 
 def tangential_uncond(cond: Tensor, uncond: Tensor) -> Tensor:
@@ -50,11 +49,7 @@ class TangentialCFG(ClassifierFreeGuidance):
     def __init__(self, scale: float = 3.0) -> None:
         super().__init__(scale)
 
-    def predict(self, model: Denoiser, x: Tensor, step: StepInfo, cond: Conditions) -> Prediction:
-        scale = self.scale_at(step)
-        if not self.guided(scale, cond):
-            return model(x, step.level, cond.model)
-        pred_c, pred_u = self.branches(model, x, step, cond)
+    def combine(self, pred_c: Prediction, pred_u: Prediction, scale: float, step: StepInfo) -> Prediction:
         space = pred_c.primary
         c = pred_c.get(space)
         u = tangential_uncond(c, pred_u.get(space))

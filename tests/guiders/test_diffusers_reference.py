@@ -13,7 +13,7 @@ from torch import nn
 from guidance.guiders import AdaptiveProjectedGuidance, AutoGuidance, CFGZeroStar, make_guidance
 from guidance.guiders.cfg_rescale import rescale
 from guidance.internals import gaussian_blur_2d
-from guider_helpers import B, F64, SHAPE, SIGMAS, TableDenoiser, conditions, diffusers_guiders, diffusers_module, randn, step_at
+from guider_helpers import B, SHAPE, SIGMAS, TableDenoiser, conditions, diffusers_guiders, diffusers_module, randn, step_at
 
 
 def pair(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
