@@ -26,7 +26,7 @@ from bench.config import ALL, BenchConfig
 from bench.distributed import Shard, init_from_env, local_device
 from bench.emoji_prompts import emoji_labels
 from bench.prompts import PromptSet
-from bench.scoring import check_scorers, score_cells, scorer_label
+from bench.scoring import applicable_metrics, check_scorers, score_cells, scorer_label
 from bench.store import Cell, Expected, SampleStore, grid_cells, load_prompt_set, write_atomic
 from guidance.accelerate import autocast_context, checked_device
 from guidance.bundle import ModelBundle
@@ -269,6 +269,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
     device = checked_device(local_device(cfg.device))
     bundle = load_bundle(cfg.model, device)
     cfg = applicable_guidance(cfg, prompts, bundle, note=print if progress else lambda _: None)
+    cfg = applicable_metrics(cfg, bundle.domain, note=print if progress else lambda _: None)
     check_compatible(cfg, prompts, bundle)
     check_scorers(cfg, device)
     bundle.accelerate(cfg.acceleration(), device, DTYPES[cfg.dtype])

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import math
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import open_clip
@@ -35,7 +36,7 @@ from bench.prompts import PromptSet
 from bench.stats.bootstrap import basic_interval, resample_counts
 from bench.store import Cell, SampleStore, load_prompt_set
 from guidance.zoo.encoders import EvalClassifier
-from guidance.zoo.load import EVAL_CLIP_LABEL, ZOO_DIR, EvalCLIPScorer, load_eval_clip, load_zoo
+from guidance.zoo.load import EVAL_CLIP_LABEL, ZOO_DIR, ZOO_DOMAIN, EvalCLIPScorer, load_eval_clip, load_zoo
 from guidance.zoo.store import CheckpointError
 
 PER_SAMPLE_KEYS = ("guidance", "scale", "seed_set", "index", "prompt_index")
@@ -109,6 +110,37 @@ def check_clip_pretrained(cfg: BenchConfig) -> None:
         raise ValueError(f"unknown open_clip architecture {cfg.clip_model!r}")
     path = check_readable(cfg.clip_pretrained, "--clip-pretrained", "pass the open_clip weights of --clip-model")
     load_state_dict_file(path, "--clip-pretrained")
+
+
+REFERENCE_METRICS = ("fid", "kid", "prdc", "cmmd", "diversity")  # need real images of the model's domain
+
+
+def applicable_metrics(cfg: BenchConfig, domain: str, note: Callable[[str], None] = print) -> BenchConfig:
+    """The run's metrics for a model of `domain` (the bundle's). The zoo's evaluators know emoji only:
+    on another model, accuracy (the emoji label table) is dropped, set metrics need --reference (real
+    images of the model's domain) and a feature network for them, and CLIP score with the zoo's emoji CLIP
+    is kept for a first look but named as such. `note` says what was dropped and how to get it back."""
+    if domain == ZOO_DOMAIN:
+        return cfg
+    metrics = list(cfg.metrics)
+    if "accuracy" in metrics:
+        metrics.remove("accuracy")
+        note("note: accuracy skipped: it scores against the emoji label table, which this model does not draw")
+    if cfg.reference is None:
+        dropped = [m for m in metrics if m in REFERENCE_METRICS]
+        metrics = [m for m in metrics if m not in REFERENCE_METRICS]
+        if dropped:
+            note(f"note: {', '.join(dropped)} skipped: they compare with real images of the model's domain; pass "
+                 f"--reference DIR (or a COCO captions json with --reference-images) and --features inception|dinov2|clip")
+    elif "domain" in cfg.features:
+        raise ValueError("--features domain is the emoji evaluation classifier, which knows nothing of this model's "
+                         "images; pass --features inception, dinov2 or clip (with their local weights)")
+    if "clip_score" in metrics and not cfg.clip_model and not cfg.score_with_guiding_clip:
+        note("note: CLIP score uses the zoo's emoji CLIP; pass --clip-model ARCH --clip-pretrained FILE for your domain")
+    if not metrics:
+        raise ValueError("no metric applies to this model with these flags; pass --metrics clip_score, or --reference "
+                         "DIR with --features inception|dinov2|clip for FID/KID/CMMD")
+    return replace(cfg, metrics=metrics)
 
 
 def check_scorers(cfg: BenchConfig, device: torch.device) -> None:

@@ -26,6 +26,7 @@ class ModelBundle(Protocol):
     sample_shape: tuple[int, ...]  # one sample, in the denoiser's space
     clip_denoised: bool  # x0 lives in [-1, 1] (pixels): samplers may clip it
     source: str  # where it was loaded from, for manifests
+    domain: str  # what its images show ("emoji" for the zoo): evaluators trained on a domain apply only to it
 
     def conditions(self, texts: Sequence[str], labels: Tensor | None = None,
                    negative: Sequence[str | None] | None = None) -> Conditions:

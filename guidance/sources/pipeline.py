@@ -97,6 +97,7 @@ class DiffusersBundle:
     root: Path
     guide: UniversalGuide | None = None
     clip_denoised: bool = False
+    domain: str = "user"  # the evaluators must come from the user (reference images, feature weights)
     _checksums: dict[str, str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:

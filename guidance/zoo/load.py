@@ -116,6 +116,7 @@ def load_eval_clip(path: str | os.PathLike | None = None, device: str | torch.de
 GUIDING_FILES = {"classifier": ("classifier.safetensors", "classifier"),
                  "clip": ("noised_clip.safetensors", "noised_clip"),
                  "weak": ("weak_unet.safetensors", "unet")}
+ZOO_DOMAIN = "emoji"  # what the zoo's images (and its evaluation models) know
 SAMPLING_FILES = ("unet.safetensors", *(name for name, _ in GUIDING_FILES.values()))
 
 
@@ -134,6 +135,7 @@ class Zoo:
     weak_unet: TextUNet | None = None  # a weaker diffusion model of the same family, for autoguidance
     _checksums: dict[str, str] | None = field(default=None, repr=False)  # hashed once: run and manifest share it
     clip_denoised: bool = True
+    domain: str = ZOO_DOMAIN
 
     def __post_init__(self) -> None:
         c = self.unet.config

@@ -9,10 +9,11 @@ import shutil
 import pytest
 import torch
 
-from bench.cli import add_run_arguments, config_from_args, guidance_list
+from bench.cli import add_run_arguments, config_from_args
 from bench.config import BenchConfig
 from bench.prompts import PromptSet
-from bench.run import check_compatible
+from bench.run import applicable_guidance, check_compatible
+from bench.store import load_prompt_set
 from guidance.bundle import ModelBundle
 from guidance.guiders import make_guidance
 from guidance.models import load_bundle
@@ -157,12 +158,23 @@ def test_universal_clip_raises_the_guiding_similarity(sd):
 
 
 def test_guidance_all_on_a_pipeline_is_what_it_can_run(tiny_pipeline, tmp_path):
-    names = guidance_list("all", f"diffusers:{tiny_pipeline('sd')}")
-    assert "universal-clip" in names and "apg" in names
-    assert not {"classifier", "clip", "autoguidance", "cfg-dynamic-threshold"} & set(names)
+    every = BenchConfig.from_preset("tiny", guidance=["all"], prompts=str(_prompt_file(tmp_path)))
+    prompts = load_prompt_set(every)
+
+    def names(folder) -> set[str]:
+        return set(applicable_guidance(every, prompts, load_bundle(f"diffusers:{folder}"), note=lambda _: None).guidance)
+
+    assert {"universal-clip", "apg", "pag", "tcfg"} <= names(tiny_pipeline("sd"))
+    assert not {"classifier", "clip", "autoguidance", "cfg-dynamic-threshold"} & names(tiny_pipeline("sd"))
     folder = shutil.copytree(tiny_pipeline("sd"), tmp_path / "sd")
     (folder / "guiding_clip.safetensors").unlink()
-    assert "universal-clip" not in guidance_list("all", f"diffusers:{folder}")
+    assert "universal-clip" not in names(folder)
+
+
+def _prompt_file(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("a red cat\ntwo dogs\n")
+    return path
 
 
 def test_the_sampler_defaults_to_the_pipelines_scheduler(tiny_pipeline):
@@ -181,7 +193,6 @@ def test_a_guiding_clip_named_by_json_is_checked(tiny_pipeline, tmp_path):
     folder = shutil.copytree(tiny_pipeline("sd"), tmp_path / "sd")
     (folder / "guiding_clip.safetensors").unlink()
     (folder / "guiding_clip.json").write_text('{"arch": "ViT-B-32"}')
-    assert "universal-clip" in guidance_list("all", f"diffusers:{folder}")
     with pytest.raises(ValueError, match="must be JSON like"):
         load_bundle(f"diffusers:{folder}")
     (folder / "guiding_clip.json").write_text('{"arch": "ViT-B-32", "pretrained": "missing.safetensors"}')
