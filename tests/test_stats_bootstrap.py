@@ -107,3 +107,10 @@ def test_prob_best_splits_ties() -> None:
     reps = np.array([[1.0, 2.0, 2.0], [3.0, 1.0, 0.0]])
     assert prob_best(reps) == pytest.approx([0.5, 0.25, 0.25])
     assert prob_best(reps, higher_is_better=False) == pytest.approx([0.5, 0.0, 0.5])
+
+
+def test_a_metric_with_no_values_gives_no_clusters_not_an_error():
+    """A run without FID (a user's model without --reference) still ranks and reports."""
+    frame = pd.DataFrame({"guidance": ["cfg", "cfg"], "scale": [1.0, 3.0], "seed_set": [0, 0], "fid": [np.nan, np.nan]})
+    clustered = Clustered.of(frame, "fid", ("guidance", "scale"), "seed_set", cells=[("cfg", 1.0), ("cfg", 3.0)])
+    assert clustered.sums.shape == (2, 0) and len(clustered.clusters) == 0

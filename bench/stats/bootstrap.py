@@ -65,8 +65,9 @@ class Clustered:
         keys = ([tuple(k) for k in data[list(cell)].drop_duplicates().itertuples(index=False)]
                 if cells is None else [tuple(k) for k in cells])
         clusters = np.sort(data[cluster].unique()) if clusters is None else np.asarray(clusters)
-        if not keys:
-            return cls((), clusters, np.zeros((0, len(clusters))), np.zeros((0, len(clusters))))
+        if not keys or len(clusters) == 0:  # no cell, or no value at all (a metric not computed)
+            shape = (len(keys), len(clusters))
+            return cls(tuple(keys), clusters, np.zeros(shape), np.zeros(shape))
         grouped = data.groupby(list(cell) + [cluster], sort=False)[value].agg(["sum", "count"])
         index = pd.MultiIndex.from_tuples([k + (c,) for k in keys for c in clusters])
         full = grouped.reindex(index, fill_value=0.0)

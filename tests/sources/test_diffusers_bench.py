@@ -24,10 +24,16 @@ def test_a_pipeline_runs_through_the_harness_and_resumes(tiny_pipeline, tmp_path
     prompts.write_text(PARTI)
     args = ["run", "--model", f"diffusers:{folder}", "--guidance", "cfg,cfg-rescale,apg", "--scales",
             "cfg=1,4;cfg-rescale=4;apg=4", "--prompts", str(prompts), "--seeds", "0", "--steps", "3",
-            "--batch-size", "2", "--metrics", "clip_score", "--out", str(tmp_path), "--run-id", "r", "--no-report"]
-    assert cli_main(args) == 0
+            "--batch-size", "2", "--out", str(tmp_path), "--run-id", "r"]
+    assert cli_main(args) == 0  # default metrics: those that apply to a user's model without --reference
+    out = capsys.readouterr().out
+    assert "accuracy skipped" in out and "--reference DIR" in out and "report:" in out
     run = tmp_path / "r"
+    assert (run / "index.html").is_file()
+    by_category = pd.read_csv(run / "results_by_category.csv")  # PartiPrompts' Category and Challenge
+    assert {"category", "Challenge"} <= set(by_category["category_column"])
     results = pd.read_csv(run / "results.csv")
+    assert "fid" not in results.columns and results["clip_score"].notna().all()
     assert sorted(zip(results.guidance, results.scale)) == [("apg", 4.0), ("cfg", 1.0), ("cfg", 4.0), ("cfg-rescale", 4.0)]
     with np.load(run / "samples" / "cfg_s4_seed0.npz") as data:
         first = data["images"].copy()
