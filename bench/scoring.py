@@ -33,7 +33,7 @@ from bench.evaluators.reference import Reference, ReferenceSource, reference_sou
 from bench.metrics import (Gathered, Throughput, clip_scores, label_hits, load_eval_classifier,
                            metric_directions)
 from bench.prompts import PromptSet
-from bench.stats.bootstrap import basic_interval, resample_counts
+from bench.stats.bootstrap import shifted_interval, resample_counts
 from bench.store import Cell, SampleStore, load_prompt_set
 from guidance.zoo.encoders import EvalClassifier
 from guidance.zoo.load import EVAL_CLIP_LABEL, ZOO_DIR, ZOO_DOMAIN, EvalCLIPScorer, load_eval_clip, load_zoo
@@ -332,7 +332,7 @@ def set_metrics(cfg: BenchConfig, ev: Evaluation, features: dict[str, torch.Tens
         out.update({cols[c]: v for c, v in values.items()})
         if counts is not None:
             for c, reps in metric.resampled(counts.to(features[net].device)).items():
-                out[f"{cols[c]}_boot_lo"], out[f"{cols[c]}_boot_hi"] = basic_interval(
+                out[f"{cols[c]}_boot_lo"], out[f"{cols[c]}_boot_hi"] = shifted_interval(
                     values[c], reps.cpu().numpy(), bounds=metric.bounds.get(c, (-math.inf, math.inf)))
     if "diversity" in cfg.metrics and cfg.samples_per_prompt > 1:
         first = cfg.feature_nets()[0]

@@ -17,7 +17,7 @@ from bench.evaluators.base import ChunkedSums, FeatureNet
 from bench.evaluators.cmmd import CMMD, SCALE, rbf_kernel
 from bench.evaluators.diversity import PromptDiversity
 from bench.evaluators.fid import FrechetDistance
-from bench.stats.bootstrap import basic_interval
+from bench.stats.bootstrap import shifted_interval
 from bench.evaluators.kid import KernelDistance
 from bench.evaluators.prdc import PrecisionRecall
 from bench.evaluators.reference import Reference, reference_source
@@ -148,14 +148,13 @@ def test_resampled_copies_of_one_image_are_not_paired_with_each_other():
     assert float(twice) == pytest.approx(SCALE * (k_rr + within - 2 * cross), rel=1e-5)
 
 
-def test_set_metric_intervals_subtract_the_resamples_bias_and_keep_the_metrics_range():
+def test_set_metric_intervals_remove_the_resamples_bias_and_keep_the_metrics_range():
     """FID's resamples repeat images, which inflates FID: the percentile interval would sit wholly above
-    the estimate; the basic interval reflects the resamples about it, and FID stays non-negative."""
-    reps = np.arange(101.0) + 10  # resamples centred 50 above an estimate of 10
-    lo, hi = basic_interval(10.0, reps)
-    assert (lo, hi) == pytest.approx((2 * 10 - 107.5, 2 * 10 - 12.5))
-    assert basic_interval(10.0, reps, bounds=FrechetDistance.bounds["fid"]) == pytest.approx((0.0, 7.5))
-    assert basic_interval(0.9, np.array([0.5, 0.9]), bounds=(0.0, 1.0))[1] == 1.0
+    the estimate; the shifted interval keeps the resamples' spread around it, and FID stays non-negative."""
+    reps = np.arange(101.0) + 10  # resamples spread over 10..110, mean 60: 50 above an estimate of 10
+    assert shifted_interval(10.0, reps) == pytest.approx((12.5 - 50, 107.5 - 50))
+    assert shifted_interval(10.0, reps, bounds=FrechetDistance.bounds["fid"]) == pytest.approx((0.0, 57.5))
+    assert shifted_interval(0.99, np.array([0.9, 1.0]), bounds=(0.0, 1.0))[1] == 1.0  # 1.0375 unclipped
 
 
 def test_diversity_is_the_mean_pairwise_distance_within_each_prompt():
