@@ -84,7 +84,13 @@ class PromptFileError(ValueError):
 
 def _read_text(path: Path) -> str:
     """Decode the file as UTF-8 (a BOM is allowed), pointing at the line of any bad byte."""
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except PermissionError:
+        raise PromptFileError(path, 0, "cannot be read (permission denied)",
+                              "make it readable (chmod a+r) or pass a copy you can read") from None
+    except IsADirectoryError:
+        raise PromptFileError(path, 0, "is a directory", "pass a prompt file (.txt, .csv, .tsv, .jsonl, .json)") from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:

@@ -193,3 +193,15 @@ def test_unknown_name_lists_builtins(registry: None) -> None:
     message = str(info.value)
     assert "'no_such_set'" in message and "dummy, other" in message and "existing" in message
     assert not isinstance(info.value, PromptFileError)
+
+
+def test_an_unreadable_prompt_file_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "p.txt"
+    path.write_text("a cat\n")
+
+    def denied(self):  # noqa: ANN001  (root reads any file: simulate the permission error)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(PromptFileError, match="cannot be read \\(permission denied\\); make it readable"):
+        load_prompt_file(path)
