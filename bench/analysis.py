@@ -44,6 +44,7 @@ ID_COLUMNS = frozenset({"run", "guidance", "scale", "seed_set", "seed", "index",
 SET_METRICS = set_columns()
 PER_IMAGE_METRICS = per_image_columns()  # results.csv holds their means
 ALIGNMENT = "clip_score"  # the axis methods are matched on
+COST_COLUMNS = ("network_passes_per_img", "backward_passes_per_img", "s_per_img")  # shown beside quality
 BASELINE = "cfg"  # the method whose scales define the matched alignment levels, when present
 WILSON = "wilson (design effect)"
 BOOTSTRAP = "paired bootstrap over prompts"
@@ -440,6 +441,8 @@ def matched_alignment(summary: pd.DataFrame, results: pd.DataFrame, paired: Pair
     the metric itself, which has no per-prompt replicates.
     """
     columns = ["clip_level", "level_source", "guidance", "status", "scale_at", "scale_lo", "scale_hi", "reached_share"]
+    costs = [c for c in COST_COLUMNS if c in summary.columns and summary[c].notna().any()]
+    columns += costs
     metrics = [m for m in set_metrics(results) if m in summary.columns and summary[m].notna().any()]
     columns += [c for m in metrics for c in (m, f"{m}_lo", f"{m}_hi", f"{m}_interval")]
     if ALIGNMENT not in summary.columns or summary[ALIGNMENT].isna().all():
@@ -478,6 +481,8 @@ def matched_alignment(summary: pd.DataFrame, results: pd.DataFrame, paired: Pair
                 row["reached_share"] = float(reached.mean())
                 scale_b = interpolate(rows["scale"].to_numpy(float), seg_b, frac_b)
                 row["scale_lo"], row["scale_hi"] = (v[0] for v in percentile_interval(scale_b, confidence, alpha_n))
+            for c in costs:  # what the method pays at that alignment, between its neighbouring scales' costs
+                row[c] = interpolate(rows[c].to_numpy(float), seg, frac)[0]
             for m in metrics:
                 values = rows[m].to_numpy(float)
                 below, above, source = _cell_interval(rows, m)
@@ -495,6 +500,8 @@ def matched_alignment(summary: pd.DataFrame, results: pd.DataFrame, paired: Pair
                 for m in metrics:
                     row[m] = row[f"{m}_lo"] = row[f"{m}_hi"] = math.nan
                 row["scale_at"] = row["scale_lo"] = row["scale_hi"] = math.nan
+                for c in costs:
+                    row[c] = math.nan
             out.append(row)
     return pd.DataFrame(out, columns=columns)
 

@@ -505,6 +505,10 @@ def _display_matched(matched: pd.DataFrame) -> pd.DataFrame:
                                  f" [{_fmt(r['scale_lo'])}, {_fmt(r['scale_hi'])}]")) if reached else r["status"]
         for m in metrics:
             row[metric_name(m)] = _fmt_ci(r[m], r[f"{m}_lo"], r[f"{m}_hi"]) if reached else r["status"]
+        for column, label in (("network_passes_per_img", "passes / img"), ("backward_passes_per_img", "backward / img"),
+                              ("s_per_img", "s / img")):
+            if column in matched.columns:
+                row[label] = _fmt(r[column]) if reached else "–"
         if pd.notna(r.get("reached_share", math.nan)):
             row["share of resamples reaching it"] = f"{r['reached_share']:.2f}"
         rows.append(row)

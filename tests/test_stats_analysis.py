@@ -35,12 +35,15 @@ def test_matched_alignment_interpolates_fid_and_says_not_reached() -> None:
         ("cfg", 4.0): {"clip_score": 30.0, "fid": 60.0},
         ("apg", 1.0): {"clip_score": 15.0, "fid": 30.0}, ("apg", 3.0): {"clip_score": 25.0, "fid": 50.0},
     })
+    results["network_passes_per_img"] = np.where(results["scale"] == 1.0, 10.0, 20.0)  # s = 1 skips a branch
     table = matched_alignment(summarize(results), results, None)
     apg = table[table["guidance"] == "apg"].set_index("level_source")
     assert apg.loc["cfg at scale 1", "status"] == EXCEEDED and math.isnan(apg.loc["cfg at scale 1", "fid"])
     assert apg.loc["cfg at scale 2", "status"] == REACHED
     assert apg.loc["cfg at scale 2", "scale_at"] == pytest.approx(2.0)  # CLIP 20 is half-way from 15 to 25
     assert apg.loc["cfg at scale 2", "fid"] == pytest.approx(40.0)
+    assert apg.loc["cfg at scale 2", "network_passes_per_img"] == pytest.approx(15.0)  # cost beside quality
+    assert math.isnan(apg.loc["cfg at scale 4", "network_passes_per_img"])
     assert apg.loc["cfg at scale 4", "status"] == NOT_REACHED
     cfg = table[table["guidance"] == "cfg"].set_index("level_source")
     assert cfg["fid"].tolist() == pytest.approx([50.0, 40.0, 60.0])  # the baseline meets itself at its cells
