@@ -40,8 +40,12 @@ def bench(c, guidance="cfg", scales=None, prompts=None, prompt_limit=None, sampl
           sampler=None, schedule=None, eta=None, steps=None, batch_size=None, device=None, dtype=None, model=None, clip_model=None,
           clip_pretrained=None, score_with_guiding_clip=False, fid_inception_weights=None, metrics=None, out=None,
           run_id=None, preset="quick", no_report=False, nproc=None, shard=None, channels_last="auto", compile=False,
-          cuda_graphs=False, autotune=False, no_half_weights=False):
-    """Benchmark guidance methods over scales and seeds; prints a summary and writes reports/<run-id>/."""
+          cuda_graphs=False, autotune=False, no_half_weights=False, task=None, masks=None, mask_file=None,
+          inpaint_methods=None, repaint=None, cascade=False, upsampler_scale=None, upsample_aug=None):
+    """Benchmark guidance methods over scales and seeds; prints a summary and writes reports/<run-id>/.
+
+    --task inpaint (--masks, --inpaint-methods, --repaint J,R) runs the editing benchmark and --cascade
+    the base -> upsampler cascade (docs/inpainting.md)."""
     args = _flags(guidance=guidance, scales=scales, prompts=prompts, prompt_limit=prompt_limit,
                   samples_per_prompt=samples_per_prompt, negative_prompt=negative_prompt, seeds=seeds, sampler=sampler, schedule=schedule, eta=eta,
                   steps=steps,
@@ -49,7 +53,9 @@ def bench(c, guidance="cfg", scales=None, prompts=None, prompt_limit=None, sampl
                   clip_pretrained=clip_pretrained, score_with_guiding_clip=score_with_guiding_clip,
                   fid_inception_weights=fid_inception_weights, metrics=metrics, out=out, run_id=run_id,
                   preset=preset, no_report=no_report, nproc=nproc, shard=shard, compile=compile,
-                  cuda_graphs=cuda_graphs, autotune=autotune, no_half_weights=no_half_weights)
+                  cuda_graphs=cuda_graphs, autotune=autotune, no_half_weights=no_half_weights, task=task, masks=masks,
+                  mask_file=mask_file, inpaint_methods=inpaint_methods, repaint=repaint, cascade=cascade,
+                  upsampler_scale=upsampler_scale, upsample_aug=upsample_aug)
     if channels_last not in ("auto", "on", "off"):
         raise SystemExit(f"--channels-last {channels_last!r}: use on, off or auto")
     if channels_last != "auto":

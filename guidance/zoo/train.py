@@ -108,6 +108,7 @@ class Job:
     evaluate: Callable[[nn.Module], dict] | None = None
     kind: str | None = None  # what the checkpoint holds, when it differs from the job's name
     extra_info: dict = field(default_factory=dict)
+    warmup: int = 200  # learning-rate warm-up steps (a short fine-tune takes fewer)
 
 
 class EMA:
@@ -415,7 +416,7 @@ def train(job: Job, steps: int, budget: float, run_dir: Path, device: torch.devi
         torch.save(state, str(ckpt) + ".tmp")
         os.replace(str(ckpt) + ".tmp", ckpt)
 
-    warmup = 200
+    warmup = job.warmup
     start, last_ckpt = time.time() - elapsed, time.time()
     logs: dict[str, list[Tensor]] = {}
     bar = tqdm(total=steps, initial=step, desc=f"train {job.name}", dynamic_ncols=True)
