@@ -10,8 +10,9 @@ real either, so reports give the distance from 1 as well.
 
 Intervals are 95% bootstraps over images (the unit the edit is applied to). FID and KID are
 recomputed on every resample from the images' features against fixed real statistics; a resample
-repeats images, which biases both upwards, so theirs are basic (reverse-percentile) intervals,
-2 * value - percentiles, which cancel that shift to first order.
+repeats images, which biases both upwards (FID strongly at small n), so their percentile interval
+is shifted back by the bootstrap's estimate of that bias (mean of the resamples - value): the
+interval has the resamples' spread and contains the value.
 """
 
 from __future__ import annotations
@@ -85,16 +86,17 @@ def kid_from_features(features: np.ndarray, real: np.ndarray, real_term: float |
 
 
 def bootstrap(statistic: Callable[[np.ndarray], float], n: int, seed: int = 0, resamples: int = BOOTSTRAP,
-              basic: bool = False) -> tuple[float, float, float]:
-    """(value, lo, hi): the statistic of all n items and its 95% bootstrap interval (percentile, or
-    `basic`: reflected about the value, for statistics that resampling biases)."""
+              debias: bool = False) -> tuple[float, float, float]:
+    """(value, lo, hi): the statistic of all n items and its 95% percentile-bootstrap interval, with
+    `debias` shifted by the resamples' mean minus the value (for statistics that resampling biases)."""
     rng = np.random.default_rng(seed)
     value = statistic(np.arange(n))
     if n < 2:
         return value, math.nan, math.nan
     draws = [statistic(rng.integers(0, n, n)) for _ in range(resamples)]
     lo, hi = (float(v) for v in np.percentile(draws, [2.5, 97.5]))
-    return (value, 2 * value - hi, 2 * value - lo) if basic else (value, lo, hi)
+    shift = float(np.mean(draws)) - value if debias else 0.0
+    return value, lo - shift, hi - shift
 
 
 class RealStatistics:
@@ -109,9 +111,9 @@ class RealStatistics:
 
     def scores(self, features: np.ndarray) -> dict[str, tuple[float, float, float]]:
         """FID and KID of generated features, with bootstrap intervals over the generated images."""
-        fid = bootstrap(lambda i: fid_from_features(features[i], self.mu, self.cov), len(features), basic=True)
+        fid = bootstrap(lambda i: fid_from_features(features[i], self.mu, self.cov), len(features), debias=True)
         kid = bootstrap(lambda i: kid_from_features(features[i], self.subset, self.subset_term), len(features),
-                        basic=True)
+                        debias=True)
         return {"fid": fid, "kid": kid}
 
 

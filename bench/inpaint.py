@@ -46,6 +46,7 @@ from guidance.samplers import sampler_spec
 from guidance.zoo.conditioned import ConditionedUNet, inpaint_condition
 from guidance.zoo.emoji_data import build_emoji_dataset
 from guidance.zoo.load import ZOO_DIR, load_eval_clip, load_model
+from guidance.zoo.store import file_sha256
 from guidance.zoo.train import augment
 
 CAPTIONS = ("source", "edit")
@@ -259,8 +260,10 @@ def run_inpaint(cfg: BenchConfig, options: InpaintOptions, progress: bool = True
         "repaint": [options.repaint.jump, options.repaint.resample], "mask_file": options.mask_file,
         "inpaint_model": str(root) if model else None}}, indent=2))
     cells = edit_cells(cfg, options)
-    key = hashlib.sha256(json.dumps([cfg.sample_settings(), options.repaint.jump, options.repaint.resample,
-                                     cfg.seeds, cfg.prompt_limit]).encode()).hexdigest()[:12]
+    # what the samples depend on: settings, sources, the sampling and guiding weights, and the inpainting model's
+    settings = [cfg.sample_settings(), options.repaint.jump, options.repaint.resample, cfg.seeds, cfg.prompt_limit,
+                bundle.fingerprint(), file_sha256(root) if model else None]
+    key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:12]
     scorer = EditScorer(device)
     rows, pooled = [], {}
     for number, cell in enumerate(cells):
