@@ -46,8 +46,12 @@ def bench(c, guidance="cfg", scales=None, prompts=None, prompt_limit=None, sampl
           clip_pretrained=None, score_with_guiding_clip=False, fid_inception_weights=None, metrics=None, out=None,
           run_id=None, preset="quick", no_report=False, nproc=None, shard=None, channels_last="auto", compile=False,
           cuda_graphs=False, autotune=False, no_half_weights=False, features=None, dinov2_weights=None,
-          dinov2_arch=None, reference=None, reference_images=None, bootstrap=None):
-    """Benchmark guidance methods over scales and seeds; prints a summary and writes reports/<run-id>/."""
+          dinov2_arch=None, reference=None, reference_images=None, bootstrap=None, task=None, masks=None,
+          mask_file=None, inpaint_methods=None, repaint=None, cascade=False, upsampler_scale=None, upsample_aug=None):
+    """Benchmark guidance methods over scales and seeds; prints a summary and writes reports/<run-id>/.
+
+    --task inpaint (--masks, --inpaint-methods, --repaint J,R) runs the editing benchmark and --cascade
+    the base -> upsampler cascade (docs/inpainting.md)."""
     args = _flags(guidance=guidance, scales=scales, prompts=prompts, prompt_limit=prompt_limit,
                   samples_per_prompt=samples_per_prompt, negative_prompt=negative_prompt, seeds=seeds, sampler=sampler, schedule=schedule, eta=eta,
                   steps=steps,
@@ -57,7 +61,9 @@ def bench(c, guidance="cfg", scales=None, prompts=None, prompt_limit=None, sampl
                   preset=preset, no_report=no_report, nproc=nproc, shard=shard, compile=compile,
                   cuda_graphs=cuda_graphs, autotune=autotune, no_half_weights=no_half_weights, features=features,
                   dinov2_weights=dinov2_weights, dinov2_arch=dinov2_arch, reference=reference,
-                  reference_images=reference_images, bootstrap=bootstrap)
+                  reference_images=reference_images, bootstrap=bootstrap, task=task, masks=masks,
+                  mask_file=mask_file, inpaint_methods=inpaint_methods, repaint=repaint, cascade=cascade,
+                  upsampler_scale=upsampler_scale, upsample_aug=upsample_aug)
     if channels_last not in ("auto", "on", "off"):
         raise SystemExit(f"--channels-last {channels_last!r}: use on, off or auto")
     if channels_last != "auto":

@@ -33,11 +33,24 @@ ROLES = {
                  "from the guiding CLIP: used only to score.",
     "eval_classifier": "Clean-image identity classifier: its penultimate features serve FID/KID on this domain, its "
                        "top-1 accuracy serves as alignment accuracy.",
+    "inpaint_unet": "GLIDE-style inpainting model: the text UNet (`unet`) with 4 extra input channels (the masked "
+                    "image and the mask, their input weights zero-initialised, so at step 0 its output equals `unet`'s "
+                    "exactly), fine-tuned on random masks (centre, halves, boxes, strokes) with captions dropped 15% "
+                    "of the time. Used by `--task inpaint --inpaint-methods model` (docs/inpainting.md).",
+    "upsampler": "Diffusion upsampler 32 -> 64 px (GLIDE's second stage): a small text UNet conditioned on the "
+                 "bicubic-upsampled 32 px image (concatenated channels) with noise augmentation of that input "
+                 "(Ho et al. 2021), trained on 32 px crops of the 64 px renders. Used by `--cascade`.",
+    "eval_classifier_64": "Evaluation classifier at 64 px: its features score the cascade's FID/KID at 64 px "
+                          "(a 32 px network cannot see what an upsampler adds). Used only to score.",
     "weak_unet": "Weak diffusion model for autoguidance (Karras et al. 2024): the same UNet family as `unet` at a "
                  "quarter of the width, trained for far fewer images, so its errors resemble the main model's, "
                  "only larger. It only guides `unet`; benchmarks never sample from it alone.",
 }
 DIFFUSION_MODELS = ("unet", "weak_unet")
+BENCH_GRIDS = {  # models whose sample grid comes from their benchmark run (named in their _benchmark.md)
+    "inpaint_unet": "rows: source, mask (grey), GLIDE-style model, replacement baseline; from the benchmark run",
+    "upsampler": "rows: 32 px base sample (nearest), bicubic, the upsampler; from the cascade benchmark run",
+}
 SAMPLE_PROMPTS = 32
 BENCHMARK_FILE = "unet_benchmark.json"
 BENCHMARK_METRICS = ("acc_identity", "acc_subgroup", "acc_group", "fid", "clip_score")
@@ -147,6 +160,10 @@ def card(name: str, out: Path) -> str:
         lines.append(f"| continued from | an export of {earlier.get('steps')} steps ({earlier.get('wall_time_s')} s on "
                      f"{earlier.get('device')}{'; ' + evaluation if evaluation else ''}); this run added "
                      f"{this_run.get('steps')} steps in {this_run.get('wall_time_s')} s |")
+    base = info.get("fine_tuned_from")
+    if base:
+        lines.append(f"| fine-tuned from | {base.get('file')} ({base.get('steps')} steps, {base.get('wall_time_s')} s on "
+                     f"{base.get('device')}) |")
     if info.get("weights"):
         lines.append(f"| weights | {info['weights']} |")
     correction = info.get("ema_correction") or earlier.get("ema_correction")
@@ -160,10 +177,12 @@ def card(name: str, out: Path) -> str:
         lines += ["## Evaluation", "", "```json", json.dumps(info["evaluation"], indent=1), "```", ""]
     if name == "unet":
         lines += benchmark_lines(out)
-    grid = f"{name}_samples.png" if name in DIFFUSION_MODELS else "dataset_grid.png"
+    if (out / f"{name}_benchmark.md").exists():  # measured figures of a model benchmarked outside unet_benchmark.json
+        lines += [(out / f"{name}_benchmark.md").read_text(), ""]
+    grid = f"{name}_samples.png" if name in DIFFUSION_MODELS or name in BENCH_GRIDS else "dataset_grid.png"
     if (out / grid).exists():
         what = (f"CFG s=3, 50 DDIM steps, the first 32 prompts of emoji200 (listed in {name}_samples.txt)"
-                if name in DIFFUSION_MODELS else "real renders it was trained on")
+                if name in DIFFUSION_MODELS else BENCH_GRIDS.get(name, "real renders it was trained on"))
         lines += ["## Samples", "", f"![{what}]({grid})", "", what, ""]
     lines += ["## Config", "", "```json", json.dumps(meta["config"], indent=1), "```", "",
               "Trained by `invoke train` (guidance/zoo/train.py) on the emoji dataset (Noto Color Emoji, OFL-1.1; "

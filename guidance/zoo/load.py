@@ -22,18 +22,21 @@ from guidance.denoisers import NetworkDenoiser
 from guidance.diffusion import GaussianDiffusion
 from guidance.process import VPDiscrete
 from guidance.protocols import Conditions, cond_where
+from guidance.zoo.conditioned import ConditionedUNet
 from guidance.zoo.encoders import EncoderConfig, EvalClassifier, NoiseAwareClassifier, NoisedCLIPModel
 from guidance.zoo.store import CheckpointError, dir_checksums, load_weights, read_metadata
 from guidance.zoo.text import CaptionTokenizer
 from guidance.zoo.unet import TextUNet, UNetConfig
 
 ZOO_DIR = Path(__file__).parent / "weights"
-KINDS = ("unet", "classifier", "noised_clip", "eval_clip", "eval_classifier")
+KINDS = ("unet", "classifier", "noised_clip", "eval_clip", "eval_classifier", "conditioned_unet")
 
 
 def _build(kind: str, config: dict) -> nn.Module:
     if kind == "unet":
         return TextUNet(UNetConfig.from_dict(config))
+    if kind == "conditioned_unet":
+        return ConditionedUNet(UNetConfig.from_dict(config))
     if kind == "classifier":
         return NoiseAwareClassifier(EncoderConfig.from_dict(config))
     if kind == "noised_clip":

@@ -33,10 +33,15 @@ def discretized_gaussian_log_likelihood(x: Tensor, means: Tensor, log_scales: Te
 
 
 def hybrid_loss(diffusion: GaussianDiffusion, out: Tensor, x0: Tensor, x_t: Tensor, t: Tensor,
-                noise: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-    """L_simple on eps plus the variational bound term that trains only the variance (mean detached)."""
+                noise: Tensor, weight: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """L_simple on eps plus the variational bound term that trains only the variance (mean detached).
+
+    `weight` [B, 1, H, W] restricts L_simple to where it is nonzero (an inpainting model's hole)."""
     eps, var_values = out.float().chunk(2, dim=1)
-    mse = ((eps - noise) ** 2).mean(dim=(1, 2, 3))
+    if weight is None:
+        mse = ((eps - noise) ** 2).mean(dim=(1, 2, 3))
+    else:
+        mse = (weight * (eps - noise) ** 2).sum(dim=(1, 2, 3)) / (eps.shape[1] * weight.sum(dim=(1, 2, 3))).clamp(min=1)
     true_mean, _, true_log_var = diffusion.q_posterior(x0, x_t, t)
     p = diffusion.p_mean_variance(x_t, t, eps.detach(), var_values, clip_denoised=False)
     kl = normal_kl(true_mean, true_log_var, p["mean"], p["log_variance"]).mean(dim=(1, 2, 3)) / math.log(2.0)

@@ -108,6 +108,8 @@ class Job:
     evaluate: Callable[[nn.Module], dict] | None = None
     kind: str | None = None  # what the checkpoint holds, when it differs from the job's name
     extra_info: dict = field(default_factory=dict)
+    warmup: int = 200  # learning-rate warm-up steps (a short fine-tune takes fewer)
+    lr_scale: dict[str, float] = field(default_factory=dict)  # parameter-name prefix -> lr multiplier
 
 
 class EMA:
@@ -380,8 +382,12 @@ def train(job: Job, steps: int, budget: float, run_dir: Path, device: torch.devi
     model = job.model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=job.lr, weight_decay=job.weight_decay,
-                            fused=device.type == "cuda")
+    groups: dict[float, list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        scale = next((v for k, v in job.lr_scale.items() if name.startswith(k)), 1.0)
+        groups.setdefault(scale, []).append(param)
+    opt = torch.optim.AdamW([{"params": params, "lr_scale": scale} for scale, params in groups.items()], lr=job.lr,
+                            weight_decay=job.weight_decay, fused=device.type == "cuda")
     ema = EMA(model, job.ema_decay) if job.ema_decay else None
     # a continued model draws fresh batches and noise, not a replay of its first run's
     g = torch.Generator(device).manual_seed(seed + int(before.get("steps") or 0))
@@ -415,14 +421,14 @@ def train(job: Job, steps: int, budget: float, run_dir: Path, device: torch.devi
         torch.save(state, str(ckpt) + ".tmp")
         os.replace(str(ckpt) + ".tmp", ckpt)
 
-    warmup = 200
+    warmup = job.warmup
     start, last_ckpt = time.time() - elapsed, time.time()
     logs: dict[str, list[Tensor]] = {}
     bar = tqdm(total=steps, initial=step, desc=f"train {job.name}", dynamic_ncols=True)
     model.train()
     while step < steps and time.time() - start < budget:
         for group in opt.param_groups:
-            group["lr"] = job.lr * min(1.0, (step + 1) / warmup)
+            group["lr"] = job.lr * group.get("lr_scale", 1.0) * min(1.0, (step + 1) / warmup)
         loss, parts = job.loss(g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
