@@ -333,8 +333,8 @@ def _paired_t(results: pd.DataFrame, metric: str, a: tuple, b: tuple, confidence
     sem = float(d.std(ddof=1)) / math.sqrt(k) if k > 1 else math.nan
     if k < 2:
         p = math.nan
-    elif sem == 0:
-        p = 1.0 if mean == 0 else 0.0
+    elif sem == 0:  # every seed set differs alike (a discrete metric at small n): no spread, no test
+        p, lo, hi = (1.0, lo, hi) if mean == 0 else (math.nan, math.nan, math.nan)
     else:
         p = float(2 * _sps.t.sf(abs(mean) / sem, df=k - 1))
     return {"a_mean": float(va[common].mean()), "b_mean": float(vb[common].mean()), "diff": mean, "lo": lo, "hi": hi,
