@@ -126,11 +126,13 @@ def test_set_metric_image_bootstrap_combines_over_seed_sets() -> None:
 def test_a_set_metric_that_differs_alike_in_every_seed_set_is_not_called_significant() -> None:
     """Density at small n takes few values, so two seed sets can differ by exactly the same amount: zero
     spread is no evidence (a paired t would divide by zero), so no p-value and no significance."""
-    results = pd.DataFrame([{"guidance": "cfg", "scale": s, "seed_set": k, "density": d + 0.01 * k, "fid": f + k,
-                             "clip_score": c + k} for s, d, f, c in ((1.0, 0.5, 10.0, 20.0), (3.0, 0.7, 12.0, 25.0))
-                            for k in (0, 1)])
+    results = pd.DataFrame([{"guidance": "cfg", "scale": s, "seed_set": k, "density": d + 0.01 * k + 1e-9 * s * k,
+                             "fid": f + k, "clip_score": c + k}
+                            for s, d, f, c in ((1.0, 0.5, 10.0, 20.0), (3.0, 0.7, 12.0, 25.0)) for k in (0, 1, 2)])
     table = analyse(results, None).comparisons
     density = table[table["metric"] == "density"]
     assert not density.empty and not density["significant"].any() and density["p"].isna().all()
-    fid = table[table["metric"] == "fid"]  # differs alike too (2 in both seed sets): same rule
+    fid = table[table["metric"] == "fid"]  # differs alike too (2 in every seed set): same rule
     assert not fid["significant"].any()
+    two = analyse(results[results["seed_set"] < 2].assign(fid=lambda f: f["fid"] + f["seed_set"] * f["scale"]), None)
+    assert two.comparisons.loc[two.comparisons["metric"] == "fid", "p"].isna().all()  # 2 seed sets: no t-test
