@@ -65,15 +65,7 @@ class ConditionedUNet(TextUNet):
         emb = self.time(timestep_embedding(t, self.config.channels)) + self.text_to_emb(pooled)
         if self.aug_emb is not None:
             emb = emb + self.aug_emb(timestep_embedding(cond["aug"], self.config.channels))
-        h = self.stem(x) + self.cond_stem(image.to(x.dtype))
-        hs = [h]
-        for layers in self.down:
-            h = self._run(layers, h, emb, context, mask)
-            hs.append(h)
-        h = self._run(self.middle, h, emb, context, mask)
-        for layers in self.up:
-            h = self._run(layers, torch.cat([h, hs.pop()], 1), emb, context, mask)
-        return self.out(h)
+        return self.trunk(self.stem(x) + self.cond_stem(image.to(x.dtype)), emb, context, mask)
 
 
 def inpaint_condition(tokens: Tensor, known: Tensor, mask: Tensor) -> dict[str, Tensor]:

@@ -116,7 +116,10 @@ class TextUNet(nn.Module):
         ids, eot = split_tokens(cond)
         context, pooled, mask = self.text(ids, eot)
         emb = self.time(timestep_embedding(t, self.config.channels)) + self.text_to_emb(pooled)
-        h = self.stem(x)
+        return self.trunk(self.stem(x), emb, context, mask)
+
+    def trunk(self, h: Tensor, emb: Tensor, context: Tensor, mask: Tensor) -> Tensor:
+        """Down, middle and up blocks from the stem's features (the conditioned UNets add theirs to it)."""
         hs = [h]
         for layers in self.down:
             h = self._run(layers, h, emb, context, mask)
