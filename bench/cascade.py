@@ -37,9 +37,9 @@ from guidance.models import load_bundle
 from guidance.protocols import Conditions
 from guidance.rng import SampleNoise
 from guidance.samplers import sample
-from guidance.zoo.conditioned import ConditionedUNet, upsample_condition
+from guidance.zoo.conditioned import upsample_condition
 from guidance.zoo.emoji_data import build_emoji_dataset
-from guidance.zoo.load import ZOO_DIR, load_eval_clip, load_model, sampling_process, training_process
+from guidance.zoo.load import ZOO_DIR, load_conditioned, load_eval_clip, load_model, sampling_process, training_process
 from guidance.zoo.text import CaptionTokenizer
 
 UPSAMPLER_FILE, FEATURES_FILE = "upsampler.safetensors", "eval_classifier_64.safetensors"
@@ -60,12 +60,10 @@ class Upsampler:
     """The upsampler as a denoiser, its process and tokenizer, and how it conditions on a 32 px batch."""
 
     def __init__(self, path: Path, device: torch.device) -> None:
-        if not path.is_file():
-            raise ValueError(f"upsampler not found: {path}; train it with `python -m guidance.zoo.train_cond "
-                             f"--models upsampler` or pass --upsampler PATH")
-        net = load_model(path, "conditioned_unet", device)
-        if not isinstance(net, ConditionedUNet) or net.aug_emb is None:
-            raise ValueError(f"{path} is not an upsampler (a conditioned UNet with noise augmentation)")
+        net = load_conditioned(path, device, "upsampler",
+                               "train it with `python -m guidance.zoo.train_cond --models upsampler` or pass "
+                               "--upsampler PATH", lambda n: n.aug_emb is not None,
+                               "a conditioned UNet with noise augmentation")
         self.net, self.size = net, net.config.image_size
         self.low = int(net.config.extra.get("low_resolution", self.size // 2))
         self.levels = int(net.config.extra.get("aug_levels", 250))

@@ -43,9 +43,9 @@ from guidance.masks import check_kinds, load_mask, masks_for
 from guidance.models import load_bundle
 from guidance.protocols import Conditions
 from guidance.samplers import sampler_spec
-from guidance.zoo.conditioned import ConditionedUNet, inpaint_condition
+from guidance.zoo.conditioned import inpaint_condition
 from guidance.zoo.emoji_data import build_emoji_dataset
-from guidance.zoo.load import ZOO_DIR, load_eval_clip, load_model
+from guidance.zoo.load import ZOO_DIR, load_conditioned, load_eval_clip
 from guidance.zoo.store import file_sha256
 from guidance.zoo.train import augment
 
@@ -143,12 +143,10 @@ class InpaintModel:
     """GLIDE's inpainting model beside a zoo bundle: same process, tokenizer and guiding models."""
 
     def __init__(self, path: Path, device: torch.device) -> None:
-        if not path.is_file():
-            raise ValueError(f"inpainting model not found: {path}; train it with `python -m guidance.zoo.train_cond "
-                             f"--models inpaint_unet`, pass --inpaint-model PATH, or drop 'model' from --inpaint-methods")
-        net = load_model(path, "conditioned_unet", device)
-        if not isinstance(net, ConditionedUNet) or net.cond_channels != 4:
-            raise ValueError(f"{path} is not an inpainting model (4 condition channels)")
+        net = load_conditioned(path, device, "inpainting model",
+                               "train it with `python -m guidance.zoo.train_cond --models inpaint_unet`, pass "
+                               "--inpaint-model PATH, or drop 'model' from --inpaint-methods",
+                               lambda n: n.cond_channels == 4, "4 condition channels")
         self.net = net
         self.denoiser = NetworkDenoiser(net, "eps", net.learned_variance)
 

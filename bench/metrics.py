@@ -7,6 +7,7 @@ score uses an open_clip model that never guided the samples unless the user asks
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Sequence
 
@@ -212,6 +213,7 @@ def load_eval_classifier(path: str | Path | None = None, device: str | torch.dev
     return load_model(Path(path) if path else ZOO_DIR / "eval_classifier.safetensors", "eval_classifier", device)  # type: ignore[return-value]
 
 
+@functools.cache
 def metric_directions() -> dict[str, str]:
     """Each result column's direction ("higher" or "lower" is better), as its metric class declares it."""
     return {c: d for m in (*SET_METRICS.values(), PromptDiversity, CLIPScore, LabelAccuracy) for c, d in m.columns.items()}

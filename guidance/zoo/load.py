@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -65,6 +65,19 @@ def load_model(path: str | os.PathLike, expected_kind: str | None = None, device
     model = load_weights(model, path)
     model.zoo_info = meta  # type: ignore[attr-defined]
     return model.float().eval().requires_grad_(False).to(device)
+
+
+def load_conditioned(path: Path, device: str | torch.device, role: str, missing_fix: str,
+                     fits: Callable[[ConditionedUNet], bool], what_fits: str) -> ConditionedUNet:
+    """A conditioned UNet (inpainting model, upsampler) from `path`, or a one-line error naming the fix
+    when the file is missing or holds another kind of model."""
+    if not path.is_file():
+        raise ValueError(f"{role} not found: {path}; {missing_fix}")
+    net = load_model(path, "conditioned_unet", device)
+    if not isinstance(net, ConditionedUNet) or not fits(net):
+        raise ValueError(f"{path} is not an {role} ({what_fits})" if role[0] in "aeiou"
+                         else f"{path} is not a {role} ({what_fits})")
+    return net
 
 
 class EvalCLIPScorer(nn.Module):
