@@ -28,11 +28,11 @@ from PIL import Image
 
 from bench.config import BenchConfig
 from bench.edit_metrics import RealStatistics, mean_interval
-from bench.run import prepare_output
+from bench.run import check_methods, method_context, prepare_output
 from bench.store import load_prompt_set, to_hwc_uint8
 from guidance.accelerate import checked_device
 from guidance.denoisers import NetworkDenoiser
-from guidance.guiders import REGISTRY, make_guidance
+from guidance.guiders import make_guidance
 from guidance.models import load_bundle
 from guidance.protocols import Conditions
 from guidance.rng import SampleNoise
@@ -116,11 +116,8 @@ def run_cascade(cfg: BenchConfig, options: CascadeOptions, progress: bool = True
     if bundle.sample_shape[-1] != upsampler.low:
         raise ValueError(f"the upsampler takes {upsampler.low} px, but {bundle.source} samples "
                          f"{bundle.sample_shape[-1]} px; pass a matching --upsampler")
-    for name in cfg.guidance:
-        needs = REGISTRY[name][1]
-        if needs is not None and bundle.guiding_models().get(needs) is None:
-            raise ValueError(f"guidance {name!r} needs a {needs} model, which {bundle.source} does not have; drop it")
     prompts = load_prompt_set(cfg)
+    check_methods(cfg.guidance, method_context(cfg, bundle, prompts.has_labels, prompts.name))
     texts = [p.text for p in prompts.prompts]
     labels = np.array([p.label if p.label is not None else -1 for p in prompts.prompts])
     run_dir = prepare_output(cfg)

@@ -1,4 +1,5 @@
-"""Benchmark configuration: presets, default scale grids and validation before any sampling starts."""
+"""Benchmark configuration: presets and validation before any sampling starts (each method's default scale
+grids are declared on its class, guidance.guiders)."""
 
 from __future__ import annotations
 
@@ -12,43 +13,10 @@ from typing import Any
 from bench.evaluators import DINOV2_ARCH, FEATURE_NETS, METRIC_NAMES
 from bench.evaluators.base import NOTHING_DOWNLOADED, check_readable
 from guidance.accelerate import Acceleration, checked_device
-from guidance.guiders import REGISTRY
+from guidance.guiders import REGISTRY, guidance_class
 from guidance.process import SCHEDULES
 from guidance.samplers import SAMPLERS
 
-# Scales per guidance. CFG uses the GLIDE/diffusers convention (1 = no guidance); gradient methods
-# use the gradient scale (0 = no guidance). `none` ignores its scale.
-QUICK_SCALES: dict[str, list[float]] = {"none": [0.0], "cfg": [1.0, 3.0, 6.0], "classifier": [1.0, 5.0, 10.0],
-                                        "clip": [1.0, 5.0, 10.0],
-                                        # CFG-convention scales (1 = no guidance); s = 1 equals `cfg` at 1
-                                        "cfg-interval": [3.0, 6.0], "cfg-rescale": [3.0, 6.0],
-                                        "apg": [6.0, 10.0], "cfg-zero-star": [3.0, 6.0],
-                                        "cfg-dynamic-threshold": [6.0, 10.0], "autoguidance": [1.5, 2.5],
-                                        "cfg-pp": [0.2, 0.6],  # CFG++'s lambda in [0, 1]
-                                        "tcfg": [3.0, 6.0], "mambo-g": [3.0, 6.0], "fdg": [3.0, 6.0],
-                                        "apg-mix": [6.0, 10.0], "cfg-increasing": [3.0, 6.0], "cfg-early": [3.0, 6.0],
-                                        # the perturbed pass's scale (0 = none), CFG off (cfg_scale 1)
-                                        "pag": [1.5, 3.0], "seg": [1.5, 3.0], "slg": [1.5, 3.0],
-                                        "universal-clip": [5.0, 20.0]}  # gradient scale (0 = none)
-FULL_SCALES: dict[str, list[float]] = {"none": [0.0], "cfg": [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0],
-                                       "classifier": [0.5, 1.0, 2.0, 5.0, 10.0, 20.0],
-                                       "clip": [0.5, 1.0, 2.0, 5.0, 10.0, 20.0],
-                                       "cfg-interval": [1.5, 2.0, 3.0, 4.0, 6.0, 8.0],
-                                       "cfg-rescale": [1.5, 2.0, 3.0, 4.0, 6.0, 8.0],
-                                       "apg": [2.0, 4.0, 6.0, 8.0, 10.0, 15.0],
-                                       "cfg-zero-star": [1.5, 2.0, 3.0, 4.0, 6.0, 8.0],
-                                       "cfg-dynamic-threshold": [2.0, 4.0, 6.0, 8.0, 10.0, 15.0],
-                                       "autoguidance": [1.25, 1.5, 2.0, 2.5, 3.0],
-                                       "cfg-pp": [0.2, 0.4, 0.6, 0.8],
-                                       "tcfg": [1.5, 2.0, 3.0, 4.0, 6.0, 8.0],
-                                       "mambo-g": [1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0],
-                                       "fdg": [1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0],
-                                       "apg-mix": [2.0, 4.0, 6.0, 8.0, 10.0, 15.0],
-                                       "cfg-increasing": [1.5, 2.0, 3.0, 4.0, 6.0, 8.0],
-                                       "cfg-early": [1.5, 2.0, 3.0, 4.0, 6.0, 8.0],
-                                       "pag": [0.5, 1.0, 2.0, 3.0, 5.0], "seg": [0.5, 1.0, 2.0, 3.0, 5.0],
-                                       "slg": [0.5, 1.0, 2.0, 3.0, 5.0],
-                                       "universal-clip": [1.0, 5.0, 10.0, 20.0, 50.0]}
 SCALE_RANGE = (0.0, 1000.0)
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -125,8 +93,10 @@ class BenchConfig:
         return cls(preset=preset, **values)
 
     def scale_grid(self) -> dict[str, list[float]]:
-        defaults = FULL_SCALES if self.preset == "full" else QUICK_SCALES
-        return {g: [float(s) for s in self.scales.get(g, defaults.get(g, [1.0]))] for g in self.guidance}
+        """Each method's scales: those given, else the grid its class declares for the preset (an unknown
+        method is a one-line error, never a made-up grid)."""
+        return {g: [float(s) for s in (self.scales[g] if g in self.scales else
+                                       guidance_class(g).default_scales(self.preset))] for g in self.guidance}
 
     def acceleration(self) -> Acceleration:
         return Acceleration(self.channels_last, self.compile, self.cuda_graphs, self.cudnn_benchmark, self.autotune,
@@ -143,7 +113,7 @@ class BenchConfig:
         if key["schedule"] == "default":
             key.pop("schedule")  # keys made before schedules existed stay valid
         key.update(guidance=guidance, scale=scale, seed=seed)
-        numerics = REGISTRY[guidance][0].numerics_version
+        numerics = guidance_class(guidance).numerics_version
         if numerics != 1:
             key["numerics"] = numerics  # the method's fp32 samples changed: never mixed with older ones
         if self.dtype != "float32":

@@ -32,12 +32,12 @@ from bench.config import BenchConfig
 from bench.edit_metrics import RealStatistics, bootstrap, edge_energy, mean_interval, psnr_known
 from bench.emoji_prompts import emoji200, emoji_labels
 from bench.metrics import Reference, load_eval_classifier
-from bench.run import prepare_output
+from bench.run import check_methods, method_context, prepare_output
 from bench.store import to_hwc_uint8
 from guidance.accelerate import checked_device
 from guidance.bundle import ModelBundle
 from guidance.denoisers import NetworkDenoiser
-from guidance.guiders import REGISTRY, make_guidance
+from guidance.guiders import guidance_class, make_guidance
 from guidance.inpaint import METHODS, Resampling, inpaint, nfe
 from guidance.masks import check_kinds, load_mask, masks_for
 from guidance.models import load_bundle
@@ -74,9 +74,8 @@ class InpaintOptions:
         bad = [c for c in self.captions if c not in CAPTIONS]
         if bad or not self.captions:
             raise ValueError(f"unknown caption kind(s) {bad or self.captions}; valid: {', '.join(CAPTIONS)}")
-        unknown = [g for g in cfg.guidance if g not in REGISTRY]
-        if unknown:
-            raise ValueError(f"unknown guidance {unknown}; valid: {', '.join(REGISTRY)}")
+        for name in cfg.guidance:
+            guidance_class(name)  # a one-line error for an unknown name
 
     def mask_kinds(self) -> list[str]:
         return ["file"] if self.mask_file else list(self.masks)
@@ -248,10 +247,7 @@ def run_inpaint(cfg: BenchConfig, options: InpaintOptions, progress: bool = True
     root = Path(options.inpaint_model) if options.inpaint_model else \
         (ZOO_DIR if cfg.model == "emoji" else Path(cfg.model)) / INPAINT_FILE
     model = InpaintModel(root, device) if "model" in options.methods else None
-    for name in cfg.guidance:
-        needs = REGISTRY[name][1]
-        if needs is not None and bundle.guiding_models().get(needs) is None:
-            raise ValueError(f"guidance {name!r} needs a {needs} model, which {bundle.source} does not have; drop it")
+    check_methods(cfg.guidance, method_context(cfg, bundle, labels=True, prompt_set="the edit sources"))
     run_dir = prepare_output(cfg)
     (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "task": "inpaint", "inpaint": {
         "masks": options.mask_kinds(), "methods": options.methods, "captions": options.captions,

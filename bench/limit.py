@@ -24,10 +24,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.cli import exit_on_bad_input, positive_int, positive_ints
-from bench.perf import SCALES, method_list, timed, timed_side_by_side
+from bench.perf import method_list, timed, timed_side_by_side
 from guidance.accelerate import HALF, Acceleration, add_arguments, autocast_context, checked_device, compile_report, from_args
 from guidance.denoisers import NetworkDenoiser
-from guidance.guiders import make_guidance
+from guidance.guiders import guidance_class, make_guidance
 from guidance.process import VPDiscrete
 from guidance.protocols import Conditions
 from guidance.process import SCHEDULES
@@ -41,6 +41,8 @@ class SizeConfig:
     unet: UNetConfig
     guide: EncoderConfig  # classifier and noised-CLIP image towers (ADM's classifier is about half a UNet)
 
+
+MEASURED = ("none", "cfg", "classifier", "clip")  # the methods the GLIDE-sized model set can run
 
 CONFIGS = {
     "glide-base": SizeConfig(
@@ -133,7 +135,7 @@ def denoiser(models: dict) -> NetworkDenoiser:
 def step_flops(models: dict, guidance_name: str, size: SizeConfig, diffusion: Trajectory,
                device: torch.device, autocast) -> float:
     """FLOPs of one guided DDIM step per image (forward passes, and backward for gradient guidance)."""
-    guidance = make_guidance(guidance_name, SCALES[guidance_name], models)
+    guidance = make_guidance(guidance_name, guidance_class(guidance_name).typical_scale(), models)
     shape = (2, 3, size.unet.image_size, size.unet.image_size)
     x, cond = torch.randn(shape, device=device), conditions(size, 2, device)
     counter = FlopCounterMode(display=False)
@@ -166,7 +168,7 @@ def measure(model_sets: dict[str, dict], size: SizeConfig, guidance_name: str, b
     memory: dict[str, float] = {}
     shape = (3, size.unet.image_size, size.unet.image_size)
     for variant, models in model_sets.items():
-        guidance = make_guidance(guidance_name, SCALES[guidance_name], models)
+        guidance = make_guidance(guidance_name, guidance_class(guidance_name).typical_scale(), models)
         cond = conditions(size, batch, device)
 
         def run(sigmas: list[float] = diffusion.sigmas, models=models, guidance=guidance, cond=cond) -> None:
@@ -211,7 +213,7 @@ def profile_step(config: str, guidance_name: str, batch: int, device: torch.devi
 
     size, models, autocast, diffusion = prepare(config, device, dtype, steps=10)
     accelerate(models, acceleration, device, dtype)
-    guidance = make_guidance(guidance_name, SCALES[guidance_name], models)
+    guidance = make_guidance(guidance_name, guidance_class(guidance_name).typical_scale(), models)
     cond = conditions(size, batch, device)
     x = torch.randn(batch, 3, size.unet.image_size, size.unet.image_size, device=device)
 
@@ -238,9 +240,9 @@ def benchmark(config: str, guidance: list[str], batches: list[int], steps: int, 
     `compare_half_weights`: a row per weight storage too (`weights`: half or fp32), the same networks
     timed side by side in interleaved rounds: the effect of storing weights in half precision, as a
     ratio from one process."""
-    unknown = [g for g in guidance if g not in SCALES]
+    unknown = [g for g in guidance if g not in MEASURED]
     if unknown:
-        raise ValueError(f"--guidance {unknown}: this script measures {', '.join(SCALES)}")
+        raise ValueError(f"--guidance {unknown}: this script measures {', '.join(MEASURED)}")
     if compare_half_weights and dtype not in HALF:
         raise ValueError(f"--compare-half-weights compares weights stored in half precision with fp32 ones, "
                          f"which only differ under half-precision autocast; add --dtype bfloat16 (got {dtype})")
@@ -302,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     acceleration = from_args(args, device)
     if args.compare_half_weights and args.half_weights is not None:
         raise ValueError("--compare-half-weights times both weight storages; drop --half-weights/--no-half-weights")
-    guidance = method_list(args.guidance, SCALES)
+    guidance = method_list(args.guidance, MEASURED)
     repeats = args.repeats or (2 if args.compare_half_weights else 1)
     dtype = getattr(torch, args.dtype)
     if args.profile:

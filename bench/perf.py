@@ -25,7 +25,7 @@ import torch
 from bench.cli import exit_on_bad_input, positive_int
 from bench.metrics import CLIPScore, DomainFeatures, load_eval_classifier
 from guidance.accelerate import add_arguments, autocast_context, checked_device, from_args
-from guidance.guiders import REGISTRY, make_guidance
+from guidance.guiders import REGISTRY, guidance_class, make_guidance
 from guidance.guiders.base import GuidanceCost
 from guidance.bundle import ModelBundle
 from guidance.denoisers import NetworkDenoiser
@@ -35,10 +35,6 @@ from guidance.process import SCHEDULES
 from guidance.protocols import Conditions
 from guidance.samplers import SAMPLERS, sample, sampler_spec
 from guidance.zoo.load import load_eval_clip
-
-# the scale each method is timed at (others: 3, a typical CFG-convention scale); shared by bench.limit and benchmarks/
-SCALES = {"none": 0.0, "cfg": 3.0, "classifier": 5.0, "clip": 5.0, "cfg-pp": 0.6}  # CFG++: lambda in [0, 1]
-
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -112,7 +108,7 @@ def network_calls(name: str, bundle: ModelBundle, sigmas: list[float], sampler: 
     calls: list = []
     models = {k: recording(m, calls) if k == "weak" and m is not None else m
               for k, m in bundle.guiding_models().items()}
-    guidance = make_guidance(name, SCALES.get(name, 3.0), models)
+    guidance = make_guidance(name, guidance_class(name).typical_scale(), models)
     with torch.no_grad():
         sample(recording(bundle.denoiser, calls), bundle.process, sigmas, guidance, cond, bundle.sample_shape,
                range(batch), sampler=sampler, clip_denoised=bundle.clip_denoised, device=device)
@@ -135,7 +131,7 @@ def workload(name: str, bundle: ModelBundle, batch: int, steps: int, device: tor
     texts = texts[:batch]
     cond = bundle.conditions(texts, torch.arange(batch) % 100).to(device)
     sigmas = bundle.process.sigmas(steps, schedule)
-    guidance = make_guidance(name, SCALES.get(name, 3.0), bundle.guiding_models())
+    guidance = make_guidance(name, guidance_class(name).typical_scale(), bundle.guiding_models())
     cost = guidance.cost_per_image(sampler_spec(sampler).evaluations(sigmas), sigmas)
     calls = network_calls(name, bundle, sigmas, sampler, cond, batch, device)
     x = torch.randn(batch, *bundle.sample_shape, device=device)

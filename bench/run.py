@@ -30,10 +30,10 @@ from bench.scoring import applicable_metrics, check_scorers, score_cells, scorer
 from bench.store import Cell, Expected, SampleStore, grid_cells, load_prompt_set, write_atomic
 from guidance.accelerate import autocast_context, checked_device
 from guidance.bundle import ModelBundle
-from guidance.guiders import REGISTRY, Guidance, make_guidance
+from guidance.guiders import REGISTRY, Guidance, MethodContext, guidance_class, make_guidance
 from guidance.models import load_bundle
-from guidance.protocols import Conditions
-from guidance.samplers import check_pairing, sample, sampler_spec
+from guidance.protocols import Conditions, Perturbable
+from guidance.samplers import renoising_samplers, sample, sampler_spec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -80,23 +80,28 @@ def check_keeps_samples(run_dir: Path, cfg: BenchConfig) -> None:
                      f"new --run-id (or --out), or repeat {was}")
 
 
+def method_context(cfg: BenchConfig, bundle: ModelBundle, labels: bool, prompt_set: str) -> MethodContext:
+    """What this model and sampler, and prompts with or without `labels`, offer a method
+    (`Guidance.why_not` reads it)."""
+    return MethodContext(source=bundle.source,
+                         guiding_models=frozenset(k for k, m in bundle.guiding_models().items() if m is not None),
+                         labels=labels, prompt_set=prompt_set,
+                         pixel_space=bundle.clip_denoised, internals=isinstance(bundle.denoiser, Perturbable),
+                         sampler=cfg.sampler, sampler_renoises=sampler_spec(cfg.sampler).renoise,
+                         renoising_samplers=renoising_samplers())
+
+
 def why_not(name: str, cfg: BenchConfig, prompts: PromptSet, bundle: ModelBundle) -> str | None:
     """Why guidance `name` cannot run on this model, sampler and prompt set (one line with the fix), or None."""
-    cls, needs = REGISTRY[name]
-    if name == "classifier" and not prompts.has_labels:
-        return (f"guidance 'classifier' cannot run on prompt set {prompts.name!r}: it has no labels; use a set "
-                f"with a label column (e.g. emoji200) or drop classifier from --guidance")
-    if needs is not None and bundle.guiding_models().get(needs) is None:
-        return (f"guidance {name!r} needs a {needs} model, which {bundle.source} does not have; drop it from "
-                f"--guidance or point --model at a directory that has one")
-    if cls.pixel_range_only and not bundle.clip_denoised:
-        return (f"guidance {name!r} thresholds x0 as pixels in [-1, 1], which the latents of {bundle.source} are "
-                f"not; drop it from --guidance (cfg-rescale or apg tame high scales)")
-    try:
-        check_pairing(sampler_spec(cfg.sampler), cls)
-    except ValueError as err:
-        return str(err)
-    return None
+    return guidance_class(name).why_not(method_context(cfg, bundle, prompts.has_labels, prompts.name))
+
+
+def check_methods(names: list[str], context: MethodContext) -> None:
+    """Refuse, before sampling, the first named method that cannot run in `context` (every task asks this)."""
+    for name in names:
+        reason = guidance_class(name).why_not(context)
+        if reason is not None:
+            raise ValueError(reason)
 
 
 def applicable_guidance(cfg: BenchConfig, prompts: PromptSet, bundle: ModelBundle,
@@ -106,8 +111,9 @@ def applicable_guidance(cfg: BenchConfig, prompts: PromptSet, bundle: ModelBundl
     if cfg.guidance != [ALL]:
         return cfg
     names = []
-    for name in REGISTRY:
-        reason = why_not(name, cfg, prompts, bundle)
+    context = method_context(cfg, bundle, prompts.has_labels, prompts.name)
+    for name, (cls, _) in REGISTRY.items():
+        reason = cls.why_not(context)
         if reason is None:
             names.append(name)
         else:
@@ -122,10 +128,7 @@ def applicable_guidance(cfg: BenchConfig, prompts: PromptSet, bundle: ModelBundl
 
 
 def check_compatible(cfg: BenchConfig, prompts: PromptSet, bundle: ModelBundle) -> None:
-    for name in cfg.guidance:
-        reason = why_not(name, cfg, prompts, bundle)
-        if reason is not None:
-            raise ValueError(reason)
+    check_methods(cfg.guidance, method_context(cfg, bundle, prompts.has_labels, prompts.name))
     for (what, drop), classes in label_limits(cfg, bundle, prompts).items():
         bad = next((p for p in prompts.prompts if p.label is not None and not 0 <= p.label < classes), None)
         if bad is not None:
@@ -143,8 +146,9 @@ def label_limits(cfg: BenchConfig, bundle: ModelBundle, prompts: PromptSet) -> d
     table; accuracy runs only when every prompt has a label)."""
     limits = {}
     classes = bundle.guiding_classes()
-    if "classifier" in cfg.guidance and classes is not None:
-        limits["the guiding classifier's classes", "drop classifier from --guidance"] = classes
+    guided = [g for g in cfg.guidance if guidance_class(g).guide_role() == "classifier"]
+    if guided and classes is not None:
+        limits["the guiding classifier's classes", f"drop {', '.join(guided)} from --guidance"] = classes
     if "accuracy" in cfg.metrics and prompts.has_labels:
         limits["the identities accuracy scores against", "drop accuracy from --metrics"] = \
             len(emoji_labels()["identity_subgroup"])

@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.perf import SCALES
 from guidance.guiders import REGISTRY, make_guidance
 from guidance.samplers import SAMPLERS, Denoise
 from guidance.zoo.load import load_zoo
@@ -35,7 +34,7 @@ PAIRS = [(name, sampler) for sampler in ("ddim", "ddpm") for name in REGISTRY
 @pytest.mark.parametrize("name, sampler", PAIRS)
 def test_one_step(benchmark, setup, name, sampler):
     zoo, cond, sigmas, x = setup
-    guidance = make_guidance(name, SCALES.get(name, 3.0), zoo.guiding_models())
+    guidance = make_guidance(name, REGISTRY[name][0].typical_scale(), zoo.guiding_models())
     denoise = Denoise(zoo.denoiser, guidance, cond, sigmas, zoo.clip_denoised)
     levels = [zoo.process.level(sigmas[INDEX]), zoo.process.level(sigmas[INDEX + 1])]
     step = SAMPLERS[sampler].fn

@@ -153,7 +153,6 @@ COMBINATIONS = [("ddim", torch.bfloat16, "cuda"), ("ddpm", torch.float16, "cpu")
 def test_weights_stored_in_half_precision_compute_what_autocast_did(zoo_cpu, zoos_with_half_weights, name):
     """Under half-precision autocast, convolution and linear weights stored in that precision give the
     same samples bit for bit (autocast rounded them at every call); norms and embeddings stay fp32."""
-    from bench.perf import SCALES
     from guidance.guiders import make_guidance
     from guidance.samplers import SAMPLERS
 
@@ -161,7 +160,7 @@ def test_weights_stored_in_half_precision_compute_what_autocast_did(zoo_cpu, zoo
     cond = zoo_cpu.conditions(texts, torch.tensor([3, 7]))
 
     def run(zoo, sampler, dtype):
-        method = make_guidance(name, SCALES.get(name, 3.0), zoo.guiding_models())
+        method = make_guidance(name, REGISTRY[name][0].typical_scale(), zoo.guiding_models())
         with torch.autocast("cpu", dtype=dtype):
             return sample(zoo.denoiser, zoo.process, zoo.process.sigmas(3), method, cond, zoo.sample_shape, range(2),
                           seed=5, sampler=sampler)

@@ -15,7 +15,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 import guidance.samplers.loop as loop
-from bench.perf import SCALES
 from guidance.guiders import REGISTRY, make_guidance
 from guidance.samplers import SAMPLERS
 from guidance.zoo.load import load_zoo
@@ -71,7 +70,7 @@ PAIRS = [(name, sampler) for sampler, spec in SAMPLERS.items() for name in sorte
 def test_sampling_loop_reads_nothing_back_from_the_device(zoo_on_meta, monkeypatch, name, sampler):
     zoo, cond = zoo_on_meta
     monkeypatch.setattr(loop, "SampleNoise", _MetaNoise)
-    method = make_guidance(name, SCALES.get(name, 3.0), zoo.guiding_models())
+    method = make_guidance(name, REGISTRY[name][0].typical_scale(), zoo.guiding_models())
     steps: list[int] = []
     with pytest.raises(NotImplementedError, match="nonzero"), _HostCopies() as copies:  # the NaN check after the loop
         loop.sample(zoo.denoiser, zoo.process, zoo.process.sigmas(STEPS), method, cond, zoo.sample_shape, range(2),

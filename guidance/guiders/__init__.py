@@ -11,7 +11,8 @@ import importlib
 import pkgutil
 from typing import Any, Mapping
 
-from guidance.guiders.base import REGISTRY, GradientGuidance, Guidance, GuidanceCost, Prediction, StepInfo, register
+from guidance.guiders.base import (REGISTRY, GradientGuidance, Guidance, GuidanceCost, MethodContext, Prediction, StepInfo,
+                                   register)
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
@@ -38,11 +39,16 @@ def available_guidance() -> dict[str, str]:
     return {name: (cls.__doc__ or cls.reference or name).strip().splitlines()[0] for name, (cls, _) in REGISTRY.items()}
 
 
-def make_guidance(name: str, scale: float, models: Mapping[str, Any] | None = None, **options: Any) -> Guidance:
-    """Build a registered guidance method; `models` supplies guiding networks ("classifier", "clip", "weak")."""
+def guidance_class(name: str) -> type[Guidance]:
+    """The registered class of method `name`; a one-line ValueError for a name nobody registered."""
     if name not in REGISTRY:
         raise ValueError(f"unknown guidance {name!r}; valid: {', '.join(REGISTRY)}")
-    cls, needs = REGISTRY[name]
+    return REGISTRY[name][0]
+
+
+def make_guidance(name: str, scale: float, models: Mapping[str, Any] | None = None, **options: Any) -> Guidance:
+    """Build a registered guidance method; `models` supplies guiding networks ("classifier", "clip", "weak")."""
+    cls, needs = guidance_class(name), REGISTRY[name][1]
     if needs is None:
         return cls(scale=scale, **options)
     if not models or models.get(needs) is None:
@@ -51,6 +57,6 @@ def make_guidance(name: str, scale: float, models: Mapping[str, Any] | None = No
 
 
 __all__ = ["Guidance", "GradientGuidance", "GuidanceCost", "Prediction", "StepInfo", "REGISTRY", "register",
-           "available_guidance", "make_guidance", "NoGuidance", "ClassifierFreeGuidance", "CFGPlusPlus",
+           "MethodContext", "available_guidance", "guidance_class", "make_guidance", "NoGuidance", "ClassifierFreeGuidance", "CFGPlusPlus",
            "ClassifierGuidance", "CLIPGuidance", "IntervalCFG", "RescaledCFG", "AdaptiveProjectedGuidance",
            "CFGZeroStar", "DynamicThresholdCFG", "AutoGuidance"]

@@ -45,6 +45,8 @@ class AdaptiveProjectedGuidance(ClassifierFreeGuidance):
     """
 
     name = "apg"
+    quick_scales = (6.0, 10.0)
+    full_scales = (2.0, 4.0, 6.0, 8.0, 10.0, 15.0)
     space = "x0"
     numerics_version = 2  # x0 no longer round-trips through eps before the step (changes fp32 samples ~1e-4)
     reference = "Sadat et al. 2024, arXiv:2410.02416 (adaptive projected guidance, Algorithm 1)"

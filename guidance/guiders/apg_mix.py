@@ -23,6 +23,8 @@ class APGMix(AdaptiveProjectedGuidance):
     """
 
     name = "apg-mix"
+    quick_scales = (6.0, 10.0)
+    full_scales = (2.0, 4.0, 6.0, 8.0, 10.0, 15.0)
     space = "x0"
     reference = ("Sadat et al. 2024, arXiv:2410.02416 (APG); CFG before the switch as in HunyuanImage 2.1 "
                  "(Tencent 2025) / diffusers AdaptiveProjectedMixGuidance")

@@ -8,7 +8,7 @@ from guidance.guiders.base import Guidance, GuidanceCost, Prediction, StepInfo, 
 from guidance.protocols import Conditions, Denoiser
 
 
-@register(needs="weak")
+@register()
 class AutoGuidance(Guidance):
     """eps = eps_weak + s (eps_main - eps_weak), the weak model a worse Denoiser given the same condition.
 
@@ -19,6 +19,9 @@ class AutoGuidance(Guidance):
     """
 
     name = "autoguidance"
+    quick_scales = (1.5, 2.5)
+    full_scales = (1.25, 1.5, 2.0, 2.5, 3.0)
+    needs = frozenset({"weak_model"})
     identity_scale = 1.0
     reference = "Karras et al. 2024, arXiv:2406.02507 (autoguidance)"
 

@@ -26,20 +26,59 @@ from guidance.protocols import Conditions, Denoiser
 
 ScaleFn = Callable[[float], float]
 
-REGISTRY: dict[str, tuple[type["Guidance"], str | None]] = {}  # name -> (class, guiding model it needs)
+REGISTRY: dict[str, tuple[type["Guidance"], str | None]] = {}  # name -> (class, guiding-model role it takes)
+
+# needs a method may declare: a guiding model (by the role the bundle's `guiding_models()` gives it under),
+# or a property of the run (labelled prompts, a pixel-space model, a network with hookable internals)
+GUIDE_ROLES: dict[str, str] = {"classifier": "classifier", "noised_clip": "clip", "weak_model": "weak",
+                               "decoder_clip": "decoder_clip"}
+NEEDS = frozenset(GUIDE_ROLES) | {"labels", "pixel_space", "internals"}
 
 
-def register(needs: str | None = None) -> Callable[[type["Guidance"]], type["Guidance"]]:
-    """Class decorator: register a method under its `name`, where it is defined. `needs` names the
-    guiding model its constructor takes first ("classifier", "clip", "weak"), or None."""
+def register() -> Callable[[type["Guidance"]], type["Guidance"]]:
+    """Class decorator: register a method under its `name`, where it is defined. The class itself must
+    declare its scale grids (`quick_scales`, `full_scales`) and may declare `needs` (see NEEDS)."""
 
     def add(cls: type[Guidance]) -> type[Guidance]:
         if cls.name in REGISTRY and REGISTRY[cls.name][0] is not cls:
             raise ValueError(f"guidance {cls.name!r} is registered twice ({REGISTRY[cls.name][0].__name__}, {cls.__name__})")
-        REGISTRY[cls.name] = (cls, needs)
+        for grid in ("quick_scales", "full_scales"):
+            if not cls.__dict__.get(grid):
+                raise ValueError(f"guidance {cls.name!r} ({cls.__name__}) declares no {grid}: give the scales the "
+                                 f"quick and full presets run it at, on the class")
+        unknown = sorted(cls.needs - NEEDS)
+        if unknown or len(cls.needs & GUIDE_ROLES.keys()) > 1:
+            raise ValueError(f"guidance {cls.name!r} needs {sorted(cls.needs)}: each need must be one of "
+                             f"{sorted(NEEDS)}, with at most one guiding model")
+        REGISTRY[cls.name] = (cls, cls.guide_role())
         return cls
 
     return add
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a run offers a method, for `Guidance.why_not`: the model's guiding models and properties,
+    the prompts' labels and the sampler. Every task and `--guidance all` ask through this one check."""
+
+    source: str  # the model, as messages name it
+    guiding_models: frozenset[str]  # roles (GUIDE_ROLES' values) whose model is loaded
+    labels: bool = True  # every prompt has a class label
+    prompt_set: str = "the prompts"
+    pixel_space: bool = True  # samples are pixels in [-1, 1] (not latents)
+    internals: bool = True  # the denoiser exposes its attention layers (guidance.protocols.Perturbable)
+    sampler: str | None = None  # its name (None: not checked)
+    sampler_renoises: bool = True  # it can renoise with the unconditional prediction (CFG++ needs that)
+    renoising_samplers: tuple[str, ...] = ()  # the samplers that can, for the message
+
+
+def pairing_refusal(method: "Guidance | type[Guidance]", sampler: str, renoises: bool, able: Sequence[str]) -> str | None:
+    """Why `sampler` (which `renoises` with eps_u or not) cannot apply `method` (one line with the fix), or
+    None; `able`: the samplers that can."""
+    if method.renoises_unconditionally and not renoises:
+        return (f"guidance {method.name!r} renoises with the unconditional prediction, which --sampler "
+                f"{sampler} cannot do; use --sampler one of {', '.join(able)}, or drop {method.name}")
+    return None
 
 
 @dataclass(frozen=True)
@@ -80,7 +119,11 @@ class Guidance(ABC):
     space: ClassVar[str] = "eps"  # where predictions are combined: "eps", "x0", "v" or "flow"
     identity_scale: ClassVar[float] = 0.0  # the scale that means "no guidance"
     renoises_unconditionally: ClassVar[bool] = False  # CFG++: the sampler must renoise with eps_u
-    pixel_range_only: ClassVar[bool] = False  # edits x0 as if it lived in [-1, 1]: refused on latent models
+    # the scales the quick (and tiny) and the full preset run, in the method's own convention (CFG's: 1 = no
+    # guidance; gradient methods': 0 = none); each registered class declares its own
+    quick_scales: ClassVar[tuple[float, ...]] = ()
+    full_scales: ClassVar[tuple[float, ...]] = ()
+    needs: ClassVar[frozenset[str]] = frozenset()  # what the method cannot run without (NEEDS)
     numerics_version: ClassVar[int] = 1  # bump when the method's fp32 samples change (part of the sample key)
     reference: ClassVar[str] = ""
 
@@ -88,6 +131,41 @@ class Guidance(ABC):
         if not callable(scale) and not math.isfinite(float(scale)):
             raise ValueError(f"guidance scale must be finite, got {scale}")
         self.scale = scale
+
+    @classmethod
+    def default_scales(cls, preset: str) -> tuple[float, ...]:
+        """The scale grid a preset runs the method at when none is given: the full grid for "full"."""
+        return cls.full_scales if preset == "full" else cls.quick_scales
+
+    @classmethod
+    def typical_scale(cls) -> float:
+        """One representative scale (the middle of the quick grid), for timing and smoke tests."""
+        return cls.quick_scales[len(cls.quick_scales) // 2]
+
+    @classmethod
+    def guide_role(cls) -> str | None:
+        """The role of the guiding model the constructor takes first (see GUIDE_ROLES), or None."""
+        return next((GUIDE_ROLES[n] for n in sorted(cls.needs) if n in GUIDE_ROLES), None)
+
+    @classmethod
+    def why_not(cls, context: MethodContext) -> str | None:
+        """Why the method cannot run in `context` (one line naming the fix), or None."""
+        role = cls.guide_role()
+        if "labels" in cls.needs and not context.labels:
+            return (f"guidance {cls.name!r} cannot run on prompt set {context.prompt_set!r}: it has no labels; use a "
+                    f"set with a label column (e.g. emoji200) or drop {cls.name} from --guidance")
+        if role is not None and role not in context.guiding_models:
+            return (f"guidance {cls.name!r} needs a {role} model, which {context.source} does not have; drop it from "
+                    f"--guidance or point --model at a directory that has one")
+        if "pixel_space" in cls.needs and not context.pixel_space:
+            return (f"guidance {cls.name!r} thresholds x0 as pixels in [-1, 1], which the latents of {context.source} "
+                    f"are not; drop it from --guidance (cfg-rescale or apg tame high scales)")
+        if "internals" in cls.needs and not context.internals:
+            return (f"guidance {cls.name!r} perturbs the model's attention layers, which {context.source} does not "
+                    f"expose; drop it from --guidance")
+        if context.sampler is not None:
+            return pairing_refusal(cls, context.sampler, context.sampler_renoises, context.renoising_samplers)
+        return None
 
     def scale_at(self, step: StepInfo) -> float:
         return float(self.scale(step.sigma)) if callable(self.scale) else float(self.scale)

@@ -21,6 +21,8 @@ class ClassifierFreeGuidance(Guidance):
     """
 
     name = "cfg"
+    quick_scales = (1.0, 3.0, 6.0)
+    full_scales = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
     identity_scale = 1.0
     reference = "Ho & Salimans 2021, arXiv:2207.12598; Nichol et al. 2022 (GLIDE), arXiv:2112.10741"
 

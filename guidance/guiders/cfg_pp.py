@@ -31,6 +31,8 @@ class CFGPlusPlus(ClassifierFreeGuidance):
     """x0 from eps_u + l (eps_c - eps_u), l in [0, 1]; the sampler renoises with eps_u."""
 
     name = "cfg-pp"
+    quick_scales = (0.2, 0.6)  # CFG++'s lambda in [0, 1]
+    full_scales = (0.2, 0.4, 0.6, 0.8)
     identity_scale = -1.0  # no scale is the unguided conditional model: both passes always run
     renoises_unconditionally = True
     reference = "Chung et al. 2024, arXiv:2406.08070 (CFG++, Algorithm 1 and the DPM-Solver++ form)"

@@ -35,6 +35,8 @@ class RescaledCFG(ClassifierFreeGuidance):
     """
 
     name = "cfg-rescale"
+    quick_scales = (3.0, 6.0)
+    full_scales = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
     space = "x0"
     numerics_version = 2  # x0 no longer round-trips through eps before the step (changes fp32 samples ~1e-4)
     reference = "Lin et al. 2023, arXiv:2305.08891, section 3.4 (rescale classifier-free guidance)"

@@ -45,6 +45,8 @@ class CFGZeroStar(ClassifierFreeGuidance):
     """
 
     name = "cfg-zero-star"
+    quick_scales = (3.0, 6.0)
+    full_scales = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
     space = "flow"
     numerics_version = 2  # x0 no longer round-trips through eps before the step (changes fp32 samples ~1e-4)
     reference = "Fan et al. 2025, arXiv:2503.18886 (CFG-Zero*: optimised scale and zero-init)"

@@ -11,7 +11,7 @@ from guidance.guiders.base import GradientGuidance, StepInfo, at_least_fp32, reg
 from guidance.protocols import Conditions, NoiseAwareClassifier
 
 
-@register(needs="classifier")
+@register()
 class ClassifierGuidance(GradientGuidance):
     """g = s * grad_x log p(y | x_t, t) from a classifier trained on noised images.
 
@@ -20,6 +20,9 @@ class ClassifierGuidance(GradientGuidance):
     """
 
     name = "classifier"
+    quick_scales = (1.0, 5.0, 10.0)
+    full_scales = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
+    needs = frozenset({"classifier", "labels"})
     reference = "Dhariwal & Nichol 2021, arXiv:2105.05233 (Algorithms 1 and 2)"
 
     def __init__(self, classifier: NoiseAwareClassifier, scale: float = 1.0) -> None:

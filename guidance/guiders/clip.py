@@ -12,7 +12,7 @@ from guidance.guiders.base import GradientGuidance, StepInfo, at_least_fp32, reg
 from guidance.protocols import Conditions, NoisedCLIP
 
 
-@register(needs="clip")
+@register()
 class CLIPGuidance(GradientGuidance):
     """g = s * grad_x exp(logit_scale) * <f(x_t, t), g(caption)> with unit-norm embeddings.
 
@@ -22,6 +22,9 @@ class CLIPGuidance(GradientGuidance):
     """
 
     name = "clip"
+    quick_scales = (1.0, 5.0, 10.0)
+    full_scales = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
+    needs = frozenset({"noised_clip"})
     reference = "Nichol et al. 2022 (GLIDE), arXiv:2112.10741, section 2.4"
 
     def __init__(self, clip: NoisedCLIP, scale: float = 1.0) -> None:

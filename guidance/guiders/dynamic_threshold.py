@@ -30,8 +30,10 @@ class DynamicThresholdCFG(ClassifierFreeGuidance):
     """
 
     name = "cfg-dynamic-threshold"
+    quick_scales = (6.0, 10.0)
+    full_scales = (2.0, 4.0, 6.0, 8.0, 10.0, 15.0)
+    needs = frozenset({"pixel_space"})
     space = "x0"
-    pixel_range_only = True  # its threshold of 1 is the pixel range; latents have none
     numerics_version = 2  # x0 no longer round-trips through eps before the step (changes fp32 samples ~1e-4)
     reference = "Saharia et al. 2022 (Imagen), arXiv:2205.11487, section 2.3 (dynamic thresholding)"
 

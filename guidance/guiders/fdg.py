@@ -88,6 +88,8 @@ class FrequencyDecoupledGuidance(ClassifierFreeGuidance):
     """
 
     name = "fdg"
+    quick_scales = (3.0, 6.0)
+    full_scales = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0)
     reference = "Sadat et al. 2025, arXiv:2506.19713 (frequency-decoupled guidance)"
 
     def __init__(self, scale: float = 3.0, levels: int = 2, low_fraction: float = 0.5,

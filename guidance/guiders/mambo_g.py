@@ -35,6 +35,8 @@ class MagnitudeAwareGuidance(ClassifierFreeGuidance):
     """
 
     name = "mambo-g"
+    quick_scales = (3.0, 6.0)
+    full_scales = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0)
     reference = "Zhu et al. 2025, arXiv:2508.03442 (MAMBO-G: magnitude-aware mitigation for boosted guidance)"
 
     def __init__(self, scale: float = 3.0, alpha: float = 8.0) -> None:

@@ -10,4 +10,6 @@ class NoGuidance(Guidance):
     """eps = eps_c: the conditional model alone, one network pass per evaluation (the baseline)."""
 
     name = "none"
+    quick_scales = (0.0,)
+    full_scales = (0.0,)
     reference = "The conditional model's own prediction; the baseline every method is compared with."

@@ -20,6 +20,8 @@ class PerturbedAttentionGuidance(PerturbedGuidance):
     """
 
     name = "pag"
+    quick_scales = (1.5, 3.0)
+    full_scales = (0.5, 1.0, 2.0, 3.0, 5.0)
     reference = "Ahn et al. 2024, arXiv:2403.17377 (perturbed-attention guidance)"
 
     def perturbation(self) -> Perturbation:

@@ -34,7 +34,8 @@ class PerturbedGuidance(Guidance):
     applies to the last B rows only (guidance.internals). The model must be `Perturbable`.
     """
 
-    identity_scale = 0.0
+    identity_scale = 0.0  # the scales are the perturbed pass's s, with CFG off (cfg_scale 1)
+    needs = frozenset({"internals"})
 
     def __init__(self, scale: float = 3.0, cfg_scale: float = 1.0, layers: tuple[int, ...] | None = None) -> None:
         super().__init__(scale)

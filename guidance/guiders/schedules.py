@@ -141,6 +141,8 @@ class IntervalCFG(ClassifierFreeGuidance):
     """
 
     name = "cfg-interval"
+    quick_scales = (3.0, 6.0)
+    full_scales = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
     reference = ("Kynkäänniemi et al. 2024, arXiv:2404.07724 (guidance interval); "
                  "CFG: Ho & Salimans 2021, arXiv:2207.12598")
 
@@ -165,6 +167,8 @@ class IncreasingCFG(ClassifierFreeGuidance):
     4.56 at the last; their mean is 2.6, as the zoo's steps are not log-uniform in sigma."""
 
     name = "cfg-increasing"
+    quick_scales = (3.0, 6.0)
+    full_scales = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
     reference = "Wang et al. 2024, arXiv:2404.13040 (CFG weight schedulers: linearly increasing)"
 
     def __init__(self, scale: float = 3.0, sigma_lo: float = EDM_SIGMA_MIN, sigma_hi: float = EDM_SIGMA_MAX) -> None:
@@ -185,6 +189,8 @@ class EarlyCFG(ClassifierFreeGuidance):
     conditional model (one pass) after them: guidance sets the layout, the late steps run unguided."""
 
     name = "cfg-early"
+    quick_scales = (3.0, 6.0)
+    full_scales = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
     reference = "Guidance on the first steps only, arXiv:2506.08351; CFG: Ho & Salimans 2021, arXiv:2207.12598"
 
     def __init__(self, scale: float = 3.0, sigma_stop: float = EARLY_SIGMA_STOP) -> None:

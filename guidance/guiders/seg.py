@@ -22,6 +22,8 @@ class SmoothedEnergyGuidance(PerturbedGuidance):
     """
 
     name = "seg"
+    quick_scales = (1.5, 3.0)
+    full_scales = (0.5, 1.0, 2.0, 3.0, 5.0)
     reference = "Hong 2024, arXiv:2408.00760 (smoothed energy guidance)"
 
     def __init__(self, scale: float = 3.0, cfg_scale: float = 1.0, layers: tuple[int, ...] | None = None,

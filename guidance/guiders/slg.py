@@ -26,6 +26,8 @@ class SkipLayerGuidance(PerturbedGuidance):
     """
 
     name = "slg"
+    quick_scales = (1.5, 3.0)
+    full_scales = (0.5, 1.0, 2.0, 3.0, 5.0)
     reference = "Stable Diffusion 3.5 skip-layer guidance; Hyung et al. 2024, arXiv:2411.18664 (STG)"
 
     def __init__(self, scale: float = 3.0, cfg_scale: float = 1.0, layers: tuple[int, ...] | None = None,

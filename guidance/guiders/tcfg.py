@@ -44,6 +44,8 @@ class TangentialCFG(ClassifierFreeGuidance):
     """
 
     name = "tcfg"
+    quick_scales = (3.0, 6.0)
+    full_scales = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
     reference = "Kwon et al. 2025, arXiv:2503.18137 (TCFG: tangential damping classifier-free guidance)"
 
     def __init__(self, scale: float = 3.0) -> None:

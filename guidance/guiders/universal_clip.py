@@ -25,7 +25,7 @@ class DecoderCLIP(Protocol):
     def encode_text(self, tokens: Tensor) -> Tensor: ...
 
 
-@register(needs="decoder_clip")
+@register()
 class UniversalCLIPGuidance(GradientGuidance):
     """g = s * grad_x exp(logit_scale) * <f(D(x0_hat(x_t))), g(caption)>, through denoiser, decoder and CLIP.
 
@@ -38,6 +38,9 @@ class UniversalCLIPGuidance(GradientGuidance):
     """
 
     name = "universal-clip"
+    quick_scales = (5.0, 20.0)
+    full_scales = (1.0, 5.0, 10.0, 20.0, 50.0)
+    needs = frozenset({"decoder_clip"})
     reference = "Bansal et al. 2023, arXiv:2302.07121 (universal guidance, forward guidance with CLIP)"
 
     def __init__(self, guide: DecoderCLIP, scale: float = 1.0) -> None:

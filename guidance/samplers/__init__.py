@@ -10,7 +10,7 @@ import importlib
 import pkgutil
 
 from guidance.samplers.base import SAMPLERS, Denoise, SamplerSpec, register_sampler
-from guidance.samplers.loop import NonFiniteSampleError, check_pairing, one_step, sample, sampler_spec
+from guidance.samplers.loop import NonFiniteSampleError, check_pairing, one_step, renoising_samplers, sample, sampler_spec
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
@@ -20,4 +20,4 @@ _FIRST = ("ddim", "ddpm")
 SAMPLERS.update({k: SAMPLERS.pop(k) for k in [*_FIRST, *sorted(set(SAMPLERS) - set(_FIRST))] if k in SAMPLERS})
 
 __all__ = ["SAMPLERS", "Denoise", "SamplerSpec", "register_sampler", "NonFiniteSampleError", "check_pairing", "one_step",
-           "sample", "sampler_spec"]
+           "renoising_samplers", "sample", "sampler_spec"]

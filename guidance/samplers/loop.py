@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from guidance.guiders.base import Guidance
+from guidance.guiders.base import Guidance, pairing_refusal
 from guidance.prediction import Prediction
 from guidance.process import NoiseLevel, Process
 from guidance.protocols import Conditions, Denoiser
@@ -32,10 +32,14 @@ def sampler_spec(name: str) -> SamplerSpec:
 
 def check_pairing(spec: SamplerSpec, guidance: Guidance | type[Guidance]) -> None:
     """Refuse a guidance (an instance, or its class before any is built) the sampler cannot apply, with the fix."""
-    if guidance.renoises_unconditionally and not spec.renoise:
-        able = ", ".join(n for n, s in SAMPLERS.items() if s.renoise)
-        raise ValueError(f"guidance {guidance.name!r} renoises with the unconditional prediction, which --sampler "
-                         f"{spec.name} cannot do; use --sampler one of {able}, or drop {guidance.name}")
+    refusal = pairing_refusal(guidance, spec.name, spec.renoise, renoising_samplers())
+    if refusal is not None:
+        raise ValueError(refusal)
+
+
+def renoising_samplers() -> tuple[str, ...]:
+    """The samplers that can renoise with the unconditional prediction (CFG++ needs one)."""
+    return tuple(n for n, s in SAMPLERS.items() if s.renoise)
 
 
 def one_step(sampler: str, denoise: Denoise, x: Tensor, level: NoiseLevel, next_level: NoiseLevel,
