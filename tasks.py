@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import inspect
 import shlex
 import sys
 
@@ -21,54 +23,56 @@ def _flags(**options: object) -> str:
     return " ".join(parts)
 
 
-@task(auto_shortflags=False, help={
-    "guidance": "comma-separated methods (see --guidance list), 'all', or 'list'",
-    "nproc": "processes to launch with torchrun", "shard": "K/N: sample shard K of N, merge later",
-    "scales": "'1,3,6' for all methods, or 'cfg=1,3,6;clip=1,5,10'",
-    "prompts": "built-in set (emoji200, emoji-all) or a prompt file (.txt, .csv, .tsv, .jsonl, COCO .json)",
-    "preset": "quick (default, ~2 min on 2 CPU cores), full (GPU) or tiny",
-    "model": "'emoji' (embedded zoo) or a directory of zoo checkpoints",
-    "negative_prompt": "negative prompt for CFG and its variants (a prompt file's negative_prompt column overrides it)",
-    "run_id": "run directory name; rerun with the same id to resume an interrupted run",
-    "channels_last": "NHWC layout: on, off or auto (default: on for CUDA, off for CPU)",
-    "compile": "torch.compile the networks", "cuda_graphs": "torch.compile with CUDA graphs (CUDA only)",
-    "autotune": "with --compile/--cuda-graphs: inductor max-autotune (slow to compile)",
-    "no_half_weights": "under bf16/fp16: let autocast re-cast the weights at every call (same samples; for timing)",
-    "features": "feature networks for FID/KID/precision-recall: domain (default), inception, dinov2, clip",
-    "dinov2_weights": "local DINOv2 weights for --features dinov2", "dinov2_arch": "its timm architecture",
-    "reference": "real images: folder, COCO captions json (+ --reference-images DIR) or features .safetensors",
-    "reference_images": "image folder of a COCO captions json reference",
-    "bootstrap": "resamples per cell for set-metric intervals (default 200, 0: none)",
-})
-def bench(c, guidance="cfg", scales=None, prompts=None, prompt_limit=None, samples_per_prompt=None, negative_prompt=None,
-          seeds=None,
-          sampler=None, schedule=None, eta=None, steps=None, batch_size=None, device=None, dtype=None, model=None, clip_model=None,
-          clip_pretrained=None, score_with_guiding_clip=False, fid_inception_weights=None, metrics=None, out=None,
-          run_id=None, preset="quick", no_report=False, nproc=None, shard=None, channels_last="auto", compile=False,
-          cuda_graphs=False, autotune=False, no_half_weights=False, features=None, dinov2_weights=None,
-          dinov2_arch=None, reference=None, reference_images=None, bootstrap=None, task=None, masks=None,
-          mask_file=None, inpaint_methods=None, repaint=None, cascade=False, upsampler_scale=None, upsample_aug=None):
+def _run_flags() -> tuple[inspect.Signature, dict[str, str], list[argparse.Action]]:
+    """`invoke bench`'s parameters, generated from `python -m bench run`'s parser (itself generated from
+    BenchConfig's fields): every flag, its default and its help; a --x/--no-x switch takes on or off."""
+    from bench.cli import run_parser
+
+    actions = [a for a in run_parser()._actions if a.option_strings and a.dest != "help"]
+    params = [inspect.Parameter("c", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    helps = {}
+    for action in actions:
+        switch = isinstance(action, argparse.BooleanOptionalAction)
+        params.append(inspect.Parameter(action.dest, inspect.Parameter.KEYWORD_ONLY, default=action.default))
+        helps[action.dest] = ("on, off or auto (default: auto)" + (f"; {action.help}" if action.help else "")) if switch \
+            else (action.help or "").replace("%%", "%")
+    return inspect.Signature(params), helps, actions
+
+
+_SIGNATURE, _HELP, _ACTIONS = _run_flags()
+
+
+def _bench_argv(options: dict[str, object]) -> str:
+    """The `python -m bench run` flags for the given invoke options (unset ones left out)."""
+    parts = []
+    for action in _ACTIONS:
+        value, flag = options.get(action.dest, action.default), action.option_strings[0]
+        if value is None or value is False or value == action.default:
+            continue
+        if isinstance(action, argparse.BooleanOptionalAction):
+            if value == "auto":  # the default: on for CUDA, off for CPU
+                continue
+            if value not in ("on", "off", True):
+                raise SystemExit(f"{flag} {value!r}: use on, off or auto")
+            parts.append(flag if value in ("on", True) else action.option_strings[1])
+        elif value is True:
+            parts.append(flag)
+        else:
+            parts.append(f"{flag} {shlex.quote(str(value))}")
+    return " ".join(parts)
+
+
+def bench(c, **options):
     """Benchmark guidance methods over scales and seeds; prints a summary and writes reports/<run-id>/.
 
-    --task inpaint (--masks, --inpaint-methods, --repaint J,R) runs the editing benchmark and --cascade
-    the base -> upsampler cascade (docs/inpainting.md)."""
-    args = _flags(guidance=guidance, scales=scales, prompts=prompts, prompt_limit=prompt_limit,
-                  samples_per_prompt=samples_per_prompt, negative_prompt=negative_prompt, seeds=seeds, sampler=sampler, schedule=schedule, eta=eta,
-                  steps=steps,
-                  batch_size=batch_size, device=device, dtype=dtype, model=model, clip_model=clip_model,
-                  clip_pretrained=clip_pretrained, score_with_guiding_clip=score_with_guiding_clip,
-                  fid_inception_weights=fid_inception_weights, metrics=metrics, out=out, run_id=run_id,
-                  preset=preset, no_report=no_report, nproc=nproc, shard=shard, compile=compile,
-                  cuda_graphs=cuda_graphs, autotune=autotune, no_half_weights=no_half_weights, features=features,
-                  dinov2_weights=dinov2_weights, dinov2_arch=dinov2_arch, reference=reference,
-                  reference_images=reference_images, bootstrap=bootstrap, task=task, masks=masks,
-                  mask_file=mask_file, inpaint_methods=inpaint_methods, repaint=repaint, cascade=cascade,
-                  upsampler_scale=upsampler_scale, upsample_aug=upsample_aug)
-    if channels_last not in ("auto", "on", "off"):
-        raise SystemExit(f"--channels-last {channels_last!r}: use on, off or auto")
-    if channels_last != "auto":
-        args += " --channels-last" if channels_last == "on" else " --no-channels-last"
-    c.run(f"{PY} -m bench run {args}", pty=False)
+    Takes every flag of `python -m bench run` (same names and defaults): --task inpaint (--masks,
+    --inpaint-methods, --repaint J,R) runs the editing benchmark and --cascade the base -> upsampler
+    cascade (docs/inpainting.md)."""
+    c.run(f"{PY} -m bench run {_bench_argv(options)}", pty=False)
+
+
+bench.__signature__ = _SIGNATURE
+bench = task(bench, auto_shortflags=False, help=_HELP)
 
 
 @task(help={"run": "run directory written by --shard jobs"})

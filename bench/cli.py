@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+from dataclasses import fields
 from typing import Callable
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pandas as pd
 from bench.analysis import analyse, load_per_sample
 from bench.cascade import CascadeOptions, run_cascade
 from bench.config import PRESETS, BenchConfig
+from bench.flags import add_field_arguments, field_values
 from bench.distributed import init_from_env, parse_shard
 from bench.inpaint import InpaintOptions, run_inpaint
 from bench.metrics import per_image_columns
@@ -26,44 +28,6 @@ from guidance.inpaint import Resampling
 from guidance.models import model_sampler
 from guidance.process import SCHEDULES
 from guidance.samplers import SAMPLERS
-
-
-def parse_floats(text: str, flag: str = "--scales") -> list[float]:
-    """'1,3,6' -> [1.0, 3.0, 6.0]; a ValueError (one line, caught by `main`) names the flag."""
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"bad {flag} {text!r}: not a comma-separated number list; use e.g. 1,3,6") from None
-    if not values:
-        raise ValueError(f"{flag} {text!r} lists no numbers; use e.g. 1,3,6")
-    return values
-
-
-def parse_seeds(text: str) -> list[int]:
-    """'0,1,2': whole numbers only (1.5 is not silently run as seed 1)."""
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"bad --seeds {text!r}: seeds are whole numbers; use e.g. 0,1,2") from None
-
-
-def parse_scales(text: str) -> dict[str, list[float]] | list[float]:
-    """'1,3,6' (for every guidance) or 'cfg=1,3,6;clip=1,5'."""
-    if "=" not in text:
-        try:
-            return parse_floats(text)
-        except ValueError:
-            raise ValueError(f"bad --scales {text!r}; use '1,3,6' for every method or 'cfg=1,3,6;clip=1,5'") from None
-    out: dict[str, list[float]] = {}
-    for part in text.split(";"):
-        if not part.strip():
-            continue
-        name, _, values = part.partition("=")
-        name = name.strip()
-        if name in out:
-            raise ValueError(f"--scales {text!r} gives {name!r} twice; list all its scales once, e.g. {name}=1,3,6")
-        out[name] = parse_floats(values, f"--scales for {name!r}")
-    return out
 
 
 def exit_on_bad_input(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
@@ -98,67 +62,22 @@ def positive_ints(text: str) -> list[int]:
     return values
 
 
-def parse_prompt_limit(text: str) -> int | str:
-    """A count (checked by BenchConfig.validate), or 'all': every prompt of the set, whatever the preset's limit."""
-    if text.strip().lower() == "all":
-        return "all"
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad --prompt-limit {text!r}; use a positive count or 'all'") from None
-
-
-def guidance_list(text: str) -> list[str]:
-    """Comma-separated names as given; 'all' stays ['all'] until the run has loaded its model and knows
-    which methods apply to it (bench.run.applicable_guidance)."""
-    return [g.strip() for g in text.split(",") if g.strip()]
-
-
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--guidance", default="cfg", help="comma-separated methods, 'all', or 'list' to print them")
-    p.add_argument("--scales", default=None, help="'1,3,6' for all methods or 'cfg=1,3,6;clip=1,5,10'")
-    p.add_argument("--prompts", default=None, help="built-in set name (emoji200, emoji-all) or a file path")
-    p.add_argument("--prompt-limit", type=parse_prompt_limit, default=None,
-                   help="use the first N prompts, or 'all' (default: the preset's: quick 20, tiny 8, full all)")
-    p.add_argument("--samples-per-prompt", type=int, default=None)
-    p.add_argument("--negative-prompt", default=None,
-                   help="negative prompt for CFG and its variants (replaces the null caption; a prompt file's "
-                        "negative_prompt column overrides it per prompt)")
-    p.add_argument("--seeds", default=None, help="seed sets, e.g. 0,1,2 (>= 2 for confidence intervals)")
-    p.add_argument("--sampler", default=None, help="ddim (default), ddpm, euler, euler-ancestral, heun, dpmpp-2m, "
-                                                   "flow-euler, or 'list' to describe them")
-    p.add_argument("--schedule", default=None, help="sigma schedule: default (the model's own), respace, leading, "
-                                                    "trailing, linspace, karras, exponential")
-    p.add_argument("--eta", type=float, default=None, help="noise of ddim (default 0) and euler-ancestral (default 1)")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (Heun evaluates the model twice per step)")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--device", default=None, help="cpu or cuda[:N]")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (autocast)")
+    """`python -m bench run`'s flags: BenchConfig's fields (declared there, bench.flags), the speed-ups
+    (guidance.accelerate), then the flags of how the run is launched and of the other tasks."""
+    add_field_arguments(p, fields(BenchConfig), {name for preset in PRESETS.values() for name in preset})
     add_acceleration_arguments(p)
-    p.add_argument("--model", default=None, help="'emoji' (embedded zoo), a directory of zoo checkpoints, or "
-                                                 "diffusers:PATH (a diffusers pipeline folder, docs/diffusers.md)")
-    p.add_argument("--clip-model", default=None, help="open_clip architecture for CLIP score")
-    p.add_argument("--clip-pretrained", default=None, help="local pretrained file for --clip-model")
-    p.add_argument("--score-with-guiding-clip", action="store_true", help="score with the guiding CLIP (inflated)")
-    p.add_argument("--fid-inception-weights", default=None, help="local Inception weights for FID")
-    p.add_argument("--metrics", default=None, help="comma-separated subset of "
-                                                   "fid,kid,clip_score,accuracy,cmmd,prdc,diversity")
-    p.add_argument("--features", default=None, help="feature networks for FID/KID/precision-recall: "
-                                                    "domain (default), inception, dinov2, clip (comma-separated)")
-    p.add_argument("--dinov2-weights", default=None, help="local DINOv2 weights (.safetensors or .pth)")
-    p.add_argument("--dinov2-arch", default=None, help="timm DINOv2 architecture (default vit_large_patch14_dinov2)")
-    p.add_argument("--reference", default=None, help="real images: a folder, a COCO captions json, or a features "
-                                                     ".safetensors (default: the zoo's emoji dataset)")
-    p.add_argument("--reference-images", default=None, help="image folder of a COCO captions json --reference")
-    p.add_argument("--bootstrap", type=int, default=None, help="resamples per cell for set-metric intervals "
-                                                                "(default 200; 0: none)")
-    p.add_argument("--out", default=None, help="parent directory of run directories (default: reports)")
-    p.add_argument("--run-id", default=None, help="name of the run directory (reuse one to resume)")
-    p.add_argument("--preset", default="quick", choices=sorted(PRESETS))
     p.add_argument("--nproc", type=positive_int, default=1, help="processes to launch with torchrun (samples sharded by batch)")
     p.add_argument("--shard", default=None, help="K/N: this job samples shard K of N (then `python -m bench merge`)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
     add_edit_arguments(p)
+
+
+def run_parser() -> argparse.ArgumentParser:
+    """`python -m bench run`'s parser alone (what tasks.py generates `invoke bench` from)."""
+    parser = argparse.ArgumentParser(prog="python -m bench run")
+    add_run_arguments(parser)
+    return parser
 
 
 def add_edit_arguments(p: argparse.ArgumentParser) -> None:
@@ -197,29 +116,18 @@ def cascade_options(args: argparse.Namespace) -> CascadeOptions:
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    guidance = guidance_list(args.guidance)
-    scales = parse_scales(args.scales) if args.scales else {}
-    if isinstance(scales, list):
-        scales = {g: scales for g in guidance}
-    every_prompt = args.prompt_limit == "all"
-    overrides = dict(guidance=guidance, scales=scales, prompts=args.prompts,
-                     prompt_limit=None if every_prompt else args.prompt_limit,
-                     samples_per_prompt=args.samples_per_prompt, negative_prompt=args.negative_prompt,
-                     sampler=args.sampler or model_sampler(args.model), steps=args.steps,
-                     schedule=args.schedule, eta=args.eta,
-                     batch_size=args.batch_size, device=args.device, dtype=args.dtype, model=args.model,
-                     channels_last=args.channels_last, compile=args.compile or None,
-                     cuda_graphs=args.cuda_graphs or None, cudnn_benchmark=args.cudnn_benchmark,
-                     autotune=args.autotune or None, half_weights=args.half_weights,
-                     clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
-                     score_with_guiding_clip=args.score_with_guiding_clip or None,
-                     fid_inception_weights=args.fid_inception_weights, out=args.out, run_id=args.run_id,
-                     seeds=parse_seeds(args.seeds) if args.seeds else None,
-                     metrics=[m.strip() for m in args.metrics.split(",")] if args.metrics else None,
-                     features=[f.strip() for f in args.features.split(",") if f.strip()] if args.features else None,
-                     dinov2_weights=args.dinov2_weights, dinov2_arch=args.dinov2_arch, reference=args.reference,
-                     reference_images=args.reference_images, bootstrap=args.bootstrap)
-    cfg = BenchConfig.from_preset(args.preset, **overrides)
+    """The config the flags ask for: each field given on the command line, the preset's or the field's
+    default otherwise (a --scales list applies to every method; --prompt-limit all lifts the preset's)."""
+    overrides = field_values(args, fields(BenchConfig))
+    preset = overrides.pop("preset", "quick")
+    guidance = overrides.setdefault("guidance", ["cfg"])
+    if isinstance(overrides.get("scales"), list):
+        overrides["scales"] = {g: overrides["scales"] for g in guidance}
+    every_prompt = overrides.get("prompt_limit") == "all"
+    if every_prompt:
+        del overrides["prompt_limit"]
+    overrides.setdefault("sampler", model_sampler(overrides.get("model")))
+    cfg = BenchConfig.from_preset(preset, **overrides)
     return cfg.with_overrides(prompt_limit=None) if every_prompt else cfg
 
 
@@ -237,7 +145,7 @@ def print_sampler_list() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if args.guidance.strip() == "list":
+    if (args.guidance or "").strip() == "list":
         print_guidance_list()
         return 0
     if (args.sampler or "").strip() == "list":

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.evaluators import DINOV2_ARCH, FEATURE_NETS, METRIC_NAMES
+from bench.flags import comma_list, option, parse_prompt_limit, parse_scales, parse_seeds
 from bench.evaluators.base import NOTHING_DOWNLOADED, check_readable
 from guidance.accelerate import Acceleration, checked_device
 from guidance.guiders import REGISTRY, guidance_class
@@ -39,41 +40,59 @@ HALF_NUMERICS = 2  # bump when a change alters bf16/fp16 samples but not fp32 on
 
 @dataclass
 class BenchConfig:
-    guidance: list[str] = field(default_factory=lambda: ["cfg"])
-    scales: dict[str, list[float]] = field(default_factory=dict)  # empty: the preset's defaults
-    prompts: str = "emoji200"
-    prompt_limit: int | None = 20
-    samples_per_prompt: int = 1
-    negative_prompt: str | None = None  # CFG's unconditional branch for prompts without their own negative_prompt
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    sampler: str = "ddim"
-    schedule: str = "default"  # sigma schedule: the model's own, or a spacing or Karras / exponential
-    steps: int = 20
-    eta: float | None = None  # the sampler's noise option (None: its default; DDIM 0, Euler ancestral 1)
-    batch_size: int = 72
-    device: str = "cpu"
-    dtype: str = "float32"
+    guidance: list[str] = option(factory=lambda: ["cfg"], parse=comma_list,
+                                 help="comma-separated methods, 'all', or 'list' to print them")
+    scales: dict[str, list[float]] = option(factory=dict, parse=parse_scales,  # empty: each method's own grid
+                                            help="'1,3,6' for all methods or 'cfg=1,3,6;clip=1,5,10' (default: "
+                                                 "each method's own grid for the preset)")
+    prompts: str = option("emoji200", help="built-in set name (emoji200, emoji-all) or a prompt file (.txt, .csv, "
+                                           ".tsv, .jsonl, COCO .json)")
+    prompt_limit: int | None = option(20, type=parse_prompt_limit, help="use the first N prompts, or 'all'")
+    samples_per_prompt: int = option(1, type=int, help="samples drawn per prompt and seed set")
+    negative_prompt: str | None = option(None, help="negative prompt for CFG and its variants (replaces the null "
+                                                    "caption; a prompt file's negative_prompt column overrides it)")
+    seeds: list[int] = option(factory=lambda: [0, 1, 2], parse=parse_seeds,
+                              help="seed sets, e.g. 0,1,2 (>= 2 for confidence intervals)")
+    sampler: str = option("ddim", help="ddim, ddpm, euler, euler-ancestral, heun, dpmpp-2m, flow-euler, or 'list' "
+                                       "to describe them; a diffusers pipeline defaults to its own scheduler's")
+    schedule: str = option("default", help="sigma schedule: default (the model's own), respace, leading, trailing, "
+                                           "linspace, karras, exponential")
+    steps: int = option(20, type=int, help="sampler steps (Heun evaluates the model twice per step)")
+    eta: float | None = option(None, type=float, help="the sampler's noise: ddim (default 0), euler-ancestral "
+                                                      "(default 1)")
+    batch_size: int = option(72, type=int, help="images per sampling batch")
+    device: str = option("cpu", help="cpu or cuda[:N]")
+    dtype: str = option("float32", help="float32, bfloat16 or float16 (autocast)")
+    # the speed-ups: their flags are guidance.accelerate.add_arguments' (shared with bench.perf and bench.limit)
     channels_last: bool | None = None  # None: on for CUDA, off for CPU
     compile: bool = False  # torch.compile the networks
     cuda_graphs: bool = False  # torch.compile in "reduce-overhead" mode (CUDA graphs)
     cudnn_benchmark: bool | None = None  # None: on for CUDA (cuDNN times its convolution algorithms)
     autotune: bool = False  # with compile / cuda_graphs: inductor max-autotune
     half_weights: bool = True  # under bf16/fp16 autocast, conv/linear weights stored in it (same samples)
-    model: str = "emoji"  # the embedded zoo, a directory of zoo-format checkpoints, or diffusers:PATH
-    clip_model: str | None = None  # open_clip architecture for CLIP score (default: the zoo's eval CLIP)
-    clip_pretrained: str | None = None  # local pretrained file for clip_model
-    score_with_guiding_clip: bool = False  # only to demonstrate GLIDE's warning; labelled in reports
-    fid_inception_weights: str | None = None  # local Inception weights (adds the inception network)
-    metrics: list[str] = field(default_factory=lambda: list(METRIC_NAMES))
-    features: list[str] = field(default_factory=lambda: ["domain"])  # feature networks for FID, KID, PR/DC
-    dinov2_weights: str | None = None  # local DINOv2 weights for the dinov2 network
-    dinov2_arch: str = DINOV2_ARCH  # its timm architecture
-    reference: str | None = None  # real images: a folder, COCO captions json, or features file (None: the zoo's)
-    reference_images: str | None = None  # the image folder of a COCO captions json --reference
-    bootstrap: int = 200  # resamples of each cell's images for set-metric intervals (0: none)
-    out: str = "reports"
-    run_id: str | None = None
-    preset: str = "quick"
+    model: str = option("emoji", help="'emoji' (embedded zoo), a directory of zoo checkpoints, or diffusers:PATH "
+                                      "(a diffusers pipeline folder, docs/diffusers.md)")
+    clip_model: str | None = option(None, help="open_clip architecture for CLIP score (default: the zoo's eval CLIP)")
+    clip_pretrained: str | None = option(None, help="local pretrained file for --clip-model")
+    score_with_guiding_clip: bool = option(False, switch="on", help="score with the guiding CLIP (inflated: only "
+                                                                    "to show GLIDE's warning; labelled in reports)")
+    fid_inception_weights: str | None = option(None, help="local Inception weights for FID (adds the inception "
+                                                          "network)")
+    metrics: list[str] = option(factory=lambda: list(METRIC_NAMES), parse=comma_list,
+                                help=f"comma-separated subset of {','.join(METRIC_NAMES)}")
+    features: list[str] = option(factory=lambda: ["domain"], parse=comma_list,
+                                 help="feature networks for FID/KID/precision-recall: domain, inception, dinov2, "
+                                      "clip (comma-separated)")
+    dinov2_weights: str | None = option(None, help="local DINOv2 weights (.safetensors or .pth) for --features dinov2")
+    dinov2_arch: str = option(DINOV2_ARCH, help="timm DINOv2 architecture")
+    reference: str | None = option(None, help="real images: a folder, a COCO captions json, or a features "
+                                              ".safetensors (default: the zoo's emoji dataset)")
+    reference_images: str | None = option(None, help="image folder of a COCO captions json --reference")
+    bootstrap: int = option(200, type=int, help="resamples per cell for set-metric intervals (0: none)")
+    out: str = option("reports", help="parent directory of run directories")
+    run_id: str | None = option(None, help="name of the run directory (rerun with the same id to resume)")
+    preset: str = option("quick", choices=tuple(PRESETS), help="quick (~2 min on 2 CPU cores), full (GPU) or tiny "
+                                                               "(CI)")
     model_fingerprint: str | None = None  # hash of the sampling and guiding weights, set when a run loads them
 
     # fields that change the samples besides each sample's prompt and label (those are checked per sample, so
