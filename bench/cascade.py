@@ -37,9 +37,10 @@ from guidance.models import load_bundle
 from guidance.protocols import Conditions
 from guidance.rng import SampleNoise
 from guidance.samplers import sample
+from guidance.sources.zoo_source import model_dir
 from guidance.zoo.conditioned import upsample_condition
 from guidance.zoo.emoji_data import build_emoji_dataset
-from guidance.zoo.load import ZOO_DIR, load_conditioned, load_eval_clip, load_model, sampling_process, training_process
+from guidance.zoo.load import load_conditioned, load_eval_clip, load_model, sampling_process, training_process
 from guidance.zoo.text import CaptionTokenizer
 
 UPSAMPLER_FILE, FEATURES_FILE = "upsampler.safetensors", "eval_classifier_64.safetensors"
@@ -105,7 +106,7 @@ def run_cascade(cfg: BenchConfig, options: CascadeOptions, progress: bool = True
     if options.upsampler_scale < 1 or options.steps < 1:
         raise ValueError("--upsampler-scale must be >= 1 (1: unguided) and --upsample-steps >= 1")
     device = checked_device(cfg.device)
-    root = ZOO_DIR if cfg.model == "emoji" else Path(cfg.model)
+    root = model_dir(cfg.model)
     upsampler = Upsampler(Path(options.upsampler) if options.upsampler else root / UPSAMPLER_FILE, device)
     features_path = Path(options.features) if options.features else root / FEATURES_FILE
     if not features_path.is_file():

@@ -43,9 +43,10 @@ from guidance.masks import check_kinds, load_mask, masks_for
 from guidance.models import load_bundle
 from guidance.protocols import Conditions
 from guidance.samplers import sampler_spec
+from guidance.sources.zoo_source import model_dir
 from guidance.zoo.conditioned import inpaint_condition
 from guidance.zoo.emoji_data import build_emoji_dataset
-from guidance.zoo.load import ZOO_DIR, load_conditioned, load_eval_clip
+from guidance.zoo.load import load_conditioned, load_eval_clip
 from guidance.zoo.store import file_sha256
 from guidance.zoo.train import augment
 
@@ -245,7 +246,7 @@ def run_inpaint(cfg: BenchConfig, options: InpaintOptions, progress: bool = True
     bundle = load_bundle(cfg.model, device)
     check_bundle(bundle, sources)
     root = Path(options.inpaint_model) if options.inpaint_model else \
-        (ZOO_DIR if cfg.model == "emoji" else Path(cfg.model)) / INPAINT_FILE
+        (model_dir(cfg.model)) / INPAINT_FILE
     model = InpaintModel(root, device) if "model" in options.methods else None
     check_methods(cfg.guidance, method_context(cfg, bundle, labels=True, prompt_set="the edit sources"))
     run_dir = prepare_output(cfg)

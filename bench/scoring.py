@@ -36,7 +36,8 @@ from bench.prompts import PromptSet
 from bench.stats.bootstrap import shifted_interval, resample_counts
 from bench.store import Cell, SampleStore, load_prompt_set
 from guidance.zoo.encoders import EvalClassifier
-from guidance.zoo.load import EVAL_CLIP_LABEL, ZOO_DIR, ZOO_DOMAIN, EvalCLIPScorer, load_eval_clip, load_zoo
+from guidance.models import load_bundle
+from guidance.zoo.load import EVAL_CLIP_LABEL, ZOO_DIR, ZOO_DOMAIN, EvalCLIPScorer, load_eval_clip
 from guidance.zoo.store import CheckpointError
 
 PER_SAMPLE_KEYS = ("guidance", "scale", "seed_set", "index", "prompt_index")
@@ -67,7 +68,7 @@ class GuidingCLIPScorer(EvalCLIPScorer):
 
 def make_scorer(cfg: BenchConfig, device: torch.device) -> EvalCLIPScorer:
     if cfg.score_with_guiding_clip:
-        return GuidingCLIPScorer(load_zoo(None if cfg.model == "emoji" else cfg.model, device)).to(device)
+        return GuidingCLIPScorer(load_bundle(cfg.model, device)).to(device)
     return load_eval_clip(device=device, arch=cfg.clip_model, pretrained=cfg.clip_pretrained)
 
 

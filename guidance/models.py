@@ -1,37 +1,36 @@
 """Model sources: `--model` names one, and each source is one adapter that returns a ModelBundle.
 
-`emoji` is the embedded zoo; a directory holding zoo-format checkpoints (unet.safetensors, ...) is
-loaded the same way; `diffusers:PATH` is a local diffusers pipeline folder (guidance.sources).
+Every module `guidance/sources/*_source.py` registers a source under the prefix `--model` names it by
+(guidance.sources.registry): `emoji` or a zoo-format directory (zoo_source), `diffusers:PATH`
+(diffusers_source). Adding a source is adding such a module.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import importlib
+import pkgutil
 
 import torch
 
+import guidance.sources
 from guidance.bundle import ModelBundle
-from guidance.sources import DIFFUSERS_PREFIX
-from guidance.sources.schedule import scheduler_sampler
-from guidance.zoo.load import load_zoo
+from guidance.sources.registry import source_of
+
+for _module in pkgutil.iter_modules(guidance.sources.__path__):
+    if _module.name.endswith("_source"):
+        importlib.import_module(f"guidance.sources.{_module.name}")
 
 
 def load_bundle(spec: str, device: torch.device | str = "cpu") -> ModelBundle:
-    """The bundle `--model` names: 'emoji' (the embedded zoo), a zoo-format model directory, or
-    'diffusers:PATH' (a diffusers pipeline folder)."""
-    if spec.startswith(DIFFUSERS_PREFIX):
-        try:  # the optional `diffusers` extra: imported only when a pipeline is asked for
-            from guidance.sources.pipeline import load_diffusers
-        except ImportError as err:
-            raise ValueError(f"--model {spec} needs diffusers and transformers ({err.name} is missing); install the "
-                             f"extra: pip install 'guidance-bench[diffusers]'") from None
-        return load_diffusers(spec[len(DIFFUSERS_PREFIX):], device)
-    return load_zoo(None if spec == "emoji" else spec, device)
+    """The bundle `--model` names, from the source registered for its prefix."""
+    source, rest = source_of(spec)
+    return source.load(rest, device)
 
 
 def model_sampler(spec: str | None = None) -> str | None:
-    """The sampler closest to a pipeline's own scheduler (what `--sampler` defaults to for it), from its
-    scheduler config alone; None for the zoo (the preset's sampler) or a folder without one (loading says why)."""
-    if spec is None or not spec.startswith(DIFFUSERS_PREFIX):
+    """The sampler closest to the model's own scheduler (what `--sampler` defaults to for it); None where
+    the source has none (the zoo: the preset's sampler)."""
+    if spec is None:
         return None
-    return scheduler_sampler(Path(spec[len(DIFFUSERS_PREFIX):]).expanduser() / "scheduler" / "scheduler_config.json")
+    source, rest = source_of(spec)
+    return source.sampler(rest)

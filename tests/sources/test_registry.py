@@ -1,0 +1,36 @@
+"""Model sources are looked up by the prefix of `--model` (guidance.sources.registry)."""
+
+from __future__ import annotations
+
+import pytest
+
+from guidance.models import load_bundle, model_sampler
+from guidance.sources import DIFFUSERS_PREFIX, diffusers_source, zoo_source
+from guidance.sources.registry import SOURCES, ModelSource, register_source, source_of
+
+
+def test_each_spec_goes_to_the_source_of_its_prefix():
+    assert source_of("diffusers:/some/folder") == (diffusers_source.SOURCE, "/some/folder")
+    assert source_of("emoji") == (zoo_source.SOURCE, "emoji")
+    assert source_of("runs/my-zoo") == (zoo_source.SOURCE, "runs/my-zoo")  # no prefix: a zoo directory
+    assert set(SOURCES) >= {"", DIFFUSERS_PREFIX}
+    assert model_sampler("emoji") is None
+
+
+def test_a_registered_source_is_what_load_bundle_uses():
+    loaded = []
+    toy = ModelSource("toy:", lambda rest, device: loaded.append((rest, device)) or "bundle", "a test source",
+                      sampler=lambda rest: "euler")
+    register_source(toy)
+    try:
+        assert load_bundle("toy:abc", "cpu") == "bundle" and loaded == [("abc", "cpu")]
+        assert model_sampler("toy:abc") == "euler"
+        with pytest.raises(ValueError, match="registered twice"):
+            register_source(ModelSource("toy:", lambda rest, device: None, "another"))
+    finally:
+        del SOURCES["toy:"]
+
+
+def test_a_zoo_spec_that_is_no_directory_says_so():
+    with pytest.raises(Exception, match="model directory not found"):
+        load_bundle("no/such/zoo")
