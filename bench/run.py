@@ -267,7 +267,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
     if progress and cfg.prompt_limit is not None and len(prompts) == cfg.prompt_limit:
         print(f"prompts: the first {cfg.prompt_limit} of {prompts.name} (--prompt-limit N or all to change)")
     device = checked_device(local_device(cfg.device))
-    bundle = load_bundle(cfg.model, device)
+    bundle = load_bundle(cfg.model, device, cfg.sampler)
     cfg = applicable_guidance(cfg, prompts, bundle, note=print if progress else lambda _: None)
     cfg = applicable_metrics(cfg, bundle.domain, note=print if progress else lambda _: None)
     check_compatible(cfg, prompts, bundle)
@@ -351,7 +351,7 @@ def merge_shards(run_dir: Path, progress: bool = True) -> Path:
     n = len(prompts) * cfg.samples_per_prompt
     expected = Expected.of(prompts, n, cfg.samples_per_prompt, cfg.negative_prompt)
     device = torch.device(cfg.device if cfg.device == "cpu" or torch.cuda.is_available() else "cpu")
-    bundle = load_bundle(cfg.model, device)
+    bundle = load_bundle(cfg.model, device, cfg.sampler)
     check_keeps_samples(Path(run_dir), replace(cfg, model_fingerprint=bundle.fingerprint()))
     cells = grid_cells(cfg)
     for cell in cells:

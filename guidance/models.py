@@ -16,16 +16,17 @@ from guidance.sources.schedule import scheduler_sampler
 from guidance.zoo.load import load_zoo
 
 
-def load_bundle(spec: str, device: torch.device | str = "cpu") -> ModelBundle:
+def load_bundle(spec: str, device: torch.device | str = "cpu", sampler: str | None = None) -> ModelBundle:
     """The bundle `--model` names: 'emoji' (the embedded zoo), a zoo-format model directory, or
-    'diffusers:PATH' (a diffusers pipeline folder)."""
+    'diffusers:PATH' (a diffusers pipeline folder, whose default trajectory is that of diffusers' scheduler
+    for `sampler`; None: the folder's own)."""
     if spec.startswith(DIFFUSERS_PREFIX):
         try:  # the optional `diffusers` extra: imported only when a pipeline is asked for
             from guidance.sources.pipeline import load_diffusers
         except ImportError as err:
             raise ValueError(f"--model {spec} needs diffusers and transformers ({err.name} is missing); install the "
                              f"extra: pip install 'guidance-bench[diffusers]'") from None
-        return load_diffusers(spec[len(DIFFUSERS_PREFIX):], device)
+        return load_diffusers(spec[len(DIFFUSERS_PREFIX):], device, sampler)
     return load_zoo(None if spec == "emoji" else spec, device)
 
 
