@@ -22,10 +22,13 @@ from bench.run import merge_shards, run_benchmark
 from bench.verdict import verdict
 from guidance.accelerate import add_arguments as add_acceleration_arguments
 from guidance.guiders import available_guidance
+from guidance.guiders.cfg_rescale import RESCALE_SPACES
 from guidance.inpaint import Resampling
 from guidance.models import model_sampler
 from guidance.process import SCHEDULES
+from guidance.rng import NOISE_MODES
 from guidance.samplers import SAMPLERS
+from guidance.sources.schedule import SCHEDULER_OF
 
 
 def parse_floats(text: str, flag: str = "--scales") -> list[float]:
@@ -130,6 +133,13 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", default=None, help="sigma schedule: default (the model's own), respace, leading, "
                                                     "trailing, linspace, karras, exponential")
     p.add_argument("--eta", type=float, default=None, help="noise of ddim (default 0) and euler-ancestral (default 1)")
+    p.add_argument("--noise", default=None, choices=list(NOISE_MODES),
+                   help="where each sample's generator lives: device (default) or diffusers (CPU generators: "
+                        "sample i regenerates in a diffusers pipeline from per_sample.csv's noise_seed)")
+    p.add_argument("--save-latents", action="store_true",
+                   help="also write each sample's final latents (before decoding) as samples/<cell>.latents/<i>.safetensors")
+    p.add_argument("--rescale-space", default=None, choices=list(RESCALE_SPACES),
+                   help="where cfg-rescale rescales: x0 (default) or model (diffusers' guidance_rescale)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (Heun evaluates the model twice per step)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", default=None, help="cpu or cuda[:N]")
@@ -206,7 +216,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
                      prompt_limit=None if every_prompt else args.prompt_limit,
                      samples_per_prompt=args.samples_per_prompt, negative_prompt=args.negative_prompt,
                      sampler=args.sampler or model_sampler(args.model), steps=args.steps,
-                     schedule=args.schedule, eta=args.eta,
+                     schedule=args.schedule, eta=args.eta, noise=args.noise, save_latents=args.save_latents or None,
+                     rescale_space=args.rescale_space,
                      batch_size=args.batch_size, device=args.device, dtype=args.dtype, model=args.model,
                      channels_last=args.channels_last, compile=args.compile or None,
                      cuda_graphs=args.cuda_graphs or None, cudnn_benchmark=args.cudnn_benchmark,
@@ -231,6 +242,8 @@ def print_guidance_list() -> None:
 def print_sampler_list() -> None:
     for name, spec in SAMPLERS.items():
         print(f"{name:16s} {spec.description}")
+        if name in SCHEDULER_OF:
+            print(f"{'':16s} on diffusers:PATH = pipe.scheduler = {SCHEDULER_OF[name]}.from_config(pipe.scheduler.config)")
     print("\nschedules (--schedule):")
     for name, line in SCHEDULES.items():
         print(f"{name:16s} {line}")

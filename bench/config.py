@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -13,8 +14,11 @@ from bench.evaluators import DINOV2_ARCH, FEATURE_NETS, METRIC_NAMES
 from bench.evaluators.base import NOTHING_DOWNLOADED, check_readable
 from guidance.accelerate import Acceleration, checked_device
 from guidance.guiders import REGISTRY
+from guidance.guiders.cfg_rescale import RESCALE_SPACES
 from guidance.process import SCHEDULES
+from guidance.rng import NOISE_MODES
 from guidance.samplers import SAMPLERS
+from guidance.sources import DIFFUSERS_PREFIX
 
 # Scales per guidance. CFG uses the GLIDE/diffusers convention (1 = no guidance); gradient methods
 # use the gradient scale (0 = no guidance). `none` ignores its scale.
@@ -67,6 +71,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 ALL = "all"  # --guidance all: every registered method that applies to the model and sampler
 
 HALF_NUMERICS = 2  # bump when a change alters bf16/fp16 samples but not fp32 ones (part of their sample key)
+# bump when a pipeline folder's trajectory changes (part of diffusers: models' sample keys; 2: it ends where the
+# scheduler's last step lands and --sampler follows that sampler's diffusers scheduler)
+PIPELINE_TRAJECTORY = 2
 
 
 @dataclass
@@ -82,6 +89,9 @@ class BenchConfig:
     schedule: str = "default"  # sigma schedule: the model's own, or a spacing or Karras / exponential
     steps: int = 20
     eta: float | None = None  # the sampler's noise option (None: its default; DDIM 0, Euler ancestral 1)
+    noise: str = "device"  # where each sample's generator lives (guidance.rng.NOISE_MODES): device, or diffusers
+    save_latents: bool = False  # write each sample's final latents (safetensors) beside the samples
+    rescale_space: str = "x0"  # where cfg-rescale rescales: x0, or model (diffusers' guidance_rescale)
     batch_size: int = 72
     device: str = "cpu"
     dtype: str = "float32"
@@ -111,7 +121,7 @@ class BenchConfig:
     # fields that change the samples besides each sample's prompt and label (those are checked per sample, so
     # --prompt-limit and the prompt file may change without resampling what still holds): the resume key
     # (new weights under the same --model never reuse samples)
-    SAMPLE_FIELDS = ("sampler", "schedule", "steps", "eta", "dtype", "model", "model_fingerprint")
+    SAMPLE_FIELDS = ("sampler", "schedule", "steps", "eta", "noise", "dtype", "model", "model_fingerprint")
 
     @classmethod
     def from_preset(cls, preset: str = "quick", **overrides: Any) -> "BenchConfig":
@@ -142,6 +152,13 @@ class BenchConfig:
         key = self.sample_settings()
         if key["schedule"] == "default":
             key.pop("schedule")  # keys made before schedules existed stay valid
+        if key["noise"] == "device":
+            key.pop("noise")  # likewise before noise modes: the zoo's default samples keep their keys
+        options = self.guidance_options(guidance)
+        if options.get("rescale_space", "x0") != "x0":
+            key["rescale_space"] = options["rescale_space"]
+        if self.model.startswith(DIFFUSERS_PREFIX):
+            key["pipeline_trajectory"] = PIPELINE_TRAJECTORY
         key.update(guidance=guidance, scale=scale, seed=seed)
         numerics = REGISTRY[guidance][0].numerics_version
         if numerics != 1:
@@ -151,6 +168,12 @@ class BenchConfig:
             # differ (and were NaN for APG and CFG-rescale under fp16), so a resume must not mix them in
             key["half_numerics"] = HALF_NUMERICS
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+    def guidance_options(self, guidance: str) -> dict[str, Any]:
+        """The run's options a guidance method takes (cfg-rescale's rescale_space), for make_guidance."""
+        cls = REGISTRY[guidance][0] if guidance in REGISTRY else None
+        takes = cls is not None and "rescale_space" in inspect.signature(cls.__init__).parameters
+        return {"rescale_space": self.rescale_space} if takes else {}
 
     def sample_settings(self) -> dict[str, Any]:
         """The settings samples depend on besides their prompt, with the sampler's default eta filled in
@@ -193,6 +216,10 @@ class BenchConfig:
             raise ValueError(f"--steps {self.steps} is out of range; use 1..{num_timesteps}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; valid: {', '.join(SAMPLERS)} (--sampler list)")
+        if self.noise not in NOISE_MODES:
+            raise ValueError(f"unknown --noise {self.noise!r}; valid: {', '.join(NOISE_MODES)}")
+        if self.rescale_space not in RESCALE_SPACES:
+            raise ValueError(f"unknown --rescale-space {self.rescale_space!r}; valid: {', '.join(RESCALE_SPACES)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)} (--sampler list)")
         if self.eta is not None:

@@ -221,8 +221,10 @@ def sample_cell(cfg: BenchConfig, bundle: ModelBundle, cell: Cell, guidance: Gui
         with autocast, torch.no_grad():  # gradient guidance turns gradients on for its guide alone
             x = sample(bundle.denoiser, bundle.process, sigmas, guidance, cond, bundle.sample_shape, idx,
                        seed=cell.seed, sampler=cfg.sampler, eta=cfg.eta, clip_denoised=bundle.clip_denoised,
-                       device=device)
+                       device=device, noise_mode=cfg.noise)
             images = bundle.decode(x)
+        if cfg.save_latents:
+            store.write_latents(idx, x, cell.seed)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - start
@@ -290,7 +292,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
         if progress and store.under_another_key():
             bar.write(f"{cell.name}: samples saved under another key (an earlier version, other weights or "
                       f"sampler settings) are not reused: sampling afresh")
-        guidance = make_guidance(cell.guidance, cell.scale, bundle.guiding_models())
+        guidance = make_guidance(cell.guidance, cell.scale, bundle.guiding_models(), **cfg.guidance_options(cell.guidance))
         bar.set_postfix_str(cell.name)
         reset_peak_memory(device)
 
