@@ -33,6 +33,8 @@ SCHEDULER_OF = {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler", "euler": "Eule
                 "dpmpp-2m": "DPMSolverMultistepScheduler", "flow-euler": "FlowMatchEulerDiscreteScheduler"}
 SAMPLER_OF = {name: sampler for sampler, name in SCHEDULER_OF.items()}
 FLOW = ("FlowMatchEulerDiscreteScheduler",)
+# schedulers that step in x / alpha (VE coordinates) from latents * init_noise_sigma and divide the model input back
+VE_STATE = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler")
 
 # Scheduler config fields the suite reproduces with any value: the training table (the scheduler's own
 # alphas_cumprod carries beta schedule, trained betas and zero-terminal SNR), the prediction type, and every
@@ -155,6 +157,16 @@ class PipelineVP(VPDiscrete):
         if t is None or level.integer_time:
             return level
         return replace(level, model_t=t, integer_time=float(t).is_integer(), _times={})
+
+    def initial_scale(self, level: NoiseLevel) -> float:
+        """The pipeline's initial state in model coordinates: randn * init_noise_sigma, which the VE-state
+        schedulers take as x / alpha (so / sqrt(1 + sigma^2)); with linspace or trailing spacing their
+        init_noise_sigma is sigma_max, not sqrt(sigma_max^2 + 1), so the state starts below scale 1."""
+        if type(self.scheduler).__name__ not in VE_STATE or math.isinf(level.sigma):
+            return 1.0
+        sched = copy.deepcopy(self.scheduler)
+        sched.set_timesteps(2, device="cpu")  # init_noise_sigma depends on sigma_max and the spacing alone
+        return float(sched.init_noise_sigma) / math.sqrt(1.0 + float(sched.sigmas.max()) ** 2)
 
     def sigmas(self, steps: int, schedule: str = "default") -> list[float]:
         if schedule != "default":

@@ -114,16 +114,18 @@ def tiny_vae(latent_channels: int = 4, scaling_factor: float = 0.18215, shift_fa
 
 
 def scheduler_of(family: str, kind: str = "shipped"):  # noqa: ANN201
-    """`family`'s checkpoint scheduler as shipped, or `kind` swapped in from that config (from_config)."""
+    """`family`'s checkpoint scheduler as shipped, or `kind` swapped in from the loaded scheduler's config
+    (`X.from_config(pipe.scheduler.config)`, which carries the shipped class's defaults, e.g. PNDM's leading)."""
     import diffusers
 
     shipped = SHIPPED_SCHEDULERS[family]
+    scheduler = getattr(diffusers, shipped["_class_name"]).from_config(shipped)
     if kind == "shipped":
-        return getattr(diffusers, shipped["_class_name"]).from_config(shipped)
+        return scheduler
     if kind not in SWAPS:
         raise ValueError(f"unknown tiny scheduler {kind!r}; valid: {', '.join(SCHEDULERS)}")
     name, overrides = SWAPS[kind]
-    return getattr(diffusers, name).from_config(shipped, **overrides)
+    return getattr(diffusers, name).from_config(scheduler.config, **overrides)
 
 
 def build(family: str, scheduler: str = "shipped", seed: int = 0, tokenizer_dir: Path | None = None):  # noqa: ANN201
@@ -171,6 +173,18 @@ def build(family: str, scheduler: str = "shipped", seed: int = 0, tokenizer_dir:
         patch_size=2, num_embeds_ada_norm=NUM_CLASSES, norm_type="ada_norm_zero")
     return diffusers.DiTPipeline(transformer=transformer, vae=tiny_vae(), scheduler=scheduler_of(family, scheduler),
                                  id2label={i: f"class {i}" for i in range(NUM_CLASSES)})
+
+
+def swap_scheduler(folder: str | Path, family: str, kind: str) -> Path:
+    """Give a saved tiny pipeline another scheduler (`kind` of SCHEDULERS) in place: scheduler/ and the
+    model_index.json entry that names its class, as save_pretrained would write them."""
+    folder = Path(folder)
+    scheduler = scheduler_of(family, kind)
+    scheduler.save_config(str(folder / "scheduler"))
+    index = json.loads((folder / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", type(scheduler).__name__]
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    return folder
 
 
 def save_guiding_clip(path: Path, seed: int = 0) -> None:
