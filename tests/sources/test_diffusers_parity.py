@@ -25,7 +25,6 @@ other timesteps) is 1e-3 or more.
 
 from __future__ import annotations
 
-import diffusers
 import numpy as np
 import pytest
 import torch
@@ -37,7 +36,7 @@ from guidance.samplers import sample
 from guidance.sources.schedule import SAMPLER_OF
 from guidance.sources.tiny import SWAPS
 
-pytest.importorskip("diffusers", reason="diffusers is not installed (the `diffusers` extra)")
+diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed (the `diffusers` extra)")
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
