@@ -223,8 +223,6 @@ def sample_cell(cfg: BenchConfig, bundle: ModelBundle, cell: Cell, guidance: Gui
                        seed=cell.seed, sampler=cfg.sampler, eta=cfg.eta, clip_denoised=bundle.clip_denoised,
                        device=device, noise_mode=cfg.noise)
             images = bundle.decode(x)
-        if cfg.save_latents:
-            store.write_latents(idx, x, cell.seed)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - start
@@ -232,6 +230,8 @@ def sample_cell(cfg: BenchConfig, bundle: ModelBundle, cell: Cell, guidance: Gui
                 "guide_passes": cost.guide_passes * len(idx), "backward_passes": cost.backward_passes * len(idx),
                 "intervals": [[started_at, started_at + elapsed]]}
         store.write_batch(idx, images, expected)
+        if cfg.save_latents:
+            store.write_latents(idx, x, cell.seed)
         record(work)
         progress.update(len(idx))
 
@@ -292,7 +292,8 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
         if progress and store.under_another_key():
             bar.write(f"{cell.name}: samples saved under another key (an earlier version, other weights or "
                       f"sampler settings) are not reused: sampling afresh")
-        guidance = make_guidance(cell.guidance, cell.scale, bundle.guiding_models(), **cfg.guidance_options(cell.guidance))
+        guidance = make_guidance(cell.guidance, cell.scale, bundle.guiding_models(),
+                                 **cfg.guidance_options(cell.guidance))
         bar.set_postfix_str(cell.name)
         reset_peak_memory(device)
 

@@ -107,8 +107,13 @@ def scheduler_timesteps(scheduler: Any, steps: int, **options: Any) -> tuple[lis
     """The scheduler's timesteps for `steps` and its sigmas where it keeps them (on a copy: the pipeline's is untouched)."""
     sched = copy.deepcopy(scheduler)
     sched.set_timesteps(steps, device="cpu", **options)
-    sigmas = getattr(sched, "sigmas", None)
-    return [float(t) for t in sched.timesteps], None if sigmas is None else [float(s) for s in sigmas]
+    times = [float(t) for t in sched.timesteps]
+    sigmas = None if getattr(sched, "sigmas", None) is None else [float(s) for s in sched.sigmas]
+    if len(times) > steps:  # Heun lists each inner level twice (its two evaluations): one level each
+        keep = [0, *(i for i in range(1, len(times)) if times[i] != times[i - 1])]
+        times = [times[i] for i in keep]
+        sigmas = None if sigmas is None else [*(sigmas[i] for i in keep), sigmas[-1]]
+    return times, sigmas
 
 
 def final_sigma(scheduler: Any, steps: int, sigmas: list[float] | None) -> float:

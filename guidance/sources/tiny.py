@@ -60,7 +60,8 @@ SWAPS: dict[str, tuple[str, dict[str, Any]]] = {
     "ddim": ("DDIMScheduler", {}), "euler": ("EulerDiscreteScheduler", {}),
     "euler-karras": ("EulerDiscreteScheduler", {"use_karras_sigmas": True}),
     "dpmpp-2m": ("DPMSolverMultistepScheduler", {}),
-    "dpmpp-2m-karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True})}
+    "dpmpp-2m-karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "flow-dynamic": ("FlowMatchEulerDiscreteScheduler", {"use_dynamic_shifting": True})}
 SCHEDULERS = ("shipped", *SWAPS)
 TEXT_DIM = 32  # hidden size of the tiny CLIP text encoders
 LATENT = 16  # latent side: the VAE below upsamples by 2, so images are 32 x 32 (the zoo's size)

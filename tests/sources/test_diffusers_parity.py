@@ -4,14 +4,15 @@ The tiny pipelines carry the scheduler configs the public checkpoints ship (guid
 SD 1.5's PNDM, SD 2.1's v-prediction DDIM with set_alpha_to_one false, SDXL's leading Euler, SD3's
 shifted flow Euler, DiT's linear-table DDIM), and each is also run with DDIM, Euler and DPM-Solver++ 2M
 (and Karras) swapped in as diffusers users do: `pipe.scheduler = X.from_config(pipe.scheduler.config)`
-on diffusers' side, `load_bundle(folder, sampler=x)` (the CLI's --sampler x) on the suite's.
+on diffusers' side, `load_bundle(folder, sampler=x)` (the CLI's --sampler x) on the suite's; SD3 also
+with use_dynamic_shifting.
 
 Same initial latents on both sides: the pipeline is given `latents=x_T` and multiplies it by its
 scheduler's init_noise_sigma; the suite starts from x_T times its process's initial scale, the same
 state in model coordinates (1 for DDIM, DPM-Solver and flow Euler; for Euler, which steps in x / alpha,
 init_noise_sigma / sqrt(1 + sigma_max^2): 1 with leading spacing, below 1 with linspace or trailing,
-where diffusers takes init_noise_sigma = sigma_max). The reproducibility mode draws them from the per-sample CPU generators instead, and
-DiT (which takes no latents) is compared that way. Both sides use the GLIDE/diffusers scale (s = 1: the
+where diffusers takes init_noise_sigma = sigma_max). The reproducibility mode draws them from the
+per-sample CPU generators instead, and DiT (which takes no latents) is compared that way. Both sides use the GLIDE/diffusers scale (s = 1: the
 conditional model); diffusers guides only at s > 1, so the scales here are above 1.
 
 Tolerance: 1e-5 of the reference's largest latent. Its origin: both sides run the same float32 network
@@ -50,7 +51,7 @@ CASES = [("sd", "shipped", "ddim"), ("sd", "shipped", "euler"), ("sd", "shipped"
          ("sd", "dpmpp-2m-karras", None), ("sd", "euler-karras", None),
          ("sd-v", "shipped", None), ("sd-v", "shipped", "euler"), ("sd-v", "shipped", "dpmpp-2m"),
          ("sdxl", "shipped", None), ("sdxl", "shipped", "ddim"), ("sdxl", "shipped", "dpmpp-2m"),
-         ("sd3", "shipped", None)]
+         ("sd3", "shipped", None), ("sd3", "flow-dynamic", None)]
 
 
 @pytest.fixture(autouse=True, scope="module")
