@@ -39,8 +39,8 @@ PER_SAMPLE_FILE = "per_sample.csv"
 CELL = ("guidance", "scale")
 CLUSTER = "prompt_index"
 REQUIRED = ("guidance", "scale", "seed_set", "prompt_index")
-ID_COLUMNS = frozenset({"run", "guidance", "scale", "seed_set", "seed", "index", "prompt_index", "prompt", "text",
-                        "caption", "label", "sample", "sample_index", "batch", "path", "file_path"})
+ID_COLUMNS = frozenset({"run", "guidance", "scale", "seed_set", "seed", "noise_seed", "index", "prompt_index", "prompt",
+                        "text", "caption", "label", "sample", "sample_index", "batch", "path", "file_path"})
 SET_METRICS = set_columns()
 PER_IMAGE_METRICS = per_image_columns()  # results.csv holds their means
 ALIGNMENT = "clip_score"  # the axis methods are matched on

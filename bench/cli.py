@@ -24,10 +24,13 @@ from bench.run import merge_shards, run_benchmark
 from bench.verdict import verdict
 from guidance.accelerate import add_arguments as add_acceleration_arguments
 from guidance.guiders import available_guidance
+from guidance.guiders.cfg_rescale import RESCALE_SPACES
 from guidance.inpaint import Resampling
 from guidance.models import model_sampler
 from guidance.process import SCHEDULES
+from guidance.rng import NOISE_MODES
 from guidance.samplers import SAMPLERS
+from guidance.sources.schedule import SCHEDULER_OF
 
 
 def exit_on_bad_input(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
@@ -139,6 +142,8 @@ def print_guidance_list() -> None:
 def print_sampler_list() -> None:
     for name, spec in SAMPLERS.items():
         print(f"{name:16s} {spec.description}")
+        if name in SCHEDULER_OF:
+            print(f"{'':16s} on diffusers:PATH = pipe.scheduler = {SCHEDULER_OF[name]}.from_config(pipe.scheduler.config)")
     print("\nschedules (--schedule):")
     for name, line in SCHEDULES.items():
         print(f"{name:16s} {line}")

@@ -4,6 +4,7 @@ grids are declared on its class, guidance.guiders)."""
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 from dataclasses import asdict, dataclass, fields, replace
@@ -15,8 +16,11 @@ from bench.flags import comma_list, option, parse_prompt_limit, parse_scales, pa
 from bench.evaluators.base import NOTHING_DOWNLOADED, check_readable
 from guidance.accelerate import Acceleration, checked_device
 from guidance.guiders import REGISTRY, guidance_class
+from guidance.guiders.cfg_rescale import RESCALE_SPACES
 from guidance.process import SCHEDULES
+from guidance.rng import NOISE_MODES
 from guidance.samplers import SAMPLERS
+from guidance.sources import DIFFUSERS_PREFIX
 
 SCALE_RANGE = (0.0, 1000.0)
 
@@ -36,6 +40,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 ALL = "all"  # --guidance all: every registered method that applies to the model and sampler
 
 HALF_NUMERICS = 2  # bump when a change alters bf16/fp16 samples but not fp32 ones (part of their sample key)
+# bump when a pipeline folder's trajectory changes (part of diffusers: models' sample keys; 2: it ends where the
+# scheduler's last step lands and --sampler follows that sampler's diffusers scheduler)
+PIPELINE_TRAJECTORY = 2
 
 
 @dataclass
@@ -60,6 +67,13 @@ class BenchConfig:
     steps: int = option(20, type=int, help="sampler steps (Heun evaluates the model twice per step)")
     eta: float | None = option(None, type=float, help="the sampler's noise: ddim (default 0), euler-ancestral "
                                                       "(default 1)")
+    noise: str = option("device", choices=tuple(NOISE_MODES),
+                        help="where each sample's generator lives: device, or diffusers (CPU generators: sample i "
+                             "regenerates in a diffusers pipeline from per_sample.csv's noise_seed)")
+    save_latents: bool = option(False, switch="on", help="also write each sample's final latents (before decoding) "
+                                                         "as samples/<cell>.latents/<i>.safetensors")
+    rescale_space: str = option("x0", choices=tuple(RESCALE_SPACES),
+                                help="where cfg-rescale rescales: x0, or model (diffusers' guidance_rescale)")
     batch_size: int = option(72, type=int, help="images per sampling batch")
     device: str = option("cpu", help="cpu or cuda[:N]")
     dtype: str = option("float32", help="float32, bfloat16 or float16 (autocast)")
@@ -98,7 +112,7 @@ class BenchConfig:
     # fields that change the samples besides each sample's prompt and label (those are checked per sample, so
     # --prompt-limit and the prompt file may change without resampling what still holds): the resume key
     # (new weights under the same --model never reuse samples)
-    SAMPLE_FIELDS = ("sampler", "schedule", "steps", "eta", "dtype", "model", "model_fingerprint")
+    SAMPLE_FIELDS = ("sampler", "schedule", "steps", "eta", "noise", "dtype", "model", "model_fingerprint")
 
     @classmethod
     def from_preset(cls, preset: str = "quick", **overrides: Any) -> "BenchConfig":
@@ -131,6 +145,13 @@ class BenchConfig:
         key = self.sample_settings()
         if key["schedule"] == "default":
             key.pop("schedule")  # keys made before schedules existed stay valid
+        if key["noise"] == "device":
+            key.pop("noise")  # likewise before noise modes: the zoo's default samples keep their keys
+        options = self.guidance_options(guidance)
+        if options.get("rescale_space", "x0") != "x0":
+            key["rescale_space"] = options["rescale_space"]
+        if self.model.startswith(DIFFUSERS_PREFIX):
+            key["pipeline_trajectory"] = PIPELINE_TRAJECTORY
         key.update(guidance=guidance, scale=scale, seed=seed)
         numerics = guidance_class(guidance).numerics_version
         if numerics != 1:
@@ -140,6 +161,12 @@ class BenchConfig:
             # differ (and were NaN for APG and CFG-rescale under fp16), so a resume must not mix them in
             key["half_numerics"] = HALF_NUMERICS
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+    def guidance_options(self, guidance: str) -> dict[str, Any]:
+        """The run's options a guidance method takes (cfg-rescale's rescale_space), for make_guidance."""
+        cls = REGISTRY[guidance][0] if guidance in REGISTRY else None
+        takes = cls is not None and "rescale_space" in inspect.signature(cls.__init__).parameters
+        return {"rescale_space": self.rescale_space} if takes else {}
 
     def sample_settings(self) -> dict[str, Any]:
         """The settings samples depend on besides their prompt, with the sampler's default eta filled in
@@ -182,6 +209,10 @@ class BenchConfig:
             raise ValueError(f"--steps {self.steps} is out of range; use 1..{num_timesteps}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; valid: {', '.join(SAMPLERS)} (--sampler list)")
+        if self.noise not in NOISE_MODES:
+            raise ValueError(f"unknown --noise {self.noise!r}; valid: {', '.join(NOISE_MODES)}")
+        if self.rescale_space not in RESCALE_SPACES:
+            raise ValueError(f"unknown --rescale-space {self.rescale_space!r}; valid: {', '.join(RESCALE_SPACES)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)} (--sampler list)")
         if self.eta is not None:

@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     autocast = autocast_context(device, dtype)
     acceleration = from_args(args, device)
-    bundle = load_bundle(args.model, device)
+    bundle = load_bundle(args.model, device, args.sampler)
     plan = {"sampler": args.sampler, "schedule": args.schedule}
     bundle.process.sigmas(args.steps, args.schedule)  # a bad --steps or --schedule fails here, in one line
     bundle.accelerate(acceleration, device, dtype)

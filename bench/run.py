@@ -225,7 +225,7 @@ def sample_cell(cfg: BenchConfig, bundle: ModelBundle, cell: Cell, guidance: Gui
         with autocast, torch.no_grad():  # gradient guidance turns gradients on for its guide alone
             x = sample(bundle.denoiser, bundle.process, sigmas, guidance, cond, bundle.sample_shape, idx,
                        seed=cell.seed, sampler=cfg.sampler, eta=cfg.eta, clip_denoised=bundle.clip_denoised,
-                       device=device)
+                       device=device, noise_mode=cfg.noise)
             images = bundle.decode(x)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -234,6 +234,8 @@ def sample_cell(cfg: BenchConfig, bundle: ModelBundle, cell: Cell, guidance: Gui
                 "guide_passes": cost.guide_passes * len(idx), "backward_passes": cost.backward_passes * len(idx),
                 "intervals": [[started_at, started_at + elapsed]]}
         store.write_batch(idx, images, expected)
+        if cfg.save_latents:
+            store.write_latents(idx, x, cell.seed)
         record(work)
         progress.update(len(idx))
 
@@ -271,7 +273,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
     if progress and cfg.prompt_limit is not None and len(prompts) == cfg.prompt_limit:
         print(f"prompts: the first {cfg.prompt_limit} of {prompts.name} (--prompt-limit N or all to change)")
     device = checked_device(local_device(cfg.device))
-    bundle = load_bundle(cfg.model, device)
+    bundle = load_bundle(cfg.model, device, cfg.sampler)
     cfg = applicable_guidance(cfg, prompts, bundle, note=print if progress else lambda _: None)
     cfg = applicable_metrics(cfg, bundle.domain, note=print if progress else lambda _: None)
     check_compatible(cfg, prompts, bundle)
@@ -294,7 +296,8 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
         if progress and store.under_another_key():
             bar.write(f"{cell.name}: samples saved under another key (an earlier version, other weights or "
                       f"sampler settings) are not reused: sampling afresh")
-        guidance = make_guidance(cell.guidance, cell.scale, bundle.guiding_models())
+        guidance = make_guidance(cell.guidance, cell.scale, bundle.guiding_models(),
+                                 **cfg.guidance_options(cell.guidance))
         bar.set_postfix_str(cell.name)
         reset_peak_memory(device)
 
@@ -355,7 +358,7 @@ def merge_shards(run_dir: Path, progress: bool = True) -> Path:
     n = len(prompts) * cfg.samples_per_prompt
     expected = Expected.of(prompts, n, cfg.samples_per_prompt, cfg.negative_prompt)
     device = torch.device(cfg.device if cfg.device == "cpu" or torch.cuda.is_available() else "cpu")
-    bundle = load_bundle(cfg.model, device)
+    bundle = load_bundle(cfg.model, device, cfg.sampler)
     check_keeps_samples(Path(run_dir), replace(cfg, model_fingerprint=bundle.fingerprint()))
     cells = grid_cells(cfg)
     for cell in cells:

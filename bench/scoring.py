@@ -35,6 +35,7 @@ from bench.metrics import (Gathered, Throughput, clip_scores, label_hits, load_e
 from bench.prompts import PromptSet
 from bench.stats.bootstrap import shifted_interval, resample_counts
 from bench.store import Cell, SampleStore, load_prompt_set
+from guidance.rng import sample_seed
 from guidance.zoo.encoders import EvalClassifier
 from guidance.models import load_bundle
 from guidance.zoo.load import EVAL_CLIP_LABEL, ZOO_DIR, ZOO_DOMAIN, EvalCLIPScorer, load_eval_clip
@@ -297,7 +298,10 @@ def score_cells(cfg: BenchConfig, run_dir: Path, cells: list[Cell], device: torc
                                            torch.from_numpy(labels[lo:hi])))
         features = {name: bank.gathered() for name, bank in banks.items()}
         per = pd.DataFrame({"guidance": cell.guidance, "scale": cell.scale, "seed_set": cell.seed_set,
-                            "index": range(n), "prompt_index": [i // cfg.samples_per_prompt for i in range(n)]})
+                            "index": range(n), "prompt_index": [i // cfg.samples_per_prompt for i in range(n)],
+                            # the seed of the sample's noise generator: with --noise diffusers (or on a CPU run)
+                            # its initial latents are randn(shape, generator=Generator("cpu").manual_seed(it))
+                            "noise_seed": [sample_seed(cell.seed, i) for i in range(n)]})
         if clip_rows is not None:
             scores = clip_rows.gathered()[:, 0]
             row["clip_score"] = chunked_mean(scores, cfg.batch_size)

@@ -17,12 +17,14 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from torch import Tensor
 
 import bench.emoji_prompts  # noqa: F401  (registers the built-in prompt sets)
 from bench.config import BenchConfig
 from bench.prompts import PromptSet, load_prompts
 from bench.report_format import format_scale
+from guidance.rng import sample_seed
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ class SampleStore:
     def __init__(self, run_dir: Path, cell: Cell, cell_hash: str) -> None:
         self.final = run_dir / "samples" / f"{cell.name}.npz"
         self.parts = run_dir / "samples" / f"{cell.name}.{cell_hash}.parts"
+        self.latents = run_dir / "samples" / f"{cell.name}.latents"  # --save-latents
         self.cell_hash = cell_hash
 
     @classmethod
@@ -156,6 +159,16 @@ class SampleStore:
             np.savez(f, images=to_hwc_uint8(images), prompts=expected.texts[indices], labels=expected.labels[indices],
                      negatives=expected.negatives[indices], indices=np.array(indices))
         os.replace(tmp, path)  # atomic: a killed run leaves whole batches or none
+
+    def write_latents(self, indices: list[int], latents: Tensor, seed: int) -> None:
+        """Each sample's final latents (before decoding) as `<cell>.latents/<index>.safetensors`, with the seed of
+        its noise generator (guidance.rng.sample_seed) in the file's metadata: what a diffusers pipeline returns
+        for output_type="latent", to compare with."""
+        self.latents.mkdir(parents=True, exist_ok=True)
+        for row, index in enumerate(indices):
+            path = self.latents / f"{index}.safetensors"
+            save_file({"latents": latents[row:row + 1].float().cpu().contiguous()}, str(path),
+                      metadata={"index": str(index), "noise_seed": str(sample_seed(seed, index)), "cell_hash": self.cell_hash})
 
     def merge(self, expected: Expected) -> None:
         """Write samples 0..n-1 as one file from every valid stored sample, then drop the batches."""

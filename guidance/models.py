@@ -21,10 +21,12 @@ for _module in pkgutil.iter_modules(guidance.sources.__path__):
         importlib.import_module(f"guidance.sources.{_module.name}")
 
 
-def load_bundle(spec: str, device: torch.device | str = "cpu") -> ModelBundle:
-    """The bundle `--model` names, from the source registered for its prefix."""
+def load_bundle(spec: str, device: torch.device | str = "cpu", sampler: str | None = None) -> ModelBundle:
+    """The bundle `--model` names, from the source registered for its prefix. `sampler` picks the default
+    trajectory of sources whose models carry their own scheduler (a diffusers folder follows diffusers'
+    scheduler for it; None: the folder's own)."""
     source, rest = source_of(spec)
-    return source.load(rest, device)
+    return source.load(rest, device, sampler)
 
 
 def model_sampler(spec: str | None = None) -> str | None:

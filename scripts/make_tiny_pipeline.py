@@ -1,6 +1,6 @@
 """Write a tiny random-weight diffusers pipeline folder, to try `--model diffusers:PATH` on the CPU.
 
-    python -m scripts.make_tiny_pipeline /tmp/tiny-sd --family sd --scheduler ddim
+    python -m scripts.make_tiny_pipeline /tmp/tiny-sd --family sd --scheduler shipped
     python -m bench run --model diffusers:/tmp/tiny-sd --guidance cfg,cfg-rescale,apg --steps 10
 
 Nothing is downloaded: configs are the suite's (guidance.sources.tiny), the weights random (seeded),
@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folder", help="where to write the pipeline (created)")
     p.add_argument("--family", default="sd", choices=FAMILIES, help="sd (eps), sd-v (v-prediction), sdxl, sd3, dit")
-    p.add_argument("--scheduler", default="ddim", choices=SCHEDULERS, help="the VP families' scheduler")
+    p.add_argument("--scheduler", default="shipped", choices=SCHEDULERS,
+                   help="the checkpoint's own scheduler config (shipped) or one swapped in from it")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-guiding-clip", action="store_true", help="leave out the tiny CLIP universal-clip follows")
     args = p.parse_args(argv)

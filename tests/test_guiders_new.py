@@ -241,6 +241,23 @@ def test_cfg_rescale_matches_paper(s, phi):
     torch.testing.assert_close(pred.eps, expected, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("phi", [0.0, 0.7, 1.0])
+def test_cfg_rescale_in_the_models_space_is_diffusers_rule(phi):
+    """rescale_space="model": diffusers' rescale_noise_cfg on the model's eps, written out per sample."""
+    x, model, step, cond = setup(12)
+    pred = RescaledCFG(5.0, phi, rescale_space="model").predict(model, x, step, cond)
+    eps_c, eps_u = model.table[:B], model.table[B:]
+    eps_cfg = eps_u + 5.0 * (eps_c - eps_u)
+    std_c = eps_c.std(dim=list(range(1, x.ndim)), keepdim=True)
+    std_cfg = eps_cfg.std(dim=list(range(1, x.ndim)), keepdim=True)
+    expected = phi * eps_cfg * std_c / std_cfg + (1 - phi) * eps_cfg
+    torch.testing.assert_close(pred.eps, expected, rtol=1e-9, atol=1e-9)
+    if phi > 0:  # another rule than the x0-space default
+        assert (pred.eps - RescaledCFG(5.0, phi).predict(model, x, step, cond).eps).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="unknown rescale space"):
+        RescaledCFG(5.0, phi, rescale_space="eps")
+
+
 def test_cfg_rescale_edge_cases():
     x, model, step, cond = setup(12)
     pred = RescaledCFG(1.0).predict(model, x, step, cond)  # s = 1: conditional model, one pass

@@ -197,6 +197,39 @@ def test_half_precision_sample_keys_carry_the_numerics_version(monkeypatch):
     assert half.cell_hash("cfg", 3.0, 0) != before[0] and full.cell_hash("cfg", 3.0, 0) == before[1]
 
 
+def test_noise_mode_and_rescale_space_key_samples_apart_and_leave_default_keys_alone():
+    """The zoo's default keys are those made before noise modes and rescale spaces (hash pinned), while
+    --noise diffusers, --rescale-space model (for the methods that take it) and pipeline folders key apart."""
+    from bench.config import BenchConfig
+
+    cfg = BenchConfig(guidance=["cfg", "cfg-rescale"])
+    # the keys of main before noise modes and rescale spaces existed
+    assert (cfg.cell_hash("cfg", 3.0, 0), cfg.cell_hash("cfg-rescale", 3.0, 0)) == ("69471e25e9ac41d7",
+                                                                                   "a0d15f473f4b3b82")
+    assert cfg.cell_hash("cfg", 3.0, 0) != dataclasses.replace(cfg, noise="diffusers").cell_hash("cfg", 3.0, 0)
+    model_space = dataclasses.replace(cfg, rescale_space="model")
+    assert model_space.cell_hash("cfg", 3.0, 0) == cfg.cell_hash("cfg", 3.0, 0)  # cfg takes no rescale
+    assert model_space.cell_hash("cfg-rescale", 3.0, 0) != cfg.cell_hash("cfg-rescale", 3.0, 0)
+    assert model_space.guidance_options("cfg-rescale") == {"rescale_space": "model"}
+    assert dataclasses.replace(cfg, model="diffusers:/x").cell_hash("cfg", 3.0, 0) != dataclasses.replace(cfg, model="/x").cell_hash("cfg", 3.0, 0)
+    with pytest.raises(ValueError, match="unknown --noise"):
+        dataclasses.replace(cfg, noise="gpu").validate()
+
+
+def test_the_diffusers_noise_mode_is_a_cpu_generator_seeded_with_the_samples_noise_seed():
+    """--noise diffusers: row b is randn(shape, generator=torch.Generator("cpu").manual_seed(sample_seed(seed, i_b))),
+    what a diffusers pipeline draws for one prompt from that generator; on the CPU the default mode draws the same."""
+    from guidance.rng import SampleNoise, sample_seed
+
+    noise = SampleNoise(4, [7, 2], "cpu", "diffusers").randn((4, 8, 8))
+    for row, index in enumerate((7, 2)):
+        expected = torch.randn((1, 4, 8, 8), generator=torch.Generator("cpu").manual_seed(sample_seed(4, index)))
+        assert torch.equal(noise[row], expected[0])
+    assert torch.equal(noise, SampleNoise(4, [7, 2], "cpu").randn((4, 8, 8)))
+    with pytest.raises(ValueError, match="unknown noise mode"):
+        SampleNoise(4, [7], "cpu", "host")
+
+
 def test_seed_sets_draw_independent_streams():
     """Sample i of seed set s and sample j of seed set s' share no stream unless (s, i) == (s', j)."""
     from guidance.rng import SampleNoise

@@ -23,15 +23,20 @@ def rescale(x_cfg: Tensor, x_pos: Tensor, phi: float) -> Tensor:
     return (cfg32 * (phi * ratio + (1.0 - phi))).to(x_cfg.dtype)
 
 
+RESCALE_SPACES = {"x0": "the x0 prediction (Lin et al.'s image-space argument; the default)",
+                  "model": "the model's own output (eps, v or flow velocity), as diffusers' guidance_rescale"}
+
+
 @register()
 class RescaledCFG(ClassifierFreeGuidance):
-    """CFG whose x0 prediction is rescaled towards the conditional one's std (phi = 0.7 by default).
+    """CFG whose prediction is rescaled towards the conditional one's std (phi = 0.7 by default).
 
     x0_cfg = x0_u + s (x0_c - x0_u); x0 = phi * x0_cfg * std(x0_c) / std(x0_cfg) + (1 - phi) * x0_cfg,
     then eps from x0. The paper states the rule for the model's x prediction (its over-exposure
-    argument is about the image), so it is applied in x0 space here; diffusers' `guidance_rescale`
-    applies the same rule to whatever the model outputs (eps for Stable Diffusion). At s = 1 the
-    rescale is the identity and the unconditional pass is skipped.
+    argument is about the image), so `rescale_space="x0"` (the default) applies it to x0;
+    `rescale_space="model"` applies it to whatever the model outputs (eps for Stable Diffusion 1.x, v
+    for 2.x), which is diffusers' `guidance_rescale` (rescale_noise_cfg). At s = 1 the rescale is the
+    identity and the unconditional pass is skipped.
     """
 
     name = "cfg-rescale"
@@ -41,15 +46,20 @@ class RescaledCFG(ClassifierFreeGuidance):
     numerics_version = 2  # x0 no longer round-trips through eps before the step (changes fp32 samples ~1e-4)
     reference = "Lin et al. 2023, arXiv:2305.08891, section 3.4 (rescale classifier-free guidance)"
 
-    def __init__(self, scale: float = 3.0, phi: float = 0.7) -> None:
+    def __init__(self, scale: float = 3.0, phi: float = 0.7, rescale_space: str = "x0") -> None:
         super().__init__(scale)
         if not 0.0 <= float(phi) <= 1.0:
             raise ValueError(f"guidance_rescale phi must be in [0, 1], got {phi}")
-        self.phi = float(phi)
+        if rescale_space not in RESCALE_SPACES:
+            raise ValueError(f"unknown rescale space {rescale_space!r}; valid: {', '.join(RESCALE_SPACES)}")
+        self.phi, self.rescale_space = float(phi), rescale_space
 
     def combine(self, pred_c: Prediction, pred_u: Prediction, scale: float, step: StepInfo) -> Prediction:
         pred_cfg = pred_c.guided_by(pred_u, scale)
+        if self.rescale_space == "model":
+            space = pred_cfg.primary
+            return pred_cfg.with_value(space, rescale(pred_cfg.get(space), pred_c.get(space), self.phi), pred_cfg.renoise)
         return pred_cfg.with_x0(rescale(pred_cfg.x0, pred_c.x0, self.phi))
 
     def __repr__(self) -> str:
-        return f"RescaledCFG(scale={self.scale}, phi={self.phi})"
+        return f"RescaledCFG(scale={self.scale}, phi={self.phi}, rescale_space={self.rescale_space!r})"

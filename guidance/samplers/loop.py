@@ -59,18 +59,21 @@ def sample(model: Denoiser, process: Process, sigmas: Sequence[float], guidance:
            shape: Sequence[int], sample_indices: Sequence[int], seed: int = 0, sampler: str = "ddim",
            eta: float | None = None, x_T: Tensor | None = None, clip_denoised: bool = True,
            dtype: torch.dtype = torch.float32, device: torch.device | str | None = None, progress: bool = False,
-           callback: Callable[[int, Tensor, Prediction], None] | None = None) -> Tensor:
-    """Sample a batch from `sigmas[0]` down to `sigmas[-1] = 0`; `shape` is one sample's shape.
+           callback: Callable[[int, Tensor, Prediction], None] | None = None, noise_mode: str = "device") -> Tensor:
+    """Sample a batch from `sigmas[0]` down to `sigmas[-1]` (0, or above 0 where a scheduler ends there, as
+    diffusers' DDIM with set_alpha_to_one false does); `shape` is one sample's shape.
 
     `eta` is the sampler's noise option (DDIM, Euler ancestral; None: its default). `x_T` overrides
-    the initial noise. NaN or Inf anywhere raises NonFiniteSampleError naming the first bad step,
+    the initial noise; `noise_mode` says where the per-sample generators live (guidance.rng.NOISE_MODES).
+    NaN or Inf anywhere raises NonFiniteSampleError naming the first bad step,
     checked once at the end (no host sync inside the loop).
     """
     spec = sampler_spec(sampler)
     check_pairing(spec, guidance)
     sigmas = [float(s) for s in sigmas]
-    if len(sigmas) < 2 or sigmas[-1] != 0 or any(b >= a for a, b in zip(sigmas, sigmas[1:])):
-        raise ValueError("sigmas must be a descending list ending with 0 (process.sigmas(steps, schedule) makes one)")
+    if len(sigmas) < 2 or sigmas[-1] < 0 or any(b >= a for a, b in zip(sigmas, sigmas[1:])):
+        raise ValueError("sigmas must be a descending list ending at or above 0 (process.sigmas(steps, schedule) "
+                         "makes one)")
     if len(cond) != len(sample_indices):
         raise ValueError(f"{len(cond)} conditions for {len(sample_indices)} sample indices")
     options = {}
@@ -81,7 +84,7 @@ def sample(model: Denoiser, process: Process, sigmas: Sequence[float], guidance:
                          f"{', '.join(n for n, s in SAMPLERS.items() if 'eta' in s.options)}")
     device = torch.device(device) if device is not None else cond.device
     levels = process.levels(sigmas)
-    noise = SampleNoise(seed, sample_indices, device)
+    noise = SampleNoise(seed, sample_indices, device, noise_mode)
     if x_T is None:
         x = noise.randn(shape, dtype)
         scale = process.initial_scale(levels[0])

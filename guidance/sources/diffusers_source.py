@@ -13,13 +13,13 @@ from guidance.sources.registry import ModelSource, register_source
 from guidance.sources.schedule import scheduler_sampler
 
 
-def load(folder: str, device: torch.device | str = "cpu") -> ModelBundle:
+def load(folder: str, device: torch.device | str = "cpu", sampler: str | None = None) -> ModelBundle:
     try:  # the optional `diffusers` extra: imported only when a pipeline is asked for
         from guidance.sources.pipeline import load_diffusers
     except ImportError as err:
         raise ValueError(f"--model {DIFFUSERS_PREFIX}{folder} needs diffusers and transformers ({err.name} is "
                          f"missing); install the extra: pip install 'guidance-bench[diffusers]'") from None
-    return load_diffusers(folder, device)
+    return load_diffusers(folder, device, sampler)
 
 
 def sampler(folder: str) -> str | None:

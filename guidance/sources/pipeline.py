@@ -201,8 +201,16 @@ def load_guide(root: Path, decoder: LatentDecoder, device: torch.device | str) -
     return UniversalGuide(decoder, load_eval_clip(path, device)) if path.is_file() else None
 
 
-def load_diffusers(path: str | os.PathLike, device: torch.device | str = "cpu") -> DiffusersBundle:
-    """Load a local pipeline folder (every refusal before any weight is read, one line with the fix)."""
+def image_tokens(family: str, network: nn.Module) -> int:
+    """Tokens per latent image (what a dynamically shifting flow scheduler's mu depends on): (side / patch)^2."""
+    side = int(network.config.sample_size)
+    patch = int(network.config.get("patch_size") or 1) if family in ("sd3", "dit") else 1
+    return (side // patch) ** 2
+
+
+def load_diffusers(path: str | os.PathLike, device: torch.device | str = "cpu", sampler: str | None = None) -> DiffusersBundle:
+    """Load a local pipeline folder (every refusal before any weight is read, one line with the fix). The
+    default trajectory is that of diffusers' scheduler for `sampler` (None: the folder's own scheduler)."""
     root = Path(path).expanduser()
     family, index = read_index(root)
     with offline():
@@ -211,13 +219,13 @@ def load_diffusers(path: str | os.PathLike, device: torch.device | str = "cpu") 
     pipe.set_progress_bar_config(disable=True)
     check_shapes(family, pipe, root)
     pipe.to(device)
-    process, prediction, sampler = pipeline_process(pipe.scheduler)
     network = pipe.unet if family in ("sd", "sdxl") else pipe.transformer
+    process, prediction, default_sampler = pipeline_process(pipe.scheduler, sampler, image_tokens(family, network))
     net = NETS[family](pipe, network.eval().requires_grad_(False))
     for part in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
         module = getattr(pipe, part, None)
         if module is not None:
             module.eval().requires_grad_(False)
-    bundle = DiffusersBundle(pipe, family, net, process, prediction, sampler, root)
+    bundle = DiffusersBundle(pipe, family, net, process, prediction, default_sampler, root)
     bundle.guide = load_guide(root, bundle.decoder, device)
     return bundle

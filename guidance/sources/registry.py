@@ -16,11 +16,12 @@ from guidance.bundle import ModelBundle
 class ModelSource:
     """How one kind of `--model` becomes a ModelBundle. `prefix` is what the spec starts with
     ("diffusers:"); the empty prefix is the fallback every other spec goes to (a zoo name or directory).
-    `load` and `sampler` get the spec without the prefix; `sampler` names the sampler the model's own
+    `load` and `sampler` get the spec without the prefix (`load` also the sampler the run asked for, which
+    a source whose models carry their own scheduler follows; others ignore it); `sampler` names the sampler the model's own
     scheduler is closest to (None: the preset's)."""
 
     prefix: str
-    load: Callable[[str, torch.device | str], ModelBundle]
+    load: Callable[[str, torch.device | str, str | None], ModelBundle]
     description: str
     sampler: Callable[[str], str | None] = lambda rest: None
 

@@ -3,13 +3,18 @@
 The process comes from the scheduler's own table (VP: its float32 alphas_cumprod, so trained betas,
 zero-terminal SNR and every beta schedule carry over; flow: its shift), the prediction type from its
 config, and the `default` schedule from the scheduler itself: a copy runs `set_timesteps(n)`, so
-spacing (leading, trailing, linspace), steps_offset and Karras sigmas are the pipeline's own. The
-other schedules (--schedule respace, karras, ...) stay the suite's.
+spacing (leading, trailing, linspace), steps_offset, Karras / exponential sigmas, the final sigma
+(set_alpha_to_one, final_sigmas_type) and the flow shift (fixed or dynamic) are the pipeline's own, and
+the trajectory ends where the scheduler's last step lands. `--sampler X` follows the trajectory of
+diffusers' scheduler for X built from the same config (`XScheduler.from_config(pipe.scheduler.config)`).
+A config field the suite does not reproduce is refused in one line. The other schedules
+(--schedule respace, karras, ...) stay the suite's.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
 from dataclasses import replace
@@ -21,11 +26,35 @@ import torch
 from guidance.process import NoiseLevel, RectifiedFlow, VPDiscrete
 from guidance.zoo.store import CheckpointError
 
-# diffusers scheduler class -> the suite's sampler that takes the same steps
-SAMPLER_OF = {"DDIMScheduler": "ddim", "DDPMScheduler": "ddpm", "EulerDiscreteScheduler": "euler",
-              "EulerAncestralDiscreteScheduler": "euler-ancestral", "HeunDiscreteScheduler": "heun",
-              "DPMSolverMultistepScheduler": "dpmpp-2m", "FlowMatchEulerDiscreteScheduler": "flow-euler"}
+# the suite's sampler -> the diffusers scheduler class that takes the same steps (`--sampler X` on a pipeline
+# folder is `pipe.scheduler = X.from_config(pipe.scheduler.config)`)
+SCHEDULER_OF = {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler", "euler": "EulerDiscreteScheduler",
+                "euler-ancestral": "EulerAncestralDiscreteScheduler", "heun": "HeunDiscreteScheduler",
+                "dpmpp-2m": "DPMSolverMultistepScheduler", "flow-euler": "FlowMatchEulerDiscreteScheduler"}
+SAMPLER_OF = {name: sampler for sampler, name in SCHEDULER_OF.items()}
 FLOW = ("FlowMatchEulerDiscreteScheduler",)
+# schedulers that step in x / alpha (VE coordinates) from latents * init_noise_sigma and divide the model input back
+VE_STATE = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler")
+
+# Scheduler config fields the suite reproduces with any value: the training table (the scheduler's own
+# alphas_cumprod carries beta schedule, trained betas and zero-terminal SNR), the prediction type, and every
+# field that only shapes `set_timesteps` (spacing, offset, Karras / exponential / beta sigmas, final sigma,
+# flow shift and dynamic shifting): the trajectory is read from a copy of the scheduler after set_timesteps.
+HONOURED = frozenset({
+    "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "rescale_betas_zero_snr",
+    "prediction_type", "timestep_spacing", "steps_offset", "set_alpha_to_one", "use_karras_sigmas",
+    "use_exponential_sigmas", "use_beta_sigmas", "sigma_min", "sigma_max", "final_sigmas_type", "lower_order_final",
+    "shift", "use_dynamic_shifting", "base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len",
+    "shift_terminal", "time_shift_type",
+    # inert while the field that uses them is off (checked below: thresholding, clip_sample, use_flow_sigmas)
+    "dynamic_thresholding_ratio", "sample_max_value", "clip_sample_range", "flow_shift", "lambda_min_clipped"})
+# fields the suite reproduces at one value only (the suite's sampler steps this way)
+FIXED: dict[str, Any] = {
+    "clip_sample": False, "thresholding": False, "algorithm_type": "dpmsolver++", "solver_order": 2,
+    "solver_type": "midpoint", "euler_at_final": False, "use_lu_lambdas": False, "use_flow_sigmas": False,
+    "variance_type": None, "interpolation_type": "linear", "timestep_type": "discrete", "invert_sigmas": False,
+    "stochastic_sampling": False}
+FIXED_BY_CLASS = {"DDPMScheduler": {"variance_type": "fixed_small"}}
 
 
 def scheduler_sampler(config: Path) -> str | None:
@@ -43,16 +72,82 @@ def sampler_for(scheduler_class: str) -> str:
     return SAMPLER_OF.get(scheduler_class, "ddim")
 
 
-def scheduler_timesteps(scheduler: Any, steps: int) -> tuple[list[float], list[float] | None]:
+def trajectory_scheduler(scheduler: Any, sampler: str | None) -> Any:
+    """The scheduler whose trajectory `sampler` follows on this pipeline: the pipeline's own where it is that
+    sampler's class, else `SamplerClass.from_config(scheduler.config)` as a diffusers user swaps schedulers (a
+    PNDM folder's default `ddim` is DDIMScheduler.from_config). A sampler of the other process kind (flow on a
+    VP pipeline, or the reverse) keeps the pipeline's scheduler: diffusers has no such swap."""
+    import diffusers
+
+    name = type(scheduler).__name__
+    target = SCHEDULER_OF.get(sampler or sampler_for(name))
+    if target is None or target == name or (target in FLOW) != (name in FLOW):
+        return scheduler
+    return getattr(diffusers, target).from_config(scheduler.config)
+
+
+def check_config(scheduler: Any) -> None:
+    """Refuse, in one line, a scheduler config field the suite does not reproduce (never silently ignored).
+    A field this list does not know passes only at its diffusers default (a newer diffusers' addition)."""
+    name = type(scheduler).__name__
+    defaults = {k: p.default for k, p in inspect.signature(type(scheduler).__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    fixed = {**FIXED, **FIXED_BY_CLASS.get(name, {})}
+    for key, value in scheduler.config.items():
+        if key.startswith("_") or key in HONOURED:
+            continue
+        wanted = fixed.get(key, defaults.get(key, value))
+        if value != wanted:
+            raise CheckpointError(f"the pipeline's {name} has {key}={value!r}, which the suite does not reproduce "
+                                  f"(its samplers step with {key}={wanted!r}); set {key} to {wanted!r} in "
+                                  f"scheduler/scheduler_config.json or pass another --sampler")
+
+
+def scheduler_timesteps(scheduler: Any, steps: int, **options: Any) -> tuple[list[float], list[float] | None]:
     """The scheduler's timesteps for `steps` and its sigmas where it keeps them (on a copy: the pipeline's is untouched)."""
     sched = copy.deepcopy(scheduler)
-    sched.set_timesteps(steps, device="cpu")
-    sigmas = getattr(sched, "sigmas", None)
-    return [float(t) for t in sched.timesteps], None if sigmas is None else [float(s) for s in sigmas]
+    sched.set_timesteps(steps, device="cpu", **options)
+    times = [float(t) for t in sched.timesteps]
+    sigmas = None if getattr(sched, "sigmas", None) is None else [float(s) for s in sched.sigmas]
+    if len(times) > steps:  # Heun lists each inner level twice (its two evaluations): one level each
+        keep = [0, *(i for i in range(1, len(times)) if times[i] != times[i - 1])]
+        times = [times[i] for i in keep]
+        sigmas = None if sigmas is None else [*(sigmas[i] for i in keep), sigmas[-1]]
+    return times, sigmas
+
+
+def final_sigma(scheduler: Any, steps: int, sigmas: list[float] | None) -> float:
+    """Where the scheduler's last step lands: DDIM at final_alpha_cumprod (abar_0 with set_alpha_to_one false),
+    DDPM at abar = 1, the sigma-keeping schedulers at their last sigma (final_sigmas_type sigma_min or zero)."""
+    if sigmas is not None:
+        return sigmas[steps]
+    final = getattr(scheduler, "final_alpha_cumprod", None)
+    if final is None:
+        return 0.0
+    abar = float(final)
+    return 0.0 if abar >= 1.0 else math.sqrt((1.0 - abar) / abar)
+
+
+def check_steps(scheduler: Any, times: list[float], final: float) -> None:
+    """The (scheduler, steps) pairs whose steps the suite's samplers cannot take, refused in one line."""
+    name, config = type(scheduler).__name__, scheduler.config
+    if name == "DDIMScheduler":  # DDIM steps from t to t - T // n, which need not be the next timestep
+        jump = config.num_train_timesteps // len(times)
+        bad = [(a, b) for a, b in zip(times, times[1:]) if a - jump != b]
+        if bad:
+            raise ValueError(f"DDIMScheduler with timestep_spacing={config.timestep_spacing!r} at --steps {len(times)} "
+                             f"steps from timestep {bad[0][0]:g} to {bad[0][0] - jump:g} but evaluates the model next at "
+                             f"{bad[0][1]:g}, which no trajectory reproduces; use --steps dividing "
+                             f"{config.num_train_timesteps} with leading or trailing spacing, or --sampler euler")
+    if name == "DPMSolverMultistepScheduler" and final > 0 and config.lower_order_final and len(times) < 15:
+        raise ValueError(f"DPMSolverMultistepScheduler with final_sigmas_type={config.final_sigmas_type!r} and "
+                         f"lower_order_final takes a first-order last step below 15 steps, which the suite's dpmpp-2m "
+                         f"does not (it does at sigma 0); use --steps 15 or more, or final_sigmas_type \"zero\"")
 
 
 class PipelineVP(VPDiscrete):
-    """The scheduler's VP table; its `default` trajectory is the scheduler's own timesteps."""
+    """The scheduler's VP table; its `default` trajectory is the scheduler's own timesteps, ending where the
+    scheduler's last step lands (above sigma 0 for DDIM with set_alpha_to_one false)."""
 
     def __init__(self, alphas_cumprod: torch.Tensor, scheduler: Any) -> None:
         super().__init__(alphas_cumprod)
@@ -68,6 +163,16 @@ class PipelineVP(VPDiscrete):
             return level
         return replace(level, model_t=t, integer_time=float(t).is_integer(), _times={})
 
+    def initial_scale(self, level: NoiseLevel) -> float:
+        """The pipeline's initial state in model coordinates: randn * init_noise_sigma, which the VE-state
+        schedulers take as x / alpha (so / sqrt(1 + sigma^2)); with linspace or trailing spacing their
+        init_noise_sigma is sigma_max, not sqrt(sigma_max^2 + 1), so the state starts below scale 1."""
+        if type(self.scheduler).__name__ not in VE_STATE or math.isinf(level.sigma):
+            return 1.0
+        sched = copy.deepcopy(self.scheduler)
+        sched.set_timesteps(2, device="cpu")  # init_noise_sigma depends on sigma_max and the spacing alone
+        return float(sched.init_noise_sigma) / math.sqrt(1.0 + float(sched.sigmas.max()) ** 2)
+
     def sigmas(self, steps: int, schedule: str = "default") -> list[float]:
         if schedule != "default":
             return super().sigmas(steps, schedule)
@@ -75,7 +180,14 @@ class PipelineVP(VPDiscrete):
             raise ValueError(f"--steps {steps} is out of range for a model of {self.num_timesteps} timesteps; "
                              f"use 1..{self.num_timesteps}")
         times, sigmas = scheduler_timesteps(self.scheduler, steps)
-        return [*(self.trajectory_sigma(t, None if sigmas is None else sigmas[i]) for i, t in enumerate(times)), 0.0]
+        final = final_sigma(self.scheduler, steps, sigmas)
+        check_steps(self.scheduler, times, final)
+        trajectory = [self.trajectory_sigma(t, None if sigmas is None else sigmas[i]) for i, t in enumerate(times)]
+        if final >= trajectory[-1]:  # a last step onto its own level (DDIM from t = 0 to abar_0): the identity
+            return trajectory if len(trajectory) > 1 else [trajectory[0], 0.0]
+        if final > 0 and math.isclose(final, self.timestep_sigma(0), rel_tol=1e-6):
+            final = self.timestep_sigma(0)  # the table's own sigma: its level is abar_0 to the last bit
+        return [*trajectory, final]
 
     def trajectory_sigma(self, t: float, sigma: float | None) -> float:
         """The table's own sigma at a whole timestep the scheduler's sigma agrees with (DDIM and DDPM keep
@@ -91,34 +203,49 @@ class PipelineVP(VPDiscrete):
 
 
 class PipelineFlow(RectifiedFlow):
-    """The scheduler's rectified flow; its `default` trajectory is the scheduler's own sigmas (t values)."""
+    """The scheduler's rectified flow; its `default` trajectory is the scheduler's own sigmas (t values), with
+    `mu` (the pipeline's image-size shift) where the config shifts dynamically."""
 
-    def __init__(self, shift: float, num_train_timesteps: int, scheduler: Any) -> None:
-        super().__init__(shift=shift, num_train_timesteps=num_train_timesteps)
-        self.scheduler = scheduler
+    def __init__(self, shift: float, num_train_timesteps: int, scheduler: Any, mu: float | None = None) -> None:
+        super().__init__(shift=shift if mu is None else math.exp(mu), num_train_timesteps=num_train_timesteps)
+        self.scheduler, self.mu = scheduler, mu
 
     def sigmas(self, steps: int, schedule: str = "default") -> list[float]:
         if schedule not in ("default", "flow"):
             return super().sigmas(steps, schedule)
         if steps < 1:
             raise ValueError(f"--steps {steps} is out of range; use at least 1")
-        _, ts = scheduler_timesteps(self.scheduler, steps)
-        return [self.t_to_sigma(t) for t in ts[:steps]] + [0.0]
+        _, ts = scheduler_timesteps(self.scheduler, steps, **({} if self.mu is None else {"mu": self.mu}))
+        return [self.t_to_sigma(t) for t in ts[:steps]] + [self.t_to_sigma(ts[steps])]
 
 
-def pipeline_process(scheduler: Any) -> tuple[VPDiscrete | RectifiedFlow, str, str]:
-    """(process, prediction type, default sampler) of a pipeline's scheduler."""
-    name, config = type(scheduler).__name__, scheduler.config
-    sampler = sampler_for(name)
-    if name in FLOW:
+def dynamic_shift(config: Any, image_seq_len: int) -> float:
+    """mu of a dynamically shifting flow scheduler for images of `image_seq_len` tokens, as diffusers' SD3 and
+    Flux pipelines compute it (a line from base_shift at base_image_seq_len to max_shift at max_image_seq_len)."""
+    slope = (config.max_shift - config.base_shift) / (config.max_image_seq_len - config.base_image_seq_len)
+    return image_seq_len * slope + config.base_shift - slope * config.base_image_seq_len
+
+
+def pipeline_process(scheduler: Any, sampler: str | None = None,
+                     image_seq_len: int | None = None) -> tuple[VPDiscrete | RectifiedFlow, str, str]:
+    """(process, prediction type, default sampler) of a pipeline's scheduler; the process's default trajectory
+    is that of the scheduler `sampler` swaps in (trajectory_scheduler), every config field checked first."""
+    name = type(scheduler).__name__
+    default = sampler_for(name)
+    sched = trajectory_scheduler(scheduler, sampler)
+    check_config(sched)
+    config = sched.config
+    if type(sched).__name__ in FLOW:
+        mu = None
         if config.get("use_dynamic_shifting"):
-            raise CheckpointError(f"the pipeline's {name} shifts its schedule by image size (use_dynamic_shifting), "
-                                  f"which the suite has no process for; set use_dynamic_shifting false and a fixed "
-                                  f"shift in scheduler/scheduler_config.json")
-        return PipelineFlow(float(config.get("shift", 1.0)), int(config.num_train_timesteps), scheduler), "flow", sampler
-    abar = getattr(scheduler, "alphas_cumprod", None)
+            if image_seq_len is None:
+                raise CheckpointError(f"the pipeline's {name} shifts its schedule by image size (use_dynamic_shifting) "
+                                      f"and the image size is unknown; set use_dynamic_shifting false")
+            mu = dynamic_shift(config, image_seq_len)
+        return PipelineFlow(float(config.get("shift", 1.0)), int(config.num_train_timesteps), sched, mu), "flow", default
+    abar = getattr(sched, "alphas_cumprod", None)
     if abar is None:
         raise CheckpointError(f"the pipeline's {name} keeps no alphas_cumprod table; replace scheduler/ with a "
                               f"DDIM, Euler or DPM-Solver scheduler config")
-    process = PipelineVP(abar.to(torch.float64), scheduler)  # as the scheduler steps: its own float32 table
-    return process, str(config.get("prediction_type", "epsilon")), sampler
+    process = PipelineVP(abar.to(torch.float64), sched)  # as the scheduler steps: its own float32 table
+    return process, str(config.get("prediction_type", "epsilon")), default

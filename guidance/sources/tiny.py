@@ -2,7 +2,9 @@
 
 One per family the diffusers source supports (sd, sd-v, sdxl, sd3, dit), each a folder exactly as
 `save_pipeline(...)`/`save_pretrained` writes it, so the parity tests, the benchmark and a reader
-without weights can run the whole path on the CPU. The CLIP tokenizer is a byte-level vocabulary
+without weights can run the whole path on the CPU. The scheduler (and pipeline) configs are those the
+public checkpoints ship, field by field with their source (SHIPPED_SCHEDULERS), or a scheduler swapped
+in from them as diffusers users do (SWAPS): only the networks are tiny. The CLIP tokenizer is a byte-level vocabulary
 (every byte alone and word-final, no merges) written here: it tokenises any text, just not compactly.
 """
 
@@ -10,13 +12,57 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from guidance.sources import GUIDING_CLIP
 
 FAMILIES = ("sd", "sd-v", "sdxl", "sd3", "dit")
-SCHEDULERS = ("ddim", "dpmpp-2m", "dpmpp-2m-karras", "euler")  # the VP families' scheduler choices (sd3: flow Euler; dit: ddim)
+
+# scheduler/scheduler_config.json as each public checkpoint ships it, field by field (only `_diffusers_version`
+# left out), so that the tiny pipelines meet the configs users load. Where each was read:
+SHIPPED_SCHEDULERS: dict[str, dict[str, Any]] = {
+    # runwayml/stable-diffusion-v1-5 (308 bytes, diffusers 0.6.0): PLMS. The same file in its mirrors, e.g.
+    # huggingface.co/Kardbord/stable-diffusion-v1-5-unsafe/blob/41ba35e/scheduler/scheduler_config.json, and as
+    # diffusers' docs print `pipeline.scheduler` (using-diffusers/schedulers) for that repository.
+    "sd": {"_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+           "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1,
+           "trained_betas": None, "clip_sample": False},
+    # stabilityai/stable-diffusion-2-1 (diffusers 0.8.0): DDIM, v-prediction, leading spacing (DDIM's default).
+    # huggingface.co/SfinOe/stable-diffusion-v2-1/blob/main/scheduler/scheduler_config.json (a copy of the repo);
+    # the repo's URL is cited with the same values by huggingface/candle's stable_diffusion v2_1 config
+    "sd-v": {"_class_name": "DDIMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+             "clip_sample": False, "num_train_timesteps": 1000, "prediction_type": "v_prediction",
+             "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None},
+    # stabilityai/stable-diffusion-xl-base-1.0 (diffusers 0.19.0.dev0): Euler, leading spacing.
+    # huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/blob/refs%2Fpr%2F94/scheduler/scheduler_config.json
+    "sdxl": {"_class_name": "EulerDiscreteScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+             "beta_start": 0.00085, "clip_sample": False, "interpolation_type": "linear", "num_train_timesteps": 1000,
+             "prediction_type": "epsilon", "sample_max_value": 1.0, "set_alpha_to_one": False, "skip_prk_steps": True,
+             "steps_offset": 1, "timestep_spacing": "leading", "trained_betas": None, "use_karras_sigmas": False},
+    # stabilityai/stable-diffusion-3-medium-diffusers (diffusers 0.29.0.dev0): flow Euler with a fixed shift.
+    # huggingface.co/Hydrahost/stable-diffusion-3-medium-diffusers/blob/main/scheduler/scheduler_config.json (a copy)
+    "sd3": {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0},
+    # facebook/DiT-XL-2-256 (310 bytes, diffusers 0.12.0.dev0): DDIM on the linear table, set_alpha_to_one true.
+    # huggingface.co/facebook/DiT-XL-2-256/tree/main/scheduler lists the file; its fields as public DiT code quotes
+    # them (e.g. a DiT DeepCache script's get_scheduler_config), which JSON-dump to exactly those 310 bytes
+    "dit": {"_class_name": "DDIMScheduler", "beta_end": 0.02, "beta_schedule": "linear", "beta_start": 0.0001,
+            "clip_sample": False, "num_train_timesteps": 1000, "prediction_type": "epsilon", "set_alpha_to_one": True,
+            "steps_offset": 0, "trained_betas": None},
+}
+# model_index.json fields the pipelines ship besides their components (SDXL base: huggingface.co/stabilityai/
+# stable-diffusion-xl-base-1.0 model_index.json; DiT's id2label is written by save_pipeline)
+SHIPPED_PIPELINES: dict[str, dict[str, Any]] = {"sdxl": {"force_zeros_for_empty_prompt": True}}
+# the scheduler a tiny pipeline is saved with: its checkpoint's own, or one swapped in as a diffusers user does,
+# `XScheduler.from_config(shipped, **overrides)`
+SWAPS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ddim": ("DDIMScheduler", {}), "euler": ("EulerDiscreteScheduler", {}),
+    "euler-karras": ("EulerDiscreteScheduler", {"use_karras_sigmas": True}),
+    "dpmpp-2m": ("DPMSolverMultistepScheduler", {}),
+    "dpmpp-2m-karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "flow-dynamic": ("FlowMatchEulerDiscreteScheduler", {"use_dynamic_shifting": True})}
+SCHEDULERS = ("shipped", *SWAPS)
 TEXT_DIM = 32  # hidden size of the tiny CLIP text encoders
 LATENT = 16  # latent side: the VAE below upsamples by 2, so images are 32 x 32 (the zoo's size)
 NUM_CLASSES = 1000  # DiT's pipeline hard-codes the null class as 1000
@@ -68,24 +114,22 @@ def tiny_vae(latent_channels: int = 4, scaling_factor: float = 0.18215, shift_fa
                          scaling_factor=scaling_factor, shift_factor=shift_factor)
 
 
-def vp_scheduler(kind: str, prediction: str = "epsilon"):  # noqa: ANN201
-    """SD's training table (scaled_linear betas) under the chosen scheduler, spaced as SD 1.x ships it."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+def scheduler_of(family: str, kind: str = "shipped"):  # noqa: ANN201
+    """`family`'s checkpoint scheduler as shipped, or `kind` swapped in from the loaded scheduler's config
+    (`X.from_config(pipe.scheduler.config)`, which carries the shipped class's defaults, e.g. PNDM's leading)."""
+    import diffusers
 
-    table = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                 prediction_type=prediction, timestep_spacing="leading", steps_offset=1)
-    if kind == "ddim":
-        return DDIMScheduler(**table, clip_sample=False, set_alpha_to_one=True)
-    if kind == "euler":
-        return EulerDiscreteScheduler(**table)
-    if kind in ("dpmpp-2m", "dpmpp-2m-karras"):
-        return DPMSolverMultistepScheduler(**table, algorithm_type="dpmsolver++", solver_order=2,
-                                           lower_order_final=True, final_sigmas_type="zero",
-                                           use_karras_sigmas=kind.endswith("karras"))
-    raise ValueError(f"unknown tiny scheduler {kind!r}; valid: {', '.join(SCHEDULERS)}")
+    shipped = SHIPPED_SCHEDULERS[family]
+    scheduler = getattr(diffusers, shipped["_class_name"]).from_config(shipped)
+    if kind == "shipped":
+        return scheduler
+    if kind not in SWAPS:
+        raise ValueError(f"unknown tiny scheduler {kind!r}; valid: {', '.join(SCHEDULERS)}")
+    name, overrides = SWAPS[kind]
+    return getattr(diffusers, name).from_config(scheduler.config, **overrides)
 
 
-def build(family: str, scheduler: str = "ddim", seed: int = 0, tokenizer_dir: Path | None = None):  # noqa: ANN201
+def build(family: str, scheduler: str = "shipped", seed: int = 0, tokenizer_dir: Path | None = None):  # noqa: ANN201
     """The tiny pipeline object of `family` with random weights (seeded)."""
     import diffusers
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
@@ -102,7 +146,7 @@ def build(family: str, scheduler: str = "ddim", seed: int = 0, tokenizer_dir: Pa
             cross_attention_dim=TEXT_DIM, attention_head_dim=4, norm_num_groups=8)
         return diffusers.StableDiffusionPipeline(
             vae=tiny_vae(), text_encoder=CLIPTextModel(clip_text_config(vocab)), tokenizer=tokenizer, unet=unet,
-            scheduler=vp_scheduler(scheduler, "v_prediction" if family == "sd-v" else "epsilon"),
+            scheduler=scheduler_of(family, scheduler),
             safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if family == "sdxl":
         unet = diffusers.UNet2DConditionModel(
@@ -114,7 +158,7 @@ def build(family: str, scheduler: str = "ddim", seed: int = 0, tokenizer_dir: Pa
         return diffusers.StableDiffusionXLPipeline(
             vae=tiny_vae(scaling_factor=0.13025), text_encoder=CLIPTextModel(clip_text_config(vocab)),
             text_encoder_2=CLIPTextModelWithProjection(clip_text_config(vocab)), tokenizer=tokenizer,
-            tokenizer_2=tokenizer, unet=unet, scheduler=vp_scheduler(scheduler), force_zeros_for_empty_prompt=True)
+            tokenizer_2=tokenizer, unet=unet, scheduler=scheduler_of(family, scheduler), **SHIPPED_PIPELINES["sdxl"])
     if family == "sd3":
         transformer = diffusers.SD3Transformer2DModel(
             sample_size=LATENT, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
@@ -122,14 +166,26 @@ def build(family: str, scheduler: str = "ddim", seed: int = 0, tokenizer_dir: Pa
             pooled_projection_dim=2 * TEXT_DIM, pos_embed_max_size=LATENT)
         clip = lambda: CLIPTextModelWithProjection(clip_text_config(vocab))  # noqa: E731
         return diffusers.StableDiffusion3Pipeline(
-            transformer=transformer, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),
+            transformer=transformer, scheduler=scheduler_of(family, "shipped"),
             vae=tiny_vae(scaling_factor=1.5305, shift_factor=0.0609), text_encoder=clip(), tokenizer=tokenizer,
             text_encoder_2=clip(), tokenizer_2=tokenizer, text_encoder_3=None, tokenizer_3=None)
     transformer = diffusers.DiTTransformer2DModel(
         num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2, sample_size=LATENT,
         patch_size=2, num_embeds_ada_norm=NUM_CLASSES, norm_type="ada_norm_zero")
-    return diffusers.DiTPipeline(transformer=transformer, vae=tiny_vae(), scheduler=vp_scheduler("ddim"),
+    return diffusers.DiTPipeline(transformer=transformer, vae=tiny_vae(), scheduler=scheduler_of(family, scheduler),
                                  id2label={i: f"class {i}" for i in range(NUM_CLASSES)})
+
+
+def swap_scheduler(folder: str | Path, family: str, kind: str) -> Path:
+    """Give a saved tiny pipeline another scheduler (`kind` of SCHEDULERS) in place: scheduler/ and the
+    model_index.json entry that names its class, as save_pretrained would write them."""
+    folder = Path(folder)
+    scheduler = scheduler_of(family, kind)
+    scheduler.save_config(str(folder / "scheduler"))
+    index = json.loads((folder / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", type(scheduler).__name__]
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    return folder
 
 
 def save_guiding_clip(path: Path, seed: int = 0) -> None:
@@ -146,7 +202,7 @@ def save_guiding_clip(path: Path, seed: int = 0) -> None:
     save_model(model, path, "eval_clip", {"model_cfg": cfg, "preprocess_cfg": preprocess}, half=False)
 
 
-def save_pipeline(folder: str | Path, family: str = "sd", scheduler: str = "ddim", seed: int = 0,
+def save_pipeline(folder: str | Path, family: str = "sd", scheduler: str = "shipped", seed: int = 0,
                   guiding_clip: bool = True) -> Path:
     """Write a tiny random `family` pipeline to `folder` (safetensors, as save_pretrained writes it), with
     a tiny guiding CLIP for universal-clip beside it unless `guiding_clip` is False."""

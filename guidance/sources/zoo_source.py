@@ -19,7 +19,8 @@ def model_dir(spec: str) -> Path:
     return ZOO_DIR if spec == ZOO_NAME else Path(spec)
 
 
-def load(spec: str, device: torch.device | str = "cpu") -> ModelBundle:
+def load(spec: str, device: torch.device | str = "cpu", sampler: str | None = None) -> ModelBundle:
+    """The zoo's bundle; its trajectory follows the run's sampler and schedule, so `sampler` is not needed."""
     return load_zoo(model_dir(spec), device)
 
 

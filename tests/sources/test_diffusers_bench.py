@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 
 from bench.cli import main as cli_main
+from guidance.models import load_bundle
 
-pytest.importorskip("diffusers", reason="diffusers is not installed (the `diffusers` extra)")
+diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed (the `diffusers` extra)")
+DDIMScheduler = diffusers.DDIMScheduler
 pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.slow]
 
 PARTI = "Prompt\tCategory\tChallenge\tNote\na red cat on a mat\tAnimals\tColors\t\ntwo dogs\tAnimals\tCounting\t\n" \
@@ -49,3 +51,36 @@ def test_a_pipeline_runs_through_the_harness_and_resumes(tiny_pipeline, tmp_path
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")  # other weights under the same folder
     assert cli_main(args) != 0  # refused: the run directory holds samples of the old weights
     assert "holds samples of other weights" in capsys.readouterr().err
+
+
+def test_a_benchmark_sample_regenerates_in_diffusers(tiny_pipeline, tmp_path):
+    """The docs' recipe: with --noise diffusers, sample k of a run is the pipeline called on its prompt with
+    generator=torch.Generator("cpu").manual_seed(noise_seed) (per_sample.csv), and equals the latents that
+    --save-latents wrote; here with --rescale-space model against the pipeline's guidance_rescale, and the
+    SD 1.5 folder's PNDM swapped for the DDIM the suite runs. One thread on both sides; 1e-5 relative
+    (tests/sources/test_diffusers_parity.py says where the bound comes from)."""
+    import torch
+    from safetensors.torch import load_file
+
+    folder = tiny_pipeline("sd")
+    prompts = tmp_path / "parti.tsv"
+    prompts.write_text(PARTI)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert cli_main(["run", "--model", f"diffusers:{folder}", "--guidance", "cfg-rescale", "--scales",
+                         "cfg-rescale=5", "--prompts", str(prompts), "--seeds", "4", "--steps", "10", "--batch-size", "2",
+                         "--noise", "diffusers", "--save-latents", "--rescale-space", "model", "--metrics", "clip_score",
+                         "--out", str(tmp_path), "--run-id", "r"]) == 0
+        per_sample = pd.read_csv(tmp_path / "r" / "per_sample.csv")
+        pipe = load_bundle(f"diffusers:{folder}").pipe
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        for k in (0, 2):
+            row = per_sample[per_sample["index"] == k].iloc[0]
+            theirs = pipe(PARTI.splitlines()[k + 1].split("\t")[0], guidance_scale=5.0, guidance_rescale=0.7,
+                          num_inference_steps=10, output_type="latent",
+                          generator=torch.Generator("cpu").manual_seed(int(row["noise_seed"]))).images
+            ours = load_file(tmp_path / "r" / "samples" / "cfg-rescale_s5_seed0.latents" / f"{k}.safetensors")["latents"]
+            assert float((ours - theirs).abs().max() / theirs.abs().max()) < 1e-5
+    finally:
+        torch.set_num_threads(before)

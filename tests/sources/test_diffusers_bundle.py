@@ -21,7 +21,7 @@ from guidance.samplers import sample
 from guidance.sources import pipeline as pipeline_module
 from guidance.sources.schedule import PipelineFlow, PipelineVP
 
-pytest.importorskip("diffusers", reason="diffusers is not installed (the `diffusers` extra)")
+diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed (the `diffusers` extra)")
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
@@ -52,12 +52,14 @@ def test_loading_sets_hf_hub_offline_only_while_loading(tiny_pipeline, monkeypat
 
 
 def test_the_default_trajectory_is_the_schedulers(sd):
-    assert isinstance(sd.process, PipelineVP)
-    sched = sd.pipe.scheduler
+    """SD 1.5 ships PNDM (PLMS), which the suite runs as DDIMScheduler.from_config: leading spacing,
+    steps_offset 1 and set_alpha_to_one false, so the last step lands on abar_0, not on sigma 0."""
+    assert isinstance(sd.process, PipelineVP) and type(sd.pipe.scheduler).__name__ == "PNDMScheduler"
+    sched = diffusers.DDIMScheduler.from_config(sd.pipe.scheduler.config)
     sched.set_timesteps(10)
     expected = [sd.process.timestep_sigma(int(t)) for t in sched.timesteps]  # leading, steps_offset 1: 901 .. 1
     assert [int(t) for t in sched.timesteps][:2] == [901, 801]
-    assert sd.process.sigmas(10) == [*expected, 0.0]
+    assert sd.process.sigmas(10) == [*expected, sd.process.timestep_sigma(0)]
     assert sd.process.sigmas(10, "leading") != sd.process.sigmas(10)  # the suite's leading has steps_offset 0
 
 

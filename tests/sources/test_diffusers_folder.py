@@ -84,8 +84,19 @@ def test_a_text_encoder_of_another_width(tiny_pipeline, tmp_path):
     refused(f"diffusers:{folder}", "32-wide text states", "makes 48", "same pipeline")
 
 
-def test_dynamic_shifting_is_refused(tiny_pipeline, tmp_path):
+def test_dynamic_shifting_follows_the_pipelines_mu(tiny_pipeline, tmp_path):
+    """use_dynamic_shifting: the trajectory is set_timesteps(n, mu) with the mu diffusers' SD3 pipeline computes
+    for the folder's image size (64 tokens: 16 x 16 latents in 2 x 2 patches); parity: test_diffusers_parity."""
+    from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+
+    from guidance.models import load_bundle
+
     folder = copy(tiny_pipeline("sd3"), tmp_path / "sd3")
     path = folder / "scheduler" / "scheduler_config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "use_dynamic_shifting": True}))
-    refused(f"diffusers:{folder}", "use_dynamic_shifting", "fixed shift")
+    bundle = load_bundle(f"diffusers:{folder}")
+    config = bundle.pipe.scheduler.config
+    mu = calculate_shift(64, config.base_image_seq_len, config.max_image_seq_len, config.base_shift, config.max_shift)
+    bundle.pipe.scheduler.set_timesteps(10, mu=mu)
+    expected = [bundle.process.t_to_sigma(float(t)) for t in bundle.pipe.scheduler.sigmas]
+    assert bundle.process.sigmas(10) == pytest.approx(expected, rel=1e-12)

@@ -19,14 +19,14 @@ def test_each_spec_goes_to_the_source_of_its_prefix():
 
 def test_a_registered_source_is_what_load_bundle_uses():
     loaded = []
-    toy = ModelSource("toy:", lambda rest, device: loaded.append((rest, device)) or "bundle", "a test source",
+    toy = ModelSource("toy:", lambda rest, device, sampler: loaded.append((rest, device, sampler)) or "bundle", "a test source",
                       sampler=lambda rest: "euler")
     register_source(toy)
     try:
-        assert load_bundle("toy:abc", "cpu") == "bundle" and loaded == [("abc", "cpu")]
+        assert load_bundle("toy:abc", "cpu", "ddim") == "bundle" and loaded == [("abc", "cpu", "ddim")]
         assert model_sampler("toy:abc") == "euler"
         with pytest.raises(ValueError, match="registered twice"):
-            register_source(ModelSource("toy:", lambda rest, device: None, "another"))
+            register_source(ModelSource("toy:", lambda rest, device, sampler: None, "another"))
     finally:
         del SOURCES["toy:"]
 
