@@ -11,18 +11,16 @@ from pathlib import Path
 import pandas as pd
 
 from bench.analysis import analyse, load_per_sample
-from bench.cascade import CascadeOptions, run_cascade
 from bench.config import PRESETS, BenchConfig
 from bench.distributed import init_from_env, parse_shard
-from bench.inpaint import InpaintOptions, run_inpaint
 from bench.metrics import per_image_columns
 from bench.prompts import builtin_prompt_sets
 from bench.report import build_report
 from bench.run import merge_shards, run_benchmark
+from bench.tasks import TASKS
 from bench.verdict import verdict
 from guidance.accelerate import add_arguments as add_acceleration_arguments
 from guidance.guiders import available_guidance
-from guidance.inpaint import Resampling
 from guidance.models import model_sampler
 from guidance.process import SCHEDULES
 from guidance.samplers import SAMPLERS
@@ -161,39 +159,65 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     add_edit_arguments(p)
 
 
+TASK_ALIASES = {"generate": "text-to-image"}  # --task generate: text-to-image's earlier name
+
+
 def add_edit_arguments(p: argparse.ArgumentParser) -> None:
-    """The editing task (--task inpaint, bench.inpaint) and the cascade (--cascade, bench.cascade)."""
-    p.add_argument("--task", default="generate", choices=("generate", "inpaint"),
-                   help="generate (text-to-image) or inpaint (the editing benchmark, docs/inpainting.md)")
-    p.add_argument("--masks", default="center,strokes", help="inpaint: mask kinds, subset of center,half,box,strokes")
+    """The task (bench.tasks) and the options of the inpainting and cascade tasks (docs/inpainting.md)."""
+    p.add_argument("--task", default=None, choices=(*TASKS, *TASK_ALIASES),
+                   help="what a cell samples: text-to-image (default), inpaint (the editing benchmark) or cascade "
+                        "(base -> diffusion upsampler 32 -> 64 px, scored at 64 px)")
+    p.add_argument("--masks", default=None, help="inpaint: mask kinds, subset of center,half,box,strokes "
+                                                 "(default center,strokes)")
     p.add_argument("--mask-file", default=None, help="inpaint: one black-and-white mask image (white = regenerate)")
-    p.add_argument("--inpaint-methods", default="model,replace", help="inpaint: subset of model,replace,repaint")
-    p.add_argument("--repaint", default="5,2", help="inpaint: RePaint's jump length and resample count, J,R")
-    p.add_argument("--edit-captions", default="source,edit", help="inpaint: caption kinds, subset of source,edit")
+    p.add_argument("--inpaint-methods", default=None, help="inpaint: subset of model,replace,repaint "
+                                                           "(default model,replace)")
+    p.add_argument("--repaint", default=None, help="inpaint: RePaint's jump length and resample count, J,R (default 5,2)")
+    p.add_argument("--edit-captions", default=None, help="inpaint: caption kinds, subset of source,edit (default both)")
     p.add_argument("--inpaint-model", default=None, help="inpaint: GLIDE-style inpainting model file")
-    p.add_argument("--cascade", action="store_true", help="base -> diffusion upsampler 32 -> 64 px, scored at 64 px")
+    p.add_argument("--cascade", action="store_true", help="replaced by --task cascade (still accepted, with a note)")
     p.add_argument("--upsampler", default=None, help="cascade: upsampler file (default: the zoo's)")
     p.add_argument("--cascade-features", default=None, help="cascade: 64 px feature classifier file")
-    p.add_argument("--upsampler-scale", type=float, default=1.0, help="cascade: CFG on the upsampler (1: unguided)")
-    p.add_argument("--upsample-aug", type=int, default=50, help="cascade: noise-augmentation timestep of the 32 px input")
-    p.add_argument("--upsample-steps", type=positive_int, default=25, help="cascade: upsampler DDIM steps")
+    p.add_argument("--upsampler-scale", type=float, default=None, help="cascade: CFG on the upsampler (default 1: unguided)")
+    p.add_argument("--upsample-aug", type=int, default=None,
+                   help="cascade: noise-augmentation timestep of the 32 px input (default 50)")
+    p.add_argument("--upsample-steps", type=positive_int, default=None, help="cascade: upsampler DDIM steps (default 25)")
 
 
-def inpaint_options(args: argparse.Namespace) -> InpaintOptions:
+def comma_list(text: str | None) -> list[str] | None:
+    return None if text is None else [v.strip() for v in text.split(",") if v.strip()]
+
+
+def parse_repaint(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
     try:
-        jump, resample = (int(v) for v in args.repaint.split(","))
+        jump, resample = (int(v) for v in text.split(","))
     except ValueError:
-        raise ValueError(f"bad --repaint {args.repaint!r}: give jump length and resample count, e.g. 5,2") from None
-    return InpaintOptions(masks=[m.strip() for m in args.masks.split(",")],
-                          methods=[m.strip() for m in args.inpaint_methods.split(",") if m.strip()],
-                          captions=[c.strip() for c in args.edit_captions.split(",") if c.strip()],
-                          repaint=Resampling(jump, resample), mask_file=args.mask_file,
-                          inpaint_model=args.inpaint_model)
+        raise ValueError(f"bad --repaint {text!r}: give jump length and resample count, e.g. 5,2") from None
+    return [jump, resample]
 
 
-def cascade_options(args: argparse.Namespace) -> CascadeOptions:
-    return CascadeOptions(args.upsampler, args.cascade_features, args.upsampler_scale, args.upsample_aug,
-                          args.upsample_steps)
+def task_name(args: argparse.Namespace) -> str | None:
+    """--task, with --cascade read as --task cascade (and a note that says so)."""
+    task = TASK_ALIASES.get(args.task, args.task)
+    if not args.cascade:
+        return task
+    if task not in (None, "cascade"):
+        raise ValueError(f"--cascade is replaced by --task cascade, and this command also gives --task {task}; "
+                         f"give one --task")
+    print("note: --cascade is replaced by --task cascade; running --task cascade", file=sys.stderr)
+    return "cascade"
+
+
+def task_overrides(args: argparse.Namespace) -> dict:
+    """The task and its options as config fields (None: the config's default)."""
+    return dict(task=task_name(args), masks=comma_list(args.masks), mask_file=args.mask_file,
+                inpaint_methods=comma_list(args.inpaint_methods), repaint=parse_repaint(args.repaint),
+                edit_captions=comma_list(args.edit_captions), inpaint_model=args.inpaint_model,
+                upsampler=args.upsampler, cascade_features=args.cascade_features,
+                upsampler_scale=args.upsampler_scale, upsample_aug=args.upsample_aug,
+                upsample_steps=args.upsample_steps)
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
@@ -218,7 +242,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
                      metrics=[m.strip() for m in args.metrics.split(",")] if args.metrics else None,
                      features=[f.strip() for f in args.features.split(",") if f.strip()] if args.features else None,
                      dinov2_weights=args.dinov2_weights, dinov2_arch=args.dinov2_arch, reference=args.reference,
-                     reference_images=args.reference_images, bootstrap=args.bootstrap)
+                     reference_images=args.reference_images, bootstrap=args.bootstrap, **task_overrides(args))
     cfg = BenchConfig.from_preset(args.preset, **overrides)
     return cfg.with_overrides(prompt_limit=None) if every_prompt else cfg
 
@@ -244,14 +268,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         print_sampler_list()
         return 0
     cfg = config_from_args(args)
-    if args.task == "inpaint" or args.cascade:
-        if args.nproc > 1 or args.shard or (args.task == "inpaint" and args.cascade):
-            raise ValueError("--task inpaint and --cascade run in one process and one at a time; drop --nproc, "
-                             "--shard, or one of the two")
-        run_dir = run_inpaint(cfg, inpaint_options(args)) if args.task == "inpaint" else \
-            run_cascade(cfg, cascade_options(args))
-        print(f"report: {run_dir / 'report.md'}")
-        return 0
     if args.nproc > 1 and args.shard:
         raise ValueError("--nproc and --shard both split the samples; use one: --nproc N on one machine, "
                          "--shard K/N for separate jobs")

@@ -64,6 +64,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+DEFAULT_TASK = "text-to-image"
+TASK_FIELDS = {"inpaint": ("masks", "mask_file", "inpaint_methods", "repaint", "edit_captions", "inpaint_model"),
+               "cascade": ("upsampler", "cascade_features", "upsampler_scale", "upsample_aug", "upsample_steps")}
+
 ALL = "all"  # --guidance all: every registered method that applies to the model and sampler
 
 HALF_NUMERICS = 2  # bump when a change alters bf16/fp16 samples but not fp32 ones (part of their sample key)
@@ -107,6 +111,20 @@ class BenchConfig:
     run_id: str | None = None
     preset: str = "quick"
     model_fingerprint: str | None = None  # hash of the sampling and guiding weights, set when a run loads them
+    task: str = DEFAULT_TASK  # what a cell samples (bench.tasks): text-to-image, inpaint or cascade
+    # inpaint (docs/inpainting.md)
+    masks: list[str] = field(default_factory=lambda: ["center", "strokes"])  # mask kinds (guidance.masks)
+    mask_file: str | None = None  # one black-and-white mask for every source (white = regenerate); kind "file"
+    inpaint_methods: list[str] = field(default_factory=lambda: ["model", "replace"])  # guidance.inpaint.METHODS
+    repaint: list[int] = field(default_factory=lambda: [5, 2])  # RePaint's jump length and resample count
+    edit_captions: list[str] = field(default_factory=lambda: ["source", "edit"])  # caption kinds
+    inpaint_model: str | None = None  # default: inpaint_unet.safetensors beside --model's weights
+    # cascade
+    upsampler: str | None = None  # default: upsampler.safetensors beside --model's weights
+    cascade_features: str | None = None  # 64 px evaluation classifier; default eval_classifier_64 there
+    upsampler_scale: float = 1.0  # CFG on the upsampler (1: unguided, one pass per step)
+    upsample_aug: int = 50  # noise-augmentation timestep of the low-resolution input
+    upsample_steps: int = 25  # the upsampler's DDIM steps
 
     # fields that change the samples besides each sample's prompt and label (those are checked per sample, so
     # --prompt-limit and the prompt file may change without resampling what still holds): the resume key
@@ -137,9 +155,10 @@ class BenchConfig:
         data["scales"] = self.scale_grid()
         return data
 
-    def cell_hash(self, guidance: str, scale: float, seed: int) -> str:
-        """Key of one cell's samples: what the images depend on (not the batch size or device count)."""
-        key = self.sample_settings()
+    def cell_hash(self, guidance: str, scale: float, seed: int, task_key: dict | None = None) -> str:
+        """Key of one cell's samples: what the images depend on (not the batch size or device count);
+        `task_key` holds what a task other than text-to-image adds (its variant, its models' weights)."""
+        key = self.sample_settings() | (task_key or {})
         if key["schedule"] == "default":
             key.pop("schedule")  # keys made before schedules existed stay valid
         key.update(guidance=guidance, scale=scale, seed=seed)
@@ -166,6 +185,12 @@ class BenchConfig:
         for volatile in ("out", "run_id", "device", "batch_size", "channels_last", "compile", "cuda_graphs",
                          "cudnn_benchmark", "autotune", "half_weights"):
             data.pop(volatile)
+        for task, names in TASK_FIELDS.items():  # only the run's own task's options identify it
+            if task != self.task:
+                for name in names:
+                    data.pop(name)
+        if self.task == DEFAULT_TASK:
+            data.pop("task")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def validate(self, num_timesteps: int = 1000) -> None:

@@ -20,6 +20,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from bench.evaluators import FEATURE_NETS, PRIMARY_NET, SET_METRICS, PromptDiversity
 from bench.evaluators.base import HIGHER, LOWER
+from bench.evaluators.edit import task_metric_directions
 from bench.evaluators.reference import Reference
 from guidance.zoo.encoders import EvalClassifier
 from guidance.zoo.load import ZOO_DIR, EvalCLIPScorer, load_model
@@ -216,7 +217,9 @@ def load_eval_classifier(path: str | Path | None = None, device: str | torch.dev
 @functools.cache
 def metric_directions() -> dict[str, str]:
     """Each result column's direction ("higher" or "lower" is better), as its metric class declares it."""
-    return {c: d for m in (*SET_METRICS.values(), PromptDiversity, CLIPScore, LabelAccuracy) for c, d in m.columns.items()}
+    directions = {c: d for m in (*SET_METRICS.values(), PromptDiversity, CLIPScore, LabelAccuracy)
+                  for c, d in m.columns.items()}
+    return directions | {c: HIGHER if up else LOWER for c, up in task_metric_directions().items()}
 
 
 def set_columns() -> tuple[str, ...]:
