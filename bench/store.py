@@ -13,7 +13,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -46,10 +46,10 @@ class Cell:
         return f"{self.arm}_s{format_scale(self.scale)}_seed{self.seed_set}"
 
 
-def grid_cells(cfg: BenchConfig) -> list[Cell]:
-    """Every (guidance, scale, seed set) cell of a run, in run order."""
-    return [Cell(g, s, k, seed) for g, scales in cfg.scale_grid().items() for s in scales
-            for k, seed in enumerate(cfg.seeds)]
+def grid_cells(cfg: BenchConfig, variants: Sequence[tuple[str, ...]] = ((),)) -> list[Cell]:
+    """Every (variant, guidance, scale, seed set) cell of a run, in run order (a task's variants: bench.tasks)."""
+    return [Cell(g, s, k, seed, variant) for variant in variants for g, scales in cfg.scale_grid().items()
+            for s in scales for k, seed in enumerate(cfg.seeds)]
 
 
 def load_prompt_set(cfg: BenchConfig) -> PromptSet:

@@ -14,7 +14,7 @@ from torch import Tensor
 from bench.config import BenchConfig
 from bench.evaluators.reference import ReferenceSource
 from bench.prompts import PromptSet
-from bench.store import Cell, Expected, load_prompt_set
+from bench.store import Cell, Expected, grid_cells, load_prompt_set
 from guidance.bundle import ModelBundle
 from guidance.guiders.base import Guidance, GuidanceCost
 from guidance.protocols import Conditions
@@ -61,8 +61,7 @@ class Task:
 
     def cells(self) -> list[Cell]:
         """Every cell of the run, in run order."""
-        return [Cell(g, s, k, seed, variant) for variant in self.variants() for g, scales in self.cfg.scale_grid().items()
-                for s in scales for k, seed in enumerate(self.cfg.seeds)]
+        return grid_cells(self.cfg, self.variants())
 
     def variants(self) -> list[tuple[str, ...]]:
         """The values of `axes` the run covers (text-to-image: none)."""
