@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bench.config import BenchConfig
 from bench.evaluators.base import FeatureNet
 from bench.evaluators.edit import ConsistencyPSNR
 from bench.evaluators.reference import ReferenceSource
@@ -95,7 +96,7 @@ class Cascade(Task):
     metrics = (ConsistencyPSNR.name,)
     grid_rows = ("base 32 px (nearest)", "output", "bicubic")
 
-    def __init__(self, cfg) -> None:  # noqa: ANN001
+    def __init__(self, cfg: BenchConfig) -> None:
         super().__init__(cfg)
         self.upsampler: Upsampler | None = None
 

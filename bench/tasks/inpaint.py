@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bench.config import BenchConfig
 from bench.emoji_prompts import emoji200, emoji_labels
 from bench.evaluators.edit import KnownRegionPSNR, SeamScore
 from bench.prompts import Prompt, PromptSet
@@ -94,7 +95,7 @@ class Inpaint(Task):
     metrics = (KnownRegionPSNR.name, SeamScore.name)
     grid_rows = ("source", "mask (grey)", "result")
 
-    def __init__(self, cfg) -> None:  # noqa: ANN001
+    def __init__(self, cfg: BenchConfig) -> None:
         super().__init__(cfg)
         self._sources: EditSources | None = None
         self.model: NetworkDenoiser | None = None
