@@ -12,11 +12,9 @@ from pathlib import Path
 import pandas as pd
 
 from bench.analysis import analyse, load_per_sample
-from bench.cascade import CascadeOptions, run_cascade
 from bench.config import PRESETS, BenchConfig
 from bench.flags import add_field_arguments, field_values
 from bench.distributed import init_from_env, parse_shard
-from bench.inpaint import InpaintOptions, run_inpaint
 from bench.metrics import per_image_columns
 from bench.prompts import builtin_prompt_sets
 from bench.report import build_report
@@ -24,8 +22,6 @@ from bench.run import merge_shards, run_benchmark
 from bench.verdict import verdict
 from guidance.accelerate import add_arguments as add_acceleration_arguments
 from guidance.guiders import available_guidance
-from guidance.guiders.cfg_rescale import RESCALE_SPACES
-from guidance.inpaint import Resampling
 from guidance.models import model_sampler
 from guidance.process import SCHEDULES
 from guidance.rng import NOISE_MODES
@@ -84,44 +80,28 @@ def run_parser() -> argparse.ArgumentParser:
 
 
 def add_edit_arguments(p: argparse.ArgumentParser) -> None:
-    """The editing task (--task inpaint, bench.inpaint) and the cascade (--cascade, bench.cascade)."""
-    p.add_argument("--task", default="generate", choices=("generate", "inpaint"),
-                   help="generate (text-to-image) or inpaint (the editing benchmark, docs/inpainting.md)")
-    p.add_argument("--masks", default="center,strokes", help="inpaint: mask kinds, subset of center,half,box,strokes")
-    p.add_argument("--mask-file", default=None, help="inpaint: one black-and-white mask image (white = regenerate)")
-    p.add_argument("--inpaint-methods", default="model,replace", help="inpaint: subset of model,replace,repaint")
-    p.add_argument("--repaint", default="5,2", help="inpaint: RePaint's jump length and resample count, J,R")
-    p.add_argument("--edit-captions", default="source,edit", help="inpaint: caption kinds, subset of source,edit")
-    p.add_argument("--inpaint-model", default=None, help="inpaint: GLIDE-style inpainting model file")
-    p.add_argument("--cascade", action="store_true", help="base -> diffusion upsampler 32 -> 64 px, scored at 64 px")
-    p.add_argument("--upsampler", default=None, help="cascade: upsampler file (default: the zoo's)")
-    p.add_argument("--cascade-features", default=None, help="cascade: 64 px feature classifier file")
-    p.add_argument("--upsampler-scale", type=float, default=1.0, help="cascade: CFG on the upsampler (1: unguided)")
-    p.add_argument("--upsample-aug", type=int, default=50, help="cascade: noise-augmentation timestep of the 32 px input")
-    p.add_argument("--upsample-steps", type=positive_int, default=25, help="cascade: upsampler DDIM steps")
+    """The tasks' own options are BenchConfig fields (declared there with the tasks they apply to); this is
+    only `--cascade`, the earlier spelling of `--task cascade`."""
+    p.add_argument("--cascade", action="store_true", help="replaced by --task cascade (still accepted, with a note)")
 
 
-def inpaint_options(args: argparse.Namespace) -> InpaintOptions:
-    try:
-        jump, resample = (int(v) for v in args.repaint.split(","))
-    except ValueError:
-        raise ValueError(f"bad --repaint {args.repaint!r}: give jump length and resample count, e.g. 5,2") from None
-    return InpaintOptions(masks=[m.strip() for m in args.masks.split(",")],
-                          methods=[m.strip() for m in args.inpaint_methods.split(",") if m.strip()],
-                          captions=[c.strip() for c in args.edit_captions.split(",") if c.strip()],
-                          repaint=Resampling(jump, resample), mask_file=args.mask_file,
-                          inpaint_model=args.inpaint_model)
-
-
-def cascade_options(args: argparse.Namespace) -> CascadeOptions:
-    return CascadeOptions(args.upsampler, args.cascade_features, args.upsampler_scale, args.upsample_aug,
-                          args.upsample_steps)
+def cascade_alias(args: argparse.Namespace, overrides: dict) -> None:
+    """--cascade read as --task cascade (with a note that says so)."""
+    if not getattr(args, "cascade", False):
+        return
+    task = overrides.get("task")
+    if task not in (None, "cascade"):
+        raise ValueError(f"--cascade is replaced by --task cascade, and this command also gives --task {task}; "
+                         f"give one --task")
+    print("note: --cascade is replaced by --task cascade; running --task cascade", file=sys.stderr)
+    overrides["task"] = "cascade"
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     """The config the flags ask for: each field given on the command line, the preset's or the field's
     default otherwise (a --scales list applies to every method; --prompt-limit all lifts the preset's)."""
     overrides = field_values(args, fields(BenchConfig))
+    cascade_alias(args, overrides)
     preset = overrides.pop("preset", "quick")
     guidance = overrides.setdefault("guidance", ["cfg"])
     if isinstance(overrides.get("scales"), list):
@@ -157,14 +137,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         print_sampler_list()
         return 0
     cfg = config_from_args(args)
-    if args.task == "inpaint" or args.cascade:
-        if args.nproc > 1 or args.shard or (args.task == "inpaint" and args.cascade):
-            raise ValueError("--task inpaint and --cascade run in one process and one at a time; drop --nproc, "
-                             "--shard, or one of the two")
-        run_dir = run_inpaint(cfg, inpaint_options(args)) if args.task == "inpaint" else \
-            run_cascade(cfg, cascade_options(args))
-        print(f"report: {run_dir / 'report.md'}")
-        return 0
     if args.nproc > 1 and args.shard:
         raise ValueError("--nproc and --shard both split the samples; use one: --nproc N on one machine, "
                          "--shard K/N for separate jobs")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.evaluators import DINOV2_ARCH, FEATURE_NETS, METRIC_NAMES
-from bench.flags import comma_list, option, parse_prompt_limit, parse_scales, parse_seeds
+from bench.flags import comma_list, flag_of, option, parse_prompt_limit, parse_repaint, parse_scales, parse_seeds
 from bench.evaluators.base import NOTHING_DOWNLOADED, check_readable
 from guidance.accelerate import Acceleration, checked_device
 from guidance.guiders import REGISTRY, guidance_class
@@ -36,6 +36,13 @@ PRESETS: dict[str, dict[str, Any]] = {
              "steps": 4, "sampler": "ddim", "batch_size": 8},
 }
 
+
+DEFAULT_TASK = "text-to-image"
+TASK_ALIASES = {"generate": DEFAULT_TASK}  # --task generate: text-to-image's earlier name
+
+
+def task_name(text: str) -> str:
+    return TASK_ALIASES.get(text, text)
 
 ALL = "all"  # --guidance all: every registered method that applies to the model and sampler
 
@@ -108,6 +115,30 @@ class BenchConfig:
     preset: str = option("quick", choices=tuple(PRESETS), help="quick (~2 min on 2 CPU cores), full (GPU) or tiny "
                                                                "(CI)")
     model_fingerprint: str | None = None  # hash of the sampling and guiding weights, set when a run loads them
+    task: str = option(DEFAULT_TASK, parse=task_name,
+                       help="what a cell samples (bench.tasks): text-to-image, inpaint (the editing benchmark) or "
+                            "cascade (base -> diffusion upsampler 32 -> 64 px, scored at 64 px)")
+    masks: list[str] = option(factory=lambda: ["center", "strokes"], parse=comma_list, tasks=("inpaint",),
+                              help="mask kinds, subset of center,half,box,strokes (guidance.masks)")
+    mask_file: str | None = option(None, tasks=("inpaint",),
+                                   help="one black-and-white mask image for every source (white = regenerate)")
+    inpaint_methods: list[str] = option(factory=lambda: ["model", "replace"], parse=comma_list, tasks=("inpaint",),
+                                        help="subset of model,replace,repaint (guidance.inpaint.METHODS)")
+    repaint: list[int] = option(factory=lambda: [5, 2], parse=parse_repaint, tasks=("inpaint",),
+                                help="RePaint's jump length and resample count, J,R")
+    edit_captions: list[str] = option(factory=lambda: ["source", "edit"], parse=comma_list, tasks=("inpaint",),
+                                      help="caption kinds, subset of source,edit")
+    inpaint_model: str | None = option(None, tasks=("inpaint",), help="GLIDE-style inpainting model file (default: "
+                                                                      "inpaint_unet.safetensors beside --model's weights)")
+    upsampler: str | None = option(None, tasks=("cascade",),
+                                   help="upsampler file (default: upsampler.safetensors beside --model's weights)")
+    cascade_features: str | None = option(None, tasks=("cascade",), help="64 px feature classifier file (default: "
+                                                                          "eval_classifier_64 beside --model's weights)")
+    upsampler_scale: float = option(1.0, type=float, tasks=("cascade",),
+                                    help="CFG on the upsampler (1: unguided, one pass per step)")
+    upsample_aug: int = option(50, type=int, tasks=("cascade",),
+                               help="noise-augmentation timestep of the 32 px input")
+    upsample_steps: int = option(25, type=int, tasks=("cascade",), help="the upsampler's DDIM steps")
 
     # fields that change the samples besides each sample's prompt and label (those are checked per sample, so
     # --prompt-limit and the prompt file may change without resampling what still holds): the resume key
@@ -140,9 +171,10 @@ class BenchConfig:
         data["scales"] = self.scale_grid()
         return data
 
-    def cell_hash(self, guidance: str, scale: float, seed: int) -> str:
-        """Key of one cell's samples: what the images depend on (not the batch size or device count)."""
-        key = self.sample_settings()
+    def cell_hash(self, guidance: str, scale: float, seed: int, task_key: dict | None = None) -> str:
+        """Key of one cell's samples: what the images depend on (not the batch size or device count);
+        `task_key` holds what a task other than text-to-image adds (its variant, its models' weights)."""
+        key = self.sample_settings() | (task_key or {})
         if key["schedule"] == "default":
             key.pop("schedule")  # keys made before schedules existed stay valid
         if key["noise"] == "device":
@@ -182,6 +214,11 @@ class BenchConfig:
         for volatile in ("out", "run_id", "device", "batch_size", "channels_last", "compile", "cuda_graphs",
                          "cudnn_benchmark", "autotune", "half_weights"):
             data.pop(volatile)
+        for name, tasks in task_fields().items():  # only the run's own task's options identify it
+            if self.task not in tasks:
+                data.pop(name)
+        if self.task == DEFAULT_TASK:
+            data.pop("task")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def validate(self, num_timesteps: int = 1000) -> None:
@@ -287,3 +324,8 @@ class BenchConfig:
 
     def with_overrides(self, **kwargs: Any) -> "BenchConfig":
         return replace(self, **kwargs)
+
+
+def task_fields() -> dict[str, tuple[str, ...]]:
+    """Each task-specific field and the tasks it applies to (from its flag's declaration)."""
+    return {f.name: flag.tasks for f in fields(BenchConfig) if (flag := flag_of(f)) is not None and flag.tasks}

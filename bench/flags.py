@@ -133,3 +133,12 @@ def parse_prompt_limit(text: str) -> int | str:
 def comma_list(text: str) -> list[str]:
     """'a, b,,c' -> ['a', 'b', 'c']: comma-separated names as given."""
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def parse_repaint(text: str) -> list[int]:
+    """'5,2': RePaint's jump length and resample count."""
+    try:
+        jump, resample = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"bad --repaint {text!r}: give jump length and resample count, e.g. 5,2") from None
+    return [jump, resample]

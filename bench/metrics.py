@@ -20,6 +20,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from bench.evaluators import FEATURE_NETS, PRIMARY_NET, SET_METRICS, PromptDiversity
 from bench.evaluators.base import HIGHER, LOWER
+from bench.evaluators.edit import TASK_METRICS, task_metric_directions
 from bench.evaluators.reference import Reference
 from guidance.zoo.encoders import EvalClassifier
 from guidance.zoo.load import ZOO_DIR, EvalCLIPScorer, load_model
@@ -216,17 +217,21 @@ def load_eval_classifier(path: str | Path | None = None, device: str | torch.dev
 @functools.cache
 def metric_directions() -> dict[str, str]:
     """Each result column's direction ("higher" or "lower" is better), as its metric class declares it."""
-    return {c: d for m in (*SET_METRICS.values(), PromptDiversity, CLIPScore, LabelAccuracy) for c, d in m.columns.items()}
+    directions = {c: d for m in (*SET_METRICS.values(), PromptDiversity, CLIPScore, LabelAccuracy)
+                  for c, d in m.columns.items()}
+    return directions | {c: HIGHER if up else LOWER for c, up in task_metric_directions().items()}
 
 
 def set_columns() -> tuple[str, ...]:
     """Result columns computed once per cell over its image set (not spreads such as kid_std)."""
-    return tuple(c for m in (*SET_METRICS.values(), PromptDiversity) for c in m.columns if not c.endswith("_std"))
+    tasks = tuple(c for m in TASK_METRICS if m.kind == "set" for c in m.columns)
+    return tuple(c for m in (*SET_METRICS.values(), PromptDiversity) for c in m.columns if not c.endswith("_std")) + tasks
 
 
 def per_image_columns() -> tuple[str, ...]:
     """Result columns that are means of a per-image score (per_sample.csv holds the scores)."""
-    return (*CLIPScore.columns, *LabelAccuracy.columns)
+    tasks = tuple(c for m in TASK_METRICS if m.kind == "per_image" for c in m.columns)
+    return (*CLIPScore.columns, *LabelAccuracy.columns, *tasks)
 
 
 def higher_is_better(column: str) -> bool:

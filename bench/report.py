@@ -29,9 +29,12 @@ from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg 
 from PIL import Image
 
 from bench.analysis import SET_METRICS, Analysis, analyse, best_cells, load_per_sample
+from bench.config import DEFAULT_TASK
 from bench.report_format import format_number, format_scale, metric_name, percent_metric
 from bench.report_compare import compare_grids_html
 from bench.stats import QUALITY_METRICS, THROUGHPUT_METRICS, pareto_front, rank_methods
+from bench.store import load_extras
+from bench.tasks import TASKS
 from bench.verdict import format_p, verdict
 
 __all__ = ["Run", "format_scale", "load_run", "sample_grid", "build_report", "main"]
@@ -48,6 +51,7 @@ METRIC_LABELS = {
 }
 GRID_IMAGES = 16
 GRID_UPSCALE = 3  # 32x32 emoji are unreadable at 1:1
+TASK_GRID_COLUMNS = 8  # images per row of a task's row grid (source / mask / result)
 MAX_CATEGORIES = 30  # per category column on the page (all of them are in results_by_category.csv)
 
 
@@ -329,6 +333,20 @@ def sample_grid(images: np.ndarray, max_images: int = GRID_IMAGES, upscale: int 
     return out.resize((out.width * upscale, out.height * upscale), Image.NEAREST)
 
 
+def row_grid(rows: Sequence[np.ndarray], max_images: int = TASK_GRID_COLUMNS, upscale: int = GRID_UPSCALE) -> Image.Image:
+    """One row per array (uint8 [N, H, W, 3], the same N, H and W), the first images side by side:
+    a task's rows (source / mask / result) line up column by column."""
+    pad = 2
+    rows = [np.asarray(r)[:max_images] for r in rows]
+    n, h, w = rows[0].shape[:3]
+    grid = np.full((len(rows) * (h + pad) + pad, n * (w + pad) + pad, 3), 255, np.uint8)
+    for r, images in enumerate(rows):
+        for c, img in enumerate(images):
+            grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = img[..., :3]
+    out = Image.fromarray(grid)
+    return out.resize((out.width * upscale, out.height * upscale), Image.NEAREST)
+
+
 @dataclass
 class _Grid:
     run: str
@@ -338,11 +356,14 @@ class _Grid:
     prompts: list[str]
     shown: int  # images in the grid
     note: str  # why there is no grid, if there is none
+    rows: tuple[str, ...] = ()  # a task's grid rows, top down (empty: a plain grid of samples)
 
 
 def _make_grids(run: Run, label: str, prefix: str, out_dir: Path) -> list[_Grid]:
     """Grids of seed set 0 (the lowest one present) for every guidance and scale of a run."""
     grids = []
+    task = TASKS.get((run.manifest.get("config") or {}).get("task", DEFAULT_TASK))
+    rows = task.grid_rows if task is not None and task.axes else ()
     cells = run.results.groupby(["guidance", "scale"], sort=False)["seed_set"].min()
     for (g, scale), seed in cells.items():
         name = f"{g}_s{format_scale(scale)}_seed{int(seed)}.npz"
@@ -354,14 +375,16 @@ def _make_grids(run: Run, label: str, prefix: str, out_dir: Path) -> list[_Grid]
             try:
                 with np.load(path, allow_pickle=False) as npz:
                     images = npz["images"]
-                    shown = min(len(images), GRID_IMAGES)
-                    prompts = [str(p) for p in npz["prompts"][:GRID_IMAGES]] if "prompts" in npz else []
+                    limit = TASK_GRID_COLUMNS if rows else GRID_IMAGES
+                    shown = min(len(images), limit)
+                    prompts = [str(p) for p in npz["prompts"][:limit]] if "prompts" in npz else []
                 png = out_dir / "grids" / f"{prefix}{_safe_name(g)}_s{format_scale(scale)}.png"
                 png.parent.mkdir(parents=True, exist_ok=True)
-                sample_grid(images).save(png)
+                image = row_grid(task.grid(images, load_extras(path))) if rows else sample_grid(images)
+                image.save(png)
             except (OSError, ValueError, KeyError) as e:
                 png, note = None, f"unreadable samples file {path}: {e}"
-        grids.append(_Grid(label, str(g), float(scale), png, prompts, shown, note))
+        grids.append(_Grid(label, str(g), float(scale), png, prompts, shown, note, rows))
     return grids
 
 
@@ -594,8 +617,9 @@ def _grid_html(grids: Sequence[_Grid], several: bool) -> str:
             continue
         prompts = "".join(f"<li>{_e(p)}</li>" for p in g.prompts)
         alt = f"samples of {g.guidance} at scale {format_scale(g.scale)}"
+        order = f"rows: {_e(', '.join(g.rows))}; captions by column" if g.rows else "prompts in reading order"
         parts.append(f"<figure>{_img(g.png, alt)}<figcaption>{caption}, seed set 0, first "
-                     f"{g.shown} images; prompts in reading order:</figcaption>"
+                     f"{g.shown} images; {order}:</figcaption>"
                      f'<ol class="prompts">{prompts}</ol></figure>')
     if current is not None:
         parts.append("</div>")

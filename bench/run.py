@@ -27,13 +27,14 @@ from bench.distributed import Shard, init_from_env, local_device
 from bench.emoji_prompts import emoji_labels
 from bench.prompts import PromptSet
 from bench.scoring import applicable_metrics, check_scorers, score_cells, scorer_label
-from bench.store import Cell, Expected, SampleStore, grid_cells, load_prompt_set, write_atomic
+from bench.store import Cell, Expected, SampleStore, write_atomic
+from bench.tasks import Task, make_task
 from guidance.accelerate import autocast_context, checked_device
 from guidance.bundle import ModelBundle
 from guidance.guiders import REGISTRY, Guidance, MethodContext, guidance_class, make_guidance
 from guidance.models import load_bundle
 from guidance.protocols import Conditions, Perturbable
-from guidance.samplers import renoising_samplers, sample, sampler_spec
+from guidance.samplers import renoising_samplers, sampler_spec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -198,17 +199,16 @@ def no_work() -> dict[str, Any]:
             "intervals": []}  # wall-clock [start, end] of each batch: jobs' timings merge by their overlap
 
 
-def sample_cell(cfg: BenchConfig, bundle: ModelBundle, cell: Cell, guidance: Guidance, store: SampleStore, expected: Expected,
-                device: torch.device, progress, shard: Shard, record: Callable[[dict[str, Any]], None]) -> None:
-    """Sample this shard's missing batches of one cell. `record` gets each batch's own time and work
-    (for throughput) right after the batch is saved, so a killed run keeps the timing of every batch it
-    kept (its resume then reports s/img over all the cell's batches)."""
-    sigmas = bundle.process.sigmas(cfg.steps, cfg.schedule)
+def sample_cell(cfg: BenchConfig, task: Task, bundle: ModelBundle, cell: Cell, guidance: Guidance, store: SampleStore,
+                expected: Expected, device: torch.device, progress, shard: Shard,
+                record: Callable[[dict[str, Any]], None]) -> None:
+    """Sample this shard's missing batches of one cell (the task samples each batch). `record` gets each
+    batch's own time and work (for throughput) right after the batch is saved, so a killed run keeps the
+    timing of every batch it kept (its resume then reports s/img over all the cell's batches)."""
     finished = store.finished_indices(expected)
     # per image over every model evaluation (NFE; Heun: two per step): exact for interval guidance; a batch
     # with a negative prompt runs CFG's second branch at every evaluation, s = 1 included
-    evaluations = sampler_spec(cfg.sampler).evaluations(sigmas)
-    costs = {negative: guidance.cost_per_image(evaluations, sigmas, negative=negative) for negative in (False, True)}
+    costs = {negative: task.cost(bundle, cell, guidance, negative) for negative in (False, True)}
     dtype = DTYPES[cfg.dtype]
     autocast = autocast_context(device, dtype)
     # batches are numbered over the whole cell, so shard ownership and batch members never depend on
@@ -223,19 +223,16 @@ def sample_cell(cfg: BenchConfig, bundle: ModelBundle, cell: Cell, guidance: Gui
             torch.cuda.synchronize(device)
         start, started_at = time.perf_counter(), time.time()  # the interval's length comes from perf_counter
         with autocast, torch.no_grad():  # gradient guidance turns gradients on for its guide alone
-            x = sample(bundle.denoiser, bundle.process, sigmas, guidance, cond, bundle.sample_shape, idx,
-                       seed=cell.seed, sampler=cfg.sampler, eta=cfg.eta, clip_denoised=bundle.clip_denoised,
-                       device=device, noise_mode=cfg.noise)
-            images = bundle.decode(x)
+            batch = task.sample_batch(bundle, cell, guidance, cond, idx, [str(t) for t in expected.texts[idx]], device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - start
         work = {"images": len(idx), "seconds": elapsed, "network_passes": cost.network_passes * len(idx),
                 "guide_passes": cost.guide_passes * len(idx), "backward_passes": cost.backward_passes * len(idx),
                 "intervals": [[started_at, started_at + elapsed]]}
-        store.write_batch(idx, images, expected)
-        if cfg.save_latents:
-            store.write_latents(idx, x, cell.seed)
+        store.write_batch(idx, batch.images, expected, batch.extras)
+        if cfg.save_latents and batch.latents is not None:
+            store.write_latents(idx, batch.latents, cell.seed)
         record(work)
         progress.update(len(idx))
 
@@ -267,9 +264,11 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
 
     started = time.time()
     cfg.validate()
+    task = make_task(cfg)
+    task.validate()
     shard = shard or init_from_env(cfg.device)
     progress = progress and shard.is_main
-    prompts = load_prompt_set(cfg)
+    prompts = task.prompt_set()
     if progress and cfg.prompt_limit is not None and len(prompts) == cfg.prompt_limit:
         print(f"prompts: the first {cfg.prompt_limit} of {prompts.name} (--prompt-limit N or all to change)")
     device = checked_device(local_device(cfg.device))
@@ -278,6 +277,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
     cfg = applicable_metrics(cfg, bundle.domain, note=print if progress else lambda _: None)
     check_compatible(cfg, prompts, bundle)
     check_scorers(cfg, device)
+    task.prepare(bundle, device)
     bundle.accelerate(cfg.acceleration(), device, DTYPES[cfg.dtype])
     cfg = replace(agree_on_run_id(cfg, shard), model_fingerprint=bundle.fingerprint())
     run_dir = prepare_output(cfg)
@@ -285,11 +285,11 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
     if shard.is_main or not shard.launched:  # every independent shard job: any of them may start first
         write_atomic(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
     n = len(prompts) * cfg.samples_per_prompt
-    expected = Expected.of(prompts, n, cfg.samples_per_prompt, cfg.negative_prompt)
-    cells = grid_cells(cfg)
+    cells = task.cells()
     bar = tqdm(total=n * len(cells), desc="sampling", unit="img", disable=not progress, dynamic_ncols=True)
     for cell in cells:
-        store = SampleStore.of(cfg, run_dir, cell)
+        expected = task.expected(cell, prompts)
+        store = SampleStore.of(cfg, run_dir, cell, task.task_key(cell))
         if store.done(expected):
             bar.update(n)
             continue
@@ -304,7 +304,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
         def record(work: dict[str, Any], cell: Cell = cell, store: SampleStore = store) -> None:
             save_throughput(run_dir, cell, {**work, "peak_mem_mb": peak_memory_mb(device)}, store.cell_hash, shard)
 
-        sample_cell(cfg, bundle, cell, guidance, store, expected, device, bar, shard, record)
+        sample_cell(cfg, task, bundle, cell, guidance, store, expected, device, bar, shard, record)
         record(no_work())  # a process that owned no batch still reports (an empty timing), with its peak
         shard.barrier()
         if shard.launched or shard.world == 1:
@@ -315,12 +315,12 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
     if not shard.launched and shard.world > 1:
         print(f"shard {shard.rank}/{shard.world} sampled; when every shard is done: python -m bench merge {run_dir}")
         return run_dir
-    return finish_run(cfg, run_dir, cells, bundle, device, shard, time.time() - started, n, progress, shard.world)
+    return finish_run(cfg, task, run_dir, cells, bundle, device, shard, time.time() - started, n, progress, shard.world)
 
 
-def finish_run(cfg: BenchConfig, run_dir: Path, cells: list[Cell], bundle: ModelBundle, device: torch.device, shard: Shard,
-               wall: float | None, n: int, progress: bool, processes: int) -> Path:
-    scores = score_cells(cfg, run_dir, cells, device, progress, shard)
+def finish_run(cfg: BenchConfig, task: Task, run_dir: Path, cells: list[Cell], bundle: ModelBundle, device: torch.device,
+               shard: Shard, wall: float | None, n: int, progress: bool, processes: int) -> Path:
+    scores = score_cells(cfg, run_dir, cells, device, progress, shard, task)
     if shard.is_main:
         scores.results.to_csv(run_dir / "results.csv", index=False)
         scores.per_sample.to_csv(run_dir / "per_sample.csv", index=False)
@@ -354,15 +354,16 @@ def merge_shards(run_dir: Path, progress: bool = True) -> Path:
     cfg = load_run_config(Path(run_dir))
     cfg.run_id, cfg.out = Path(run_dir).name, str(Path(run_dir).parent)
     cfg.scales = {g: list(v) for g, v in cfg.scales.items()}
-    prompts = load_prompt_set(cfg)
+    task = make_task(cfg)
+    prompts = task.prompt_set()
     n = len(prompts) * cfg.samples_per_prompt
-    expected = Expected.of(prompts, n, cfg.samples_per_prompt, cfg.negative_prompt)
     device = torch.device(cfg.device if cfg.device == "cpu" or torch.cuda.is_available() else "cpu")
     bundle = load_bundle(cfg.model, device, cfg.sampler)
     check_keeps_samples(Path(run_dir), replace(cfg, model_fingerprint=bundle.fingerprint()))
-    cells = grid_cells(cfg)
+    cells = task.cells()
     for cell in cells:
-        store = SampleStore.of(cfg, run_dir, cell)
+        expected = task.expected(cell, prompts)
+        store = SampleStore.of(cfg, run_dir, cell, task.task_key(cell))
         if store.done(expected):
             continue
         missing = sorted(set(range(n)) - store.finished_indices(expected))
@@ -375,7 +376,7 @@ def merge_shards(run_dir: Path, progress: bool = True) -> Path:
         store.merge(expected)
     # independent jobs: their wall time is not known here (they may have run at once or in turn)
     jobs = len(list(Path(run_dir).glob("throughput.rank*.json"))) or 1
-    return finish_run(cfg, Path(run_dir), cells, bundle, device, Shard(), None, n, progress, jobs)
+    return finish_run(cfg, task, Path(run_dir), cells, bundle, device, Shard(), None, n, progress, jobs)
 
 
 def agree_on_run_id(cfg: BenchConfig, shard: Shard) -> BenchConfig:

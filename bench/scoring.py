@@ -34,7 +34,8 @@ from bench.metrics import (Gathered, Throughput, clip_scores, label_hits, load_e
                            metric_directions)
 from bench.prompts import PromptSet
 from bench.stats.bootstrap import shifted_interval, resample_counts
-from bench.store import Cell, SampleStore, load_prompt_set
+from bench.store import Cell, SampleStore
+from bench.tasks import Evaluators, Task, make_task
 from guidance.rng import sample_seed
 from guidance.zoo.encoders import EvalClassifier
 from guidance.models import load_bundle
@@ -232,14 +233,20 @@ def chunked_mean(values: torch.Tensor, chunk: int) -> float:
 
 
 class Evaluation:
-    """The networks, reference and label tables of one scoring: loaded once, used for every cell."""
+    """The networks, reference and label tables of one scoring: loaded once, used for every cell. A task
+    with its own evaluators (the cascade's 64 px classifier and renders) replaces the domain network's
+    classifier and the reference."""
 
-    def __init__(self, cfg: BenchConfig, device: torch.device) -> None:
+    def __init__(self, cfg: BenchConfig, device: torch.device, own: Evaluators | None = None) -> None:
         self.cfg, self.device = cfg, device
-        self.classifier = load_eval_classifier(device=device)
+        self.classifier = own.classifier if own else load_eval_classifier(device=device)
         self.scorer = make_scorer(cfg, device) if needs_clip(cfg) else None
         self.nets = {name: make_net(name, cfg, device, self.classifier, self.scorer) for name in net_names(cfg)}
-        self.source: ReferenceSource | None = reference_source(cfg.reference, cfg.reference_images) if self.nets else None
+        if own and "domain" in self.nets:
+            self.nets["domain"] = DomainNet(own.classifier, own.classifier_weights)
+        self.source: ReferenceSource | None = None
+        if self.nets:
+            self.source = own.reference if own else reference_source(cfg.reference, cfg.reference_images)
         self._references: dict[str, Reference] = {}
         labels = emoji_labels()
         self.subgroup_of = torch.tensor(labels["identity_subgroup"])
@@ -267,21 +274,25 @@ class Evaluation:
 
 @torch.no_grad()
 def score_cells(cfg: BenchConfig, run_dir: Path, cells: list[Cell], device: torch.device,
-                progress: bool = True, shard: Shard | None = None) -> Scores:
-    """Metrics per cell and per sample. Under torchrun each process scores a contiguous slice of every cell
-    and the per-sample rows gather across the group in file order, so the result equals a one-process score."""
+                progress: bool = True, shard: Shard | None = None, task: Task | None = None) -> Scores:
+    """Metrics per cell and per sample, with the task's own metrics beside them. Under torchrun each process
+    scores a contiguous slice of every cell and the per-sample rows gather across the group in file order,
+    so the result equals a one-process score (a task's own metrics are computed whole by every process)."""
     shard = shard or Shard()
-    prompts = load_prompt_set(cfg)
-    ev = Evaluation(cfg, device)
+    task = task or make_task(cfg)
+    prompts = task.prompt_set()
+    ev = Evaluation(cfg, device, task.evaluators(device))
     extra = prompt_columns(prompts)
     timings = load_throughput(run_dir)
     rows, samples = [], []
     for cell in tqdm(cells, desc="scoring", disable=not progress, dynamic_ncols=True):
-        store = SampleStore.of(cfg, run_dir, cell)
+        store = SampleStore.of(cfg, run_dir, cell, task.task_key(cell))
         images_np, texts, labels = store.load()  # each sample's own caption and label, as sampled
         n = len(images_np)
-        row: dict[str, float | str | int] = {"guidance": cell.guidance, "scale": cell.scale, "seed_set": cell.seed_set,
+        row: dict[str, float | str | int] = {"guidance": cell.arm, "scale": cell.scale, "seed_set": cell.seed_set,
                                              "n_samples": n, "sampler": cfg.sampler, "steps": cfg.steps}
+        if task.axes:
+            row |= {"guidance_method": cell.guidance, **dict(zip(task.axes, cell.variant))}
         banks = {name: Gathered(net.dim).to(device) for name, net in ev.nets.items()}
         clip_rows = Gathered(1).to(device) if "clip_score" in cfg.metrics else None
         acc_rows = Gathered(3, torch.int64).to(device) if "accuracy" in cfg.metrics and prompts.has_labels else None
@@ -297,7 +308,7 @@ def score_cells(cfg: BenchConfig, run_dir: Path, cells: list[Cell], device: torc
                 acc_rows.update(label_hits(ev.classifier, ev.subgroup_of, ev.group_of_subgroup, images,
                                            torch.from_numpy(labels[lo:hi])))
         features = {name: bank.gathered() for name, bank in banks.items()}
-        per = pd.DataFrame({"guidance": cell.guidance, "scale": cell.scale, "seed_set": cell.seed_set,
+        per = pd.DataFrame({"guidance": cell.arm, "scale": cell.scale, "seed_set": cell.seed_set,
                             "index": range(n), "prompt_index": [i // cfg.samples_per_prompt for i in range(n)],
                             # the seed of the sample's noise generator: with --noise diffusers (or on a CPU run)
                             # its initial latents are randn(shape, generator=Generator("cpu").manual_seed(it))
@@ -313,6 +324,13 @@ def score_cells(cfg: BenchConfig, run_dir: Path, cells: list[Cell], device: torc
                 row[name] = float(hits[:, k].sum() / total)
                 per[name] = hits[:, k].cpu().numpy()
         row.update(set_metrics(cfg, ev, features, n, per["prompt_index"].to_numpy()))
+        if task.metrics:
+            counts = torch.from_numpy(resample_counts(n, cfg.bootstrap)) if cfg.bootstrap > 0 else None
+            own = task.extra_scores(torch.from_numpy(images_np).permute(0, 3, 1, 2), store.load_extras(), counts)
+            row.update(own.per_cell)
+            for name, values in own.per_image.items():
+                row[name] = float(np.mean(values))
+                per[name] = values
         spent = merged_throughput(timings, cell.name)
         if spent:
             row.update(spent)

@@ -13,7 +13,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -29,20 +29,29 @@ from guidance.rng import sample_seed
 
 @dataclass(frozen=True)
 class Cell:
+    """One (guidance, scale, seed set) of the grid; a task with more axes (inpainting's method, mask and
+    caption kind; the cascade's stage) puts their values in `variant`."""
+
     guidance: str
     scale: float
     seed_set: int
     seed: int
+    variant: tuple[str, ...] = ()
+
+    @property
+    def arm(self) -> str:
+        """What the analysis compares: the guidance, joined with the task's variant when it has one."""
+        return "+".join((self.guidance, *self.variant))
 
     @property
     def name(self) -> str:
-        return f"{self.guidance}_s{format_scale(self.scale)}_seed{self.seed_set}"
+        return f"{self.arm}_s{format_scale(self.scale)}_seed{self.seed_set}"
 
 
-def grid_cells(cfg: BenchConfig) -> list[Cell]:
-    """Every (guidance, scale, seed set) cell of a run, in run order."""
-    return [Cell(g, s, k, seed) for g, scales in cfg.scale_grid().items() for s in scales
-            for k, seed in enumerate(cfg.seeds)]
+def grid_cells(cfg: BenchConfig, variants: Sequence[tuple[str, ...]] = ((),)) -> list[Cell]:
+    """Every (variant, guidance, scale, seed set) cell of a run, in run order (a task's variants: bench.tasks)."""
+    return [Cell(g, s, k, seed, variant) for variant in variants for g, scales in cfg.scale_grid().items()
+            for s in scales for k, seed in enumerate(cfg.seeds)]
 
 
 def load_prompt_set(cfg: BenchConfig) -> PromptSet:
@@ -57,6 +66,7 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+EXTRA = "extra_"  # prefix of a task's per-sample arrays in a samples file
 PART_NAME = re.compile(r"(\d+)-(\d+)\.npz")  # a complete batch file; a write cut short is `.<name>.partial`
 
 
@@ -109,9 +119,10 @@ class SampleStore:
         self.cell_hash = cell_hash
 
     @classmethod
-    def of(cls, cfg: BenchConfig, run_dir: Path, cell: Cell) -> "SampleStore":
-        """The store of `cell` under `cfg`, keyed by what its samples depend on."""
-        return cls(Path(run_dir), cell, cfg.cell_hash(cell.guidance, cell.scale, cell.seed))
+    def of(cls, cfg: BenchConfig, run_dir: Path, cell: Cell, task_key: dict | None = None) -> "SampleStore":
+        """The store of `cell` under `cfg`, keyed by what its samples depend on (`task_key`: what the
+        task adds, such as its variant and extra models' weights)."""
+        return cls(Path(run_dir), cell, cfg.cell_hash(cell.guidance, cell.scale, cell.seed, task_key))
 
     def _final_current(self) -> bool:
         """The merged file exists and was made under this key (older formats and keys are resampled)."""
@@ -151,13 +162,17 @@ class SampleStore:
     def finished_indices(self, expected: Expected) -> set[int]:
         return {int(i) for data, rows in self._valid_rows(expected) for i in data["indices"][rows]}
 
-    def write_batch(self, indices: list[int], images: Tensor, expected: Expected) -> None:
+    def write_batch(self, indices: list[int], images: Tensor, expected: Expected,
+                    extras: dict[str, np.ndarray] | None = None) -> None:
+        """Save one batch; `extras` are a task's per-sample arrays (inpainting's source and mask, the
+        cascade's low-resolution sample), stored beside the images under an `extra_` prefix."""
         self.parts.mkdir(parents=True, exist_ok=True)
         path = self.parts / f"{indices[0]}-{indices[-1]}.npz"
         tmp = self.parts / f".{path.name}.partial"  # never matches PART_NAME: a killed write is ignored
         with open(tmp, "wb") as f:
             np.savez(f, images=to_hwc_uint8(images), prompts=expected.texts[indices], labels=expected.labels[indices],
-                     negatives=expected.negatives[indices], indices=np.array(indices))
+                     negatives=expected.negatives[indices], indices=np.array(indices),
+                     **{f"{EXTRA}{k}": v for k, v in (extras or {}).items()})
         os.replace(tmp, path)  # atomic: a killed run leaves whole batches or none
 
     def write_latents(self, indices: list[int], latents: Tensor, seed: int) -> None:
@@ -172,17 +187,21 @@ class SampleStore:
 
     def merge(self, expected: Expected) -> None:
         """Write samples 0..n-1 as one file from every valid stored sample, then drop the batches."""
-        images: dict[int, np.ndarray] = {}
+        arrays: dict[str, dict[int, np.ndarray]] = {}
         for data, rows in self._valid_rows(expected):
-            stored = data["images"]
-            images.update((int(i), stored[r]) for i, r in zip(data["indices"][rows], rows))
+            for key in ("images", *(k for k in data.files if k.startswith(EXTRA))):
+                stored = data[key]
+                arrays.setdefault(key, {}).update((int(i), stored[r]) for i, r in zip(data["indices"][rows], rows))
+        images = arrays.get("images", {})
         missing = sorted(set(range(len(expected))) - images.keys())
         if missing:
             raise ValueError(f"{self.final.stem}: samples {missing[:5]} are missing; sample them before merging")
+        extras = {k: np.stack([v[i] for i in range(len(expected))]) for k, v in arrays.items() if k != "images"}
         tmp = self.final.with_name(f".{self.final.name}.partial")
         with open(tmp, "wb") as f:
             np.savez(f, images=np.stack([images[i] for i in range(len(expected))]), prompts=expected.texts,
-                     labels=expected.labels, negatives=expected.negatives, indices=np.arange(len(expected)), cell_hash=np.array(self.cell_hash))
+                     labels=expected.labels, negatives=expected.negatives, indices=np.arange(len(expected)),
+                     cell_hash=np.array(self.cell_hash), **extras)
         os.replace(tmp, self.final)
         shutil.rmtree(self.parts, ignore_errors=True)
 
@@ -190,6 +209,16 @@ class SampleStore:
         """(images uint8 [N, H, W, C], captions [N], labels [N], -1 where none) of the merged cell."""
         with np.load(self.final, allow_pickle=False) as data:
             return data["images"], data["prompts"], data["labels"]
+
+    def load_extras(self) -> dict[str, np.ndarray]:
+        """The task's per-sample arrays of the merged cell (empty for text-to-image)."""
+        return load_extras(self.final)
+
+
+def load_extras(path: Path) -> dict[str, np.ndarray]:
+    """A samples file's task arrays, keyed without their `extra_` prefix."""
+    with np.load(path, allow_pickle=False) as data:
+        return {k[len(EXTRA):]: data[k] for k in data.files if k.startswith(EXTRA)}
 
 
 def to_hwc_uint8(images: Tensor) -> np.ndarray:

@@ -1,20 +1,29 @@
-"""End-to-end editing (--task inpaint) and cascade (--cascade) runs on tiny random-weight models, and the
-CLI's one-line refusals of bad editing input."""
+"""End-to-end inpainting (--task inpaint) and cascade (--task cascade) runs through the runner on tiny
+random-weight models: scores, the HTML report's task rows, resume after kill -9, and the CLI's one-line
+refusals of bad editing input."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from bench.cascade import CascadeOptions, run_cascade
 from bench.cli import main as cli_main
+from bench.cli import task_name
 from bench.config import BenchConfig
-from bench.inpaint import InpaintOptions, edit_sources, run_inpaint
-from guidance.inpaint import Resampling
+from bench.report import build_report
+from bench.run import run_benchmark
+from bench.tasks.inpaint import edit_sources
 from guidance.zoo import emoji_data
 from guidance.zoo.conditioned import ConditionedUNet
 from guidance.zoo.encoders import EncoderConfig, EvalClassifier
@@ -62,42 +71,93 @@ def test_edit_sources_pair_each_emoji_with_another_of_its_subgroup():
     assert torch.equal(edit_sources(6).images, sources.images)  # deterministic
 
 
+def tiny(zoo: Path, out: Path, run_id: str, **overrides) -> BenchConfig:
+    values = dict(guidance=["cfg"], scales={"cfg": [3.0]}, prompt_limit=3, seeds=[0], steps=3, batch_size=4,
+                  model=str(zoo), out=str(out), run_id=run_id, bootstrap=20) | overrides
+    return BenchConfig.from_preset("tiny", **values)
+
+
 @pytest.mark.slow
 @needs_dataset
 def test_tiny_editing_run(tiny_zoo, tmp_path):
-    cfg = BenchConfig.from_preset("tiny", guidance=["cfg"], scales={"cfg": [3.0]}, prompt_limit=3, seeds=[0],
-                                  steps=3, batch_size=4, model=str(tiny_zoo), out=str(tmp_path), run_id="edit")
-    options = InpaintOptions(masks=["center", "strokes"], methods=["model", "replace", "repaint"],
-                             captions=["edit"], repaint=Resampling(1, 2))
-    run_dir = run_inpaint(cfg, options, progress=False)
+    cfg = tiny(tiny_zoo, tmp_path, "edit", task="inpaint", masks=["center", "strokes"],
+               inpaint_methods=["model", "replace", "repaint"], edit_captions=["edit"], repaint=[1, 2])
+    run_dir = run_benchmark(cfg, progress=False)
     results = pd.read_csv(run_dir / "results.csv")
     assert len(results) == 3 * 2
+    assert set(results["guidance"]) == {f"cfg+{m}+{k}+edit" for m in ("model", "replace", "repaint")
+                                        for k in ("center", "strokes")}
     assert (results["psnr_known"] == 100).all()  # every method keeps the known region exactly
-    for col in ("seam", "seam_lo", "fid", "kid", "clip_score", "acc_identity", "s_per_img"):
+    for col in ("seam", "seam_boot_lo", "seam_gap", "fid", "kid_mean", "clip_score", "acc_identity", "s_per_img"):
         assert results[col].notna().all(), col
-    nfe = results.groupby("method")["nfe_per_img"].first()
-    assert nfe["replace"] == nfe["model"] == 3 and nfe["repaint"] == 5
-    passes = results.groupby("method")["network_passes_per_img"].first()
-    assert passes["repaint"] == 10 and passes["replace"] == 6  # CFG: two passes per evaluation
-    assert (pd.read_csv(run_dir / "real.csv")["seam"] == 1).all()
-    assert (run_dir / "grid_center_edit.png").exists() and "source, mask" in (run_dir / "report.md").read_text()
-    again = run_inpaint(cfg, options, progress=False)  # resumes: nothing resampled, same scores
-    pd.testing.assert_frame_equal(pd.read_csv(again / "results.csv"), results, rtol=1e-3)
+    passes = results.groupby("inpaint_method")["network_passes_per_img"].first()
+    assert passes["repaint"] == 10 and passes["replace"] == passes["model"] == 6  # CFG: two passes per evaluation
+    per_sample = pd.read_csv(run_dir / "per_sample.csv")
+    assert len(per_sample) == 6 * 3 and (per_sample["psnr_known"] == 100).all()
+    assert (run_dir / "summary.csv").exists()
+    page = (build_report([run_dir]).read_text())
+    assert "rows: source, mask (grey), result" in page and "cfg+repaint+center+edit" in page
+    again = run_benchmark(cfg, progress=False)  # resumes: nothing resampled, same scores
+    pd.testing.assert_frame_equal(pd.read_csv(again / "results.csv").drop(columns=["s_per_img", "img_per_s"]),
+                                  results.drop(columns=["s_per_img", "img_per_s"]))
 
 
 @pytest.mark.slow
 @needs_dataset
 def test_tiny_cascade_run(tiny_zoo, tmp_path):
-    cfg = BenchConfig.from_preset("tiny", guidance=["cfg"], scales={"cfg": [3.0]}, prompt_limit=3, seeds=[0],
-                                  steps=2, batch_size=4, model=str(tiny_zoo), out=str(tmp_path), run_id="cascade")
-    run_dir = run_cascade(cfg, CascadeOptions(steps=2, aug=20), progress=False)
+    cfg = tiny(tiny_zoo, tmp_path, "cascade", task="cascade", steps=2, upsample_steps=2, upsample_aug=20)
+    run_dir = run_benchmark(cfg, progress=False)
     results = pd.read_csv(run_dir / "results.csv")
     assert list(results["stage"]) == ["upsampler", "bicubic"]
-    for col in ("fid", "fid_lo", "kid", "consistency_psnr", "clip_score", "acc_identity"):
+    for col in ("fid", "kid_mean", "consistency_psnr", "clip_score", "acc_identity"):
         assert results[col].notna().all(), col
-    assert (run_dir / "grid_cfg_s3.png").exists() and (run_dir / "report.md").exists()
+    passes = results.set_index("stage")["network_passes_per_img"]
+    assert passes["upsampler"] - passes["bicubic"] == 2  # unguided upsampler: one pass per step
+    with np.load(run_dir / "samples" / "cfg+upsampler_s3_seed0.npz") as up, \
+            np.load(run_dir / "samples" / "cfg+bicubic_s3_seed0.npz") as bi:
+        assert up["images"].shape[1:] == (64, 64, 3)
+        assert np.array_equal(up["extra_low_res"], bi["extra_low_res"])  # both stages upsample the same base samples
+    assert "rows: base 32 px (nearest), output, bicubic" in build_report([run_dir]).read_text()
     with pytest.raises(ValueError, match="outside the upsampler's training range"):
-        run_cascade(cfg.with_overrides(run_id="bad"), CascadeOptions(steps=2, aug=400), progress=False)
+        run_benchmark(cfg.with_overrides(run_id="bad", upsample_aug=400), progress=False)
+
+
+@pytest.mark.slow
+@needs_dataset
+@pytest.mark.parametrize("task, flags", [
+    ("inpaint", ["--inpaint-methods", "replace", "--masks", "center", "--edit-captions", "source"]),
+    ("cascade", ["--upsample-steps", "2", "--upsample-aug", "20"]),
+])
+def test_task_resumes_after_kill_9(task, flags, tiny_zoo, tmp_path):
+    """Kill the run once its first batch is on disk; the same command then finishes it, reusing that batch
+    (the throughput file counts every image once), and writes the HTML report."""
+    argv = ["run", "--task", task, "--preset", "tiny", "--model", str(tiny_zoo), "--guidance", "cfg", "--scales", "3",
+            "--prompt-limit", "4", "--seeds", "0", "--steps", "4", "--batch-size", "1", "--metrics", "clip_score",
+            "--out", str(tmp_path), "--run-id", "killed", *flags]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "bench", *argv], cwd=Path(__file__).parents[1], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    samples = tmp_path / "killed" / "samples"
+    deadline = time.time() + 300
+    while not list(samples.glob("*.parts/*.npz")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kept = list(samples.glob("*.parts/*.npz"))
+    assert kept, "the run wrote no batch before it was killed"
+    assert not (tmp_path / "killed" / "results.csv").exists()
+    assert cli_main(argv) == 0
+    run_dir = tmp_path / "killed"
+    assert len(pd.read_csv(run_dir / "results.csv")) == (1 if task == "inpaint" else 2)
+    timings = json.loads((run_dir / "throughput.rank0.json").read_text())
+    assert all(t["images"] <= 4 for t in timings.values())  # nothing sampled twice
+    assert (run_dir / "report" / "index.html").exists() or list(run_dir.glob("**/*.html"))
+
+
+def test_cascade_flag_reads_as_task_cascade(capsys):
+    assert task_name(argparse.Namespace(task=None, cascade=True)) == "cascade"
+    assert "replaced by --task cascade" in capsys.readouterr().err
+    assert task_name(argparse.Namespace(task="generate", cascade=False)) == "text-to-image"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -105,7 +165,7 @@ def test_tiny_cascade_run(tiny_zoo, tmp_path):
     (["--task", "inpaint", "--inpaint-methods", "paste"], "unknown inpainting method"),
     (["--task", "inpaint", "--repaint", "5"], "bad --repaint '5'"),
     (["--task", "inpaint", "--mask-file", "MISSING.png"], "mask file MISSING.png not found"),
-    (["--task", "inpaint", "--cascade"], "one at a time"),
+    (["--task", "inpaint", "--cascade"], "--cascade is replaced by --task cascade"),
 ])
 def test_bad_editing_input_gets_one_clear_line(argv, message, capsys, tmp_path):
     code = cli_main(["run", "--preset", "tiny", "--out", str(tmp_path), *argv])
