@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from bench.evaluators import DINOV2_ARCH, FEATURE_NETS, METRIC_NAMES
+from bench.evaluators import DINOV2_ARCH, FEATURE_NETS, default_metrics, metric_names
 from bench.evaluators.base import NOTHING_DOWNLOADED, check_readable
 from guidance.accelerate import Acceleration, checked_device
 from guidance.guiders import REGISTRY
@@ -96,7 +96,7 @@ class BenchConfig:
     clip_pretrained: str | None = None  # local pretrained file for clip_model
     score_with_guiding_clip: bool = False  # only to demonstrate GLIDE's warning; labelled in reports
     fid_inception_weights: str | None = None  # local Inception weights (adds the inception network)
-    metrics: list[str] = field(default_factory=lambda: list(METRIC_NAMES))
+    metrics: list[str] = field(default_factory=lambda: list(default_metrics()))
     features: list[str] = field(default_factory=lambda: ["domain"])  # feature networks for FID, KID, PR/DC
     dinov2_weights: str | None = None  # local DINOv2 weights for the dinov2 network
     dinov2_arch: str = DINOV2_ARCH  # its timm architecture
@@ -242,9 +242,9 @@ class BenchConfig:
 
     def validate_evaluators(self) -> None:
         """The evaluator options: known names, and local files that exist and can be read."""
-        bad = [m for m in self.metrics if m not in METRIC_NAMES]
+        bad = [m for m in self.metrics if m not in metric_names()]
         if bad:
-            raise ValueError(f"unknown metric(s) {bad}; valid: {', '.join(METRIC_NAMES)}")
+            raise ValueError(f"unknown metric(s) {bad}; valid: {', '.join(metric_names())}")
         bad = [f for f in self.features if f not in FEATURE_NETS]
         if bad or not self.features:
             raise ValueError(f"unknown feature network(s) {bad or self.features} in --features; valid: "

@@ -24,27 +24,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bench.evaluators.psnr import psnr_known  # noqa: F401 (re-exported: the inpainting scorer imports it here)
+from bench.evaluators.seam import edge_energy, edge_pairs  # noqa: F401 (the inpainting scorer and its tests import them here)
+
 BOOTSTRAP = 300
 KID_REFERENCE = 2000  # real features KID compares against (a fixed random subset)
-
-
-def edge_pairs(hole: Tensor) -> tuple[Tensor, Tensor]:
-    """[B, 1, H, W] hole masks -> boolean maps of horizontal [B, H, W-1] and vertical [B, H-1, W] pairs
-    that straddle the edge."""
-    h = hole[:, 0] > 0.5
-    return h[:, :, 1:] != h[:, :, :-1], h[:, 1:, :] != h[:, :-1, :]
-
-
-def edge_energy(images: Tensor, hole: Tensor) -> tuple[Tensor, Tensor]:
-    """Per image: summed squared colour step across the mask edge, and the number of edge pairs.
-
-    images [B, 3, H, W] in [-1, 1]."""
-    x = (images.float() + 1) / 2
-    horizontal, vertical = edge_pairs(hole)
-    dh = ((x[..., :, 1:] - x[..., :, :-1]) ** 2).sum(1)
-    dv = ((x[..., 1:, :] - x[..., :-1, :]) ** 2).sum(1)
-    energy = (dh * horizontal).sum((1, 2)) + (dv * vertical).sum((1, 2))
-    return energy, (horizontal.sum((1, 2)) + vertical.sum((1, 2))).float()
 
 
 def seam_score(results: Tensor, real: Tensor, hole: Tensor) -> float:
@@ -52,13 +36,6 @@ def seam_score(results: Tensor, real: Tensor, hole: Tensor) -> float:
     e_res, n = edge_energy(results, hole)
     e_real, _ = edge_energy(real, hole)
     return float(e_res.sum() / n.sum()) / max(float(e_real.sum() / n.sum()), 1e-12)
-
-
-def psnr_known(results: Tensor, source: Tensor, hole: Tensor, cap: float = 100.0) -> Tensor:
-    """Per-image PSNR (dB, 8-bit scale) of the kept region against the source, capped at `cap` (exact)."""
-    keep = (1 - hole).expand_as(results)
-    err = (((results.float() - source.float()) / 2) ** 2 * keep).sum((1, 2, 3)) / keep.sum((1, 2, 3)).clamp(min=1)
-    return (10 * torch.log10(1.0 / err.clamp(min=10 ** (-cap / 10)))).clamp(max=cap)
 
 
 def fid_from_features(features: np.ndarray, mu_real: np.ndarray, cov_real: np.ndarray) -> float:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from bench.analysis import SEED_T, Analysis
-from bench.metrics import higher_is_better
+from bench.evaluators.registry import higher_is_better
 from bench.report_format import format_number, format_scale, metric_name, percent_metric
 from bench.stats.bootstrap import bootstrap_p
 
