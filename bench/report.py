@@ -460,11 +460,11 @@ def _display_ranking(ranking: pd.DataFrame) -> pd.DataFrame:
     out = ranking.copy()
     out["best_scale"] = out["best_scale"].map(lambda v: "–" if pd.isna(v) else format_scale(v))
     out["on_front"] = out["on_front"].map(lambda v: "yes" if v else "no")
-    for col in ("fid", "clip_score", "s_per_img", "distance"):
+    for col in (*TRADE_OFF, "s_per_img", "distance"):
         out[col] = out[col].map(_fmt)
     if "p_rank1" in out.columns:
         out["p_rank1"] = out["p_rank1"].map(lambda v: "–" if pd.isna(v) else f"{v:.2f}")
-    return out.rename(columns={"best_scale": "best scale", "clip_score": "CLIP score", "fid": "FID",
+    return out.rename(columns={"best_scale": "best scale", **{m: metric_name(m) for m in TRADE_OFF},
                                "on_front": "on overall front", "s_per_img": "s / img",
                                "distance": "distance to ideal", "p_rank1": "P(rank 1)",
                                "vs_rank1": "vs rank 1 (Holm)"})
