@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _sps
 
-from bench.metrics import higher_is_better, per_image_columns, set_columns
+from bench.evaluators.registry import higher_is_better, per_image_columns, set_columns
 from bench.report_format import metric_name
 from bench.stats import mean_ci, rank_methods, summarize
 from bench.stats.bootstrap import (DEFAULT_B, DEFAULT_SEED, Clustered, bootstrap_p, design_wilson, holm,

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
 
 from bench.emoji_prompts import emoji200
+from bench.report_format import metric_name, percent_metric
 from bench.stats import summarize
 from bench.store import to_hwc_uint8
 from guidance.guiders import make_guidance
@@ -53,12 +55,13 @@ BENCH_GRIDS = {  # models whose sample grid comes from their benchmark run (name
 }
 SAMPLE_PROMPTS = 32
 BENCHMARK_FILE = "unet_benchmark.json"
-BENCHMARK_METRICS = ("acc_identity", "acc_subgroup", "acc_group", "fid", "clip_score")
+BENCHMARK_METRICS = ("acc_identity", "acc_subgroup", "acc_group", "fid", "clip_score")  # the card's columns
 
 
 def _interval(row: dict, metric: str) -> list[float | None]:
     """(mean, lo, hi) rounded, None where not computed (JSON has no NaN)."""
-    return [None if row[k] != row[k] else round(row[k], 4) for k in (metric, f"{metric}_lo", f"{metric}_hi")]
+    values = (row.get(k, math.nan) for k in (metric, f"{metric}_lo", f"{metric}_hi"))
+    return [None if v != v else round(v, 4) for v in values]
 
 
 def sample_grid(out: Path, name: str = "unet", scale: float = 3.0, steps: int = 50) -> Path:
@@ -131,11 +134,11 @@ def benchmark_lines(out: Path) -> list[str]:
                   f"sets {p['seeds']}; mean [95% CI over seed sets]. Accuracies by the evaluation classifier "
                   "(identity 1,870-way, subgroup 99-way, group 9-way), FID on its features, CLIP score by the "
                   "evaluation CLIP.", "",
-                  "| guidance | scale | identity | subgroup | group | FID | CLIP score |", "|---|---|---|---|---|---|---|"]
+                  "| guidance | scale | " + " | ".join(metric_name(m) for m in BENCHMARK_METRICS) + " |",
+                  "|---|---|" + "---|" * len(BENCHMARK_METRICS)]
         for c in run["cells"]:
-            lines.append(f"| {c['guidance']} | {c['scale']:g} | {fmt(c['acc_identity'], True)} | "
-                         f"{fmt(c['acc_subgroup'], True)} | {fmt(c['acc_group'], True)} | {fmt(c['fid'], False)} | "
-                         f"{fmt(c['clip_score'], False)} |")
+            lines.append(f"| {c['guidance']} | {c['scale']:g} | "
+                         + " | ".join(fmt(c.get(m, [None] * 3), percent_metric(m)) for m in BENCHMARK_METRICS) + " |")
         lines.append("")
     return lines
 

@@ -15,7 +15,7 @@ from bench.analysis import analyse, load_per_sample
 from bench.config import PRESETS, BenchConfig
 from bench.flags import add_field_arguments, field_values
 from bench.distributed import init_from_env, parse_shard
-from bench.metrics import per_image_columns
+from bench.evaluators.registry import declared_columns, per_image_columns
 from bench.prompts import builtin_prompt_sets
 from bench.report import build_report
 from bench.run import merge_shards, run_benchmark
@@ -185,14 +185,12 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
-SUMMARY_COLUMNS = ("fid", "kid_mean", "cmmd", "clip_score", "acc_identity", "acc_subgroup", "acc_group")
-
-
 def format_summary(run_dir: Path) -> str:
     """The terminal's view of a run: per cell, each metric with the interval the report shows (per-image
     metrics: paired bootstrap over prompts; set metrics: over seed sets), then the verdict in words."""
     summary = pd.read_csv(run_dir / "summary.csv")
-    cols = [c for c in SUMMARY_COLUMNS if c in summary and summary[c].notna().any()]
+    cols = [c for c, spec in declared_columns().items()
+            if spec.headline and not spec.spread and c in summary and summary[c].notna().any()]
 
     def cell(row: pd.Series, c: str) -> str:
         kind = "_boot" if c in per_image_columns() and pd.notna(row.get(f"{c}_boot_lo")) else ""

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from bench.evaluators import DINOV2_ARCH, FEATURE_NETS, METRIC_NAMES
+from bench.evaluators import DINOV2_ARCH, FEATURE_NETS, default_metrics, metric_names
 from bench.flags import comma_list, flag_of, option, parse_prompt_limit, parse_repaint, parse_scales, parse_seeds
 from bench.evaluators.base import NOTHING_DOWNLOADED, check_readable
 from guidance.accelerate import Acceleration, checked_device
@@ -99,8 +99,8 @@ class BenchConfig:
                                                                     "to show GLIDE's warning; labelled in reports)")
     fid_inception_weights: str | None = option(None, help="local Inception weights for FID (adds the inception "
                                                           "network)")
-    metrics: list[str] = option(factory=lambda: list(METRIC_NAMES), parse=comma_list,
-                                help=f"comma-separated subset of {','.join(METRIC_NAMES)}")
+    metrics: list[str] = option(factory=lambda: list(default_metrics()), parse=comma_list,
+                                help=f"comma-separated subset of {','.join(metric_names())}")
     features: list[str] = option(factory=lambda: ["domain"], parse=comma_list,
                                  help="feature networks for FID/KID/precision-recall: domain, inception, dinov2, "
                                       "clip (comma-separated)")
@@ -299,9 +299,9 @@ class BenchConfig:
 
     def validate_evaluators(self) -> None:
         """The evaluator options: known names, and local files that exist and can be read."""
-        bad = [m for m in self.metrics if m not in METRIC_NAMES]
+        bad = [m for m in self.metrics if m not in metric_names()]
         if bad:
-            raise ValueError(f"unknown metric(s) {bad}; valid: {', '.join(METRIC_NAMES)}")
+            raise ValueError(f"unknown metric(s) {bad}; valid: {', '.join(metric_names())}")
         bad = [f for f in self.features if f not in FEATURE_NETS]
         if bad or not self.features:
             raise ValueError(f"unknown feature network(s) {bad or self.features} in --features; valid: "

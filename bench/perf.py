@@ -23,7 +23,8 @@ import pandas as pd
 import torch
 
 from bench.cli import exit_on_bad_input, positive_int
-from bench.metrics import CLIPScore, DomainFeatures, load_eval_classifier
+from bench.evaluators import CLIPScore, ScoringBatch
+from bench.metrics import DomainFeatures, load_eval_classifier
 from guidance.accelerate import add_arguments, autocast_context, checked_device, from_args
 from guidance.guiders import REGISTRY, guidance_class, make_guidance
 from guidance.guiders.base import GuidanceCost
@@ -236,12 +237,12 @@ def measure(name: str, bundle: ModelBundle, batch: int, steps: int, device: torc
     full, bare, guide = seconds["sampler"], seconds["bare"], seconds.get("guide", 0.0)
 
     classifier, eval_clip = scoring_networks(device)
-    features, clip = DomainFeatures(classifier), CLIPScore(eval_clip).to(device)
+    features, clip = DomainFeatures(classifier), CLIPScore(eval_clip, device)
     with torch.no_grad():
         x = bundle.decode(x)  # latent models: the images scoring sees
     uint8 = ((x.clamp(-1, 1) + 1) * 127.5).to(torch.uint8)
     with torch.no_grad():
-        metrics = timed(lambda: (features(uint8), clip.update(x, texts), classifier.heads(x)), device, repeats)
+        metrics = timed(lambda: (features(uint8), clip.update(ScoringBatch(uint8, list(texts))), classifier.heads(x)), device, repeats)
     return {"guidance": name, "img_per_s": batch / full, "network_passes_per_img": cost.network_passes,
             "backward_passes_per_img": cost.backward_passes, "sampler_s": full, "network_s": bare,
             "guidance_extra_s": guide, "sampler_overhead_s": full - bare - guide, "metrics_s": metrics,

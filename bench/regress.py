@@ -23,11 +23,11 @@ from pathlib import Path
 import pandas as pd
 
 from bench.config import BenchConfig
+from bench.evaluators.registry import higher_is_better
 from bench.run import run_benchmark
 
 BASELINE = Path(__file__).parent / "data" / "regress_baseline.json"
-# direction: +1 when higher is better
-GATED = {"fid": -1, "clip_score": +1, "acc_subgroup": +1, "acc_group": +1}
+GATED = ("fid", "clip_score", "acc_subgroup", "acc_group")  # the gate's columns; directions as the metrics declare
 K_SIGMA = 3.0
 GATE_SEED = 0
 SPREAD_SEEDS = [0, 1, 2, 3, 4, 5]
@@ -59,8 +59,8 @@ def update(reason: str) -> dict:
     for key, group in results.groupby(results.apply(cell_key, axis=1)):
         at_gate = group[group["seed_set"] == SPREAD_SEEDS.index(GATE_SEED)].iloc[0]
         cells[key] = {m: {"baseline": float(at_gate[m]), "seed_std": float(group[m].std(ddof=1)),
-                          "tolerance": K_SIGMA * float(group[m].std(ddof=1)), "higher_is_better": d > 0}
-                      for m, d in GATED.items()}
+                          "tolerance": K_SIGMA * float(group[m].std(ddof=1)), "higher_is_better": higher_is_better(m)}
+                      for m in GATED}
     old = json.loads(BASELINE.read_text()) if BASELINE.exists() else {}
     baseline = {
         "config": gate_config([GATE_SEED], "reports").to_dict(),

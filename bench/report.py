@@ -32,7 +32,9 @@ from bench.analysis import SET_METRICS, Analysis, analyse, best_cells, load_per_
 from bench.config import DEFAULT_TASK
 from bench.report_format import format_number, format_scale, metric_name, percent_metric
 from bench.report_compare import compare_grids_html
-from bench.stats import QUALITY_METRICS, THROUGHPUT_METRICS, pareto_front, rank_methods
+from bench.evaluators import FEATURE_NETS, METRICS
+from bench.evaluators.registry import RegisteredMetric, column_spec, declared_columns
+from bench.stats import THROUGHPUT_METRICS, pareto_front, quality_metrics, rank_methods
 from bench.store import load_extras
 from bench.tasks import TASKS
 from bench.verdict import format_p, verdict
@@ -40,15 +42,8 @@ from bench.verdict import format_p, verdict
 __all__ = ["Run", "format_scale", "load_run", "sample_grid", "build_report", "main"]
 
 REQUIRED_COLUMNS = ("guidance", "scale", "seed_set")
-FLOAT_COLUMNS = ("scale", "fid", "kid_mean", "kid_std", *QUALITY_METRICS[2:], *THROUGHPUT_METRICS, "wall_s")
-METRIC_LABELS = {
-    "fid": "FID (lower is better)",
-    "kid_mean": "KID (lower is better)",
-    "clip_score": "CLIP score (higher is better)",
-    "acc_identity": "accuracy: identity",
-    "acc_subgroup": "accuracy: subgroup",
-    "acc_group": "accuracy: group",
-}
+FLOAT_COLUMNS = ("scale", *THROUGHPUT_METRICS, "wall_s")  # always there (NaN where a run lacks them)
+TRADE_OFF = ("clip_score", "fid")  # the ranking's and the trade-off plot's axes
 GRID_IMAGES = 16
 GRID_UPSCALE = 3  # 32x32 emoji are unreadable at 1:1
 TASK_GRID_COLUMNS = 8  # images per row of a task's row grid (source / mask / result)
@@ -83,9 +78,9 @@ def _read_results(path: Path) -> pd.DataFrame:
         raise ValueError(f"{path}: results.csv lacks the column(s) {missing}; found {list(frame.columns)}")
     if frame.empty:
         raise ValueError(f"{path}: results.csv has no rows; did the run finish?")
-    for col in FLOAT_COLUMNS + ("n_samples",):
+    for col in FLOAT_COLUMNS + ("n_samples",) + tuple(c for c in frame.columns if column_spec(c) is not None):
         if col not in frame.columns:
-            frame[col] = math.nan  # a metric the run did not compute
+            frame[col] = math.nan  # cost columns a run did not record; metrics it did not compute stay absent
             continue
         try:
             frame[col] = pd.to_numeric(frame[col]).astype(float)
@@ -251,7 +246,7 @@ def plot_fid_vs_clip(summary: pd.DataFrame, path: Path) -> Path:
 
 def plot_metrics_vs_scale(summary: pd.DataFrame, path: Path) -> Path:
     """Each quality metric against scale with its CI band, one line per guidance."""
-    metrics = [m for m in QUALITY_METRICS if summary[m].notna().any()]
+    metrics = [m for m in quality_metrics(summary) if summary[m].notna().any()]
     ncols = min(3, max(1, len(metrics)))
     nrows = max(1, math.ceil(len(metrics) / ncols))
     fig = Figure(figsize=(4.6 * ncols, 3.6 * nrows + 1.2), layout="constrained")
@@ -267,7 +262,8 @@ def plot_metrics_vs_scale(summary: pd.DataFrame, path: Path) -> Path:
                         marker=s.marker, capsize=2, markersize=4, label=s.label)
             if len(d) > 1:
                 ax.fill_between(d["scale"], d[f"{m}_lo"], d[f"{m}_hi"], color=s.color, alpha=0.15, lw=0)
-        ax.set_title(METRIC_LABELS[m], fontsize=9)
+        spec = declared_columns()[m]
+        ax.set_title(f"{spec.label} ({spec.direction} is better)", fontsize=9)
         ax.set_xlabel("guidance scale")
         ax.grid(alpha=0.3)
     for ax in axes[len(metrics):]:
@@ -452,7 +448,7 @@ def _display_summary(summary: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     if "n_prompts" in summary.columns:
         out["prompts"] = summary["n_prompts"].map(lambda v: "?" if pd.isna(v) else str(int(v)))
     absent = []
-    for m in QUALITY_METRICS:
+    for m in quality_metrics(summary):
         if summary[m].isna().all():
             absent.append(m)
             continue
@@ -477,7 +473,7 @@ def _display_summary(summary: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 def _plot_summary(summary: pd.DataFrame) -> pd.DataFrame:
     """The summary with per-sample metrics' error bars taken from the paired bootstrap where present."""
     out = summary.copy()
-    for m in QUALITY_METRICS:
+    for m in quality_metrics(out):
         if m not in SET_METRICS and f"{m}_boot_lo" in out.columns and out[f"{m}_boot_lo"].notna().any():
             out[f"{m}_lo"], out[f"{m}_hi"] = out[f"{m}_boot_lo"], out[f"{m}_boot_hi"]
     return out
@@ -487,11 +483,11 @@ def _display_ranking(ranking: pd.DataFrame) -> pd.DataFrame:
     out = ranking.copy()
     out["best_scale"] = out["best_scale"].map(lambda v: "–" if pd.isna(v) else format_scale(v))
     out["on_front"] = out["on_front"].map(lambda v: "yes" if v else "no")
-    for col in ("fid", "clip_score", "s_per_img", "distance"):
+    for col in (*TRADE_OFF, "s_per_img", "distance"):
         out[col] = out[col].map(_fmt)
     if "p_rank1" in out.columns:
         out["p_rank1"] = out["p_rank1"].map(lambda v: "–" if pd.isna(v) else f"{v:.2f}")
-    return out.rename(columns={"best_scale": "best scale", "clip_score": "CLIP score", "fid": "FID",
+    return out.rename(columns={"best_scale": "best scale", **{m: metric_name(m) for m in TRADE_OFF},
                                "on_front": "on overall front", "s_per_img": "s / img",
                                "distance": "distance to ideal", "p_rank1": "P(rank 1)",
                                "vs_rank1": "vs rank 1 (Holm)"})
@@ -626,22 +622,37 @@ def _grid_html(grids: Sequence[_Grid], several: bool) -> str:
     return "".join(parts)
 
 
-def _legend(runs: Sequence[Run]) -> str:
-    """Units of every number on the page, so no FID is read as an Inception FID."""
-    inception = any((r.manifest.get("config") or {}).get("fid_inception_weights") for r in runs)
-    fid = ("FID (Inception) in Inception-v3 pool features, against the rendered emoji dataset" if inception else
-           "FID and KID are domain metrics: computed in the evaluation classifier's feature units against committed "
-           "reference statistics, in other units than Inception FID or published numbers")
-    items = [
-        "CLIP score: 100 × max(cos, 0) between the evaluation CLIP's image and prompt embeddings (0–100, higher is "
-        "more aligned); compare it only between runs scored by the same CLIP model.",
-        "Accuracy: share of images the evaluation classifier assigns the prompt's identity / subgroup / group, in % "
-        "(differences in percentage points).",
-        f"{fid}; lower is better, and biased at small n.",
-        "Intervals are 95%: paired bootstrap over prompts for per-image metrics (Wilson with the clustering's "
-        "design effect where every image scored 0 or 1), bootstrap over images and Student-t over seed sets for "
-        "set metrics. Method: docs/statistics.md.",
-    ]
+def computed_metrics(summary: pd.DataFrame) -> list[type[RegisteredMetric]]:
+    """The registered metrics with at least one value in the summary (network-suffixed columns count)."""
+    present = {id(column_spec(c)) for c in summary.columns if column_spec(c) is not None and summary[c].notna().any()}
+    return [m for m in METRICS.values() if any(id(c) in present for c in m.columns.values())]
+
+
+def trade_off_computed(summary: pd.DataFrame) -> bool:
+    """Whether the run has both axes of the FID-vs-CLIP trade-off (the ranking and its plot need both)."""
+    return all(c in summary.columns and summary[c].notna().any() for c in TRADE_OFF)
+
+
+def _legend(runs: Sequence[Run], summary: pd.DataFrame) -> str:
+    """Units of the numbers on the page, one line per metric the runs computed (as each declares itself)
+    and per feature network set metrics ran on, so no domain FID is read as an Inception FID."""
+    computed = computed_metrics(summary)
+    items = [m.legend() for m in computed]
+    if any("features" in m.needs or m.name == "cmmd" for m in computed):
+        nets: dict[str, None] = {}
+        for r in runs:
+            cfg = r.manifest.get("config") or {}
+            nets.update(dict.fromkeys(cfg.get("features") or []))
+            if cfg.get("fid_inception_weights"):
+                nets["inception"] = None
+        known = [n for n in nets if n in FEATURE_NETS]
+        if known:
+            items.append("Feature networks of set metrics (columns of networks other than domain end in its name): "
+                         + "; ".join(f"{n}: {FEATURE_NETS[n].units}" for n in known) + ".")
+    if computed:
+        items.append("Intervals are 95%: paired bootstrap over prompts for per-image metrics (Wilson with the "
+                     "clustering's design effect where every image scored 0 or 1), bootstrap over images and "
+                     "Student-t over seed sets for set metrics. Method: docs/statistics.md.")
     return '<ul class="legend muted">' + "".join(f"<li>{_e(i)}</li>" for i in items) + "</ul>"
 
 
@@ -663,7 +674,7 @@ def _stats_sections(stats: Sequence[_RunStats], several: bool) -> dict[str, str]
         out["verdict"].append(head + '<ul class="verdict">' + "".join(f"<li>{_e(v)}</li>" for v in verdict(a))
                               + "</ul>")
         if a.matched.empty:
-            out["matched"].append(head + '<p class="muted">No CLIP score in this run: nothing to match on.</p>')
+            out["matched"].append(head + '<p class="muted">No cell reaches a CLIP level to match on.</p>')
         else:
             out["matched"].append(head + _table(_display_matched(a.matched)))
         out["comparisons"].append(head + (_table(_display_comparisons(a.comparisons)) if not a.comparisons.empty
@@ -693,6 +704,21 @@ def _page(runs: Sequence[Run], labels: Sequence[str], summary: pd.DataFrame, ran
         for r, lbl in zip(runs, labels)
     )
     absent_txt = f'<p class="muted">Not computed: {_e(", ".join(absent))}.</p>' if absent else ""
+    ranking_html = matched_html = ""  # sections on metrics the runs did not compute are left out
+    if trade_off_computed(summary):
+        ranking_html = f"""<h2>Method ranking</h2>
+<p class="muted">Per guidance, the scale on its own FID-vs-CLIP Pareto front nearest the ideal corner
+(best CLIP and best FID of the table, min-max normalised); rank 1 is nearest. "On overall front": no other
+method beats that point on both FID and CLIP score. P(rank 1): share of bootstrap resamples (prompts for CLIP
+score, seed sets for FID) in which the method comes first.</p>
+{_table(_display_ranking(ranking))}"""
+    if TRADE_OFF[0] in summary.columns and summary[TRADE_OFF[0]].notna().any():
+        matched_html = f"""<h2>Comparison at matched alignment</h2>
+<p class="muted">Each method read where its CLIP score equals the baseline's at each baseline scale, interpolated
+linearly along its scale curve ("Guidance Matters", arXiv:2602.22570: compare methods at equal effect, not equal
+nominal scale). "not reached": the method's CLIP score stays below the level at every scale; "exceeded at lowest
+scale": it is above the level already at its lowest scale.</p>
+{sections["matched"]}"""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{CSP}">
@@ -701,25 +727,15 @@ def _page(runs: Sequence[Run], labels: Sequence[str], summary: pd.DataFrame, ran
 <h1>{_e(title)}</h1>
 <h2>Verdict</h2>
 {sections["verdict"]}
-{_legend(runs)}
+{_legend(runs, summary)}
 {meta}
 {warn}
 <p class="muted">{_e(_n_caption(summary))}.</p>
-<h2>Method ranking</h2>
-<p class="muted">Per guidance, the scale on its own FID-vs-CLIP Pareto front nearest the ideal corner
-(best CLIP and best FID of the table, min-max normalised); rank 1 is nearest. "On overall front": no other
-method beats that point on both FID and CLIP score. P(rank 1): share of bootstrap resamples (prompts for CLIP
-score, seed sets for FID) in which the method comes first.</p>
-{_table(_display_ranking(ranking))}
+{ranking_html}
 <h2>Summary</h2>
 {_table(shown)}
 {absent_txt}
-<h2>Comparison at matched alignment</h2>
-<p class="muted">Each method read where its CLIP score equals the baseline's at each baseline scale, interpolated
-linearly along its scale curve ("Guidance Matters", arXiv:2602.22570: compare methods at equal effect, not equal
-nominal scale). "not reached": the method's CLIP score stays below the level at every scale; "exceeded at lowest
-scale": it is above the level already at its lowest scale.</p>
-{sections["matched"]}
+{matched_html}
 <h2>Pairwise comparisons</h2>
 <p class="muted">a − b per metric: each scale against its method's lowest, and each method's chosen scale against
 the others'. Significant: Holm-adjusted p below 0.05 over the comparisons of that metric.</p>
@@ -797,8 +813,9 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     _write_tables(analyses, labels if several else None, out)
     with matplotlib.rc_context({"text.parse_math": False}):  # run ids and prompts are text: '$' is not mathtext
         shown = _plot_summary(summary)
-        plots = [
-            (plot_fid_vs_clip(shown, out / "plots" / "fid_vs_clip.png"), "FID versus CLIP score"),
+        plots = [(plot_fid_vs_clip(shown, out / "plots" / "fid_vs_clip.png"), "FID versus CLIP score")
+                 ] if trade_off_computed(shown) else []
+        plots += [
             (plot_metrics_vs_scale(shown, out / "plots" / "metrics_vs_scale.png"), "quality metrics versus scale"),
             (plot_throughput(shown, out / "plots" / "throughput.png"), "throughput per guidance and scale"),
         ]

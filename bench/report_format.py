@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bench.evaluators import registry
+
 
 def format_scale(scale: float) -> str:
     """Shortest repr of a guidance scale without a trailing ``.0`` (1.0 -> "1", 2.5 -> "2.5").
@@ -30,16 +32,11 @@ def format_number(value: object) -> str:
     return f"{v:.3g}"
 
 
-METRIC_NAMES = {"fid": "FID", "kid_mean": "KID", "cmmd": "CMMD", "clip_score": "CLIP score",
-                "acc_identity": "accuracy: identity", "acc_subgroup": "accuracy: subgroup",
-                "acc_group": "accuracy: group"}
-
-
 def metric_name(metric: str) -> str:
-    """A metric's name for people (the column name when it has none)."""
-    return METRIC_NAMES.get(metric, metric)
+    """A result column's name for people, as its metric declares it (the column name when none does)."""
+    return registry.label(metric)
 
 
 def percent_metric(metric: str) -> bool:
-    """Accuracies are stored as fractions and shown in percent (differences in percentage points)."""
-    return metric.startswith("acc_")
+    """Columns stored as fractions and shown in percent (differences in percentage points), as declared."""
+    return registry.percent(metric)

@@ -274,7 +274,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
     device = checked_device(local_device(cfg.device))
     bundle = load_bundle(cfg.model, device, cfg.sampler)
     cfg = applicable_guidance(cfg, prompts, bundle, note=print if progress else lambda _: None)
-    cfg = applicable_metrics(cfg, bundle.domain, note=print if progress else lambda _: None)
+    cfg = applicable_metrics(cfg, bundle.domain, note=print if progress else lambda _: None, task=cfg.task)
     check_compatible(cfg, prompts, bundle)
     check_scorers(cfg, device)
     task.prepare(bundle, device)

@@ -1,20 +1,22 @@
 """Score saved samples: one results row per cell (guidance x scale x seed set), one per_sample row per image.
 
-Set metrics (FID, KID, precision/recall, CMMD) run on the feature networks the config names, against one
-reference; each cell's features are computed once and reused by every metric and every bootstrap resample.
+Scoring is one update/compute loop over the metrics the config selects (bench.evaluators.registry): per
+batch, every feature network the selected set metrics need and every per-image metric see the same
+ScoringBatch; per cell, per-image metrics give their per_sample.csv columns and means, and set metrics (FID,
+KID, precision/recall, CMMD, ...) run on the cell's features against one reference, each cell's features
+computed once and reused by every metric and every bootstrap resample.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import pickle
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import open_clip
+import numpy as np
 import pandas as pd
 import torch
 from safetensors import SafetensorError
@@ -23,15 +25,11 @@ from tqdm.auto import tqdm
 from bench.config import BenchConfig
 from bench.distributed import Shard
 from bench.emoji_prompts import emoji_labels
-from bench.evaluators import FEATURE_NETS, PER_NETWORK, SET_METRICS, PromptDiversity, column
-from bench.evaluators.base import FeatureNet, check_readable, file_digest, load_state_dict_file
-from bench.evaluators.clip import CLIPNet
-from bench.evaluators.dinov2 import DINOv2Net
-from bench.evaluators.domain import DomainNet
-from bench.evaluators.inception import InceptionNet
+from bench.evaluators import FEATURE_NETS, METRICS, FeatureNet, PerImageMetric, ScoringBatch, SetMetric, column
+from bench.evaluators.base import CellSet, Gathered, check_readable, file_digest, load_state_dict_file
 from bench.evaluators.reference import Reference, ReferenceSource, reference_source
-from bench.metrics import (Gathered, Throughput, clip_scores, label_hits, load_eval_classifier,
-                           metric_directions)
+from bench.evaluators.registry import bounds, directions, selected
+from bench.metrics import Throughput, load_eval_classifier
 from bench.prompts import PromptSet
 from bench.stats.bootstrap import shifted_interval, resample_counts
 from bench.store import Cell, SampleStore
@@ -84,27 +82,54 @@ def scorer_weights_id(cfg: BenchConfig) -> str:
     return f"zoo:{file_digest(ZOO_DIR / 'eval_clip.safetensors')}"
 
 
-def needs_clip(cfg: BenchConfig) -> bool:
-    return any(m in cfg.metrics for m in ("clip_score", "cmmd")) or "clip" in cfg.feature_nets()
-
-
 def net_names(cfg: BenchConfig) -> list[str]:
-    """Networks a run computes features with: --features for set metrics, clip for CMMD."""
-    names = cfg.feature_nets() if any(m in cfg.metrics for m in (*PER_NETWORK, "diversity")) else []
-    return names + (["clip"] if "cmmd" in cfg.metrics and "clip" not in names else [])
+    """Networks a run computes features with, as the selected set metrics declare them: every --features
+    network, the first of them, or a network of their own (CMMD: clip)."""
+    sets = selected(cfg.metrics, "set")
+    names = list(cfg.feature_nets()) if any(m.networks == "each" for m in sets) else []
+    if any(m.networks == "first" for m in sets) and not names:
+        names = cfg.feature_nets()[:1]
+    return names + list(dict.fromkeys(m.networks for m in sets if m.networks not in ("each", "first", "", *names)))
 
 
-def make_net(name: str, cfg: BenchConfig, device: torch.device, classifier: EvalClassifier | None = None,
-             scorer: EvalCLIPScorer | None = None) -> FeatureNet:
-    if name == "domain":
-        return DomainNet(classifier if classifier is not None else load_eval_classifier(device=device))
-    if name == "inception":
-        return InceptionNet(cfg.fid_inception_weights).to(device)
-    if name == "dinov2":
-        return DINOv2Net(cfg.dinov2_weights, cfg.dinov2_arch).to(device)
-    if name == "clip":
-        return CLIPNet(scorer if scorer is not None else make_scorer(cfg, device), scorer_weights_id(cfg))
-    raise ValueError(f"unknown feature network {name!r}; valid: {', '.join(FEATURE_NETS)}")
+def needs_clip(cfg: BenchConfig) -> bool:
+    return any("clip" in m.needs for m in selected(cfg.metrics)) or "clip" in net_names(cfg)
+
+
+class ScoringResources:
+    """The evaluation networks metrics and feature networks build themselves from, loaded on first use."""
+
+    def __init__(self, cfg: BenchConfig, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        self._classifier: EvalClassifier | None = None
+        self._scorer: EvalCLIPScorer | None = None
+        self._label_tables: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def classifier(self) -> EvalClassifier:
+        if self._classifier is None:
+            self._classifier = load_eval_classifier(device=self.device)
+        return self._classifier
+
+    @property
+    def scorer(self) -> EvalCLIPScorer:
+        if self._scorer is None:
+            self._scorer = make_scorer(self.cfg, self.device)
+        return self._scorer
+
+    @property
+    def label_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(subgroup of each emoji identity, group of each subgroup): what accuracy checks labels against."""
+        if self._label_tables is None:
+            labels = emoji_labels()
+            group_of_subgroup = [0] * len(labels["subgroup_names"])
+            for sub, grp in zip(labels["identity_subgroup"], labels["identity_group"]):
+                group_of_subgroup[sub] = grp
+            self._label_tables = torch.tensor(labels["identity_subgroup"]), torch.tensor(group_of_subgroup)
+        return self._label_tables
+
+    def scorer_weights_id(self) -> str:
+        return scorer_weights_id(self.cfg)
 
 
 def check_clip_pretrained(cfg: BenchConfig) -> None:
@@ -115,31 +140,41 @@ def check_clip_pretrained(cfg: BenchConfig) -> None:
     load_state_dict_file(path, "--clip-pretrained")
 
 
-REFERENCE_METRICS = ("fid", "kid", "prdc", "cmmd", "diversity")  # need real images of the model's domain
-
-
-def applicable_metrics(cfg: BenchConfig, domain: str, note: Callable[[str], None] = print) -> BenchConfig:
-    """The run's metrics for a model of `domain` (the bundle's). The zoo's evaluators know emoji only:
-    on another model, accuracy (the emoji label table) is dropped, set metrics need --reference (real
-    images of the model's domain) and a feature network for them, and CLIP score with the zoo's emoji CLIP
-    is kept for a first look but named as such. `note` says what was dropped and how to get it back."""
+def applicable_metrics(cfg: BenchConfig, domain: str, note: Callable[[str], None] = print,
+                       task: str = "text-to-image") -> BenchConfig:
+    """The run's metrics for a model of `domain` (the bundle's), from what each metric needs. A metric of
+    another task (needs "task:inpaint") is refused. The zoo's evaluators know emoji only: on another model,
+    metrics that need the zoo's domain (accuracy: the emoji label table) are dropped, metrics that need a
+    reference or features need --reference (real images of the model's domain) and a feature network for
+    them, and CLIP-based ones with the zoo's emoji CLIP are kept for a first look but named as such. `note`
+    says what was dropped and how to get it back."""
+    other_task = [m for m in cfg.metrics
+                  if any(n.startswith("task:") and n != f"task:{task}" for n in METRICS[m].needs)]
+    if other_task:
+        tasks = sorted({n[len("task:"):] for m in other_task for n in METRICS[m].needs if n.startswith("task:")})
+        raise ValueError(f"--metrics {','.join(other_task)}: they score {' / '.join(tasks)} results, not a {task} "
+                         f"run; leave them out")
     if domain == ZOO_DOMAIN:
         return cfg
     metrics = list(cfg.metrics)
-    if "accuracy" in metrics:
-        metrics.remove("accuracy")
-        note("note: accuracy skipped: it scores against the emoji label table, which this model does not draw")
+    zoo_only = [m for m in metrics if "domain:zoo" in METRICS[m].needs]
+    if zoo_only:
+        metrics = [m for m in metrics if m not in zoo_only]
+        note(f"note: {', '.join(zoo_only)} skipped: scored by the zoo's emoji evaluators (the emoji label table), "
+             f"which know nothing of this model's images")
     if cfg.reference is None:
-        dropped = [m for m in metrics if m in REFERENCE_METRICS]
-        metrics = [m for m in metrics if m not in REFERENCE_METRICS]
+        dropped = [m for m in metrics if METRICS[m].needs & {"reference", "features"}]
+        metrics = [m for m in metrics if m not in dropped]
         if dropped:
             note(f"note: {', '.join(dropped)} skipped: they compare with real images of the model's domain; pass "
                  f"--reference DIR (or a COCO captions json with --reference-images) and --features inception|dinov2|clip")
     elif "domain" in cfg.features:
         raise ValueError("--features domain is the emoji evaluation classifier, which knows nothing of this model's "
                          "images; pass --features inception, dinov2 or clip (with their local weights)")
-    if "clip_score" in metrics and not cfg.clip_model and not cfg.score_with_guiding_clip:
-        note("note: CLIP score uses the zoo's emoji CLIP; pass --clip-model ARCH --clip-pretrained FILE for your domain")
+    on_clip = [m for m in metrics if "clip" in METRICS[m].needs]
+    if on_clip and not cfg.clip_model and not cfg.score_with_guiding_clip:
+        note(f"note: {', '.join(on_clip)} use{'s' if len(on_clip) == 1 else ''} the zoo's emoji CLIP; pass "
+             f"--clip-model ARCH --clip-pretrained FILE for your domain")
     if not metrics:
         raise ValueError("no metric applies to this model with these flags; pass --metrics clip_score, or --reference "
                          "DIR with --features inception|dinov2|clip for FID/KID/CMMD")
@@ -154,9 +189,10 @@ def check_scorers(cfg: BenchConfig, device: torch.device) -> None:
         loaders.append((f"--clip-model {cfg.clip_model} --clip-pretrained {cfg.clip_pretrained}",
                         lambda: (check_clip_pretrained(cfg), make_scorer(cfg, device)),
                         "check the name against open_clip.list_models() and that the file holds its weights"))
+    resources = ScoringResources(cfg, device)
     for name in net_names(cfg):
-        if name in ("inception", "dinov2"):
-            loaders.append((f"--features {name}", lambda name=name: make_net(name, cfg, device),
+        if FEATURE_NETS[name].weights_flag:
+            loaders.append((f"--features {name}", lambda name=name: FEATURE_NETS[name].build(resources),
                             "pass local weights of that network"))
     for flags, load, fix in loaders:
         try:
@@ -224,36 +260,21 @@ def prompt_columns(prompts: PromptSet) -> pd.DataFrame:
     return pd.DataFrame(rows, index=range(len(prompts)))
 
 
-def chunked_mean(values: torch.Tensor, chunk: int) -> float:
-    """Mean of per-sample scores summed chunk by chunk in float64 (the order the cell's metric states add)."""
-    total = torch.zeros((), dtype=torch.float64, device=values.device)
-    for part in values.split(chunk):
-        total += part.double().sum()
-    return float(total / max(len(values), 1))
-
-
-class Evaluation:
+class Evaluation(ScoringResources):
     """The networks, reference and label tables of one scoring: loaded once, used for every cell. A task
     with its own evaluators (the cascade's 64 px classifier and renders) replaces the domain network's
     classifier and the reference."""
 
     def __init__(self, cfg: BenchConfig, device: torch.device, own: Evaluators | None = None) -> None:
-        self.cfg, self.device = cfg, device
-        self.classifier = own.classifier if own else load_eval_classifier(device=device)
-        self.scorer = make_scorer(cfg, device) if needs_clip(cfg) else None
-        self.nets = {name: make_net(name, cfg, device, self.classifier, self.scorer) for name in net_names(cfg)}
-        if own and "domain" in self.nets:
-            self.nets["domain"] = DomainNet(own.classifier, own.classifier_weights)
+        super().__init__(cfg, device)
+        self.classifier_weights: str | None = None
+        if own is not None:
+            self._classifier, self.classifier_weights = own.classifier, own.classifier_weights
+        self.nets: dict[str, FeatureNet] = {name: FEATURE_NETS[name].build(self) for name in net_names(cfg)}
         self.source: ReferenceSource | None = None
         if self.nets:
             self.source = own.reference if own else reference_source(cfg.reference, cfg.reference_images)
         self._references: dict[str, Reference] = {}
-        labels = emoji_labels()
-        self.subgroup_of = torch.tensor(labels["identity_subgroup"])
-        group_of_subgroup = [0] * len(labels["subgroup_names"])
-        for sub, grp in zip(labels["identity_subgroup"], labels["identity_group"]):
-            group_of_subgroup[sub] = grp
-        self.group_of_subgroup = torch.tensor(group_of_subgroup)
 
     def reference(self, net: str) -> Reference:
         if net not in self._references:
@@ -265,11 +286,30 @@ class Evaluation:
         return {"feature_nets": {name: {"units": net.units, "dim": net.dim, "fingerprint": net.fingerprint()}
                                  for name, net in self.nets.items()},
                 "reference": self.source.label if self.source else None,
-                "clip_scorer": scorer_label(self.cfg) if self.scorer is not None else None,
+                "clip_scorer": scorer_label(self.cfg) if needs_clip(self.cfg) else None,
                 "diversity_features": self.cfg.feature_nets()[0] if "diversity" in self.cfg.metrics else None,
                 "bootstrap": {"resamples": self.cfg.bootstrap, "confidence": 0.95,
                               "assumption": "reference features held fixed; cell images resampled with replacement"},
-                "directions": metric_directions()}
+                "directions": directions()}
+
+
+def batch_extra(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A stored per-sample array as metrics read it: images (uint8 [N, H, W, 3]) as [N, 3, H, W], masks
+    ([N, H, W], 1 = regenerated) as [N, 1, H, W] float."""
+    x = torch.from_numpy(array).to(device)
+    if x.ndim == 4 and x.shape[-1] == 3:
+        return x.permute(0, 3, 1, 2)
+    return x[:, None].float() if x.ndim == 3 else x
+
+
+def cell_metrics(cfg: BenchConfig, prompts: PromptSet,
+                 task: Task) -> tuple[list[type[PerImageMetric]], list[type[SetMetric]]]:
+    """The selected per-image and set metrics this prompt set can score (accuracy needs labels), and the
+    task's own metrics (seam score, PSNR of the kept region, ...)."""
+    names = [*cfg.metrics, *(m for m in task.metrics if m not in cfg.metrics)]
+    usable = [m for m in selected(names) if prompts.has_labels or "labels" not in m.needs]
+    return ([m for m in usable if m.kind == "per_image"],  # type: ignore[misc]
+            [m for m in usable if m.kind == "set"])  # type: ignore[misc]
 
 
 @torch.no_grad()
@@ -282,55 +322,43 @@ def score_cells(cfg: BenchConfig, run_dir: Path, cells: list[Cell], device: torc
     task = task or make_task(cfg)
     prompts = task.prompt_set()
     ev = Evaluation(cfg, device, task.evaluators(device))
+    per_image_kinds, set_kinds = cell_metrics(cfg, prompts, task)
     extra = prompt_columns(prompts)
     timings = load_throughput(run_dir)
     rows, samples = [], []
     for cell in tqdm(cells, desc="scoring", disable=not progress, dynamic_ncols=True):
         store = SampleStore.of(cfg, run_dir, cell, task.task_key(cell))
         images_np, texts, labels = store.load()  # each sample's own caption and label, as sampled
+        stored = store.load_extras()  # the task's per-sample arrays (source, mask, low_res)
         n = len(images_np)
         row: dict[str, float | str | int] = {"guidance": cell.arm, "scale": cell.scale, "seed_set": cell.seed_set,
                                              "n_samples": n, "sampler": cfg.sampler, "steps": cfg.steps}
         if task.axes:
             row |= {"guidance_method": cell.guidance, **dict(zip(task.axes, cell.variant))}
         banks = {name: Gathered(net.dim).to(device) for name, net in ev.nets.items()}
-        clip_rows = Gathered(1).to(device) if "clip_score" in cfg.metrics else None
-        acc_rows = Gathered(3, torch.int64).to(device) if "accuracy" in cfg.metrics and prompts.has_labels else None
+        per_image = [m.build(ev) for m in per_image_kinds]
+        batch_fed = {m.name: m.for_cell(ev) for m in set_kinds if m.networks == ""}
         for lo, hi in my_chunks(n, cfg.batch_size, shard):
-            uint8 = torch.from_numpy(images_np[lo:hi]).permute(0, 3, 1, 2).to(device)
-            images = uint8.float().div(127.5).sub(1)
-            zi = ev.scorer.encode_images(images) if ev.scorer is not None else None
+            batch = ScoringBatch(torch.from_numpy(images_np[lo:hi]).permute(0, 3, 1, 2).to(device),
+                                 [str(t) for t in texts[lo:hi]],
+                                 torch.from_numpy(labels[lo:hi]) if prompts.has_labels else None,
+                                 {k: batch_extra(v[lo:hi], device) for k, v in stored.items()})
             for name, net in ev.nets.items():
-                banks[name].update(zi if name == "clip" else net(uint8))
-            if clip_rows is not None:
-                clip_rows.update(clip_scores(zi, ev.scorer.encode_texts([str(t) for t in texts[lo:hi]])).unsqueeze(1))
-            if acc_rows is not None:
-                acc_rows.update(label_hits(ev.classifier, ev.subgroup_of, ev.group_of_subgroup, images,
-                                           torch.from_numpy(labels[lo:hi])))
-        features = {name: bank.gathered() for name, bank in banks.items()}
+                banks[name].update(net.features(batch))
+            for metric in (*per_image, *batch_fed.values()):
+                metric.update(batch)
         per = pd.DataFrame({"guidance": cell.arm, "scale": cell.scale, "seed_set": cell.seed_set,
                             "index": range(n), "prompt_index": [i // cfg.samples_per_prompt for i in range(n)],
                             # the seed of the sample's noise generator: with --noise diffusers (or on a CPU run)
                             # its initial latents are randn(shape, generator=Generator("cpu").manual_seed(it))
                             "noise_seed": [sample_seed(cell.seed, i) for i in range(n)]})
-        if clip_rows is not None:
-            scores = clip_rows.gathered()[:, 0]
-            row["clip_score"] = chunked_mean(scores, cfg.batch_size)
-            per["clip_score"] = scores.cpu().numpy()
-        if acc_rows is not None:
-            hits = acc_rows.gathered()
-            total = torch.tensor(n).clamp(min=1)
-            for k, name in enumerate(("acc_identity", "acc_subgroup", "acc_group")):
-                row[name] = float(hits[:, k].sum() / total)
-                per[name] = hits[:, k].cpu().numpy()
-        row.update(set_metrics(cfg, ev, features, n, per["prompt_index"].to_numpy()))
-        if task.metrics:
-            counts = torch.from_numpy(resample_counts(n, cfg.bootstrap)) if cfg.bootstrap > 0 else None
-            own = task.extra_scores(torch.from_numpy(images_np).permute(0, 3, 1, 2), store.load_extras(), counts)
-            row.update(own.per_cell)
-            for name, values in own.per_image.items():
-                row[name] = float(np.mean(values))
-                per[name] = values
+        for metric in per_image:
+            for name, values in metric.compute().items():
+                row[name] = metric.cell_value(values, cfg.batch_size)
+                per[name] = values.cpu().numpy()
+        features = CellSet({name: bank.gathered() for name, bank in banks.items()}, ev.reference, cfg.batch_size,
+                           torch.tensor(per["prompt_index"].to_numpy()))
+        row.update(set_metrics(cfg, set_kinds, features, batch_fed, n, device))
         spent = merged_throughput(timings, cell.name)
         if spent:
             row.update(spent)
@@ -340,24 +368,26 @@ def score_cells(cfg: BenchConfig, run_dir: Path, cells: list[Cell], device: torc
     return Scores(pd.DataFrame(rows), per_sample, ev.describe())
 
 
-def set_metrics(cfg: BenchConfig, ev: Evaluation, features: dict[str, torch.Tensor], n: int,
-                prompt_index: np.ndarray) -> dict[str, float]:
-    """FID, KID, precision/recall per network, CMMD on CLIP, diversity, with bootstrap intervals."""
+def set_metrics(cfg: BenchConfig, kinds: list[type[SetMetric]], cell: CellSet, batch_fed: dict[str, SetMetric],
+                n: int, device: torch.device) -> dict[str, float]:
+    """Every selected set metric of a cell (per network where it is computed on each of --features), with
+    its bootstrap interval over the cell's images where it has one."""
     out: dict[str, float] = {}
-    jobs = [(m, net) for net in cfg.feature_nets() for m in PER_NETWORK if m in cfg.metrics]
-    if "cmmd" in cfg.metrics:
-        jobs.append(("cmmd", "clip"))
+    nets = cfg.feature_nets()
+    jobs = [(kind, net, True) for net in nets for kind in kinds if kind.networks == "each"]
+    jobs += [(kind, nets[0] if kind.networks == "first" else kind.networks, False)
+             for kind in kinds if kind.networks != "each"]
     counts = torch.from_numpy(resample_counts(n, cfg.bootstrap)).long() if cfg.bootstrap > 0 else None
-    for name, net in jobs:
-        metric = SET_METRICS[name](ev.reference(net), features[net], cfg.batch_size)
-        cols = {c: (c if name == "cmmd" else column(c, net)) for c in metric.columns}
+    for kind, net, suffixed in jobs:
+        metric = batch_fed[kind.name] if kind.networks == "" else kind.of_cell(cell, net)
+        if metric is None:
+            continue
+        cols = {c: column(c, net) if suffixed else c for c in kind.columns}
         values = metric.value()
         out.update({cols[c]: v for c, v in values.items()})
-        if counts is not None:
-            for c, reps in metric.resampled(counts.to(features[net].device)).items():
+        if counts is not None and kind.bootstrapped:
+            on = cell.features[net].device if net else device
+            for c, reps in metric.resampled(counts.to(on)).items():
                 out[f"{cols[c]}_boot_lo"], out[f"{cols[c]}_boot_hi"] = shifted_interval(
-                    values[c], reps.cpu().numpy(), bounds=metric.bounds.get(c, (-math.inf, math.inf)))
-    if "diversity" in cfg.metrics and cfg.samples_per_prompt > 1:
-        first = cfg.feature_nets()[0]
-        out.update(PromptDiversity(features[first], torch.tensor(prompt_index)).value())
+                    values[c], reps.cpu().numpy(), bounds=bounds(c))
     return out

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from bench.analysis import SEED_T, Analysis
-from bench.metrics import higher_is_better
+from bench.evaluators.registry import higher_is_better, set_columns
 from bench.report_format import format_number, format_scale, metric_name, percent_metric
 from bench.stats.bootstrap import bootstrap_p
 
@@ -75,10 +75,12 @@ def _scope(analysis: Analysis) -> str:
                 f"every metric has only {level} Student-t intervals over {analysis.n_seed_sets} seed sets, and cells "
                 f"are compared paired by seed set (t-test on the per-seed-set differences). Re-score the run for "
                 f"paired bootstrap statistics over prompts.")
+    summary = analysis.summary
+    sets = [metric_name(m) for m in set_columns() if m in summary.columns and summary[m].notna().any()]
+    by_seed_set = f"; set metrics ({', '.join(sets)}) are compared paired by seed set" if sets else ""
     return (f"Paired statistics over n={analysis.n_prompts} prompts x {analysis.n_seed_sets} seed sets: {level} "
             f"bootstrap intervals from {analysis.b} resamples of the prompts (shared by every cell, so differences "
-            f"are paired); p-values Holm-adjusted over the comparisons of each metric; set metrics (FID, KID) "
-            f"are compared paired by seed set.")
+            f"are paired); p-values Holm-adjusted over the comparisons of each metric{by_seed_set}.")
 
 
 def _floor(analysis: Analysis) -> str:

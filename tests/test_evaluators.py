@@ -153,7 +153,7 @@ def test_set_metric_intervals_remove_the_resamples_bias_and_keep_the_metrics_ran
     the estimate; the shifted interval keeps the resamples' spread around it, and FID stays non-negative."""
     reps = np.arange(101.0) + 10  # resamples spread over 10..110, mean 60: 50 above an estimate of 10
     assert shifted_interval(10.0, reps) == pytest.approx((12.5 - 50, 107.5 - 50))
-    assert shifted_interval(10.0, reps, bounds=FrechetDistance.bounds["fid"]) == pytest.approx((0.0, 57.5))
+    assert shifted_interval(10.0, reps, bounds=FrechetDistance.columns["fid"].bounds) == pytest.approx((0.0, 57.5))
     assert shifted_interval(0.99, np.array([0.9, 1.0]), bounds=(0.0, 1.0))[1] == 1.0  # 1.0375 unclipped
 
 

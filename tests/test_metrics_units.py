@@ -12,7 +12,8 @@ from scipy import stats as sps
 from torch import nn
 
 from bench.config import BenchConfig
-from bench.metrics import CLIPScore, DomainFeatures, LabelAccuracy, Throughput
+from bench.evaluators import CLIPScore, LabelAccuracy, ScoringBatch
+from bench.metrics import DomainFeatures, Throughput
 from bench.stats import mean_ci, pareto_front, summarize
 
 
@@ -33,8 +34,10 @@ class _FixedScorer(nn.Module):
 def test_clip_score_is_100_times_the_cosine_floored_at_zero():
     images = torch.tensor([[1.0, 0.0], [0.6, 0.8], [-1.0, 0.0]])  # cos with [1, 0]: 1, 0.6, -1
     metric = CLIPScore(_FixedScorer(images, torch.tensor([[1.0, 0.0]])))
-    metric.update(torch.zeros(3, 3, 8, 8), ["a", "b", "c"])
-    assert float(metric.compute()) == pytest.approx(100 * (1.0 + 0.6 + 0.0) / 3)
+    metric.update(ScoringBatch(torch.zeros(3, 3, 8, 8, dtype=torch.uint8), ["a", "b", "c"]))
+    scores = metric.compute()["clip_score"]
+    assert scores.tolist() == pytest.approx([100.0, 60.0, 0.0])
+    assert metric.cell_value(scores, chunk=2) == pytest.approx(100 * (1.0 + 0.6 + 0.0) / 3)
 
 
 class _FixedClassifier(nn.Module):
@@ -50,10 +53,12 @@ def test_label_accuracy_counts_identity_subgroup_and_group():
     # identities 0..3 -> subgroups [0, 1, 2, 2]; subgroups -> groups [0, 0, 1]
     classifier = _FixedClassifier(identity=[0, 2, 3, 1], subgroup=[1, 2, 1, 0])
     metric = LabelAccuracy(classifier, subgroup_of=[0, 1, 2, 2], group_of_subgroup=[0, 0, 1])
-    metric.update(torch.zeros(4, 3, 8, 8), torch.tensor([0, 1, 2, 3]))
+    metric.update(ScoringBatch(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), ["a"] * 4, torch.tensor([0, 1, 2, 3])))
     # true subgroups 0, 1, 2, 2 vs predicted 1, 2, 1, 0: none right; groups 0, 0, 1, 1 vs 0, 1, 0, 0: one right
-    assert {k: float(v) for k, v in metric.compute().items()} == {"acc_identity": 0.25, "acc_subgroup": 0.0,
-                                                                  "acc_group": 0.25}
+    hits = metric.compute()
+    assert hits["acc_identity"].tolist() == [1, 0, 0, 0] and hits["acc_group"].tolist() == [1, 0, 0, 0]
+    assert {k: metric.cell_value(v, chunk=2) for k, v in hits.items()} == {"acc_identity": 0.25, "acc_subgroup": 0.0,
+                                                                            "acc_group": 0.25}
 
 
 def test_domain_features_see_uint8_images_in_minus_one_to_one():
@@ -272,7 +277,7 @@ def test_scoring_pairs_each_sample_with_its_own_caption_and_label_across_chunks(
     """Two samples per prompt, scored in chunks of 2: CLIP score, accuracy and FID equal one pass over all
     images with sample i conditioned on prompt i // 2 (a chunk scored against the first chunk's captions, a
     label looked up by i mod prompts, or float images fed to the uint8 FID path all showed here)."""
-    from bench.metrics import CLIPScore, DomainFeatures, Reference, domain_fid, load_eval_classifier
+    from bench.metrics import DomainFeatures, Reference, domain_fid, load_eval_classifier
     from bench.store import to_hwc_uint8
     from bench.scoring import make_scorer, score_cells
 
@@ -282,8 +287,8 @@ def test_scoring_pairs_each_sample_with_its_own_caption_and_label_across_chunks(
     assert row["acc_identity"] == 1.0
     stored = torch.from_numpy(to_hwc_uint8(images)).permute(0, 3, 1, 2)
     clip = CLIPScore(make_scorer(cfg, torch.device("cpu")))
-    clip.update(stored.float() / 127.5 - 1, [str(t) for t in expected.texts])
-    assert row["clip_score"] == pytest.approx(float(clip.compute()), rel=1e-5)
+    clip.update(ScoringBatch(stored, [str(t) for t in expected.texts]))
+    assert row["clip_score"] == pytest.approx(float(clip.compute()["clip_score"].double().mean()), rel=1e-5)
     fid = domain_fid(DomainFeatures(load_eval_classifier()), Reference.load())
     fid.update(stored, real=False)
     assert row["fid"] == pytest.approx(float(fid.compute()), rel=1e-4)

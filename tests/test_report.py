@@ -331,3 +331,24 @@ def test_comparison_grid_rows_carry_escaped_captions(tmp_path: Path) -> None:
     rows = re.findall(r'<tr><td class="caption">(.*?)</td>(.*?)</tr>', text)
     assert rows and rows[0][0] == report._e(HOSTILE)
     assert all(len(PNG_IMG.findall(cells)) in (3,) for _, cells in rows)  # one image per scale / method
+
+
+def test_a_run_scored_by_clip_score_alone_shows_only_what_it_computed(tmp_path: Path) -> None:
+    """A user's model scored with --metrics clip_score: no legend line on accuracy or FID, no ranking table
+    (it needs FID and CLIP score), no empty FID-vs-CLIP frame, no accuracy or FID columns."""
+    run = make_fake_run(tmp_path, per_sample=True)
+    results = pd.read_csv(run / "results.csv")
+    results.drop(columns=["fid", "kid_mean", "kid_std", "acc_identity", "acc_subgroup", "acc_group"]).to_csv(
+        run / "results.csv", index=False)
+    per_sample = pd.read_csv(run / "per_sample.csv")
+    per_sample.drop(columns=["acc_identity", "acc_subgroup"]).to_csv(run / "per_sample.csv", index=False)
+    text = build_report([run]).read_text(encoding="utf-8")
+    _html_checks(text)
+    assert "CLIP score: 100 × max(cos, 0)" in text
+    assert "Accuracy:" not in text and "FID:" not in text and "Feature networks" not in text
+    assert "Method ranking" not in text and "FID versus CLIP score" not in text
+    assert not (run / "plots" / "fid_vs_clip.png").exists() and (run / "plots" / "metrics_vs_scale.png").is_file()
+    assert "Comparison at matched alignment" in text  # CLIP levels exist to match on
+    assert "Not computed" not in text
+    summary = pd.read_csv(run / "summary.csv")
+    assert "clip_score_boot_lo" in summary.columns and not {"fid", "acc_group"} & set(summary.columns)

@@ -1,5 +1,5 @@
-"""What every evaluator shares: feature networks (uint8 images in, one feature row per image out) and
-set metrics (a sample set against a fixed reference), each declaring its columns, direction and units."""
+"""What every evaluator shares: feature networks (uint8 images in, one feature row per image out), set
+metrics (a sample set against a fixed reference) and the gathering of per-image rows across processes."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
+from bench.evaluators.registry import RegisteredMetric, Resources, ScoringBatch
 from guidance.zoo.store import CheckpointError
 
-LOWER, HIGHER = "lower", "higher"  # which way a column is better
 NOTHING_DOWNLOADED = "nothing is downloaded; pass a local file"
 
 
@@ -26,29 +28,90 @@ class FeatureNet(nn.Module):
     units: ClassVar[str]  # what a distance in this space is measured in (docs, manifest)
     dim: int
     size: int
+    weights_flag: ClassVar[str | None] = None  # the flag of its local weights file, checked before sampling
+
+    @classmethod
+    def build(cls, resources: Resources) -> "FeatureNet":
+        """The network as this scoring configures it (weights flags, the shared classifier or CLIP scorer)."""
+        raise NotImplementedError
+
+    def features(self, batch: ScoringBatch) -> Tensor:
+        """Features of a scoring batch (a network that shares work with a metric reads the batch's memo)."""
+        return self(batch.images)
 
     def fingerprint(self) -> str:
         """Identifies the weights and preprocessing: part of a cached reference's key."""
         raise NotImplementedError
 
 
-class SetMetric:
+@dataclass
+class CellSet:
+    """What a set metric is computed from: a cell's features per network (in file order), the reference of
+    a network, the feature chunk size, and each image's prompt."""
+
+    features: dict[str, Tensor]
+    reference: Callable[[str], object]  # network name -> bench.evaluators.reference.Reference
+    chunk: int
+    prompt_index: Tensor
+
+
+class SetMetric(RegisteredMetric):
     """A metric of a sample set against a reference, with its bootstrap over the samples.
 
     Subclasses are built from (reference, sample features) and give `value()` and `resampled(counts)`, where
     `counts` [B, n] says how often each sample is drawn in each of B resamples (the reference stays fixed).
+    `networks` says which features: "each" (every --features network; columns of other networks than the
+    domain one are suffixed), "first" (the first of --features), a network's name, or "" for a metric fed
+    the cell's batches through `update(batch)` (built by `for_cell`).
     """
 
-    name: ClassVar[str]  # the --metrics entry
-    columns: ClassVar[dict[str, str]]  # result column -> LOWER or HIGHER (is better)
-    units: ClassVar[str]
-    bounds: ClassVar[dict[str, tuple[float, float]]] = {}  # a column's range, where it has one (intervals stay in it)
+    kind = "set"
+    networks: ClassVar[str] = "each"
+    bootstrapped: ClassVar[bool] = True
+
+    @classmethod
+    def of_cell(cls, cell: CellSet, net: str) -> "SetMetric | None":
+        """The metric on a cell's features of `net` (None where it does not apply to this cell)."""
+        return cls(cell.reference(net), cell.features[net], cell.chunk)  # type: ignore[call-arg]
+
+    @classmethod
+    def for_cell(cls, resources: Resources) -> "SetMetric":
+        """A fresh batch-fed metric (networks == "") for one cell."""
+        raise NotImplementedError
+
+    def update(self, batch: ScoringBatch) -> None:
+        raise NotImplementedError
 
     def value(self) -> dict[str, float]:
         raise NotImplementedError
 
     def resampled(self, counts: Tensor) -> dict[str, Tensor]:
         raise NotImplementedError
+
+
+class Gathered(Metric):
+    """Per-sample rows (features, scores) of this process, gathered in rank order across a torchrun group:
+    with each process scoring a contiguous run of chunks, `compute` gives every row in file order."""
+
+    full_state_update = False
+
+    def __init__(self, width: int, dtype: torch.dtype = torch.float32, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.width, self.row_dtype = width, dtype
+        self.add_state("rows", [], dist_reduce_fx="cat")
+
+    def update(self, rows: Tensor) -> None:
+        self.rows.append(rows.to(self.row_dtype).reshape(len(rows), self.width))
+
+    def compute(self) -> Tensor:
+        return dim_zero_cat(self.rows)
+
+    def gathered(self) -> Tensor:
+        """Every process's rows [N, width]; a process that scored nothing still sends one (empty) tensor.
+        (torchmetrics squeezes a one-element result to a scalar: one image of width 1 is reshaped back.)"""
+        empty = torch.zeros(0, self.width, dtype=self.row_dtype, device=self.device)
+        self.rows = [torch.cat([empty, *self.rows])]
+        return self.compute().reshape(-1, self.width)
 
 
 def resize_uint8(images: Tensor, size: int) -> Tensor:

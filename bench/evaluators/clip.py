@@ -8,9 +8,12 @@ import torch
 from torch import Tensor
 
 from bench.evaluators.base import FeatureNet
+from bench.evaluators.clip_score import clip_image_embeddings
+from bench.evaluators.registry import Resources, ScoringBatch, register_feature_net
 from guidance.zoo.load import EvalCLIPScorer
 
 
+@register_feature_net
 class CLIPNet(FeatureNet):
     """uint8 images -> the scorer's normalised image embeddings (the scorer resizes to its input size,
     bicubic with antialiasing, and applies its own mean and std)."""
@@ -26,6 +29,14 @@ class CLIPNet(FeatureNet):
         with torch.no_grad():
             probe = torch.zeros(1, 3, self.size, self.size, device=scorer.mean.device)
             self.dim = int(scorer.encode_images(probe).shape[-1])
+
+    @classmethod
+    def build(cls, resources: Resources) -> "CLIPNet":
+        return cls(resources.scorer, resources.scorer_weights_id())
+
+    def features(self, batch: ScoringBatch) -> Tensor:
+        """The batch's CLIP image embeddings, shared with the CLIP score (computed once)."""
+        return clip_image_embeddings(self.scorer, batch)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.scorer.encode_images(images.float().to(self.scorer.mean.device) / 127.5 - 1).float()

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from bench.evaluators.base import LOWER, SetMetric
+from bench.evaluators.base import SetMetric
 from bench.evaluators.mmd import KernelMMD
 from bench.evaluators.reference import Reference
+from bench.evaluators.registry import Column, register_metric
 
 SIGMA = 10.0
 SCALE = 1000.0
@@ -21,10 +22,12 @@ def rbf_kernel(x: Tensor, y: Tensor) -> Tensor:
     return (-sq / (2 * SIGMA**2)).exp()
 
 
+@register_metric
 class CMMD(SetMetric):
     name = "cmmd"
-    columns = {"cmmd": LOWER}
-    units = "1000 x MMD^2 of unit-length CLIP embeddings (RBF kernel, sigma 10)"
+    columns = {"cmmd": Column(False, "CMMD", "1000 x MMD^2 of unit-length CLIP embeddings (RBF kernel, sigma 10)")}
+    needs = frozenset({"reference", "clip"})
+    networks = "clip"  # always the CLIP scorer's embeddings, whatever --features says
 
     def __init__(self, reference: Reference, features: Tensor, chunk: int) -> None:
         real = reference.needs_features("cmmd").to(features.device)

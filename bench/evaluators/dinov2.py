@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.evaluators.base import FeatureNet, check_readable, file_digest, load_state_dict_file
+from bench.evaluators.registry import Resources, register_feature_net
 from guidance.zoo.store import CheckpointError
 
 DEFAULT_ARCH = "vit_large_patch14_dinov2"  # ViT-L/14, dgm-eval's choice
@@ -28,12 +29,14 @@ def build_dinov2(arch: str) -> nn.Module:
                          f"{', '.join(timm.list_models('*dinov2*'))}") from None
 
 
+@register_feature_net
 class DINOv2Net(FeatureNet):
     """uint8 images -> CLS features of DINOv2 at 224 px (bicubic resize, ImageNet mean and std: dgm-eval)."""
 
     name = "dinov2"
     units = "DINOv2 CLS-token features (FD-DINOv2; 1024-d for ViT-L/14)"
     size = 224
+    weights_flag = "--dinov2-weights"
 
     def __init__(self, weights: str | None, arch: str = DEFAULT_ARCH) -> None:
         super().__init__()
@@ -55,6 +58,10 @@ class DINOv2Net(FeatureNet):
         self.dim = int(self.net.num_features)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    @classmethod
+    def build(cls, resources: Resources) -> "DINOv2Net":
+        return cls(resources.cfg.dinov2_weights, resources.cfg.dinov2_arch).to(resources.device)
 
     def forward(self, images: Tensor) -> Tensor:
         x = images.float().to(self.mean.device) / 255

@@ -9,10 +9,12 @@ import torch
 from torch import Tensor
 from torchmetrics.image.fid import _compute_fid
 
-from bench.evaluators.base import LOWER, ChunkedSums, SetMetric
+from bench.evaluators.base import ChunkedSums, SetMetric
 from bench.evaluators.reference import Reference
+from bench.evaluators.registry import Column, register_metric
 
 
+@register_metric
 class FrechetDistance(SetMetric):
     """||mu_r - mu_s||^2 + tr(S_r + S_s - 2 (S_r S_s)^1/2).
 
@@ -22,9 +24,10 @@ class FrechetDistance(SetMetric):
     """
 
     name = "fid"
-    columns = {"fid": LOWER}
-    bounds = {"fid": (0.0, math.inf)}
-    units = "squared feature units of the feature network"
+    columns = {"fid": Column(False, "FID", "squared feature units of the feature network", (0.0, math.inf))}
+    needs = frozenset({"reference", "features"})
+    about = ("FID: Fréchet distance of Gaussian fits of sample and reference features, in squared units of the "
+             "feature network named below; lower is better, and biased at small n (compare only equal n).")
 
     def __init__(self, reference: Reference, features: Tensor, chunk: int) -> None:
         self.reference, self.features, self.chunk = reference, features, chunk

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from bench.evaluators.base import FeatureNet, check_readable, file_digest
+from bench.evaluators.registry import Resources, register_feature_net
 from guidance.zoo.store import CheckpointError
 
 
@@ -43,6 +44,7 @@ def inception_fid(weights_path: str) -> FrechetInceptionDistance:
         return FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(checked))
 
 
+@register_feature_net
 class InceptionNet(FeatureNet):
     """uint8 images of any size -> torch-fidelity's Inception pool3 features (it resizes to 299 itself,
     bilinear as TF1 did). The weights are checked with weights_only before torch-fidelity sees them."""
@@ -51,11 +53,16 @@ class InceptionNet(FeatureNet):
     units = "Inception-v3 pool3 features (2048-d); the FID of published papers"
     dim = 2048
     size = 299
+    weights_flag = "--fid-inception-weights"
 
     def __init__(self, weights: str) -> None:
         super().__init__()
         self.weights = weights
         self.net = inception_fid(weights).inception
+
+    @classmethod
+    def build(cls, resources: Resources) -> "InceptionNet":
+        return cls(resources.cfg.fid_inception_weights).to(resources.device)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images).float()

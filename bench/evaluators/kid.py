@@ -6,14 +6,17 @@ import torch
 from torch import Tensor
 from torchmetrics.image.kid import poly_kernel, poly_mmd
 
-from bench.evaluators.base import LOWER, SetMetric
+from bench.evaluators.base import SetMetric
 from bench.evaluators.mmd import KernelMMD
 from bench.evaluators.reference import Reference
+from bench.evaluators.registry import Column, register_metric
 
 KID_MAX_SUBSET = 100
 KID_SUBSETS = 50
+UNITS = "squared feature units of the feature network (cubic polynomial kernel)"
 
 
+@register_metric
 class KernelDistance(SetMetric):
     """torchmetrics' KID: mean and std over 50 random subsets of min(100, n) samples and reference images,
     drawn from torch's generator seeded with 0 (as before, so reruns and process counts agree). Resamples
@@ -21,8 +24,9 @@ class KernelDistance(SetMetric):
     Subsets are min(100, n, reference size) images."""
 
     name = "kid"
-    columns = {"kid_mean": LOWER, "kid_std": LOWER}
-    units = "squared feature units of the feature network (cubic polynomial kernel)"
+    columns = {"kid_mean": Column(False, "KID", UNITS), "kid_std": Column(False, "KID spread over subsets", UNITS, spread=True)}
+    needs = frozenset({"reference", "features"})
+    about = "KID: unbiased MMD² under the cubic polynomial kernel, in the feature network's units; lower is better."
 
     def __init__(self, reference: Reference, features: Tensor, chunk: int) -> None:
         self.reference = reference

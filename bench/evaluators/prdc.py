@@ -9,8 +9,9 @@ import math
 import torch
 from torch import Tensor
 
-from bench.evaluators.base import HIGHER, SetMetric, kth_neighbour_distance
+from bench.evaluators.base import SetMetric, kth_neighbour_distance
 from bench.evaluators.reference import Reference
+from bench.evaluators.registry import Column, register_metric
 
 NEAREST_K = 3
 CHUNK = 4096
@@ -21,6 +22,7 @@ def any_drawn(drawn: Tensor, hit: Tensor) -> Tensor:
     return torch.cat([(drawn.float() @ hit[lo:lo + CHUNK].float().T) > 0 for lo in range(0, len(hit), CHUNK)], 1).double()
 
 
+@register_metric
 class PrecisionRecall(SetMetric):
     """precision: share of samples inside some reference ball; recall: share of reference points inside
     some sample ball; density: sample-in-reference-ball count / (k n); coverage: share of reference balls
@@ -29,9 +31,11 @@ class PrecisionRecall(SetMetric):
     balls are undefined and the columns are NaN."""
 
     name = "prdc"
-    columns = {"precision": HIGHER, "recall": HIGHER, "density": HIGHER, "coverage": HIGHER}
-    bounds = {"precision": (0.0, 1.0), "recall": (0.0, 1.0), "density": (0.0, math.inf), "coverage": (0.0, 1.0)}
-    units = "fractions (density: may exceed 1)"
+    columns = {"precision": Column(True, "precision", "fraction of samples", (0.0, 1.0), headline=False),
+               "recall": Column(True, "recall", "fraction of reference images", (0.0, 1.0), headline=False),
+               "density": Column(True, "density", "mean reference balls per sample / k (may exceed 1)", (0.0, math.inf), headline=False),
+               "coverage": Column(True, "coverage", "fraction of reference balls", (0.0, 1.0), headline=False)}
+    needs = frozenset({"reference", "features"})
 
     def __init__(self, reference: Reference, features: Tensor, chunk: int) -> None:
         real = reference.needs_features("precision/recall").double().to(features.device)

@@ -18,16 +18,17 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _sps
 
+from bench.evaluators.registry import quality_columns
+
 __all__ = [
-    "QUALITY_METRICS",
     "THROUGHPUT_METRICS",
+    "quality_metrics",
     "mean_ci",
     "summarize",
     "pareto_front",
     "rank_methods",
 ]
 
-QUALITY_METRICS = ("fid", "kid_mean", "clip_score", "acc_identity", "acc_subgroup", "acc_group")
 THROUGHPUT_METRICS = (
     "img_per_s",
     "s_per_img",
@@ -59,15 +60,20 @@ def mean_ci(values: Iterable[float], confidence: float = 0.95) -> tuple[float, f
     return mean, mean - half, mean + half
 
 
+def quality_metrics(results: pd.DataFrame) -> list[str]:
+    """The declared quality columns (bench.evaluators.registry) a results table holds, in their order."""
+    return [m for m in quality_columns() if m in results.columns]
+
+
 def _group_keys(frame: pd.DataFrame) -> list[str]:
     """Cells are (guidance, scale), per run when several runs are compared."""
     return (["run"] if "run" in frame.columns else []) + ["guidance", "scale"]
 
 
-def _summarize_cell(cell: pd.DataFrame, confidence: float) -> dict[str, object]:
+def _summarize_cell(cell: pd.DataFrame, metrics: list[str], confidence: float) -> dict[str, object]:
     """One summary row from the seed-set rows of one cell."""
     row: dict[str, object] = {}
-    for m in QUALITY_METRICS:
+    for m in metrics:
         values = cell[m] if m in cell.columns else []
         row[m], row[f"{m}_lo"], row[f"{m}_hi"] = mean_ci(values, confidence)
     row["n_seed_sets"] = int(cell["seed_set"].nunique()) if "seed_set" in cell.columns else len(cell)
@@ -81,7 +87,7 @@ def _summarize_cell(cell: pd.DataFrame, confidence: float) -> dict[str, object]:
         row["n_samples"] = math.nan
     # a metric that failed (NaN) in some seed sets has its interval over fewer values than "seed sets" says
     partial = [f"{m} over {int(pd.to_numeric(cell[m], errors='coerce').notna().sum())} of {len(cell)} seed sets"
-               for m in QUALITY_METRICS if m in cell.columns
+               for m in metrics if m in cell.columns
                and 0 < pd.to_numeric(cell[m], errors="coerce").notna().sum() < len(cell)]
     row["n_samples_note"] = "; ".join([note, *partial] if note else partial)
     for m in THROUGHPUT_METRICS:
@@ -89,8 +95,11 @@ def _summarize_cell(cell: pd.DataFrame, confidence: float) -> dict[str, object]:
     return row
 
 
-def summarize(results: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """Per (run,) guidance, scale: metric means with CIs over seed sets, n, and mean throughput."""
+def summarize(results: pd.DataFrame, confidence: float = 0.95, metrics: list[str] | None = None) -> pd.DataFrame:
+    """Per (run,) guidance, scale: metric means with CIs over seed sets, n, and mean throughput. `metrics`:
+    the columns summarised (default: the declared quality columns the results hold, so a metric the run did
+    not compute has no column)."""
+    metrics = quality_metrics(results) if metrics is None else metrics
     keys = _group_keys(results)
     missing = [k for k in keys if k not in results.columns]
     if missing:
@@ -98,8 +107,8 @@ def summarize(results: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     rows = []
     for key, cell in results.groupby(keys, sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
-        rows.append({**dict(zip(keys, key)), **_summarize_cell(cell, confidence)})
-    columns = keys + [c for m in QUALITY_METRICS for c in (m, f"{m}_lo", f"{m}_hi")]
+        rows.append({**dict(zip(keys, key)), **_summarize_cell(cell, metrics, confidence)})
+    columns = keys + [c for m in metrics for c in (m, f"{m}_lo", f"{m}_hi")]
     columns += ["n_seed_sets", "n_samples", "n_samples_note", *THROUGHPUT_METRICS]
     out = pd.DataFrame(rows, columns=columns)
     return out.sort_values(keys, kind="stable").reset_index(drop=True)
@@ -140,6 +149,7 @@ def rank_methods(summary: pd.DataFrame, x: str = "clip_score", y: str = "fid") -
     """
     keys = [k for k in ("run", "guidance") if k in summary.columns]
     data = summary.reset_index(drop=True)
+    data = data.assign(**{c: math.nan for c in (x, y) if c not in data.columns})  # not computed: no trade-off
     global_front = pareto_front(data, x, y)
     valid = data[x].notna() & data[y].notna()
     dist = pd.Series(np.nan, index=data.index)

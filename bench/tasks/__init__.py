@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from bench.config import BenchConfig
 from bench.tasks import cascade, inpaint, text_to_image  # noqa: F401  (each registers its task)
-from bench.tasks.base import Evaluators, ExtraScores, Task
+from bench.tasks.base import Evaluators, SampledBatch, Task
 from bench.tasks.registry import TASKS, register_task
 
-__all__ = ["TASKS", "Evaluators", "ExtraScores", "Task", "make_task", "register_task"]
+__all__ = ["TASKS", "Evaluators", "SampledBatch", "Task", "make_task", "register_task"]
 
 
 def make_task(cfg: BenchConfig) -> Task:

@@ -42,21 +42,12 @@ class Evaluators:
     reference: ReferenceSource
 
 
-@dataclass
-class ExtraScores:
-    """A task's metrics of one cell: per-image columns (per_sample.csv, paired statistics) and per-cell
-    values (results.csv; `<name>_boot_lo/_boot_hi` keys carry an images-bootstrap interval)."""
-
-    per_image: dict[str, np.ndarray]
-    per_cell: dict[str, float]
-
-
 class Task:
     """Text-to-image by default; a subclass overrides what its cells differ in."""
 
     name: ClassVar[str]
     axes: ClassVar[tuple[str, ...]] = ()  # names of the variant's axes: results.csv columns beside guidance
-    metrics: ClassVar[tuple[str, ...]] = ()  # the task's own metrics (bench.evaluators.edit), by name
+    metrics: ClassVar[tuple[str, ...]] = ()  # the task's own metrics (registered in bench.evaluators), by name
     grid_rows: ClassVar[tuple[str, ...]] = ("samples",)  # the rows of the report's sample grid, top down
 
     def __init__(self, cfg: BenchConfig) -> None:
@@ -103,10 +94,6 @@ class Task:
     def evaluators(self, device: torch.device) -> Evaluators | None:
         """The task's own classifier and reference (None: the run's, the zoo's 32 px ones by default)."""
         return None
-
-    def extra_scores(self, images: Tensor, extras: dict[str, np.ndarray], resamples: Tensor | None) -> ExtraScores:
-        """The task's metrics of one cell's uint8 images [N, 3, H, W] (`resamples`: bootstrap counts [B, N])."""
-        return ExtraScores({}, {})
 
     @classmethod
     def grid(cls, images: np.ndarray, extras: dict[str, np.ndarray]) -> list[np.ndarray]:

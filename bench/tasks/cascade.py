@@ -10,7 +10,7 @@ samples is the other stage (the variant), so the paired statistics compare the t
 Scores at 64 px use the evaluation classifier trained at 64 px (eval_classifier_64) for FID/KID and
 accuracy: a 32 px network cannot see what an upsampler adds, so FID/KID would not tell it from
 bicubic. The reference is every 64 px render of the dataset. Consistency: PSNR of the 64 px output,
-area-downsampled, against the 32 px sample it came from (bench.evaluators.edit).
+area-downsampled, against the 32 px sample it came from (bench.evaluators.consistency).
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from torch import Tensor
 
 from bench.config import BenchConfig
 from bench.evaluators.base import FeatureNet
-from bench.evaluators.edit import ConsistencyPSNR
+from bench.evaluators.consistency import ConsistencyPSNR
 from bench.evaluators.reference import ReferenceSource
 from bench.store import Cell, to_hwc_uint8
-from bench.tasks.base import Evaluators, ExtraScores, SampledBatch, Task
+from bench.tasks.base import Evaluators, SampledBatch, Task
 from bench.tasks.registry import register_task
 from guidance.bundle import ModelBundle
 from guidance.denoisers import NetworkDenoiser
@@ -166,11 +166,6 @@ class Cascade(Task):
         path = self.features_path()
         classifier = load_model(path, "eval_classifier", device)
         return Evaluators(classifier, str(path), renders_source(int(classifier.config.image_size)))
-
-    def extra_scores(self, images: Tensor, extras: dict[str, np.ndarray], resamples: Tensor | None) -> ExtraScores:
-        metric = ConsistencyPSNR()
-        metric.update(images, {"low_res": torch.from_numpy(extras["low_res"]).permute(0, 3, 1, 2)})
-        return ExtraScores({k: v.numpy() for k, v in metric.compute().items()}, {})
 
     @classmethod
     def grid(cls, images: np.ndarray, extras: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -10,7 +10,7 @@ replacement with the plain model) and "repaint" (replacement with RePaint's resa
 A cell is one method, mask kind and caption kind (the variant) under one guidance, scale and seed
 set; prompt index i is source i, so the paired statistics compare arms on the same sources. Besides
 the runner's metrics (FID/KID on the evaluation classifier's features, CLIP score and accuracy of the
-caption used) a cell gets PSNR of the kept region and the seam score (bench.evaluators.edit).
+caption used) a cell gets PSNR of the kept region and the seam score (bench.evaluators.psnr, bench.evaluators.seam).
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from torch import Tensor
 
 from bench.config import BenchConfig
 from bench.emoji_prompts import emoji200, emoji_labels
-from bench.evaluators.edit import KnownRegionPSNR, SeamScore
+from bench.evaluators.psnr import PSNRKnown
+from bench.evaluators.seam import SeamScore
 from bench.prompts import Prompt, PromptSet
-from bench.stats.bootstrap import shifted_interval
 from bench.store import Cell, Expected, to_hwc_uint8
-from bench.tasks.base import ExtraScores, SampledBatch, Task
+from bench.tasks.base import SampledBatch, Task
 from bench.tasks.registry import register_task
 from guidance.bundle import ModelBundle
 from guidance.denoisers import NetworkDenoiser
@@ -93,7 +93,7 @@ def edit_sources(limit: int, size: int = 32) -> EditSources:
 @register_task("inpaint")
 class Inpaint(Task):
     axes = ("inpaint_method", "mask", "caption_kind")
-    metrics = (KnownRegionPSNR.name, SeamScore.name)
+    metrics = (PSNRKnown.name, SeamScore.name)
     grid_rows = ("source", "mask (grey)", "result")
 
     def __init__(self, cfg: BenchConfig) -> None:
@@ -204,22 +204,6 @@ class Inpaint(Task):
                     sampler=cfg.sampler, eta=cfg.eta, resampling=self.resampling, clip_denoised=bundle.clip_denoised,
                     device=device)
         return SampledBatch(bundle.decode(x), {"source": to_hwc_uint8(known), "mask": hole[:, 0].numpy().astype(np.uint8)})
-
-    def extra_scores(self, images: Tensor, extras: dict[str, np.ndarray], resamples: Tensor | None) -> ExtraScores:
-        batch = {"source": torch.from_numpy(extras["source"]).permute(0, 3, 1, 2),
-                 "mask": torch.from_numpy(extras["mask"])}
-        psnr, seam = KnownRegionPSNR(), SeamScore()
-        psnr.update(images, batch)
-        seam.update(images, batch)
-        values = {k: float(v) for k, v in seam.compute().items()}
-        cell = dict(values)
-        if resamples is not None:
-            reps = seam.compute(resamples)
-            for name, value in values.items():
-                bounds = SeamScore.columns[name].bounds or (-float("inf"), float("inf"))
-                cell[f"{name}_boot_lo"], cell[f"{name}_boot_hi"] = shifted_interval(value, reps[name].numpy(),
-                                                                                    bounds=bounds)
-        return ExtraScores({k: v.numpy() for k, v in psnr.compute().items()}, cell)
 
     @classmethod
     def grid(cls, images: np.ndarray, extras: dict[str, np.ndarray]) -> list[np.ndarray]:

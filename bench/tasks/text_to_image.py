@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-from torch import Tensor
 
 from bench.store import Cell
 from bench.tasks.base import SampledBatch, Task
