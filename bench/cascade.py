@@ -15,7 +15,7 @@ against the 32 px sample it came from. Intervals: 95% bootstrap over images.
 
 from __future__ import annotations
 
-import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +26,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from bench.config import BenchConfig
+from bench.config import SCALE_RANGE, BenchConfig
 from bench.edit_metrics import RealStatistics, mean_interval
-from bench.run import prepare_output
+from bench.lock import release
+from bench.preflight import preflight
+from bench.run import config_json, load_model, prepare_output
 from bench.store import load_prompt_set, to_hwc_uint8
 from guidance.accelerate import checked_device
 from guidance.denoisers import NetworkDenoiser
 from guidance.guiders import REGISTRY, make_guidance
-from guidance.models import load_bundle
 from guidance.protocols import Conditions
 from guidance.rng import SampleNoise
 from guidance.samplers import sample
@@ -55,6 +56,16 @@ class CascadeOptions:
     aug: int = 50  # noise-augmentation timestep of the low-resolution input
     steps: int = 25
 
+    def validate(self) -> None:
+        """The options' numbers, checked before anything loads (NaN compares false and would pass a bound)."""
+        if not math.isfinite(self.upsampler_scale) or not 1 <= self.upsampler_scale <= SCALE_RANGE[1]:
+            raise ValueError(f"--upsampler-scale {self.upsampler_scale} is out of range; use a finite scale in "
+                             f"[1, {SCALE_RANGE[1]:g}] (1: unguided)")
+        if self.aug < 0:
+            raise ValueError(f"--upsample-aug {self.aug} is out of range; use a timestep of 0 or more")
+        if self.steps < 1:
+            raise ValueError(f"--upsample-steps {self.steps} is out of range; use 1 or more")
+
 
 class Upsampler:
     """The upsampler as a denoiser, its process and tokenizer, and how it conditions on a 32 px batch."""
@@ -72,9 +83,12 @@ class Upsampler:
         self.diffusion = training_process(net)
         self.tokenizer = CaptionTokenizer(net.vocab.cpu(), net.config.context_length)
 
-    def condition(self, texts: list[str], low: torch.Tensor, aug: int, indices: list[int], seed: int) -> Conditions:
+    def check_aug(self, aug: int) -> None:
         if not 0 <= aug < self.levels:
             raise ValueError(f"--upsample-aug {aug} is outside the upsampler's training range 0..{self.levels - 1}")
+
+    def condition(self, texts: list[str], low: torch.Tensor, aug: int, indices: list[int], seed: int) -> Conditions:
+        self.check_aug(aug)
         t = torch.full((len(low),), aug, dtype=torch.long, device=low.device)
         noise = SampleNoise(seed + AUG_STREAM, indices, low.device).randn(low.shape[1:])
         noised = self.diffusion.q_sample(low.float(), t, noise) if aug > 0 else low.float()
@@ -101,18 +115,18 @@ def to_tensor(uint8: np.ndarray) -> torch.Tensor:
 
 def run_cascade(cfg: BenchConfig, options: CascadeOptions, progress: bool = True) -> Path:
     """Base (guided) -> upsampler and -> bicubic for every guidance and scale; scored at 64 px."""
-    cfg.validate()
-    if options.upsampler_scale < 1 or options.steps < 1:
-        raise ValueError("--upsampler-scale must be >= 1 (1: unguided) and --upsample-steps >= 1")
+    preflight(cfg)
+    options.validate()
     device = checked_device(cfg.device)
     root = ZOO_DIR if cfg.model == "emoji" else Path(cfg.model)
     upsampler = Upsampler(Path(options.upsampler) if options.upsampler else root / UPSAMPLER_FILE, device)
+    upsampler.check_aug(options.aug)
     features_path = Path(options.features) if options.features else root / FEATURES_FILE
     if not features_path.is_file():
         raise ValueError(f"64 px feature network not found: {features_path}; train it with `python -m "
                          f"guidance.zoo.train_cond --models eval_classifier_64` or pass --cascade-features PATH")
     classifier = load_model(features_path, "eval_classifier", device)
-    bundle = load_bundle(cfg.model, device)
+    bundle = load_model(cfg.model, device)
     if bundle.sample_shape[-1] != upsampler.low:
         raise ValueError(f"the upsampler takes {upsampler.low} px, but {bundle.source} samples "
                          f"{bundle.sample_shape[-1]} px; pass a matching --upsampler")
@@ -124,8 +138,7 @@ def run_cascade(cfg: BenchConfig, options: CascadeOptions, progress: bool = True
     texts = [p.text for p in prompts.prompts]
     labels = np.array([p.label if p.label is not None else -1 for p in prompts.prompts])
     run_dir = prepare_output(cfg)
-    (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "task": "cascade", "cascade": vars(options)},
-                                                    indent=2))
+    (run_dir / "config.json").write_text(config_json({**cfg.to_dict(), "task": "cascade", "cascade": vars(options)}))
     real = real_statistics(classifier, device)
     clip = load_eval_clip(device=device)
     up_guidance = make_guidance("cfg", options.upsampler_scale) if options.upsampler_scale > 1 else make_guidance("none", 0.0)
@@ -173,6 +186,7 @@ def run_cascade(cfg: BenchConfig, options: CascadeOptions, progress: bool = True
     results = pd.DataFrame(rows)
     results.to_csv(run_dir / "results.csv", index=False)
     (run_dir / "report.md").write_text(report_markdown(results, cfg, options, run_dir))
+    release(run_dir)
     return run_dir
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from typing import Callable
 from pathlib import Path
@@ -14,7 +13,9 @@ from bench.analysis import analyse, load_per_sample
 from bench.cascade import CascadeOptions, run_cascade
 from bench.config import PRESETS, BenchConfig
 from bench.distributed import init_from_env, parse_shard
+from bench.failure import Parser, guarded
 from bench.inpaint import InpaintOptions, run_inpaint
+from bench.preflight import preflight
 from bench.metrics import per_image_columns
 from bench.prompts import builtin_prompt_sets
 from bench.report import build_report
@@ -40,11 +41,14 @@ def parse_floats(text: str, flag: str = "--scales") -> list[float]:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """'0,1,2': whole numbers only (1.5 is not silently run as seed 1)."""
+    """'0,1,2': whole numbers only (1.5 is not silently run as seed 1), at least one."""
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        seeds = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ValueError(f"bad --seeds {text!r}: seeds are whole numbers; use e.g. 0,1,2") from None
+    if not seeds:
+        raise ValueError(f"--seeds {text!r} lists no seeds; use e.g. 0,1,2 (or leave the flag out for the preset's)")
+    return seeds
 
 
 def parse_scales(text: str) -> dict[str, list[float]] | list[float]:
@@ -68,15 +72,8 @@ def parse_scales(text: str) -> dict[str, list[float]] | list[float]:
 
 def exit_on_bad_input(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
     """For `python -m bench.perf|limit`: bad input (a ValueError naming the problem and its fix) exits
-    with its one line instead of a traceback, as `python -m bench` does."""
-    @functools.wraps(main)
-    def wrapped(argv: list[str] | None = None) -> int:
-        try:
-            return main(argv)
-        except ValueError as err:
-            raise SystemExit(f"error: {err}") from None
-
-    return wrapped
+    with its one line and code 2 instead of a traceback, as `python -m bench` does (bench.failure)."""
+    return guarded(main, raises=True)
 
 
 def positive_int(text: str) -> int:
@@ -179,6 +176,33 @@ def add_edit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upsample-steps", type=positive_int, default=25, help="cascade: upsampler DDIM steps")
 
 
+INPAINT_FLAGS = ("masks", "mask_file", "inpaint_methods", "repaint", "edit_captions", "inpaint_model")
+CASCADE_FLAGS = ("upsampler", "cascade_features", "upsampler_scale", "upsample_aug", "upsample_steps")
+# what the editing task and the cascade do not read: they score with their own evaluators, in fp32, one process
+GENERATE_FLAGS = ("metrics", "features", "reference", "reference_images", "bootstrap", "clip_model", "clip_pretrained",
+                  "score_with_guiding_clip", "fid_inception_weights", "dinov2_weights", "dinov2_arch",
+                  "negative_prompt", "samples_per_prompt", "dtype", "channels_last", "compile", "cuda_graphs",
+                  "cudnn_benchmark", "autotune", "half_weights")
+
+
+def unused_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+    """The flags given (set away from their defaults) that the chosen task would ignore."""
+    task = "inpaint" if args.task == "inpaint" else "cascade" if args.cascade else "generate"
+    ignored = {"generate": INPAINT_FLAGS + CASCADE_FLAGS, "inpaint": CASCADE_FLAGS + GENERATE_FLAGS + ("prompts",),
+               "cascade": INPAINT_FLAGS + GENERATE_FLAGS}[task]
+    return [f"--{dest.replace('_', '-')}" for dest in ignored if getattr(args, dest) != parser.get_default(dest)]
+
+
+def check_task_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Refuse flags the chosen task would silently ignore (--mask-file without --task inpaint, ...)."""
+    unused = unused_flags(args, parser)
+    if unused:
+        task = "--task inpaint" if args.task == "inpaint" else "--cascade" if args.cascade else "text-to-image runs"
+        verb, it = ("does", "it") if len(unused) == 1 else ("do", "them")
+        raise ValueError(f"{', '.join(unused)} {verb} not apply to {task} and would be ignored; drop {it}, or choose "
+                         f"the task that reads {it} (--task inpaint, --cascade or neither)")
+
+
 def inpaint_options(args: argparse.Namespace) -> InpaintOptions:
     try:
         jump, resample = (int(v) for v in args.repaint.split(","))
@@ -198,7 +222,7 @@ def cascade_options(args: argparse.Namespace) -> CascadeOptions:
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     guidance = guidance_list(args.guidance)
-    scales = parse_scales(args.scales) if args.scales else {}
+    scales = parse_scales(args.scales) if args.scales is not None else {}
     if isinstance(scales, list):
         scales = {g: scales for g in guidance}
     every_prompt = args.prompt_limit == "all"
@@ -214,7 +238,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
                      clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
                      score_with_guiding_clip=args.score_with_guiding_clip or None,
                      fid_inception_weights=args.fid_inception_weights, out=args.out, run_id=args.run_id,
-                     seeds=parse_seeds(args.seeds) if args.seeds else None,
+                     seeds=parse_seeds(args.seeds) if args.seeds is not None else None,
                      metrics=[m.strip() for m in args.metrics.split(",")] if args.metrics else None,
                      features=[f.strip() for f in args.features.split(",") if f.strip()] if args.features else None,
                      dinov2_weights=args.dinov2_weights, dinov2_arch=args.dinov2_arch, reference=args.reference,
@@ -243,6 +267,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if (args.sampler or "").strip() == "list":
         print_sampler_list()
         return 0
+    check_task_flags(args, args.parser)
     cfg = config_from_args(args)
     if args.task == "inpaint" or args.cascade:
         if args.nproc > 1 or args.shard or (args.task == "inpaint" and args.cascade):
@@ -256,7 +281,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ValueError("--nproc and --shard both split the samples; use one: --nproc N on one machine, "
                          "--shard K/N for separate jobs")
     if args.nproc > 1:
-        cfg.validate()  # before launching N processes that would each fail the same way
+        preflight(cfg)  # before launching N processes that would each fail the same way
         return launch_torchrun(args.nproc, args.argv)
     shard = parse_shard(args.shard)
     run_dir = run_benchmark(cfg, shard=shard if shard.world > 1 else None)
@@ -328,8 +353,10 @@ def format_summary(run_dir: Path) -> str:
     return "\n".join(lines + [""] + verdict(analysis))
 
 
+@guarded
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description="Guidance-strategy benchmark for diffusion models")
+    """Exit codes (docs/running.md): 0 done, 2 bad input (one line naming the flag), 3 internal error."""
+    parser = Parser(prog="python -m bench", description="Guidance-strategy benchmark for diffusion models")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="sample and score a guidance x scale x seed grid")
     add_run_arguments(run)
@@ -346,12 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     lst.set_defaults(func=lambda a: cmd_list())
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    args.argv = argv
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    args.argv, args.parser = argv, run
+    return args.func(args)
 
 
 def cmd_list() -> int:

@@ -32,7 +32,9 @@ from bench.config import BenchConfig
 from bench.edit_metrics import RealStatistics, bootstrap, edge_energy, mean_interval, psnr_known
 from bench.emoji_prompts import emoji200, emoji_labels
 from bench.metrics import Reference, load_eval_classifier
-from bench.run import prepare_output
+from bench.lock import release
+from bench.preflight import preflight
+from bench.run import config_json, load_model, prepare_output
 from bench.store import to_hwc_uint8
 from guidance.accelerate import checked_device
 from guidance.bundle import ModelBundle
@@ -40,7 +42,6 @@ from guidance.denoisers import NetworkDenoiser
 from guidance.guiders import REGISTRY, make_guidance
 from guidance.inpaint import METHODS, Resampling, inpaint, nfe
 from guidance.masks import check_kinds, load_mask, masks_for
-from guidance.models import load_bundle
 from guidance.protocols import Conditions
 from guidance.samplers import sampler_spec
 from guidance.zoo.conditioned import inpaint_condition
@@ -237,13 +238,13 @@ def to_tensor(uint8: np.ndarray) -> torch.Tensor:
 
 def run_inpaint(cfg: BenchConfig, options: InpaintOptions, progress: bool = True) -> Path:
     """Sample (or resume) and score the editing grid; returns the run directory."""
-    cfg.validate()
+    preflight(cfg, options.mask_file)
     options.validate(cfg)
     if options.mask_file:
         load_mask(options.mask_file, 32)  # a bad mask file fails before anything loads
     device = checked_device(cfg.device)
     sources = edit_sources(cfg.prompt_limit or 20)
-    bundle = load_bundle(cfg.model, device)
+    bundle = load_model(cfg.model, device)
     check_bundle(bundle, sources)
     root = Path(options.inpaint_model) if options.inpaint_model else \
         (ZOO_DIR if cfg.model == "emoji" else Path(cfg.model)) / INPAINT_FILE
@@ -253,10 +254,10 @@ def run_inpaint(cfg: BenchConfig, options: InpaintOptions, progress: bool = True
         if needs is not None and bundle.guiding_models().get(needs) is None:
             raise ValueError(f"guidance {name!r} needs a {needs} model, which {bundle.source} does not have; drop it")
     run_dir = prepare_output(cfg)
-    (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "task": "inpaint", "inpaint": {
+    (run_dir / "config.json").write_text(config_json({**cfg.to_dict(), "task": "inpaint", "inpaint": {
         "masks": options.mask_kinds(), "methods": options.methods, "captions": options.captions,
         "repaint": [options.repaint.jump, options.repaint.resample], "mask_file": options.mask_file,
-        "inpaint_model": str(root) if model else None}}, indent=2))
+        "inpaint_model": str(root) if model else None}}))
     cells = edit_cells(cfg, options)
     # what the samples depend on: settings, sources, the sampling and guiding weights, and the inpainting model's
     settings = [cfg.sample_settings(), options.repaint.jump, options.repaint.resample, cfg.seeds, cfg.prompt_limit,
@@ -293,6 +294,7 @@ def run_inpaint(cfg: BenchConfig, options: InpaintOptions, progress: bool = True
     real.to_csv(run_dir / "real.csv", index=False)
     write_grids(run_dir, cells, sources, key, options)
     (run_dir / "report.md").write_text(report_markdown(pd.concat([summary, results]), real, cfg, options, run_dir))
+    release(run_dir)
     return run_dir
 
 

@@ -94,7 +94,7 @@ class Gathered(Metric):
         """Every process's rows; a process that scored nothing still sends one (empty) tensor."""
         empty = torch.zeros(0, self.width, dtype=self.row_dtype, device=self.device)
         self.rows = [torch.cat([empty, *self.rows])]
-        return self.compute()
+        return self.compute().reshape(-1, self.width)  # compute squeezes a single row's one value to a scalar
 
 
 class CLIPScore(Metric):
