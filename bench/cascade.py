@@ -29,7 +29,7 @@ from PIL import Image
 from bench.config import SCALE_RANGE, BenchConfig
 from bench.edit_metrics import RealStatistics, mean_interval
 from bench.lock import release
-from bench.preflight import preflight
+from bench.preflight import check_checkpoint, preflight
 from bench.run import config_json, load_model, prepare_output
 from bench.store import load_prompt_set, to_hwc_uint8
 from guidance.accelerate import checked_device
@@ -119,12 +119,14 @@ def run_cascade(cfg: BenchConfig, options: CascadeOptions, progress: bool = True
     options.validate()
     device = checked_device(cfg.device)
     root = ZOO_DIR if cfg.model == "emoji" else Path(cfg.model)
-    upsampler = Upsampler(Path(options.upsampler) if options.upsampler else root / UPSAMPLER_FILE, device)
-    upsampler.check_aug(options.aug)
+    upsampler_path = Path(options.upsampler) if options.upsampler else root / UPSAMPLER_FILE
     features_path = Path(options.features) if options.features else root / FEATURES_FILE
-    if not features_path.is_file():
-        raise ValueError(f"64 px feature network not found: {features_path}; train it with `python -m "
-                         f"guidance.zoo.train_cond --models eval_classifier_64` or pass --cascade-features PATH")
+    check_checkpoint(upsampler_path, "--upsampler", "conditioned_unet", "train it with `python -m "
+                     "guidance.zoo.train_cond --models upsampler` or pass --upsampler PATH")
+    check_checkpoint(features_path, "--cascade-features", "eval_classifier", "train it with `python -m "
+                     "guidance.zoo.train_cond --models eval_classifier_64` or pass --cascade-features PATH")
+    upsampler = Upsampler(upsampler_path, device)
+    upsampler.check_aug(options.aug)
     classifier = load_model(features_path, "eval_classifier", device)
     bundle = load_model(cfg.model, device)
     if bundle.sample_shape[-1] != upsampler.low:

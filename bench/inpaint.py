@@ -33,7 +33,7 @@ from bench.edit_metrics import RealStatistics, bootstrap, edge_energy, mean_inte
 from bench.emoji_prompts import emoji200, emoji_labels
 from bench.metrics import Reference, load_eval_classifier
 from bench.lock import release
-from bench.preflight import preflight
+from bench.preflight import check_checkpoint, preflight
 from bench.run import config_json, load_model, prepare_output
 from bench.store import to_hwc_uint8
 from guidance.accelerate import checked_device
@@ -243,11 +243,14 @@ def run_inpaint(cfg: BenchConfig, options: InpaintOptions, progress: bool = True
     if options.mask_file:
         load_mask(options.mask_file, 32)  # a bad mask file fails before anything loads
     device = checked_device(cfg.device)
+    root = Path(options.inpaint_model) if options.inpaint_model else \
+        (ZOO_DIR if cfg.model == "emoji" else Path(cfg.model)) / INPAINT_FILE
+    if "model" in options.methods:
+        check_checkpoint(root, "--inpaint-model", "conditioned_unet", "pass GLIDE-style inpainting model weights, or "
+                         "drop 'model' from --inpaint-methods")
     sources = edit_sources(cfg.prompt_limit or 20)
     bundle = load_model(cfg.model, device)
     check_bundle(bundle, sources)
-    root = Path(options.inpaint_model) if options.inpaint_model else \
-        (ZOO_DIR if cfg.model == "emoji" else Path(cfg.model)) / INPAINT_FILE
     model = InpaintModel(root, device) if "model" in options.methods else None
     for name in cfg.guidance:
         needs = REGISTRY[name][1]

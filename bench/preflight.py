@@ -19,7 +19,7 @@ from bench.config import BenchConfig
 from bench.evaluators.reference import check_features_file, reference_source
 from bench.store import load_prompt_set
 from guidance.sources import DIFFUSERS_PREFIX
-from guidance.zoo.store import CheckpointError
+from guidance.zoo.store import CheckpointError, read_metadata
 
 MAX_IMAGE_PIXELS = 8192 * 8192  # larger reference images are refused unread (a decompression bomb decodes to GiBs)
 MIN_REFERENCE = 2  # a covariance (FID) and a nearest neighbour (precision/recall) need two images at least
@@ -44,6 +44,18 @@ def preflight(cfg: BenchConfig, mask_file: str | None = None) -> None:
             check_pipeline_folder(Path(cfg.model[len(DIFFUSERS_PREFIX):]).expanduser(), cfg.batch_size)
         except CheckpointError as err:
             raise ValueError(f"--model {cfg.model}: {err}") from None
+
+
+def check_checkpoint(path: Path, flag: str, kind: str, fix: str) -> None:
+    """A zoo checkpoint a flag names (or defaults to): present, safetensors, of `kind` (its header only)."""
+    if not path.is_file():
+        raise ValueError(f"{flag} {path}: not found; {fix}")
+    try:
+        meta = read_metadata(path)
+    except CheckpointError as err:
+        raise ValueError(f"{flag} {path}: {err}") from None
+    if meta.get("kind") != kind:
+        raise ValueError(f"{flag} {path} holds a {meta.get('kind')!r} model, not a {kind!r} one; {fix}")
 
 
 def check_sample_count(cfg: BenchConfig, prompts: int) -> None:

@@ -261,13 +261,14 @@ def test_regress_refuses_a_malformed_baseline_before_the_gate_runs(baseline, mes
     assert message in err
 
 
-INPAINT_CASES = [(["--mask-file", "{c}/mask_bomb.png"], "mask file"), (["--mask-file", "{c}/mask_text.png"], "mask file"),
+INPAINT_CASES = [(["--mask-file", "{c}/mask_bomb.png"], "--mask-file"), (["--mask-file", "{c}/mask_text.png"], "--mask-file"),
                  (["--mask-file", "{c}/mask_big.png"], "mask file"), (["--mask-file", "{c}/missing.png"], "--mask-file"),
                  (["--repaint", "5"], "--repaint"), (["--masks", "circle"], "--masks"),
                  (["--inpaint-methods", ""], "--inpaint-methods"), (["--prompts", "emoji-all"], "--prompts"),
                  (["--metrics", "fid"], "--metrics"), (["--reference", "{c}/one"], "--reference"),
                  (["--upsample-aug", "3"], "--upsample-aug"), (["--seeds", "-5"], "--seeds"),
-                 (["--inpaint-model", "{c}/text.safetensors", "--inpaint-methods", "model"], "text.safetensors")]
+                 (["--inpaint-model", "{c}/text.safetensors", "--inpaint-methods", "model"], "--inpaint-model"),
+                 (["--inpaint-model", "{c}/one_row.safetensors", "--inpaint-methods", "model"], "--inpaint-model")]
 
 
 @pytest.mark.parametrize("argv, flag", INPAINT_CASES, ids=[" ".join(a)[:50] for a, _ in INPAINT_CASES])
@@ -279,8 +280,9 @@ def test_inpaint_refuses_bad_input_before_sampling(argv, flag, corpus, tmp_path,
 
 CASCADE_CASES = [(["--upsampler-scale", "nan"], "--upsampler-scale"), (["--upsampler-scale", "inf"], "--upsampler-scale"),
                  (["--upsampler-scale", "0.5"], "--upsampler-scale"), (["--upsample-aug", "100000"], "--upsample-aug"),
-                 (["--upsample-aug", "-1"], "--upsample-aug"), (["--upsampler", "{c}/text.safetensors"], "text.safetensors"),
-                 (["--upsampler", "{c}/missing.safetensors"], "missing.safetensors"),
+                 (["--upsample-aug", "-1"], "--upsample-aug"), (["--upsampler", "{c}/text.safetensors"], "--upsampler"),
+                 (["--upsampler", "{c}/missing.safetensors"], "--upsampler"),
+                 (["--upsampler", "{c}/neither.safetensors"], "--upsampler"),
                  (["--cascade-features", "{c}/missing.safetensors"], "--cascade-features"),
                  (["--mask-file", "{c}/mask_text.png"], "--mask-file"), (["--negative-prompt", "blurry"], "--negative-prompt"),
                  (["--prompts", "{c}/prompts_nested.json"], "--prompts")]
