@@ -15,8 +15,8 @@ from bench.config import PRESETS, BenchConfig
 from bench.distributed import init_from_env, parse_shard
 from bench.failure import Parser, guarded
 from bench.inpaint import InpaintOptions, run_inpaint
-from bench.preflight import preflight
 from bench.metrics import per_image_columns
+from bench.preflight import preflight
 from bench.prompts import builtin_prompt_sets
 from bench.report import build_report
 from bench.run import merge_shards, run_benchmark
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="sample and score a guidance x scale x seed grid")
     add_run_arguments(run)
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func=cmd_run, parser=run)  # the parser: its defaults tell which flags were given
     report = sub.add_parser("report", help="rebuild a report from saved run directories")
     report.add_argument("runs", nargs="+")
     report.add_argument("--out", default=None)
@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     lst.set_defaults(func=lambda a: cmd_list())
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    args.argv, args.parser = argv, run
+    args.argv = argv
     return args.func(args)
 
 

@@ -35,6 +35,11 @@ def preflight(cfg: BenchConfig, mask_file: str | None = None) -> None:
     check_reference(cfg.reference, cfg.reference_images)
     if mask_file is not None:
         check_image(Path(mask_file), "--mask-file")
+    if cfg.model != "emoji" and not cfg.model.startswith(DIFFUSERS_PREFIX):
+        fix = "pass 'emoji', a directory of zoo checkpoints (unet.safetensors, ...) or diffusers:PATH"
+        if not Path(cfg.model).is_dir():
+            raise ValueError(f"--model {cfg.model}: model directory not found; {fix}")
+        check_checkpoint(Path(cfg.model) / "unet.safetensors", "--model", "unet", fix)
     if cfg.model.startswith(DIFFUSERS_PREFIX):
         try:  # the optional diffusers extra; load_bundle names the missing package if it is absent
             from guidance.sources.components import check_pipeline_folder

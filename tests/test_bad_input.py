@@ -171,8 +171,10 @@ def broken_pipeline(pipeline: Path, tmp_path: Path, damage: str) -> Path:
     elif damage == "unet-entry":
         index = json.loads((root / "model_index.json").read_text())
         (root / "model_index.json").write_text(json.dumps({**index, "unet": []}))
-    elif damage == "scheduler":
-        (root / "scheduler" / "scheduler_config.json").write_text('{"_class_name": ')
+    elif damage.startswith("scheduler"):
+        text = {"scheduler": '{"_class_name": ', "scheduler-list": "[]", "scheduler-nested": nested_json(),
+                "scheduler-class": '{"_class_name": "os.system"}'}[damage]
+        (root / "scheduler" / "scheduler_config.json").write_text(text)
     elif damage == "truncated":
         unet_weights.write_bytes(unet_weights.read_bytes()[:1000])
     elif damage == "not-safetensors":
@@ -196,7 +198,7 @@ def sd_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_pipeline(tmp_path_factory.mktemp("sd"), "sd", guiding_clip=False)
 
 
-DAMAGE = ["index-list", "unet-entry", "scheduler", "truncated", "not-safetensors", "bin-only", "empty-tokenizer",
+DAMAGE = ["index-list", "unet-entry", "scheduler", "scheduler-list", "scheduler-nested", "scheduler-class", "truncated", "not-safetensors", "bin-only", "empty-tokenizer",
           "wrong-network", "size-huge", "size-negative"]
 
 
