@@ -37,13 +37,17 @@ def lock_path(run_dir: Path, shard: Shard) -> Path:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host (a zombie, ended but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True  # it runs, under another user
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux): signal 0 reached it
 
 
 @dataclass

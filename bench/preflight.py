@@ -81,13 +81,13 @@ def check_output(out: str, run_id: str | None) -> None:
             break
         existing = existing.parent
     if not existing.is_dir():
-        raise ValueError(f"--out {out}: {existing} is not a directory, so the run directory cannot be made there; "
-                         f"choose another --out")
+        raise ValueError(f"--out {out} is not writable: {existing} is not a directory; choose another --out")
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as err:
-        raise ValueError(f"--out {out}: {existing} is not writable ({err.strerror}); choose another --out") from None
+        raise ValueError(f"--out {out} is not writable: {existing} refuses new files ({err.strerror}); choose another "
+                         f"--out") from None
 
 
 def check_reference(path: str | None, images: str | None) -> None:

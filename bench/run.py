@@ -284,6 +284,8 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
     preflight(cfg)
     shard = shard or init_from_env(cfg.device)
     progress = progress and shard.is_main
+    cfg = agree_on_run_id(cfg, shard)
+    run_dir = prepare_output(cfg, shard)  # locked before the models load: a second process is refused at once
     prompts = load_prompt_set(cfg)
     if progress and cfg.prompt_limit is not None and len(prompts) == cfg.prompt_limit:
         print(f"prompts: the first {cfg.prompt_limit} of {prompts.name} (--prompt-limit N or all to change)")
@@ -294,8 +296,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
     check_compatible(cfg, prompts, bundle)
     check_scorers(cfg, device)
     bundle.accelerate(cfg.acceleration(), device, DTYPES[cfg.dtype])
-    cfg = replace(agree_on_run_id(cfg, shard), model_fingerprint=bundle.fingerprint())
-    run_dir = prepare_output(cfg, shard)
+    cfg = replace(cfg, model_fingerprint=bundle.fingerprint())
     check_keeps_samples(run_dir, cfg)
     if shard.is_main or not shard.launched:  # every independent shard job: any of them may start first
         write_atomic(run_dir / "config.json", config_json(cfg.to_dict()))
