@@ -7,7 +7,6 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 

@@ -10,7 +10,6 @@ because prompt sets come from users and may hold markup.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import json
