@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from dataclasses import fields
 from typing import Callable
@@ -12,10 +11,12 @@ from pathlib import Path
 import pandas as pd
 
 from bench.analysis import analyse, load_per_sample
-from bench.config import PRESETS, BenchConfig
-from bench.flags import add_field_arguments, field_values
+from bench.config import DEFAULT_TASK, PRESETS, BenchConfig, task_fields
+from bench.flags import add_field_arguments, field_values, flag_name
 from bench.distributed import init_from_env, parse_shard
 from bench.evaluators.registry import declared_columns, per_image_columns
+from bench.failure import Parser, guarded
+from bench.preflight import preflight
 from bench.prompts import builtin_prompt_sets
 from bench.report import build_report
 from bench.run import merge_shards, run_benchmark
@@ -24,22 +25,14 @@ from guidance.accelerate import add_arguments as add_acceleration_arguments
 from guidance.guiders import available_guidance
 from guidance.models import model_sampler
 from guidance.process import SCHEDULES
-from guidance.rng import NOISE_MODES
 from guidance.samplers import SAMPLERS
 from guidance.sources.schedule import SCHEDULER_OF
 
 
 def exit_on_bad_input(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
     """For `python -m bench.perf|limit`: bad input (a ValueError naming the problem and its fix) exits
-    with its one line instead of a traceback, as `python -m bench` does."""
-    @functools.wraps(main)
-    def wrapped(argv: list[str] | None = None) -> int:
-        try:
-            return main(argv)
-        except ValueError as err:
-            raise SystemExit(f"error: {err}") from None
-
-    return wrapped
+    with its one line and code 2 instead of a traceback, as `python -m bench` does (bench.failure)."""
+    return guarded(main, raises=True)
 
 
 def positive_int(text: str) -> int:
@@ -97,11 +90,23 @@ def cascade_alias(args: argparse.Namespace, overrides: dict) -> None:
     overrides["task"] = "cascade"
 
 
+def check_task_options(overrides: dict) -> None:
+    """Refuse options of another task (--mask-file without --task inpaint, ...): they would be ignored."""
+    task = overrides.get("task", DEFAULT_TASK)
+    unused = [flag_name(name) for name, tasks in task_fields().items() if name in overrides and task not in tasks]
+    if unused:
+        verb, it = ("does", "it") if len(unused) == 1 else ("do", "them")
+        owners = sorted({t for name in unused for t in task_fields()[name[2:].replace("-", "_")]})
+        raise ValueError(f"{', '.join(unused)} {verb} not apply to --task {task} and would be ignored; drop {it}, or "
+                         f"run the task that reads {it} (--task {' or '.join(owners)})")
+
+
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     """The config the flags ask for: each field given on the command line, the preset's or the field's
     default otherwise (a --scales list applies to every method; --prompt-limit all lifts the preset's)."""
     overrides = field_values(args, fields(BenchConfig))
     cascade_alias(args, overrides)
+    check_task_options(overrides)
     preset = overrides.pop("preset", "quick")
     guidance = overrides.setdefault("guidance", ["cfg"])
     if isinstance(overrides.get("scales"), list):
@@ -141,7 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ValueError("--nproc and --shard both split the samples; use one: --nproc N on one machine, "
                          "--shard K/N for separate jobs")
     if args.nproc > 1:
-        cfg.validate()  # before launching N processes that would each fail the same way
+        preflight(cfg)  # before launching N processes that would each fail the same way
         return launch_torchrun(args.nproc, args.argv)
     shard = parse_shard(args.shard)
     run_dir = run_benchmark(cfg, shard=shard if shard.world > 1 else None)
@@ -211,12 +216,14 @@ def format_summary(run_dir: Path) -> str:
     return "\n".join(lines + [""] + verdict(analysis))
 
 
+@guarded
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description="Guidance-strategy benchmark for diffusion models")
+    """Exit codes (docs/running.md): 0 done, 2 bad input (one line naming the flag), 3 internal error."""
+    parser = Parser(prog="python -m bench", description="Guidance-strategy benchmark for diffusion models")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="sample and score a guidance x scale x seed grid")
     add_run_arguments(run)
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func=cmd_run, parser=run)  # the parser: its defaults tell which flags were given
     report = sub.add_parser("report", help="rebuild a report from saved run directories")
     report.add_argument("runs", nargs="+")
     report.add_argument("--out", default=None)
@@ -230,11 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return args.func(args)
 
 
 def cmd_list() -> int:

@@ -7,9 +7,10 @@ import hashlib
 import inspect
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from bench.evaluators import DINOV2_ARCH, FEATURE_NETS, default_metrics, metric_names
 from bench.flags import comma_list, flag_of, option, parse_prompt_limit, parse_repaint, parse_scales, parse_seeds
@@ -23,6 +24,8 @@ from guidance.samplers import SAMPLERS
 from guidance.sources import DIFFUSERS_PREFIX
 
 SCALE_RANGE = (0.0, 1000.0)
+SEED_LIMIT = 2**63  # seeds are drawn in [0, 2^63): larger ones wrap in the generator and repeat a seed set
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,127}")  # a directory name on every file system, shell-safe
 
 PRESETS: dict[str, dict[str, Any]] = {
     # finishes in about 2 minutes on a 2-core CPU for `--guidance cfg`, and still shows the trade-off
@@ -230,17 +233,17 @@ class BenchConfig:
                              f"(comma-separated, or 'all')")
         extra = set(self.scales) - set(self.guidance) - set(REGISTRY if every else ())
         if extra:
-            raise ValueError(f"scales given for {sorted(extra)}, which is not in --guidance {self.guidance}")
+            raise ValueError(f"--scales given for {sorted(extra)}, which is not in --guidance {self.guidance}")
         for g, scales in ({} if every else self.scale_grid()).items():
             if not scales:
                 raise ValueError(f"no scales for {g!r}; give at least one, e.g. --scales {g}=1,3,6")
             repeated = sorted({s for s in scales if scales.count(s) > 1})
             if repeated:
-                raise ValueError(f"scale(s) {repeated} for {g!r} given twice: a repeated scale repeats a row and "
+                raise ValueError(f"--scales: scale(s) {repeated} for {g!r} given twice: a repeated scale repeats a row and "
                                  f"its samples; list each scale once")
             for s in scales:
                 if not math.isfinite(s) or not SCALE_RANGE[0] <= s <= SCALE_RANGE[1]:
-                    raise ValueError(f"scale {s} for {g!r} is out of range; use finite values in "
+                    raise ValueError(f"--scales: scale {s} for {g!r} is out of range; use finite values in "
                                      f"[{SCALE_RANGE[0]:g}, {SCALE_RANGE[1]:g}]")
         if not 1 <= self.steps <= num_timesteps:
             raise ValueError(f"--steps {self.steps} is out of range; use 1..{num_timesteps}")
@@ -258,14 +261,17 @@ class BenchConfig:
                                  f"{', '.join(n for n, s in SAMPLERS.items() if 'eta' in s.options)}")
             if not 0.0 <= self.eta <= 1.0:
                 raise ValueError(f"--eta {self.eta} is out of range; use [0, 1]")
-        if self.negative_prompt is not None and not self.negative_prompt.strip():
-            raise ValueError("--negative-prompt is empty; leave the flag out to use the null caption")
+        if self.negative_prompt is not None:
+            check_text(self.negative_prompt, "--negative-prompt")
         if self.samples_per_prompt < 1 or self.batch_size < 1:
             raise ValueError("--samples-per-prompt and --batch-size must be at least 1")
         if self.prompt_limit is not None and self.prompt_limit < 1:
             raise ValueError(f"--prompt-limit {self.prompt_limit} is out of range; use a positive count or 'all'")
         if not self.seeds:
             raise ValueError("--seeds needs at least one seed (two or more for confidence intervals)")
+        outside = [s for s in self.seeds if not 0 <= s < SEED_LIMIT]
+        if outside:
+            raise ValueError(f"--seeds {outside[0]} is out of range; seeds are whole numbers in [0, 2^63)")
         repeated = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
         if repeated:
             raise ValueError(f"--seeds repeats {repeated}: a repeated seed set redraws the same samples and "
@@ -282,10 +288,9 @@ class BenchConfig:
         if self.score_with_guiding_clip and self.clip_model:
             raise ValueError("--score-with-guiding-clip scores with the guiding CLIP, so --clip-model and "
                              "--clip-pretrained would go unused; give one or the other")
-        if self.run_id is not None and (not self.run_id.strip() or Path(self.run_id).name != self.run_id
-                                        or self.run_id in (".", "..")):
-            raise ValueError(f"--run-id {self.run_id!r} is not a plain directory name (it names a path); "
-                             f"use a name without '/', e.g. {Path(self.run_id).name or 'my-run'!r}")
+        if self.run_id is not None and not RUN_ID.fullmatch(self.run_id):
+            raise ValueError(f"--run-id {self.run_id!r} is not a plain directory name; use up to 128 letters, digits "
+                             f"and . _ + = - (not starting with . or -), e.g. my-run-1")
         if self.clip_model and not self.clip_pretrained:
             raise ValueError(f"--clip-model {self.clip_model} needs --clip-pretrained PATH (a local file; "
                              f"nothing is downloaded)")
@@ -329,3 +334,42 @@ class BenchConfig:
 def task_fields() -> dict[str, tuple[str, ...]]:
     """Each task-specific field and the tasks it applies to (from its flag's declaration)."""
     return {f.name: flag.tasks for f in fields(BenchConfig) if (flag := flag_of(f)) is not None and flag.tasks}
+
+
+def check_text(text: str, flag: str) -> None:
+    """Text from the command line, held to a prompt file's rules: valid UTF-8 (Python keeps invalid bytes of
+    argv as lone surrogates), no NUL byte, not empty."""
+    if not text.strip():
+        raise ValueError(f"{flag} is empty; leave the flag out to use the null caption")
+    bad = next((i for i, c in enumerate(text) if "\ud800" <= c <= "\udfff"), None)
+    if bad is not None:
+        raise ValueError(f"{flag} is not valid UTF-8 (byte {ord(text[bad]) & 0xFF:#04x} at character {bad}); "
+                         f"pass UTF-8 text")
+    if "\0" in text:
+        raise ValueError(f"{flag} holds a NUL byte at character {text.index(chr(0))}; remove it")
+
+
+def fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a field's type hint (int, float, str, bool, None, list[...], dict[str, ...])."""
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (Union, UnionType):
+        return any(fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list) and all(fits(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(fits(k, args[0]) and fits(v, args[1]) for k, v in value.items())
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def misfit_fields(data: dict[str, Any]) -> list[str]:
+    """The fields of saved settings (a run's config.json) whose values do not fit BenchConfig's types."""
+    hints = get_type_hints(BenchConfig)
+    return [name for name, value in data.items() if name in hints and not fits(value, hints[name])]

@@ -75,9 +75,7 @@ def field_values(args: argparse.Namespace, config_fields: tuple[Field, ...]) -> 
         if value is None or value is False and flag is not None and flag.switch == "on":
             continue
         if flag is not None and flag.parse is not None:
-            if not value:  # an empty list flag (--metrics "") is as if not given
-                continue
-            value = flag.parse(value)
+            value = flag.parse(value)  # an empty list (--seeds '') is refused by its parser, not taken as unset
         values[f.name] = value
     return values
 
@@ -94,11 +92,14 @@ def parse_floats(text: str, flag: str = "--scales") -> list[float]:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """'0,1,2': whole numbers only (1.5 is not silently run as seed 1)."""
+    """'0,1,2': whole numbers only (1.5 is not silently run as seed 1), at least one."""
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        seeds = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ValueError(f"bad --seeds {text!r}: seeds are whole numbers; use e.g. 0,1,2") from None
+    if not seeds:
+        raise ValueError(f"--seeds {text!r} lists no seeds; use e.g. 0,1,2 (or leave the flag out for the preset's)")
+    return seeds
 
 
 def parse_scales(text: str) -> dict[str, list[float]] | list[float]:

@@ -25,6 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.cli import exit_on_bad_input, positive_int, positive_ints
 from bench.perf import method_list, timed, timed_side_by_side
+from bench.failure import Parser
 from guidance.accelerate import HALF, Acceleration, add_arguments, autocast_context, checked_device, compile_report, from_args
 from guidance.denoisers import NetworkDenoiser
 from guidance.guiders import guidance_class, make_guidance
@@ -280,7 +281,7 @@ def benchmark(config: str, guidance: list[str], batches: list[int], steps: int, 
 
 @exit_on_bad_input
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=sorted(CONFIGS), default="glide-base")
     parser.add_argument("--guidance", default="cfg,classifier,clip")
     parser.add_argument("--batches", type=positive_ints, default="1,16,64")

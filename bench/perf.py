@@ -24,6 +24,7 @@ import torch
 
 from bench.cli import exit_on_bad_input, positive_int
 from bench.evaluators import CLIPScore, ScoringBatch
+from bench.failure import Parser
 from bench.metrics import DomainFeatures, load_eval_classifier
 from guidance.accelerate import add_arguments, autocast_context, checked_device, from_args
 from guidance.guiders import REGISTRY, guidance_class, make_guidance
@@ -262,7 +263,7 @@ def method_list(text: str, valid: Iterable[str]) -> list[str]:
 
 @exit_on_bad_input
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--guidance", default="none,cfg,classifier,clip")
     parser.add_argument("--batch", type=positive_int, default=16)
     parser.add_argument("--steps", type=positive_int, default=10)

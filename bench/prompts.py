@@ -214,6 +214,8 @@ def _iter_jsonl(path: Path, text: str) -> Iterator[Prompt]:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise PromptFileError(path, number, f"invalid JSON ({e.msg})", "write one JSON object per line") from None
+        except RecursionError:
+            raise PromptFileError(path, number, "JSON nested too deeply to read", "write one flat JSON object per line") from None
         if not isinstance(record, dict):
             raise PromptFileError(
                 path, number, f"expected a JSON object, got {type(record).__name__}",
@@ -234,6 +236,8 @@ def _iter_coco_json(path: Path, text: str) -> Iterator[Prompt]:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise PromptFileError(path, e.lineno, f"invalid JSON ({e.msg})", "fix the JSON syntax") from None
+    except RecursionError:
+        raise PromptFileError(path, 1, "JSON nested too deeply to read", "use a COCO captions file's flat layout") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("annotations"), list):
         raise PromptFileError(
             path, 1, 'not a COCO captions file (no "annotations" list)',

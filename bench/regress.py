@@ -24,6 +24,7 @@ import pandas as pd
 
 from bench.config import BenchConfig
 from bench.evaluators.registry import higher_is_better
+from bench.failure import Parser, guarded, one_line
 from bench.run import run_benchmark
 
 BASELINE = Path(__file__).parent / "data" / "regress_baseline.json"
@@ -78,13 +79,36 @@ def update(reason: str) -> dict:
     return baseline
 
 
+def load_baseline(path: Path) -> dict:
+    """The committed baseline, its shape checked before the gate spends minutes measuring."""
+    fix = "restore it (git checkout bench/data/regress_baseline.json) or re-measure it with `invoke regress --update --reason ...`"
+    if not path.is_file():
+        raise ValueError(f"no baseline at {path}; create it with `invoke regress --update --reason ...`")
+    try:
+        baseline = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as err:
+        raise ValueError(f"baseline {path} is not valid JSON ({one_line(err)[:120]}); {fix}") from None
+    cells = baseline.get("cells") if isinstance(baseline, dict) else None
+    if not isinstance(cells, dict) or not cells:
+        raise ValueError(f"baseline {path} has no \"cells\" object of gated cells; {fix}")
+    for key, metrics in cells.items():
+        entries = metrics.values() if isinstance(metrics, dict) else [None]
+        for ref in entries:
+            numbers = [ref.get(k) for k in ("baseline", "tolerance")] if isinstance(ref, dict) else [None]
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers) \
+                    or not isinstance(ref.get("higher_is_better"), bool):
+                raise ValueError(f"baseline {path}: cell {key!r} needs per metric a finite \"baseline\" and "
+                                 f"\"tolerance\" and a boolean \"higher_is_better\"; {fix}")
+    return baseline
+
+
 def check(baseline: dict) -> tuple[list[dict], bool]:
     results = measure([GATE_SEED])
     rows, ok = [], True
     for _, row in results.iterrows():
         key = cell_key(row)
         if key not in baseline["cells"]:
-            raise SystemExit(f"cell {key} is not in the baseline {BASELINE}; run `invoke regress --update --reason ...`")
+            raise ValueError(f"cell {key} is not in the baseline {BASELINE}; run `invoke regress --update --reason ...`")
         for metric, ref in baseline["cells"][key].items():
             now = float(row[metric])
             drop = (ref["baseline"] - now) if ref["higher_is_better"] else (now - ref["baseline"])
@@ -95,8 +119,9 @@ def check(baseline: dict) -> tuple[list[dict], bool]:
     return rows, ok
 
 
+@guarded
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--update", action="store_true", help="re-measure the baseline and its tolerances")
     parser.add_argument("--reason", default=None, help="why the baseline changes (required with --update)")
     args = parser.parse_args(argv)
@@ -107,10 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         baseline = update(args.reason)
         print(f"baseline written to {BASELINE} ({baseline['tolerance_method']})")
         return 0
-    if not BASELINE.exists():
-        print(f"error: no baseline at {BASELINE}; create it with `invoke regress --update --reason ...`", file=sys.stderr)
-        return 2
-    rows, ok = check(json.loads(BASELINE.read_text()))
+    rows, ok = check(load_baseline(BASELINE))
     table = pd.DataFrame(rows)
     with pd.option_context("display.width", 120, "display.float_format", "{:.4g}".format):
         print(table.to_string(index=False))

@@ -10,13 +10,11 @@ because prompt sets come from users and may hold markup.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import json
 import math
 import re
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from PIL import Image
 
 from bench.analysis import SET_METRICS, Analysis, analyse, best_cells, load_per_sample
 from bench.config import DEFAULT_TASK
+from bench.failure import Parser, guarded
 from bench.report_format import format_number, format_scale, metric_name, percent_metric
 from bench.report_compare import compare_grids_html
 from bench.evaluators import FEATURE_NETS, METRICS
@@ -831,19 +830,15 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     return index
 
 
+@guarded
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: build the report of one or several runs and print the index path."""
-    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m bench.report", description=__doc__.splitlines()[0])
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories (reports/<run-id>)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output directory (default: the run dir, or reports/compare-<timestamp>)")
     args = parser.parse_args(argv)
-    try:
-        index = build_report(args.run_dirs, args.out)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(index)
+    print(build_report(args.run_dirs, args.out))
     return 0
 
 

@@ -22,9 +22,12 @@ from typing import Any, Callable, Iterator
 import torch
 
 from bench.analysis import write_analysis
-from bench.config import ALL, BenchConfig
+from bench.config import ALL, BenchConfig, misfit_fields
 from bench.distributed import Shard, init_from_env, local_device
 from bench.emoji_prompts import emoji_labels
+from bench.failure import loading, note_run_dir, one_line
+from bench.lock import hold, release
+from bench.preflight import check_sample_count, preflight
 from bench.prompts import PromptSet
 from bench.scoring import applicable_metrics, check_scorers, score_cells, scorer_label
 from bench.store import Cell, Expected, SampleStore, write_atomic
@@ -35,6 +38,7 @@ from guidance.guiders import REGISTRY, Guidance, MethodContext, guidance_class, 
 from guidance.models import load_bundle
 from guidance.protocols import Conditions, Perturbable
 from guidance.samplers import renoising_samplers, sampler_spec
+from guidance.zoo.store import CheckpointError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -45,8 +49,9 @@ def default_run_id(cfg: BenchConfig) -> str:
     return f"{datetime.now():%Y%m%d-%H%M%S}-{methods}"
 
 
-def prepare_output(cfg: BenchConfig) -> Path:
-    """Create and probe the run directory before any sampling, so a bad --out fails at once."""
+def prepare_output(cfg: BenchConfig, shard: Shard = Shard()) -> Path:
+    """Create and probe the run directory before any sampling, and hold its lock (bench.lock) for this
+    process's launch and shard until the process ends: a second run on the same directory is refused."""
     run_id = cfg.run_id or default_run_id(cfg)
     run_dir = Path(cfg.out) / run_id
     try:
@@ -56,7 +61,26 @@ def prepare_output(cfg: BenchConfig) -> Path:
         probe.unlink()
     except OSError as err:
         raise ValueError(f"output directory {run_dir} is not writable ({err.strerror}); choose another with --out") from err
+    hold(run_dir, shard)
+    note_run_dir(run_dir)
     return run_dir
+
+
+def config_json(data: dict[str, Any]) -> str:
+    """config.json's text: strict JSON (a NaN or infinity is refused, never written as invalid JSON)."""
+    try:
+        return json.dumps(data, indent=2, allow_nan=False)
+    except ValueError as err:
+        raise ValueError(f"the run's settings hold a non-finite number ({err}); give finite values") from None
+
+
+def load_model(spec: str, device: torch.device, sampler: str | None = None) -> ModelBundle:
+    """The --model bundle; a library's error while loading it becomes one line naming the model."""
+    try:
+        with loading("--model", spec, "check that the folder holds the model's files as saved (docs/diffusers.md)"):
+            return load_bundle(spec, device, sampler)
+    except CheckpointError as err:
+        raise ValueError(f"--model {spec}: {err}") from None
 
 
 def check_keeps_samples(run_dir: Path, cfg: BenchConfig) -> None:
@@ -135,10 +159,7 @@ def check_compatible(cfg: BenchConfig, prompts: PromptSet, bundle: ModelBundle) 
         if bad is not None:
             raise ValueError(f"prompt set {prompts.name!r}: label {bad.label} of {bad.text!r} is out of range "
                              f"0..{classes - 1} ({what}); fix the label column, or {drop}")
-    if ("fid" in cfg.metrics or "kid" in cfg.metrics) and len(prompts) * cfg.samples_per_prompt < 2:
-        raise ValueError(f"FID and KID need at least 2 samples per cell, and {len(prompts)} prompt(s) x "
-                         f"{cfg.samples_per_prompt} sample(s) per prompt make {len(prompts) * cfg.samples_per_prompt}; "
-                         f"raise --prompt-limit or --samples-per-prompt, or drop fid/kid from --metrics")
+    check_sample_count(cfg, len(prompts))
 
 
 def label_limits(cfg: BenchConfig, bundle: ModelBundle, prompts: PromptSet) -> dict[tuple[str, str], int]:
@@ -263,27 +284,28 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
     from tqdm.auto import tqdm
 
     started = time.time()
-    cfg.validate()
+    preflight(cfg)
     task = make_task(cfg)
     task.validate()
     shard = shard or init_from_env(cfg.device)
     progress = progress and shard.is_main
+    cfg = agree_on_run_id(cfg, shard)
+    run_dir = prepare_output(cfg, shard)  # locked before the models load: a second process is refused at once
     prompts = task.prompt_set()
     if progress and cfg.prompt_limit is not None and len(prompts) == cfg.prompt_limit:
         print(f"prompts: the first {cfg.prompt_limit} of {prompts.name} (--prompt-limit N or all to change)")
     device = checked_device(local_device(cfg.device))
-    bundle = load_bundle(cfg.model, device, cfg.sampler)
+    bundle = load_model(cfg.model, device, cfg.sampler)
     cfg = applicable_guidance(cfg, prompts, bundle, note=print if progress else lambda _: None)
     cfg = applicable_metrics(cfg, bundle.domain, note=print if progress else lambda _: None, task=cfg.task)
     check_compatible(cfg, prompts, bundle)
     check_scorers(cfg, device)
     task.prepare(bundle, device)
     bundle.accelerate(cfg.acceleration(), device, DTYPES[cfg.dtype])
-    cfg = replace(agree_on_run_id(cfg, shard), model_fingerprint=bundle.fingerprint())
-    run_dir = prepare_output(cfg)
+    cfg = replace(cfg, model_fingerprint=bundle.fingerprint())
     check_keeps_samples(run_dir, cfg)
     if shard.is_main or not shard.launched:  # every independent shard job: any of them may start first
-        write_atomic(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
+        write_atomic(run_dir / "config.json", config_json(cfg.to_dict()))
     n = len(prompts) * cfg.samples_per_prompt
     cells = task.cells()
     bar = tqdm(total=n * len(cells), desc="sampling", unit="img", disable=not progress, dynamic_ncols=True)
@@ -314,8 +336,11 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
     bar.close()
     if not shard.launched and shard.world > 1:
         print(f"shard {shard.rank}/{shard.world} sampled; when every shard is done: python -m bench merge {run_dir}")
+        release(run_dir)
         return run_dir
-    return finish_run(cfg, task, run_dir, cells, bundle, device, shard, time.time() - started, n, progress, shard.world)
+    finish_run(cfg, task, run_dir, cells, bundle, device, shard, time.time() - started, n, progress, shard.world)
+    release(run_dir)
+    return run_dir
 
 
 def finish_run(cfg: BenchConfig, task: Task, run_dir: Path, cells: list[Cell], bundle: ModelBundle, device: torch.device,
@@ -338,15 +363,25 @@ def load_run_config(run_dir: Path) -> BenchConfig:
         raise ValueError(f"{run_dir} is not a run directory (no config.json); pass the directory the --shard jobs "
                          f"wrote into (--out/--run-id)")
     try:
-        data = json.loads(path.read_text())
-    except ValueError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); restore it (every shard job writes the same file)") from None
+        data = json.loads(path.read_text(), parse_constant=refuse_constant)
+    except (ValueError, RecursionError) as err:
+        raise ValueError(f"{path} is not valid JSON ({one_line(err)[:120]}); restore it (every shard job writes the "
+                         f"same file)") from None
     known = {f.name for f in fields(BenchConfig)}
     unknown = sorted(set(data) - known) if isinstance(data, dict) else ["(not an object)"]
     if unknown:
         raise ValueError(f"{path} has keys this version does not know: {unknown}; it comes from another version of "
                          f"the suite or was edited: merge with that version, or remove them")
+    misfits = misfit_fields(data)
+    if misfits:
+        raise ValueError(f"{path}: {', '.join(misfits)} hold(s) values of the wrong type ({json.dumps(data[misfits[0]])[:60]}); "
+                         f"restore the file (every shard job writes the same one)")
     return BenchConfig(**data)
+
+
+def refuse_constant(name: str) -> float:
+    """json's hook for NaN and Infinity, which strict JSON (and config.json) never holds."""
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def merge_shards(run_dir: Path, progress: bool = True) -> Path:
@@ -358,7 +393,7 @@ def merge_shards(run_dir: Path, progress: bool = True) -> Path:
     prompts = task.prompt_set()
     n = len(prompts) * cfg.samples_per_prompt
     device = torch.device(cfg.device if cfg.device == "cpu" or torch.cuda.is_available() else "cpu")
-    bundle = load_bundle(cfg.model, device, cfg.sampler)
+    bundle = load_model(cfg.model, device, cfg.sampler)
     check_keeps_samples(Path(run_dir), replace(cfg, model_fingerprint=bundle.fingerprint()))
     cells = task.cells()
     for cell in cells:

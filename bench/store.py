@@ -55,7 +55,11 @@ def grid_cells(cfg: BenchConfig, variants: Sequence[tuple[str, ...]] = ((),)) ->
 
 
 def load_prompt_set(cfg: BenchConfig) -> PromptSet:
-    return load_prompts(cfg.prompts, limit=cfg.prompt_limit)
+    """The run's prompts; a refusal names the flag (--prompts) before the file's own message."""
+    try:
+        return load_prompts(cfg.prompts, limit=cfg.prompt_limit)
+    except ValueError as err:
+        raise ValueError(f"--prompts {err}") from None
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -116,11 +117,16 @@ def load_mask(path: str | Path, size: int) -> Tensor:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            grey = np.asarray(image.convert("L"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if image.size != (size, size):  # checked on the header: a huge image is never decoded
+                    raise ValueError(f"mask file {path} is {image.size[0]}x{image.size[1]} pixels but samples are "
+                                     f"{size}x{size}; resize the mask to {size}x{size}")
+                grey = np.asarray(image.convert("L"))
     except FileNotFoundError:
         raise ValueError(f"mask file {path} not found; pass an existing black-and-white image") from None
-    except (UnidentifiedImageError, OSError):
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ValueError(f"mask file {path} is not an image PIL can read; pass a PNG of {size}x{size} "
                          f"(white = regenerate, black = keep)") from None
     hole = torch.from_numpy(grey.astype(np.float32) / 255.0)

@@ -13,6 +13,7 @@ from torch import nn
 
 from bench.config import BenchConfig
 from bench.evaluators import CLIPScore, LabelAccuracy, ScoringBatch
+from bench.evaluators.base import Gathered
 from bench.metrics import DomainFeatures, Throughput
 from bench.stats import mean_ci, pareto_front, summarize
 
@@ -73,6 +74,17 @@ def test_domain_features_see_uint8_images_in_minus_one_to_one():
 
     DomainFeatures(Probe())(torch.tensor([[[[0, 255]]]], dtype=torch.uint8))
     torch.testing.assert_close(seen[0], torch.tensor([[[[-1.0, 1.0]]]]))
+
+
+@pytest.mark.parametrize("rows", [0, 1, 2])
+def test_gathered_keeps_its_rows_two_dimensional(rows):
+    """A one-prompt cell scores one image: torchmetrics squeezes a single value to a 0-d tensor, which scoring
+    then indexed as [n, 1] (IndexError after all the sampling)."""
+    bank = Gathered(1)
+    if rows:
+        bank.update(torch.arange(rows, dtype=torch.float32).unsqueeze(1))
+    out = bank.gathered()
+    assert out.shape == (rows, 1) and out[:, 0].tolist() == list(range(rows))
 
 
 def test_throughput_adds_work_and_takes_the_slowest_process_time():

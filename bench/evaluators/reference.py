@@ -108,19 +108,60 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def coco_image_files(captions: Path, images: Path) -> list[Path]:
-    """The images a COCO captions json names (each once, in file order), under its image folder."""
-    doc = json.loads(captions.read_text())
-    names = [img.get("file_name") for img in doc.get("images") or [] if isinstance(img, dict)]
-    names = list(dict.fromkeys(n for n in names if n))
+    """The images a COCO captions json names (each once, in file order), under its image folder: the json's
+    shape checked, and every file_name confined to the folder (an absolute or ../ name is refused)."""
+    flag = f"--reference {captions}"
+    try:
+        doc = json.loads(captions.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{flag}: not UTF-8 text ({err.reason}); pass a COCO captions json") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{flag}: invalid JSON at line {err.lineno} ({err.msg}); pass a COCO captions json") from None
+    except RecursionError:
+        raise ValueError(f"{flag}: JSON nested too deeply to read; pass a COCO captions json") from None
+    entries = doc.get("images") if isinstance(doc, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ValueError(f"{flag}: not a COCO captions json (it needs an object with an \"images\" list of "
+                         f"{{\"id\", \"file_name\"}} objects); pass one, or a folder of images")
+    bad = next((e.get("file_name") for e in entries if e.get("file_name") is not None
+                and not isinstance(e.get("file_name"), str)), None)
+    if bad is not None:
+        raise ValueError(f"{flag}: file_name {bad!r} is not text; give each image's file name as a string")
+    names = list(dict.fromkeys(e["file_name"] for e in entries if e.get("file_name")))
     if not names:
-        raise ValueError(f"--reference {captions}: its \"images\" list names no file_name; pass a COCO captions "
+        raise ValueError(f"{flag}: its \"images\" list names no file_name; pass a COCO captions "
                          f"json with its images, or a folder of images")
+    root = images.resolve()
+    outside = next((n for n in names if "\0" in n or not (root / n).resolve().is_relative_to(root)), None)
+    if outside is not None:
+        raise ValueError(f"{flag}: file_name {outside!r} points outside --reference-images {images}; file names "
+                         f"must be relative paths inside that folder")
     missing = [n for n in names if not (images / n).is_file()]
     if missing:
-        raise ValueError(f"--reference {captions}: {len(missing)} of its {len(names)} images are not in "
+        raise ValueError(f"{flag}: {len(missing)} of its {len(names)} images are not in "
                          f"--reference-images {images} (e.g. {missing[0]}); point --reference-images at the folder "
                          f"that holds them (e.g. val2017/)")
     return [images / n for n in names]
+
+
+def check_features_file(path: Path, minimum: int) -> None:
+    """A features/statistics --reference read from its header (and its sample count): it must hold
+    `features` of `minimum` rows or more, or `sum`, `cov_sum` and `num_samples`."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            keys = set(f.keys())
+            rows = f.get_slice("features").get_shape()[0] if "features" in keys else None
+            count = int(f.get_tensor("num_samples")) if "num_samples" in keys else rows
+    except (SafetensorError, OSError, RuntimeError, ValueError, TypeError) as err:
+        raise ValueError(f"--reference {path}: not a readable .safetensors file ({str(err)[:100]}); pass a features "
+                         f"file written by the bench, or a folder of images") from None
+    if "features" not in keys and not {"sum", "cov_sum", "num_samples"} <= keys:
+        raise ValueError(f"--reference {path}: holds neither `features` nor `sum`/`cov_sum`/`num_samples` (it has "
+                         f"{', '.join(sorted(keys)) or 'no tensors'}); pass a features file written by the bench, or "
+                         f"a folder of images")
+    if count is None or count < minimum:
+        raise ValueError(f"--reference {path}: statistics of {count} image(s); FID's covariance and precision/recall "
+                         f"need at least {minimum}; pass a larger reference")
 
 
 @dataclass
@@ -132,6 +173,7 @@ class ReferenceSource:
     batches: Callable[[FeatureNet], Iterator[Tensor]]  # uint8 [N, 3, H, W] batches for a network, fixed order
     files: dict[str, Path] = field(default_factory=dict)  # network name -> features file used as it is
     file: Path | None = None  # a features/statistics file for whichever network
+    images: list[Path] = field(default_factory=list)  # the image files of a folder or COCO reference
 
     def check(self, nets: list[str]) -> None:
         """A features file must be of the networks the run uses (named in its metadata), checked unread."""
@@ -225,7 +267,7 @@ def reference_source(path: str | None, images: str | None = None) -> ReferenceSo
             raise ValueError(f"--reference {path}: the folder holds no images ({', '.join(IMAGE_SUFFIXES)}); "
                              f"pass a folder of reference images, a COCO captions json, or a features .safetensors")
         return ReferenceSource(f"folder:{p}", lambda: folder_digest("folder", files, p),
-                               lambda net: file_batches(files, net))
+                               lambda net: file_batches(files, net), images=files)
     if not p.is_file():
         raise ValueError(f"--reference {path}: not found; pass a folder of images, a COCO captions json with "
                          f"--reference-images DIR, or a features .safetensors")
@@ -237,6 +279,6 @@ def reference_source(path: str | None, images: str | None = None) -> ReferenceSo
             raise ValueError(f"--reference-images {folder}: not a folder; pass the folder of the COCO images")
         files = coco_image_files(p, folder)
         return ReferenceSource(f"coco:{p}", lambda: folder_digest(f"coco:{file_digest(p)}", files, folder),
-                               lambda net: file_batches(files, net))
+                               lambda net: file_batches(files, net), images=files)
     raise ValueError(f"--reference {path}: unknown kind ({p.suffix or 'no suffix'}); pass a folder of images, a "
                      f"COCO captions .json (with --reference-images DIR), or a features .safetensors")

@@ -15,6 +15,8 @@ area-downsampled, against the 32 px sample it came from (bench.evaluators.consis
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Iterator
 
@@ -23,11 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.config import BenchConfig
+from bench.config import BenchConfig, SCALE_RANGE
 from bench.evaluators.base import FeatureNet
 from bench.evaluators.consistency import ConsistencyPSNR
 from bench.evaluators.reference import ReferenceSource
 from bench.store import Cell, to_hwc_uint8
+from bench.preflight import check_checkpoint
 from bench.tasks.base import Evaluators, SampledBatch, Task
 from bench.tasks.registry import register_task
 from guidance.bundle import ModelBundle
@@ -111,11 +114,20 @@ class Cascade(Task):
         return Path(self.cfg.cascade_features) if self.cfg.cascade_features else self.root() / FEATURES_FILE
 
     def validate(self) -> None:
-        if self.cfg.upsampler_scale < 1 or self.cfg.upsample_steps < 1:
-            raise ValueError("--upsampler-scale must be >= 1 (1: unguided) and --upsample-steps >= 1")
-        if not self.features_path().is_file():
-            raise ValueError(f"64 px feature network not found: {self.features_path()}; train it with `python -m "
-                             f"guidance.zoo.train_cond --models eval_classifier_64` or pass --cascade-features PATH")
+        """The options' numbers and the two checkpoints' headers, before anything loads (NaN compares false
+        and would pass a bound)."""
+        cfg = self.cfg
+        if not math.isfinite(cfg.upsampler_scale) or not 1 <= cfg.upsampler_scale <= SCALE_RANGE[1]:
+            raise ValueError(f"--upsampler-scale {cfg.upsampler_scale} is out of range; use a finite scale in "
+                             f"[1, {SCALE_RANGE[1]:g}] (1: unguided)")
+        if cfg.upsample_aug < 0:
+            raise ValueError(f"--upsample-aug {cfg.upsample_aug} is out of range; use a timestep of 0 or more")
+        if cfg.upsample_steps < 1:
+            raise ValueError(f"--upsample-steps {cfg.upsample_steps} is out of range; use 1 or more")
+        check_checkpoint(self.upsampler_path(), "--upsampler", "conditioned_unet", "train it with `python -m "
+                         "guidance.zoo.train_cond --models upsampler` or pass --upsampler PATH")
+        check_checkpoint(self.features_path(), "--cascade-features", "eval_classifier", "train it with `python -m "
+                         "guidance.zoo.train_cond --models eval_classifier_64` or pass --cascade-features PATH")
 
     def variants(self) -> list[tuple[str, ...]]:
         return [(stage,) for stage in STAGES]

@@ -28,6 +28,7 @@ from bench.evaluators.psnr import PSNRKnown
 from bench.evaluators.seam import SeamScore
 from bench.prompts import Prompt, PromptSet
 from bench.store import Cell, Expected, to_hwc_uint8
+from bench.preflight import check_checkpoint, check_image
 from bench.tasks.base import SampledBatch, Task
 from bench.tasks.registry import register_task
 from guidance.bundle import ModelBundle
@@ -123,12 +124,16 @@ class Inpaint(Task):
         if cfg.mask_file is None:
             check_kinds(cfg.masks)
         else:
-            load_mask(cfg.mask_file, 32)  # a bad mask file fails before anything loads
+            check_image(Path(cfg.mask_file), "--mask-file")  # opened, verified and size-bounded
+            load_mask(cfg.mask_file, 32)
         bad = [c for c in cfg.edit_captions if c not in CAPTIONS]
         if bad or not cfg.edit_captions:
             raise ValueError(f"unknown caption kind(s) {bad or cfg.edit_captions}; valid: {', '.join(CAPTIONS)}")
         if len(cfg.repaint) != 2:
             raise ValueError(f"bad --repaint {cfg.repaint}: give jump length and resample count, e.g. 5,2")
+        if "model" in cfg.inpaint_methods:
+            check_checkpoint(self.model_path(), "--inpaint-model", "conditioned_unet", "pass GLIDE-style inpainting "
+                             "model weights, or drop 'model' from --inpaint-methods")
 
     @property
     def sources(self) -> EditSources:

@@ -51,18 +51,20 @@ def read_index(root: Path) -> tuple[str, dict[str, Any]]:
     if not index_path.is_file():
         raise CheckpointError(f"{root} has no model_index.json, so it is not a diffusers pipeline folder; pass the "
                               f"folder save_pretrained wrote ({LAYOUT})")
-    try:
-        index = json.loads(index_path.read_text())
-    except ValueError as err:
-        raise CheckpointError(f"{index_path} is not valid JSON ({err}); restore it from the pipeline's source") from None
+    index = read_json(index_path, "restore it from the pipeline's source")
     name = str(index.get("_class_name"))
     if name not in FAMILIES:
         raise CheckpointError(f"{root} holds a {name}, which the suite has no adapter for; supported: "
                               f"{', '.join(FAMILIES)}")
     family, required = FAMILIES[name]
+    for component, entry in index.items():
+        if (component in required or isinstance(entry, list)) and not is_entry(entry):
+            raise CheckpointError(f"{index_path}: \"{component}\" is {json.dumps(entry)[:60]}, not [library, class] "
+                                  f"(e.g. [\"diffusers\", \"UNet2DConditionModel\"]) or [null, null]; restore it "
+                                  f"from the pipeline's source")
     for component in required:
         entry = index.get(component)
-        if not isinstance(entry, list) or entry[0] is None or not (root / component).is_dir():
+        if not is_entry(entry) or entry[0] is None or not (root / component).is_dir():
             raise CheckpointError(f"{root} lacks its {component}/ component (a {name} needs {', '.join(required)}); "
                                   f"save the whole pipeline with save_pretrained, or copy {component}/ from its source")
     for component in WEIGHTED:
@@ -70,6 +72,25 @@ def read_index(root: Path) -> tuple[str, dict[str, Any]]:
         if isinstance(index.get(component), list) and index[component][0] is not None and folder.is_dir():
             check_weights(folder)
     return family, index
+
+
+def is_entry(entry: Any) -> bool:
+    """A model_index.json component: [library, class] names, or [null, null] for one left out."""
+    return (isinstance(entry, list) and len(entry) == 2
+            and all(isinstance(v, str) for v in entry) or entry == [None, None])
+
+
+def read_json(path: Path, fix: str) -> dict[str, Any]:
+    """A JSON object from a pipeline's config file, or one line naming the file and `fix`."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as err:
+        raise CheckpointError(f"{path} cannot be read ({err.strerror}); {fix}") from None
+    except (ValueError, RecursionError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({str(err)[:100] or type(err).__name__}); {fix}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(data).__name__}, not an object of settings; {fix}")
+    return data
 
 
 def check_weights(folder: Path) -> None:

@@ -26,6 +26,7 @@ from guidance.denoisers import NetworkDenoiser
 from guidance.process import Process
 from guidance.protocols import Conditions, cond_where
 from guidance.sources import GUIDING_CLIP, GUIDING_CLIP_SPEC
+from guidance.sources.components import check_pipeline_folder
 from guidance.sources.families import NETS, FamilyNet
 from guidance.sources.folder import null_components, read_index
 from guidance.sources.schedule import pipeline_process
@@ -212,10 +213,16 @@ def load_diffusers(path: str | os.PathLike, device: torch.device | str = "cpu", 
     """Load a local pipeline folder (every refusal before any weight is read, one line with the fix). The
     default trajectory is that of diffusers' scheduler for `sampler` (None: the folder's own scheduler)."""
     root = Path(path).expanduser()
+    check_pipeline_folder(root)
     family, index = read_index(root)
-    with offline():
-        pipe = diffusers.DiffusionPipeline.from_pretrained(str(root), local_files_only=True, use_safetensors=True,
-                                                           **null_components(index))
+    try:
+        with offline():
+            pipe = diffusers.DiffusionPipeline.from_pretrained(str(root), local_files_only=True, use_safetensors=True,
+                                                               **null_components(index))
+    except (OSError, RuntimeError, OverflowError, KeyError, TypeError, ValueError, AttributeError) as err:
+        detail = " ".join(str(err).split())[:200] or type(err).__name__
+        raise CheckpointError(f"diffusers cannot load the pipeline folder {root} ({type(err).__name__}: {detail}); "
+                              f"re-save it with save_pretrained(DIR, safe_serialization=True)") from None
     pipe.set_progress_bar_config(disable=True)
     check_shapes(family, pipe, root)
     pipe.to(device)

@@ -62,7 +62,7 @@ def scheduler_sampler(config: Path) -> str | None:
     None where the file is missing or unreadable (loading the folder then names the problem)."""
     try:
         name = json.loads(config.read_text()).get("_class_name")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return None
     return sampler_for(str(name))
 
