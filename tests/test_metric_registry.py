@@ -15,7 +15,6 @@ from bench.evaluators import registry
 from bench.evaluators.psnr import PSNRKnown, psnr_known
 from bench.evaluators.registry import NEEDS, register_metric
 from bench.evaluators.seam import SeamScore, edge_energy
-from test_metrics_units import _scored_run
 
 
 def test_every_registered_metric_declares_a_complete_contract():
@@ -83,14 +82,14 @@ def brightness():
     del registry.METRICS["brightness"]
 
 
-def test_a_metric_registered_in_one_module_flows_through_scoring_and_the_summary(tmp_path, brightness):
+def test_a_metric_registered_in_one_module_flows_through_scoring_and_the_summary(tmp_path, brightness, scored_run):
     """The toy metric is named nowhere else: the config accepts it, scoring writes its per-image column and
     its mean, and the seed-set summary, labels and directions know it."""
     from bench.scoring import score_cells
     from bench.stats import summarize
     from bench.store import to_hwc_uint8
 
-    cfg, cell, images, _, _ = _scored_run(tmp_path, ["brightness", "clip_score"])
+    cfg, cell, images, _, _ = scored_run(["brightness", "clip_score"])
     scores = score_cells(cfg, tmp_path / "r", [cell], torch.device("cpu"), progress=False)
     expected = torch.from_numpy(to_hwc_uint8(images)).double().mean((1, 2, 3)) / 255
     assert scores.per_sample["brightness"].to_numpy() == pytest.approx(expected.numpy(), rel=1e-6)

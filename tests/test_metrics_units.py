@@ -258,34 +258,7 @@ def test_seed_sets_draw_independent_streams():
             assert not torch.equal(draws[keys[a]], draws[keys[b]]), (keys[a], keys[b])
 
 
-def _scored_run(tmp_path, metrics: list[str], n_prompts: int = 3, per_prompt: int = 2, batch_size: int = 2):
-    """A run directory holding one merged cell of blocky random images, with prompts whose labels are the
-    evaluation classifier's own predictions for their first sample (so accuracy is 1 with the right mapping)."""
-    from bench.config import BenchConfig
-    from bench.metrics import load_eval_classifier
-    from bench.store import Expected, SampleStore, grid_cells, load_prompt_set
-
-    g = torch.Generator().manual_seed(0)
-    firsts = torch.rand(n_prompts, 3, 8, 8, generator=g) * 2 - 1
-    firsts = firsts.repeat_interleave(4, 2).repeat_interleave(4, 3)
-    with torch.no_grad():
-        predicted = load_eval_classifier().heads(firsts)[0].argmax(-1).tolist()
-    images = torch.cat([firsts[k:k + 1] + 0.02 * j / per_prompt for k in range(n_prompts) for j in range(per_prompt)])
-    prompts = tmp_path / "p.csv"
-    captions = ["red apple", "rocket", "grinning face", "flag: Japan", "dog face"][:n_prompts]
-    prompts.write_text("prompt,label\n" + "".join(f"{t},{y}\n" for t, y in zip(captions, predicted)))
-    cfg = BenchConfig.from_preset("tiny", guidance=["cfg"], scales={"cfg": [3.0]}, prompts=str(prompts),
-                                  samples_per_prompt=per_prompt, seeds=[0], batch_size=batch_size, metrics=metrics,
-                                  out=str(tmp_path), run_id="r")
-    expected = Expected.of(load_prompt_set(cfg), n_prompts * per_prompt, per_prompt)
-    cell = grid_cells(cfg)[0]
-    store = SampleStore.of(cfg, tmp_path / "r", cell)
-    store.write_batch(list(range(len(images))), images, expected)
-    store.merge(expected)
-    return cfg, cell, images, expected, predicted
-
-
-def test_scoring_pairs_each_sample_with_its_own_caption_and_label_across_chunks(tmp_path):
+def test_scoring_pairs_each_sample_with_its_own_caption_and_label_across_chunks(tmp_path, scored_run):
     """Two samples per prompt, scored in chunks of 2: CLIP score, accuracy and FID equal one pass over all
     images with sample i conditioned on prompt i // 2 (a chunk scored against the first chunk's captions, a
     label looked up by i mod prompts, or float images fed to the uint8 FID path all showed here)."""
@@ -293,7 +266,7 @@ def test_scoring_pairs_each_sample_with_its_own_caption_and_label_across_chunks(
     from bench.store import to_hwc_uint8
     from bench.scoring import make_scorer, score_cells
 
-    cfg, cell, images, expected, predicted = _scored_run(tmp_path, ["fid", "clip_score", "accuracy"])
+    cfg, cell, images, expected, predicted = scored_run(["fid", "clip_score", "accuracy"])
     assert len(set(predicted)) == 3, "the prompts' labels must differ for the mapping to matter"
     row = score_cells(cfg, tmp_path / "r", [cell], torch.device("cpu"), progress=False).results.iloc[0]
     assert row["acc_identity"] == 1.0
@@ -306,12 +279,12 @@ def test_scoring_pairs_each_sample_with_its_own_caption_and_label_across_chunks(
     assert row["fid"] == pytest.approx(float(fid.compute()), rel=1e-4)
 
 
-def test_kid_subsets_do_not_depend_on_the_global_random_state(tmp_path):
+def test_kid_subsets_do_not_depend_on_the_global_random_state(tmp_path, scored_run):
     """Past 100 samples KID draws random subsets: from a fixed seed, so reruns (and process counts) agree
     whatever ran before."""
     from bench.scoring import score_cells
 
-    cfg, cell, *_ = _scored_run(tmp_path, ["kid"], n_prompts=3, per_prompt=40, batch_size=32)
+    cfg, cell, *_ = scored_run(["kid"], n_prompts=3, per_prompt=40, batch_size=32)
     torch.manual_seed(1)
     first = score_cells(cfg, tmp_path / "r", [cell], torch.device("cpu"), progress=False).results.iloc[0]["kid_mean"]
     torch.manual_seed(2)
@@ -332,13 +305,13 @@ def test_score_chunks_of_ranks_in_rank_order_are_the_whole_file_in_order(n, size
     assert single[0][0] == 0 and single[-1][1] == n
 
 
-def test_per_sample_rows_pair_each_image_with_its_prompt_and_give_the_cell_means(tmp_path):
+def test_per_sample_rows_pair_each_image_with_its_prompt_and_give_the_cell_means(tmp_path, scored_run):
     """per_sample.csv: one row per image with its global index and prompt position; its clip_score and
     accuracy columns average to the results row; set metrics get bootstrap intervals and diversity appears
     with two samples per prompt."""
     from bench.scoring import score_cells
 
-    cfg, cell, images, expected, predicted = _scored_run(tmp_path, ["fid", "kid", "clip_score", "accuracy", "prdc",
+    cfg, cell, images, expected, predicted = scored_run(["fid", "kid", "clip_score", "accuracy", "prdc",
                                                                     "diversity"], n_prompts=3, per_prompt=2)
     cfg = dataclasses.replace(cfg, bootstrap=30)
     scores = score_cells(cfg, tmp_path / "r", [cell], torch.device("cpu"), progress=False)
