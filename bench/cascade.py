@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors import safe_open
 
 from bench.config import BenchConfig
 from bench.edit_metrics import RealStatistics, mean_interval
@@ -40,9 +41,11 @@ from guidance.samplers import sample
 from guidance.zoo.conditioned import upsample_condition
 from guidance.zoo.emoji_data import build_emoji_dataset
 from guidance.zoo.load import ZOO_DIR, load_conditioned, load_eval_clip, load_model, sampling_process, training_process
+from guidance.zoo.store import file_sha256
 from guidance.zoo.text import CaptionTokenizer
 
 UPSAMPLER_FILE, FEATURES_FILE = "upsampler.safetensors", "eval_classifier_64.safetensors"
+REFERENCE_64 = ZOO_DIR / "reference_features_64.safetensors"  # rendered_features(), committed
 AUG_STREAM = 0xA06  # seed offset of the augmentation noise's per-sample streams
 UPSAMPLE_STREAM = 0x0B5  # seed offset of the upsampler's sampling noise
 
@@ -126,7 +129,7 @@ def run_cascade(cfg: BenchConfig, options: CascadeOptions, progress: bool = True
     run_dir = prepare_output(cfg)
     (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "task": "cascade", "cascade": vars(options)},
                                                     indent=2))
-    real = real_statistics(classifier, device)
+    real = real_statistics(classifier, features_path, device)
     clip = load_eval_clip(device=device)
     up_guidance = make_guidance("cfg", options.upsampler_scale) if options.upsampler_scale > 1 else make_guidance("none", 0.0)
     up_sigmas = upsampler.process.sigmas(options.steps)
@@ -177,11 +180,28 @@ def run_cascade(cfg: BenchConfig, options: CascadeOptions, progress: bool = True
 
 
 @torch.no_grad()
-def real_statistics(classifier: torch.nn.Module, device: torch.device) -> RealStatistics:
+def rendered_features(classifier: torch.nn.Module, device: torch.device) -> torch.Tensor:
+    """The 64 px network's features of every 64 px render (needs the emoji fonts)."""
     dataset = build_emoji_dataset(int(classifier.config.image_size), progress=False)
     images = to_tensor(dataset.images)
-    feats = torch.cat([classifier.features(c.to(device)) for c in images.split(256)]).double().cpu().numpy()
-    return RealStatistics(feats)
+    return torch.cat([classifier.features(c.to(device)) for c in images.split(256)]).float().cpu()
+
+
+def real_statistics(classifier: torch.nn.Module, features_path: Path, device: torch.device) -> RealStatistics:
+    """From the committed features when they are of this network's weights, else from the renders."""
+    committed = committed_features(features_path)
+    feats = committed if committed is not None else rendered_features(classifier, device)
+    return RealStatistics(feats.double().numpy())
+
+
+def committed_features(features_path: Path) -> torch.Tensor | None:
+    """REFERENCE_64's features if it was computed with the weights at `features_path`, else None."""
+    if not REFERENCE_64.is_file():
+        return None
+    with safe_open(str(REFERENCE_64), "pt") as f:
+        if (f.metadata() or {}).get("weights_sha256") != file_sha256(features_path):
+            return None
+        return f.get_tensor("features")
 
 
 @torch.no_grad()

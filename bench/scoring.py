@@ -25,7 +25,7 @@ from bench.distributed import Shard
 from bench.emoji_prompts import emoji_labels
 from bench.evaluators import FEATURE_NETS, PER_NETWORK, SET_METRICS, PromptDiversity, column
 from bench.evaluators.base import FeatureNet, check_readable, file_digest, load_state_dict_file
-from bench.evaluators.clip import CLIPNet
+from bench.evaluators.clip import CLIPNet, clip_fingerprint
 from bench.evaluators.dinov2 import DINOv2Net
 from bench.evaluators.domain import DomainNet
 from bench.evaluators.inception import InceptionNet
@@ -79,6 +79,12 @@ def scorer_weights_id(cfg: BenchConfig) -> str:
     if cfg.clip_model:
         return f"open_clip:{cfg.clip_model}:{file_digest(cfg.clip_pretrained)}"
     return f"zoo:{file_digest(ZOO_DIR / 'eval_clip.safetensors')}"
+
+
+def run_reference_source(cfg: BenchConfig) -> ReferenceSource:
+    """The run's reference, told which CLIP embeds it (the zoo's committed features serve only that one)."""
+    clip = clip_fingerprint(scorer_weights_id(cfg)) if "clip" in net_names(cfg) else None
+    return reference_source(cfg.reference, cfg.reference_images, clip)
 
 
 def needs_clip(cfg: BenchConfig) -> bool:
@@ -164,7 +170,7 @@ def check_scorers(cfg: BenchConfig, device: torch.device) -> None:
             detail = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
             raise ValueError(f"{flags}: cannot load ({detail}); {fix}") from err
     if net_names(cfg):  # a missing, empty or mismatched reference fails here
-        reference_source(cfg.reference, cfg.reference_images).check(net_names(cfg))
+        run_reference_source(cfg).check(net_names(cfg))
 
 
 def my_chunks(n: int, size: int, shard: Shard) -> list[tuple[int, int]]:
@@ -237,7 +243,7 @@ class Evaluation:
         self.classifier = load_eval_classifier(device=device)
         self.scorer = make_scorer(cfg, device) if needs_clip(cfg) else None
         self.nets = {name: make_net(name, cfg, device, self.classifier, self.scorer) for name in net_names(cfg)}
-        self.source: ReferenceSource | None = reference_source(cfg.reference, cfg.reference_images) if self.nets else None
+        self.source: ReferenceSource | None = run_reference_source(cfg) if self.nets else None
         self._references: dict[str, Reference] = {}
         labels = emoji_labels()
         self.subgroup_of = torch.tensor(labels["identity_subgroup"])

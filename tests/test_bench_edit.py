@@ -54,7 +54,6 @@ def tiny_zoo(tmp_path_factory) -> Path:
     return root
 
 
-@needs_dataset
 def test_edit_sources_pair_each_emoji_with_another_of_its_subgroup():
     sources = edit_sources(6)
     assert sources.images.shape == (6, 3, 32, 32)
@@ -63,7 +62,6 @@ def test_edit_sources_pair_each_emoji_with_another_of_its_subgroup():
 
 
 @pytest.mark.slow
-@needs_dataset
 def test_tiny_editing_run(tiny_zoo, tmp_path):
     cfg = BenchConfig.from_preset("tiny", guidance=["cfg"], scales={"cfg": [3.0]}, prompt_limit=3, seeds=[0],
                                   steps=3, batch_size=4, model=str(tiny_zoo), out=str(tmp_path), run_id="edit")
