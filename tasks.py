@@ -98,6 +98,7 @@ def train(c, models=None, budget=600, steps=None, batch=None, device=None, small
                   out=out, run_dir=run_dir, init_from=init_from)
     c.run(f"{PY} -m guidance.zoo.train {args}")
     c.run(f"{PY} -m guidance.zoo.reference {_flags(data=data, out=out)}")
+    c.run(f"{PY} -m bench.zoo_reference {_flags(out=out)}")
     c.run(f"{PY} -m bench.cards {_flags(out=out)}")
 
 

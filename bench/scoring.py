@@ -27,6 +27,7 @@ from bench.distributed import Shard
 from bench.emoji_prompts import emoji_labels
 from bench.evaluators import FEATURE_NETS, METRICS, FeatureNet, PerImageMetric, ScoringBatch, SetMetric, column
 from bench.evaluators.base import CellSet, Gathered, check_readable, file_digest, load_state_dict_file
+from bench.evaluators.clip import clip_fingerprint
 from bench.evaluators.reference import Reference, ReferenceSource, reference_source
 from bench.evaluators.registry import bounds, directions, selected
 from bench.metrics import Throughput, load_eval_classifier
@@ -72,6 +73,11 @@ def make_scorer(cfg: BenchConfig, device: torch.device) -> EvalCLIPScorer:
     return load_eval_clip(device=device, arch=cfg.clip_model, pretrained=cfg.clip_pretrained)
 
 
+def feature_net(name: str, cfg: BenchConfig, device: torch.device) -> FeatureNet:
+    """One registered feature network, built as scoring builds it (what bench.zoo_reference embeds with)."""
+    return FEATURE_NETS[name].build(ScoringResources(cfg, device))
+
+
 def scorer_weights_id(cfg: BenchConfig) -> str:
     """What the CLIP scorer's embeddings depend on: keys its cached reference embeddings."""
     if cfg.score_with_guiding_clip:
@@ -80,6 +86,12 @@ def scorer_weights_id(cfg: BenchConfig) -> str:
     if cfg.clip_model:
         return f"open_clip:{cfg.clip_model}:{file_digest(cfg.clip_pretrained)}"
     return f"zoo:{file_digest(ZOO_DIR / 'eval_clip.safetensors')}"
+
+
+def run_reference_source(cfg: BenchConfig) -> ReferenceSource:
+    """The run's reference, told which CLIP embeds it (the zoo's committed features serve only that one)."""
+    clip = clip_fingerprint(scorer_weights_id(cfg)) if "clip" in net_names(cfg) else None
+    return reference_source(cfg.reference, cfg.reference_images, clip)
 
 
 def net_names(cfg: BenchConfig) -> list[str]:
@@ -203,7 +215,7 @@ def check_scorers(cfg: BenchConfig, device: torch.device) -> None:
             detail = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
             raise ValueError(f"{flags}: cannot load ({detail}); {fix}") from err
     if net_names(cfg):  # a missing, empty or mismatched reference fails here
-        reference_source(cfg.reference, cfg.reference_images).check(net_names(cfg))
+        run_reference_source(cfg).check(net_names(cfg))
 
 
 def my_chunks(n: int, size: int, shard: Shard) -> list[tuple[int, int]]:
@@ -273,7 +285,7 @@ class Evaluation(ScoringResources):
         self.nets: dict[str, FeatureNet] = {name: FEATURE_NETS[name].build(self) for name in net_names(cfg)}
         self.source: ReferenceSource | None = None
         if self.nets:
-            self.source = own.reference if own else reference_source(cfg.reference, cfg.reference_images)
+            self.source = own.reference if own else run_reference_source(cfg)
         self._references: dict[str, Reference] = {}
 
     def reference(self, net: str) -> Reference:

@@ -3,6 +3,7 @@
     python scripts/plant_bugs.py                       # golden tests vs the core bugs
     python scripts/plant_bugs.py --suite gate          # the CI quality gate vs its bugs
     python scripts/plant_bugs.py --suite methods       # tests/guiders vs bugs in the newer methods' formulas
+    python scripts/plant_bugs.py --suite paths         # the loop's own x_T and inpainting's replacement draw
 
 Each mutation is a literal text replacement that must match exactly once, so a refactor that
 silently disarms a mutation fails loudly here instead.
@@ -56,6 +57,13 @@ MUTATIONS = {
     # APG-mix switching by the wrong side of sigma (APG first, CFG late)
     "apg-mix-phase-flipped": ("guidance/guiders/apg_mix.py", "return sigma > self.sigma_switch",
                               "return sigma <= self.sigma_switch"),
+    # the loop's own x_T left at unit scale (a VE model's prior is sigma_max)
+    "initial-noise-unscaled": ("guidance/samplers/loop.py", "x = x * scale", "x = x * 1.0"),
+    # training-free inpainting's replacement drawn at the step's old level, or with sigma for s
+    "replacement-old-level": ("guidance/inpaint.py", "noised(known, levels[to], known_noise.randn(shape))",
+                              "noised(known, levels[frm], known_noise.randn(shape))"),
+    "replacement-sigma-for-s": ("guidance/inpaint.py", "return known * level.alpha + noise * level.s",
+                                "return known * level.alpha + noise * level.sigma"),
 }
 SUITES = {
     "core": (["cfg-sign-flip", "variance-channels-guided", "gradient-without-sigma", "ddim-wrong-sqrt-factor"],
@@ -63,6 +71,9 @@ SUITES = {
     "methods": (["tcfg-minor-direction", "mambo-wrong-norm", "fdg-levels-reversed", "perturbed-from-uncond",
                  "seg-blur-swapped", "apg-mix-phase-flipped"],
                 [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/guiders", "tests/test_internals.py"]),
+    "paths": (["initial-noise-unscaled", "replacement-old-level", "replacement-sigma-for-s"],
+              [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/samplers/test_loop.py",
+               "tests/test_inpaint.py"]),
     "gate": (["cfg-sign-flip", "classifier-gradient-dropped", "clip-wrong-timestep", "gradient-without-sigma"],
              [sys.executable, "-m", "bench.regress"]),
 }

@@ -63,7 +63,6 @@ def tiny_zoo(tmp_path_factory) -> Path:
     return root
 
 
-@needs_dataset
 def test_edit_sources_pair_each_emoji_with_another_of_its_subgroup():
     sources = edit_sources(6)
     assert sources.images.shape == (6, 3, 32, 32)
@@ -78,7 +77,6 @@ def tiny(zoo: Path, out: Path, run_id: str, **overrides) -> BenchConfig:
 
 
 @pytest.mark.slow
-@needs_dataset
 def test_tiny_editing_run(tiny_zoo, tmp_path):
     cfg = tiny(tiny_zoo, tmp_path, "edit", task="inpaint", masks=["center", "strokes"],
                inpaint_methods=["model", "replace", "repaint"], edit_captions=["edit"], repaint=[1, 2])

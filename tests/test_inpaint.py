@@ -140,3 +140,35 @@ def test_inputs_that_do_not_fit_are_refused_before_sampling():
     with pytest.raises(ValueError, match="unknown inpainting method 'paste'"):
         inpaint(denoiser, process, process.sigmas(2), make_guidance("none", 0.0), Conditions(tokens(3)), known,
                 hole, [0, 1, 2], "paste")
+
+
+class RecordingZeroEps(torch.nn.Module):
+    """eps = 0 everywhere; keeps every input it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x.detach().clone())
+        return torch.zeros_like(x)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_replacement_redraws_the_known_region_at_the_new_level(sampler):
+    """What the model sees of the kept region at step i is a fresh draw of q(x_t | x0) at level i: mean
+    alpha_i x0, std s_i. (The final paste makes the output's kept region exact whatever level it was drawn at.)"""
+    n, value = 8, 0.5
+    known = torch.full((n, 3, 32, 32), value)
+    hole = torch.zeros(n, 1, 32, 32)
+    hole[..., :16] = 1  # regenerate the left half; the right half (12,288 values) is redrawn at each step
+    process = VPDiscrete.from_schedule("cosine", 1000)
+    sigmas = process.sigmas(5)
+    net = RecordingZeroEps()
+    inpaint(NetworkDenoiser(net, "eps"), process, sigmas, make_guidance("none", 0.0), Conditions(torch.zeros(n)),
+            known, hole, list(range(n)), "replace", sampler=sampler, clip_denoised=False)
+    levels = process.levels(sigmas)
+    assert len(net.inputs) == len(sigmas) - 1
+    for level, x in list(zip(levels, net.inputs))[1:]:
+        z = (x[..., 16:] - level.alpha * value) / level.s  # N(0, 1) when drawn at this level
+        assert abs(float(z.mean())) < 0.05 and abs(float(z.std()) - 1) < 0.03, f"sigma {level.sigma:.3g}"

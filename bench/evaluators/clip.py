@@ -42,4 +42,9 @@ class CLIPNet(FeatureNet):
         return self.scorer.encode_images(images.float().to(self.scorer.mean.device) / 127.5 - 1).float()
 
     def fingerprint(self) -> str:
-        return "clip:" + hashlib.sha256(self.weights_id.encode()).hexdigest()[:32]
+        return clip_fingerprint(self.weights_id)
+
+
+def clip_fingerprint(weights_id: str) -> str:
+    """A CLIP network's fingerprint from its weights id, known before the network is built."""
+    return "clip:" + hashlib.sha256(weights_id.encode()).hexdigest()[:32]

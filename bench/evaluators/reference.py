@@ -4,6 +4,10 @@ A reference is the zoo's emoji dataset (default), a folder of images (png/jpg/we
 captions json with its image folder, or a .safetensors file of features/statistics. Features computed from
 images are cached under $GUIDANCE_BENCH_CACHE/references, keyed by the images' content hash and the
 network's weights, so a second run reads them instead of recomputing.
+
+The zoo's dataset is rendered from Debian's emoji fonts and Unicode data, which a pip install lacks, so
+its features for the zoo's own networks are committed beside the weights (written by
+`python -m bench.zoo_reference`); rendering is needed only for another network (e.g. --clip-model).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from guidance.zoo.store import CheckpointError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CACHE_VERSION = 1  # bump when reference features are computed differently
 ZOO_REFERENCE = ZOO_DIR / "reference_features.safetensors"
+ZOO_CLIP_REFERENCE = ZOO_DIR / "reference_clip_features.safetensors"  # CMMD's, of the zoo's eval_clip
 
 
 @dataclass
@@ -65,13 +70,14 @@ class Reference:
         sums = ChunkedSums.of(features, chunk)
         return cls(features, sums.sum, sums.cov_sum, sums.num_samples)
 
-    def save(self, path: Path, feature_net: str) -> None:
+    def save(self, path: Path, feature_net: str, **metadata: str) -> None:
+        """Written atomically; `feature_net` is the network's fingerprint, checked before the file is used."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.partial")
         tensors = {"sum": self.sum, "cov_sum": self.cov_sum, "num_samples": torch.tensor(self.num_samples)}
         if self.features is not None:
             tensors["features"] = self.features.contiguous()
-        save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp), metadata={"feature_net": feature_net})
+        save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp), metadata={**metadata, "feature_net": feature_net})
         tmp.replace(path)
 
     def mean_cov(self) -> tuple[Tensor, Tensor]:
@@ -246,20 +252,36 @@ def folder_digest(label: str, files: list[Path], root: Path) -> str:
     return digest.hexdigest()
 
 
-def emoji_source() -> ReferenceSource:
-    """The zoo's default: the rendered 32 px emoji dataset the zoo was trained on (cached by its builder);
-    the domain network reads the committed statistics of the same images."""
-    def batches(net: FeatureNet) -> Iterator[Tensor]:
-        yield from torch.from_numpy(build_emoji_dataset(32, progress=False).images).permute(0, 3, 1, 2).split(256)
+def made_by(path: Path) -> str:
+    """The fingerprint of the network a features file was computed with ('' when unnamed or unreadable)."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return (f.metadata() or {}).get("feature_net", "")
+    except (SafetensorError, OSError):
+        return ""
 
-    return ReferenceSource("zoo:emoji-32px", lambda: build_emoji_dataset(32, progress=False).checksum, batches,
-                           files={"domain": ZOO_REFERENCE})
+
+def emoji_images(size: int = 32) -> Iterator[Tensor]:
+    """The rendered emoji dataset as uint8 [N, 3, H, W] batches (needs the fonts; cached by its builder)."""
+    yield from torch.from_numpy(build_emoji_dataset(size, progress=False).images).permute(0, 3, 1, 2).split(256)
 
 
-def reference_source(path: str | None, images: str | None = None) -> ReferenceSource:
-    """The source --reference names (None: the zoo's emoji dataset), checked before any sampling."""
+def emoji_source(clip_fingerprint: str | None = None) -> ReferenceSource:
+    """The zoo's default: the 32 px emoji dataset the zoo was trained on. The domain network reads the
+    committed features of those images, and so does CMMD's CLIP when it is the network they were computed
+    with (`clip_fingerprint`); any other network embeds the rendered images."""
+    files = {"domain": ZOO_REFERENCE}
+    if clip_fingerprint is not None and made_by(ZOO_CLIP_REFERENCE) == clip_fingerprint:
+        files["clip"] = ZOO_CLIP_REFERENCE
+    return ReferenceSource("zoo:emoji-32px", lambda: build_emoji_dataset(32, progress=False).checksum,
+                           lambda net: emoji_images(32), files=files)
+
+
+def reference_source(path: str | None, images: str | None = None, clip_fingerprint: str | None = None) -> ReferenceSource:
+    """The source --reference names (None: the zoo's emoji dataset), checked before any sampling.
+    `clip_fingerprint`: the fingerprint of the run's CLIP network, when the run embeds with one."""
     if path is None:
-        return emoji_source()
+        return emoji_source(clip_fingerprint)
     p = Path(path)
     if p.is_dir():
         files = image_files(p)

@@ -23,6 +23,7 @@ from typing import Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from torch import Tensor
 
 from bench.config import BenchConfig, SCALE_RANGE
@@ -43,11 +44,12 @@ from guidance.samplers import sample
 from guidance.zoo.conditioned import upsample_condition
 from guidance.zoo.emoji_data import build_emoji_dataset
 from guidance.sources.zoo_source import model_dir
-from guidance.zoo.load import load_conditioned, load_model, sampling_process, training_process
+from guidance.zoo.load import ZOO_DIR, load_conditioned, load_model, sampling_process, training_process
 from guidance.zoo.store import file_sha256
 from guidance.zoo.text import CaptionTokenizer
 
 UPSAMPLER_FILE, FEATURES_FILE = "upsampler.safetensors", "eval_classifier_64.safetensors"
+REFERENCE_64 = ZOO_DIR / "reference_features_64.safetensors"  # rendered_features(), committed
 AUG_STREAM = 0xA06  # seed offset of the augmentation noise's per-sample streams
 UPSAMPLE_STREAM = 0x0B5  # seed offset of the upsampler's sampling noise
 STAGES = ("upsampler", "bicubic")
@@ -86,12 +88,33 @@ def from_uint8(images: np.ndarray) -> Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
 
-def renders_source(size: int) -> ReferenceSource:
-    """Every render of the emoji dataset at `size` px: the cascade's reference."""
+@torch.no_grad()
+def rendered_features(classifier: torch.nn.Module, device: torch.device) -> Tensor:
+    """The 64 px network's features of every 64 px render (needs the emoji fonts)."""
+    dataset = build_emoji_dataset(int(classifier.config.image_size), progress=False)
+    images = torch.from_numpy(dataset.images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    return torch.cat([classifier.features(c.to(device)) for c in images.split(256)]).float().cpu()
+
+
+def committed_features(features_path: Path) -> Tensor | None:
+    """REFERENCE_64's features if it was computed with the weights at `features_path`, else None."""
+    if not REFERENCE_64.is_file():
+        return None
+    with safe_open(str(REFERENCE_64), "pt") as f:
+        if (f.metadata() or {}).get("weights_sha256") != file_sha256(features_path):
+            return None
+        return f.get_tensor("features")
+
+
+def renders_source(size: int, features_path: Path) -> ReferenceSource:
+    """Every render of the emoji dataset at `size` px: the cascade's reference. The domain network reads
+    the committed features of those renders when they are of its weights (no fonts needed)."""
     def batches(net: FeatureNet) -> Iterator[Tensor]:
         yield from torch.from_numpy(build_emoji_dataset(size, progress=False).images).permute(0, 3, 1, 2).split(256)
 
-    return ReferenceSource(f"zoo:emoji-{size}px", lambda: build_emoji_dataset(size, progress=False).checksum, batches)
+    files = {"domain": REFERENCE_64} if committed_features(features_path) is not None else {}
+    return ReferenceSource(f"zoo:emoji-{size}px", lambda: build_emoji_dataset(size, progress=False).checksum, batches,
+                           files=files)
 
 
 @register_task("cascade")
@@ -177,7 +200,7 @@ class Cascade(Task):
     def evaluators(self, device: torch.device) -> Evaluators:
         path = self.features_path()
         classifier = load_model(path, "eval_classifier", device)
-        return Evaluators(classifier, str(path), renders_source(int(classifier.config.image_size)))
+        return Evaluators(classifier, str(path), renders_source(int(classifier.config.image_size), path))
 
     @classmethod
     def grid(cls, images: np.ndarray, extras: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch import Tensor
 
 from bench.config import BenchConfig
@@ -41,13 +42,15 @@ from guidance.samplers import sampler_spec
 from guidance.zoo.conditioned import inpaint_condition
 from guidance.zoo.emoji_data import build_emoji_dataset
 from guidance.sources.zoo_source import model_dir
-from guidance.zoo.load import load_conditioned
-from guidance.zoo.store import file_sha256
+from guidance.zoo.load import ZOO_DIR, load_conditioned
+from guidance.zoo.store import CheckpointError, file_sha256
 from guidance.zoo.train import augment
 
 CAPTIONS = ("source", "edit")
 SOURCE_SEED = 20261205  # the sources' augmentation: a draw no training run made
 INPAINT_FILE = "inpaint_unet.safetensors"
+SOURCE_SIZE = 32
+EDIT_SOURCES = ZOO_DIR / "edit_sources.safetensors"  # rendered_sources(), committed
 DEFAULT_SOURCES = 20  # sources when --prompt-limit is all
 
 
@@ -61,34 +64,58 @@ class EditSources:
     prompts: list[Prompt]  # the emoji200 prompt of each source (category and meta for the per-category tables)
 
 
-def edit_sources(limit: int, size: int = 32) -> EditSources:
-    """The first `limit` emoji200 identities whose subgroup has another emoji: a render of each
-    (styles alternate), augmented by SOURCE_SEED, and the next emoji of its subgroup as edit target."""
-    labels = emoji_labels()
-    dataset = build_emoji_dataset(size, progress=False)
-    if dataset.identity_names != labels["identity_names"]:
-        raise ValueError("the rendered emoji dataset does not match the zoo's labels.json; rebuild the dataset cache")
+def subgroup_members(labels: dict) -> dict[int, list[int]]:
     members: dict[int, list[int]] = {}
     for identity, sub in enumerate(labels["identity_subgroup"]):
         members.setdefault(sub, []).append(identity)
-    picked, targets, records, prompts = [], [], [], []
+    return members
+
+
+def rendered_sources() -> tuple[np.ndarray, np.ndarray]:
+    """Every source in pick order, rendered from the emoji fonts: uint8 [N, 32, 32, 3] and identities [N].
+    The emoji200 identities whose subgroup has another emoji, one render of each, styles alternating."""
+    labels = emoji_labels()
+    dataset = build_emoji_dataset(SOURCE_SIZE, progress=False)
+    if dataset.identity_names != labels["identity_names"]:
+        raise ValueError("the rendered emoji dataset does not match the zoo's labels.json; rebuild the dataset cache")
+    peers = subgroup_members(labels)
+    picked, records = [], []
     for prompt in emoji200().prompts:
-        peers = members[labels["identity_subgroup"][prompt.label]]
-        if len(peers) < 2:
+        if len(peers[labels["identity_subgroup"][prompt.label]]) < 2:
             continue
         rows = np.flatnonzero(dataset.identity == prompt.label)
         records.append(int(rows[len(picked) % len(rows)]))
         picked.append(prompt.label)
-        prompts.append(prompt)
-        targets.append(peers[(peers.index(prompt.label) + 1) % len(peers)])
-        if len(picked) == limit:
-            break
-    images = torch.from_numpy(dataset.images[records]).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    return dataset.images[records], np.array(picked, np.int64)
+
+
+def committed_sources() -> tuple[np.ndarray, np.ndarray]:
+    """rendered_sources() as committed beside the zoo (`python -m bench.zoo_reference` writes it), so the
+    benchmark needs no emoji fonts."""
+    if not EDIT_SOURCES.is_file():
+        raise CheckpointError(f"edit sources not found: {EDIT_SOURCES}; write them with `python -m bench.zoo_reference`")
+    data = load_file(str(EDIT_SOURCES))
+    return data["images"].numpy(), data["identity"].numpy()
+
+
+def edit_sources(limit: int) -> EditSources:
+    """The first `limit` sources, augmented by SOURCE_SEED, each with the next emoji of its subgroup as
+    edit target."""
+    labels = emoji_labels()
+    peers = subgroup_members(labels)
+    uint8, identity = committed_sources()
+    picked = [int(i) for i in identity[:limit]]
+    prompt_of = {p.label: p for p in emoji200().prompts}
+    targets = []
+    for i in picked:
+        members = peers[labels["identity_subgroup"][i]]
+        targets.append(members[(members.index(i) + 1) % len(members)])
+    images = torch.from_numpy(uint8[:limit]).permute(0, 3, 1, 2).float().div(127.5).sub(1)
     images = augment(images, torch.Generator().manual_seed(SOURCE_SEED), strength=0.5)
     images = torch.from_numpy(to_hwc_uint8(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1)  # as saved
     names = labels["identity_names"]
     return EditSources(images, {"source": [names[i] for i in picked], "edit": [names[i] for i in targets]},
-                       {"source": np.array(picked), "edit": np.array(targets)}, prompts)
+                       {"source": np.array(picked), "edit": np.array(targets)}, [prompt_of[i] for i in picked])
 
 
 @register_task("inpaint")

@@ -2,10 +2,14 @@
 
 `tests/fixtures/zoo_samples_before_open_core.npz` was written by the previous sampler (commit
 "Test fixture: zoo DDIM/DDPM samples ..."): 10 respaced steps, seed 7, the first two emoji200
-prompts, fp32 on the CPU with 2 intra-op threads (the CI machine's; float sums depend on the thread
-count, so the test pins it). Methods that edit x0 now hand x0 to the step directly instead of through
-an eps round trip (which cancelled catastrophically at the first step, where sqrt(abar) ~ 1e-4),
-so their samples moved by rounding; they carry numerics_version 2 in their sample key.
+prompts, fp32 on the CPU with 2 intra-op threads (the thread count is pinned to the fixture's).
+Methods that edit x0 now hand x0 to the step directly instead of through an eps round trip (which
+cancelled catastrophically at the first step, where sqrt(abar) ~ 1e-4), so their samples moved by
+rounding; they carry numerics_version 2 in their sample key.
+
+The fixture was made on another CPU, so samples are compared at KERNEL_SPREAD, not bit for bit: the
+CPU's kernels (AVX-512 or AVX2, oneDNN's and MKL's instruction sets) and the thread count change the
+float sums, and guidance amplifies the change over the steps.
 """
 
 from __future__ import annotations
@@ -27,6 +31,11 @@ ROUNDING = {"apg": 5e-4, "cfg-rescale": 5e-4, "cfg-dynamic-threshold": 1e-2, "cf
 
 
 FIXTURE_THREADS = 2
+# Largest |x - fixture| (samples in [-1, 1]) over the cases whose numerics did not change, measured on an
+# AMD EPYC (AVX-512): 1.1e-3 at 1 thread (9.25e-4 at 2 threads, the fixture's count, as issue 24 reports); the
+# bound is 4 times it. cfg-rescale moved 6.1e-4 there, past its ROUNDING, so the larger bound applies to all.
+MEASURED_SPREAD = 1.1e-3
+KERNEL_SPREAD = 4 * MEASURED_SPREAD
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +59,5 @@ def test_zoo_samples_match_the_previous_sampler(zoo_and_cond, key: str) -> None:
     before = torch.from_numpy(np.load(FIXTURE)[key])
     if name in ROUNDING:
         assert REGISTRY[name][0].numerics_version > 1, "changed samples need a new numerics version"
-        assert (x - before).abs().max() < ROUNDING[name]
-    else:
-        assert torch.equal(x, before), f"max |diff| {(x - before).abs().max():.3g}: samples changed"
+    bound = max(ROUNDING.get(name, 0.0), KERNEL_SPREAD)
+    assert (x - before).abs().max() <= bound, f"max |diff| {(x - before).abs().max():.3g} > {bound:.3g}: samples changed"
