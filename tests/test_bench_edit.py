@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from bench.cli import main as cli_main
-from bench.cli import task_name
+from bench.cli import cascade_alias
+from bench.config import task_name
 from bench.config import BenchConfig
 from bench.report import build_report
 from bench.run import run_benchmark
@@ -153,9 +154,11 @@ def test_task_resumes_after_kill_9(task, flags, tiny_zoo, tmp_path):
 
 
 def test_cascade_flag_reads_as_task_cascade(capsys):
-    assert task_name(argparse.Namespace(task=None, cascade=True)) == "cascade"
+    overrides: dict = {}
+    cascade_alias(argparse.Namespace(cascade=True), overrides)
+    assert overrides["task"] == "cascade"
     assert "replaced by --task cascade" in capsys.readouterr().err
-    assert task_name(argparse.Namespace(task="generate", cascade=False)) == "text-to-image"
+    assert task_name("generate") == "text-to-image"
 
 
 @pytest.mark.parametrize("argv, message", [
