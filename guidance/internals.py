@@ -72,6 +72,43 @@ class Perturbation:
         return sorted({i % count for i in layers})
 
 
+@dataclass(frozen=True)
+class NormalizedAttention:
+    """NAG's attention-space guidance (Chen et al. 2025, arXiv:2505.21179) on the layers that attend to the
+    condition: the rows `rows` (positive prompt) get alpha Z^ + (1 - alpha) Z+, with Z~ = Z+ + scale (Z+ - Z-),
+    Z^ = Z~ min(r, tau) / r and r = |Z~|_1 / |Z+|_1 per token (L1 over channels); Z- is the same layer's output
+    on the rows `negative` (the negative prompt, in the same batched forward)."""
+
+    scale: float
+    tau: float
+    alpha: float
+    negative: slice
+
+    def __post_init__(self) -> None:
+        if not self.tau >= 1:
+            raise ValueError(f"NAG tau must be >= 1 (the largest L1 growth it keeps), got {self.tau}")
+        if not 0 <= self.alpha <= 1:
+            raise ValueError(f"NAG alpha must be in [0, 1] (the blend towards the normalised features), got {self.alpha}")
+
+    def apply(self, z: Tensor, rows: slice) -> Tensor:
+        """`z` [B, N, C] with its `rows` replaced by NAG's mix of them and the `negative` rows."""
+        return _replace_rows(z, rows, nag_mix(z[rows], z[self.negative], self.scale, self.tau, self.alpha))
+
+
+def nag_mix(positive: Tensor, negative: Tensor, scale: float, tau: float, alpha: float) -> Tensor:
+    """NAG's guided attention features from Z+ and Z- ([..., C]; the L1 norm runs over the last axis).
+
+    Computed in at least fp32; a token whose Z+ is all zeros keeps Z+ (its ratio is undefined)."""
+    dtype = torch.promote_types(positive.dtype, torch.float32)
+    pos, neg = positive.to(dtype), negative.to(dtype)
+    extrapolated = pos + scale * (pos - neg)
+    norm_pos = pos.abs().sum(-1, keepdim=True)
+    ratio = extrapolated.abs().sum(-1, keepdim=True) / norm_pos.clamp_min(torch.finfo(pos.dtype).tiny)
+    factor = torch.where(ratio > tau, tau / ratio, torch.ones_like(ratio))
+    mixed = alpha * extrapolated * factor + (1 - alpha) * pos
+    return torch.where(norm_pos > 0, mixed, pos).to(positive.dtype)
+
+
 def gaussian_blur_2d(q: Tensor, size: tuple[int, int], sigma: float) -> Tensor:
     """Blur token features over their image grid: q [..., N, D] with N = h * w tokens in raster order.
 
@@ -125,6 +162,63 @@ class ZooAttentionPerturbation:
         if self.spec.kind != "skip":
             return out
         return _replace_rows(out, self.rows, torch.zeros_like(out[self.rows]))
+
+
+class ZooNormalizedAttention:
+    """NAG on a zoo AttentionBlock whose keys include the text (its `perturbation` hook point)."""
+
+    def __init__(self, spec: NormalizedAttention, rows: slice) -> None:
+        self.spec, self.rows = spec, rows
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, size: tuple[int, int]) -> Tensor:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, N, D]
+        b, heads, n, d = out.shape
+        merged = self.spec.apply(out.transpose(1, 2).reshape(b, n, heads * d), self.rows)  # channels as to_out sees them
+        return merged.view(b, n, heads, d).transpose(1, 2)
+
+    def branch(self, out: Tensor) -> Tensor:
+        return out
+
+
+def _is_zoo_text_attention(m: nn.Module) -> bool:
+    return _is_zoo_attention(m) and getattr(m, "context_kv", None) is not None
+
+
+def _is_diffusers_text_attention(m: nn.Module) -> bool:
+    """Attention that mixes the condition into the image tokens and projects them with to_out: a UNet's
+    cross-attention, SD3's and FLUX's joint attention (FLUX's single-stream blocks have no to_out)."""
+    if not (hasattr(m, "set_processor") and hasattr(m, "processor")):
+        return False
+    to_out = getattr(m, "to_out", None)
+    text = getattr(m, "is_cross_attention", False) or getattr(m, "added_kv_proj_dim", None) is not None
+    return bool(text) and isinstance(to_out, nn.ModuleList) and len(to_out) > 0
+
+
+@contextmanager
+def _normalized_attention(net: nn.Module, spec: NormalizedAttention, rows: slice) -> Iterator[None]:
+    """NAG on every attention layer of `net` that attends to the condition (zoo blocks with text keys; diffusers'
+    cross and joint attention, on the image tokens' attention output before the output projection)."""
+    zoo = _named(net, _is_zoo_text_attention)[1]
+    if zoo:
+        for layer in zoo:
+            layer.perturbation = ZooNormalizedAttention(spec, rows)
+        try:
+            yield
+        finally:
+            for layer in zoo:
+                layer.perturbation = None
+        return
+    layers = _named(net, _is_diffusers_text_attention)[1]
+    if not layers:
+        raise ValueError("NAG needs attention layers that attend to the text (the zoo's text UNet, diffusers' "
+                         "cross-attention or joint attention); this network has none")
+    hook = lambda _m, args: (spec.apply(args[0], rows), *args[1:])  # noqa: E731
+    handles = [layer.to_out[0].register_forward_pre_hook(hook) for layer in layers]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class DiffusersProcessorPerturbation:
@@ -227,8 +321,13 @@ def diffusers_blocks(net: nn.Module) -> list[nn.Module]:
 
 
 @contextmanager
-def perturbed(net: nn.Module, spec: Perturbation, rows: slice) -> Iterator[None]:
-    """Within the block, `net`'s chosen layers are perturbed on batch rows `rows`, and only there."""
+def perturbed(net: nn.Module, spec: Perturbation | NormalizedAttention, rows: slice) -> Iterator[None]:
+    """Within the block, `net`'s chosen layers are perturbed on batch rows `rows`, and only there (NAG: every
+    layer attending to the text, its rows `rows` guided away from its rows `spec.negative`)."""
+    if isinstance(spec, NormalizedAttention):
+        with _normalized_attention(net, spec, rows):
+            yield
+        return
     names, zoo = _named(net, _is_zoo_attention)
     if zoo:
         chosen = [zoo[i] for i in spec.chosen(names, "attention blocks")]
@@ -280,5 +379,5 @@ def _skip_block_hook(rows: slice):  # noqa: ANN202
     return hook
 
 
-__all__ = ["Perturbation", "PerturbedPass", "KINDS", "perturbed", "gaussian_blur_2d", "zoo_attention_layers",
+__all__ = ["Perturbation", "NormalizedAttention", "nag_mix", "PerturbedPass", "KINDS", "perturbed", "gaussian_blur_2d", "zoo_attention_layers",
            "diffusers_self_attention", "diffusers_blocks"]
