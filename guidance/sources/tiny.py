@@ -14,8 +14,10 @@ from pathlib import Path
 import torch
 
 from guidance.sources import GUIDING_CLIP
+from guidance.sources.tiny_flux import LATENT_CHANNELS as FLUX_CHANNELS
+from guidance.sources.tiny_flux import build_flux
 
-FAMILIES = ("sd", "sd-v", "sdxl", "sd3", "dit")
+FAMILIES = ("sd", "sd-v", "sdxl", "sd3", "dit", "flux")
 SCHEDULERS = ("ddim", "dpmpp-2m", "dpmpp-2m-karras", "euler")  # the VP families' scheduler choices (sd3: flow Euler; dit: ddim)
 TEXT_DIM = 32  # hidden size of the tiny CLIP text encoders
 LATENT = 16  # latent side: the VAE below upsamples by 2, so images are 32 x 32 (the zoo's size)
@@ -115,6 +117,9 @@ def build(family: str, scheduler: str = "ddim", seed: int = 0, tokenizer_dir: Pa
             vae=tiny_vae(scaling_factor=0.13025), text_encoder=CLIPTextModel(clip_text_config(vocab)),
             text_encoder_2=CLIPTextModelWithProjection(clip_text_config(vocab)), tokenizer=tokenizer,
             tokenizer_2=tokenizer, unet=unet, scheduler=vp_scheduler(scheduler), force_zeros_for_empty_prompt=True)
+    if family == "flux":
+        vae = tiny_vae(FLUX_CHANNELS, scaling_factor=0.3611, shift_factor=0.1159)
+        return build_flux(tokenizer, clip_text_config(vocab), dict(vae.config), LATENT)
     if family == "sd3":
         transformer = diffusers.SD3Transformer2DModel(
             sample_size=LATENT, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
