@@ -92,6 +92,9 @@ def why_not(name: str, cfg: BenchConfig, prompts: PromptSet, bundle: ModelBundle
     if "embedded_guidance" in getattr(cls, "needs", ()) and not getattr(bundle, "embedded_guidance", False):
         return (f"guidance {name!r} sets the guidance strength a guidance-distilled model takes as input (FLUX.1-dev), "
                 f"which {bundle.source} has not; drop it from --guidance (cfg and nag run on any text model)")
+    if "text_attention" in getattr(cls, "needs", ()) and not getattr(bundle, "text_attention", True):
+        return (f"guidance {name!r} guides inside the attention to the prompt, which {bundle.source} (class labels) "
+                f"has not; drop it from --guidance")
     if cls.pixel_range_only and not bundle.clip_denoised:
         return (f"guidance {name!r} thresholds x0 as pixels in [-1, 1], which the latents of {bundle.source} are "
                 f"not; drop it from --guidance (cfg-rescale or apg tame high scales)")

@@ -36,7 +36,7 @@ class NormalizedAttentionGuidance(Guidance):
     reference = "Chen et al. 2025, arXiv:2505.21179 (normalized attention guidance)"
     quick_scales: ClassVar[tuple[float, ...]] = (2.0, 4.0)
     full_scales: ClassVar[tuple[float, ...]] = (1.0, 2.0, 3.0, 4.0, 6.0)
-    needs: ClassVar[frozenset[str]] = frozenset({"internals"})
+    needs: ClassVar[frozenset[str]] = frozenset({"internals", "text_attention"})
 
     def __init__(self, scale: float = 4.0, tau: float = NAG_TAU, alpha: float = NAG_ALPHA, cfg_scale: float = 1.0) -> None:
         if callable(scale):

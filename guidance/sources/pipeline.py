@@ -109,6 +109,11 @@ class DiffusersBundle:
         self.source = f"diffusers:{self.root}"
 
     @property
+    def text_attention(self) -> bool:
+        """Whether the network attends to a prompt (NAG's hook); a class-conditional DiT does not."""
+        return self.family != "dit"
+
+    @property
     def embedded_guidance(self) -> bool:
         """Whether the network takes the guidance strength as an input (FLUX.1-dev: the flux-distilled method)."""
         return isinstance(self.net, FluxNet) and self.net.distilled

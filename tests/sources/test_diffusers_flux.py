@@ -13,6 +13,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench.config import BenchConfig
+from bench.store import load_prompt_set
+from bench.run import applicable_guidance
 from guidance.guiders import make_guidance
 from guidance.models import load_bundle
 from guidance.samplers import sample
@@ -88,3 +91,19 @@ def test_nag_and_the_cfg_family_run_on_flux(flux):
     for name, scale in (("nag", 3.0), ("apg", 4.0)):
         out, _ = run(flux, make_guidance(name, scale), NEGATIVE)
         assert torch.isfinite(out).all() and (out - plain).abs().max() > 1e-4, name
+
+
+def test_guidance_all_runs_what_each_pipeline_can(tiny_pipeline, flux, tmp_path):
+    """flux-distilled only where the transformer embeds the strength; nag wherever a prompt is attended to."""
+    prompts_file = tmp_path / "prompts.txt"
+    prompts_file.write_text("a red cat\ntwo dogs\n")
+    every = BenchConfig.from_preset("tiny", guidance=["all"], prompts=str(prompts_file))
+    prompts = load_prompt_set(every)
+
+    def names(bundle) -> set[str]:
+        return set(applicable_guidance(every, prompts, bundle, note=lambda _: None).guidance)
+
+    assert {"flux-distilled", "nag", "cfg", "slg"} <= names(flux)
+    sd = names(load_bundle(f"diffusers:{tiny_pipeline('sd')}"))
+    assert "nag" in sd and "flux-distilled" not in sd
+    assert not {"nag", "flux-distilled"} & names(load_bundle(f"diffusers:{tiny_pipeline('dit')}"))
