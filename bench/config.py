@@ -30,6 +30,7 @@ QUICK_SCALES: dict[str, list[float]] = {"none": [0.0], "cfg": [1.0, 3.0, 6.0], "
                                         # the perturbed pass's scale (0 = none), CFG off (cfg_scale 1)
                                         "pag": [1.5, 3.0], "seg": [1.5, 3.0], "slg": [1.5, 3.0],
                                         "nag": [2.0, 4.0],
+                                        "sag": [0.5, 1.0],  # SAG's scale (0 = none), CFG off
                                         "flux-distilled": [2.5, 3.5],  # the embedded strength (1 = none)  # NAG's phi (0 = none; the reference's nag_scale - 1)
                                         "universal-clip": [5.0, 20.0]}  # gradient scale (0 = none)
 FULL_SCALES: dict[str, list[float]] = {"none": [0.0], "cfg": [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0],
@@ -51,6 +52,7 @@ FULL_SCALES: dict[str, list[float]] = {"none": [0.0], "cfg": [1.0, 1.5, 2.0, 3.0
                                        "pag": [0.5, 1.0, 2.0, 3.0, 5.0], "seg": [0.5, 1.0, 2.0, 3.0, 5.0],
                                        "slg": [0.5, 1.0, 2.0, 3.0, 5.0],
                                        "nag": [1.0, 2.0, 3.0, 4.0, 6.0],
+                                       "sag": [0.25, 0.5, 0.75, 1.0, 1.5],
                                        "flux-distilled": [1.0, 2.0, 3.5, 5.0, 7.0],
                                        "universal-clip": [1.0, 5.0, 10.0, 20.0, 50.0]}
 SCALE_RANGE = (0.0, 1000.0)

@@ -54,6 +54,7 @@ def test_first_step_from_pure_noise_keeps_the_noise(sampler: str) -> None:
 NOT_ON_VECTORS = {"fdg": "a Laplacian pyramid over [B, C, H, W] (tests/guiders/test_fdg.py)",
                   **{n: "perturbs a network's attention or blocks (tests/guiders)" for n in ("pag", "seg", "slg")},
                   "nag": "mixes a network's attention outputs (tests/guiders/test_nag.py)",
+                  "sag": "reads a network's self-attention map (tests/sources/test_diffusers_sag.py)",
                   "flux-distilled": "an input of guidance-distilled transformers (tests/sources/test_diffusers_flux.py)"}
 
 
