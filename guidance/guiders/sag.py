@@ -20,8 +20,9 @@ BLUR_SIGMA = 1.0
 def sag_blur(x: Tensor, kernel: int = BLUR_KERNEL, sigma: float = BLUR_SIGMA) -> Tensor:
     """A separable Gaussian blur of x [B, C, H, W] (kernel taps over linspace(-(k-1)/2, (k-1)/2), reflect)."""
     half = (kernel - 1) * 0.5
-    pdf = torch.exp(-0.5 * (torch.linspace(-half, half, kernel) / sigma) ** 2)
-    k1 = (pdf / pdf.sum()).to(device=x.device, dtype=x.dtype)
+    taps = torch.linspace(-half, half, kernel, device=x.device)  # made on the device: no host copy per step
+    pdf = torch.exp(-0.5 * (taps / sigma) ** 2)
+    k1 = (pdf / pdf.sum()).to(x.dtype)
     weight = (k1[:, None] @ k1[None, :]).expand(x.shape[1], 1, kernel, kernel)
     pad = kernel // 2
     return F.conv2d(F.pad(x, [pad] * 4, mode="reflect"), weight, groups=x.shape[1])
