@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from torch import Tensor, nn
 
-from guidance.internals import Perturbation, PerturbedPass, perturbed
+from guidance.internals import AttentionProbe, NormalizedAttention, Perturbation, PerturbedPass, perturbed
 from guidance.prediction import SPACES, Prediction, Space, at_least_fp32
 from guidance.process import NoiseLevel, Process
 from guidance.protocols import Denoiser, ModelCond
@@ -57,7 +57,7 @@ class NetworkDenoiser(nn.Module):
                              f"set learned_variance=True if it also predicts a variance")
         return Prediction(x, level, self.prediction, out)
 
-    def perturbed(self, perturbation: Perturbation, rows: slice) -> PerturbedPass:
+    def perturbed(self, perturbation: Perturbation | NormalizedAttention | AttentionProbe, rows: slice) -> PerturbedPass:
         """The network with `perturbation` on batch rows `rows` (guidance.internals), for PAG, SEG and SLG."""
         return perturbed(self.net, perturbation, rows)
 

@@ -15,6 +15,10 @@ Two kinds of network are supported, found by duck typing (nothing here imports a
   restored afterwards); blocks for skipping are the `*TransformerBlock` modules, skipped through a
   forward hook that hands the block's input rows back as its output.
 
+Normalized Attention Guidance (`NormalizedAttention`) mixes, on the same hooks, the attention output of
+the positive rows with that of the negative rows in every layer that attends to the text; Self-Attention
+Guidance reads one layer's attention map (`AttentionProbe`) without changing the forward.
+
 Layers are numbered in module order (the forward order of the zoo's UNet: down, middle, up); by
 default the first one in the middle block (the zoo's `middle`, diffusers' `mid_block`), else the
 middle of the list (a DiT's stack of blocks).
@@ -25,7 +29,7 @@ from __future__ import annotations
 import inspect
 import math
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal
 
 import torch
@@ -62,7 +66,8 @@ class Perturbation:
             raise ValueError(f"perturbation {self.kind!r} needs a network with {what}; this one has none "
                              f"(the zoo's UNet and diffusers models with attention processors have them)")
         if self.layers is None:
-            middle = [i for i, name in enumerate(names) if "mid" in name.split(".")[0]]
+            # the zoo's `middle`, diffusers' `mid_block`, also inside an adapter (`network.mid_block...`)
+            middle = [i for i, name in enumerate(names) if any(part.startswith("mid") for part in name.split("."))]
             return [middle[0] if middle else count // 2]
         layers = list(self.layers)
         bad = [i for i in layers if not -count <= i < count]
@@ -70,6 +75,57 @@ class Perturbation:
             raise ValueError(f"perturbation layers {bad} out of range: the network has {count} {what} "
                              f"(0..{count - 1})")
         return sorted({i % count for i in layers})
+
+
+@dataclass(frozen=True)
+class NormalizedAttention:
+    """NAG's attention-space guidance (Chen et al. 2025, arXiv:2505.21179) on the layers that attend to the
+    condition: the rows `rows` (positive prompt) get alpha Z^ + (1 - alpha) Z+, with Z~ = Z+ + scale (Z+ - Z-),
+    Z^ = Z~ min(r, tau) / r and r = |Z~|_1 / |Z+|_1 per token (L1 over channels); Z- is the same layer's output
+    on the rows `negative` (the negative prompt, in the same batched forward)."""
+
+    scale: float
+    tau: float
+    alpha: float
+    negative: slice
+
+    def __post_init__(self) -> None:
+        if not self.tau >= 1:
+            raise ValueError(f"NAG tau must be >= 1 (the largest L1 growth it keeps), got {self.tau}")
+        if not 0 <= self.alpha <= 1:
+            raise ValueError(f"NAG alpha must be in [0, 1] (the blend towards the normalised features), got {self.alpha}")
+
+    def apply(self, z: Tensor, rows: slice) -> Tensor:
+        """`z` [B, N, C] with its `rows` replaced by NAG's mix of them and the `negative` rows."""
+        return _replace_rows(z, rows, nag_mix(z[rows], z[self.negative], self.scale, self.tau, self.alpha))
+
+
+@dataclass(frozen=True)
+class AttentionProbe:
+    """Record the self-attention map of one layer (`layers`, None: the middle block's first) on chosen rows,
+    without changing the forward: `maps` receives [rows, heads, N, N] (softmax over the image's keys) and
+    `sizes` the token grid (h, w). Self-Attention Guidance reads it."""
+
+    layers: tuple[int, ...] | None = None
+    maps: list = field(default_factory=list, compare=False)
+    sizes: list = field(default_factory=list, compare=False)
+
+    def chosen(self, names: list[str], what: str) -> list[int]:
+        return Perturbation("identity-attention", self.layers).chosen(names, what)[:1]
+
+
+def nag_mix(positive: Tensor, negative: Tensor, scale: float, tau: float, alpha: float) -> Tensor:
+    """NAG's guided attention features from Z+ and Z- ([..., C]; the L1 norm runs over the last axis).
+
+    Computed in at least fp32; a token whose Z+ is all zeros keeps Z+ (its ratio is undefined)."""
+    dtype = torch.promote_types(positive.dtype, torch.float32)
+    pos, neg = positive.to(dtype), negative.to(dtype)
+    extrapolated = pos + scale * (pos - neg)
+    norm_pos = pos.abs().sum(-1, keepdim=True)
+    ratio = extrapolated.abs().sum(-1, keepdim=True) / norm_pos.clamp_min(torch.finfo(pos.dtype).tiny)
+    factor = torch.where(ratio > tau, tau / ratio, torch.ones_like(ratio))
+    mixed = alpha * extrapolated * factor + (1 - alpha) * pos
+    return torch.where(norm_pos > 0, mixed, pos).to(positive.dtype)
 
 
 def gaussian_blur_2d(q: Tensor, size: tuple[int, int], sigma: float) -> Tensor:
@@ -125,6 +181,124 @@ class ZooAttentionPerturbation:
         if self.spec.kind != "skip":
             return out
         return _replace_rows(out, self.rows, torch.zeros_like(out[self.rows]))
+
+
+class ZooNormalizedAttention:
+    """NAG on a zoo AttentionBlock whose keys include the text (its `perturbation` hook point)."""
+
+    def __init__(self, spec: NormalizedAttention, rows: slice) -> None:
+        self.spec, self.rows = spec, rows
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, size: tuple[int, int]) -> Tensor:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, N, D]
+        b, heads, n, d = out.shape
+        merged = self.spec.apply(out.transpose(1, 2).reshape(b, n, heads * d), self.rows)  # channels as to_out sees them
+        return merged.view(b, n, heads, d).transpose(1, 2)
+
+    def branch(self, out: Tensor) -> Tensor:
+        return out
+
+
+def _is_zoo_text_attention(m: nn.Module) -> bool:
+    return _is_zoo_attention(m) and getattr(m, "context_kv", None) is not None
+
+
+def _is_diffusers_text_attention(m: nn.Module) -> bool:
+    """Attention that mixes the condition into the image tokens and projects them with to_out: a UNet's
+    cross-attention, SD3's and FLUX's joint attention (FLUX's single-stream blocks have no to_out)."""
+    if not (hasattr(m, "set_processor") and hasattr(m, "processor")):
+        return False
+    to_out = getattr(m, "to_out", None)
+    text = getattr(m, "is_cross_attention", False) or getattr(m, "added_kv_proj_dim", None) is not None
+    return bool(text) and isinstance(to_out, nn.ModuleList) and len(to_out) > 0
+
+
+@contextmanager
+def _normalized_attention(net: nn.Module, spec: NormalizedAttention, rows: slice) -> Iterator[None]:
+    """NAG on every attention layer of `net` that attends to the condition (zoo blocks with text keys; diffusers'
+    cross and joint attention, on the image tokens' attention output before the output projection)."""
+    zoo = _named(net, _is_zoo_text_attention)[1]
+    if zoo:
+        for layer in zoo:
+            layer.perturbation = ZooNormalizedAttention(spec, rows)
+        try:
+            yield
+        finally:
+            for layer in zoo:
+                layer.perturbation = None
+        return
+    layers = _named(net, _is_diffusers_text_attention)[1]
+    if not layers:
+        raise ValueError("NAG needs attention layers that attend to the text (the zoo's text UNet, diffusers' "
+                         "cross-attention or joint attention); this network has none")
+    hook = lambda _m, args: (spec.apply(args[0], rows), *args[1:])  # noqa: E731
+    handles = [layer.to_out[0].register_forward_pre_hook(hook) for layer in layers]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class ZooAttentionProbe:
+    """Records a zoo AttentionBlock's map over its pixel keys (its text keys dropped, the rest renormalised)."""
+
+    def __init__(self, spec: AttentionProbe, rows: slice) -> None:
+        self.spec, self.rows = spec, rows
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, size: tuple[int, int]) -> Tensor:
+        n = q.shape[-2]
+        qr, kr = q[self.rows], k[self.rows][..., -n:, :]
+        self.spec.maps.append(torch.softmax(qr @ kr.transpose(-1, -2) * qr.shape[-1] ** -0.5, dim=-1))
+        self.spec.sizes.append(size)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    def branch(self, out: Tensor) -> Tensor:
+        return out
+
+
+class DiffusersAttentionProbe:
+    """Runs the original processor and records the map on the rows as diffusers' SAG pipeline does
+    (`attn.get_attention_scores` of to_q and to_k of the layer's input, heads as [rows, heads, N, N])."""
+
+    def __init__(self, original: Any, spec: AttentionProbe, rows: slice) -> None:
+        self.original, self.spec, self.rows = original, spec, rows
+
+    def __call__(self, attn: nn.Module, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        x = hidden_states[self.rows]
+        if x.ndim == 4:
+            x = x.flatten(2).transpose(1, 2)
+        query, key = attn.head_to_batch_dim(attn.to_q(x)), attn.head_to_batch_dim(attn.to_k(x))
+        probs = attn.get_attention_scores(query, key, None)
+        self.spec.maps.append(probs.reshape(x.shape[0], attn.heads, *probs.shape[1:]))
+        side = math.isqrt(x.shape[1])
+        self.spec.sizes.append((side, x.shape[1] // side))
+        return self.original(attn, hidden_states, *args, **kwargs)
+
+
+@contextmanager
+def _probed(net: nn.Module, spec: AttentionProbe, rows: slice) -> Iterator[None]:
+    names, zoo = _named(net, _is_zoo_attention)
+    if zoo:
+        layer = zoo[spec.chosen(names, "attention blocks")[0]]
+        layer.perturbation = ZooAttentionProbe(spec, rows)
+        try:
+            yield
+        finally:
+            layer.perturbation = None
+        return
+    names, layers = _named(net, _is_diffusers_self_attention)
+    layer = layers[spec.chosen(names, "self-attention layers")[0]]
+    original = layer.processor
+    probe = DiffusersAttentionProbe(original, spec, rows)
+    call = lambda self, attn, *args, **kwargs: DiffusersAttentionProbe.__call__(self, attn, *args, **kwargs)  # noqa: E731
+    call.__signature__ = inspect.signature(type(original).__call__)  # type: ignore[attr-defined]
+    probe.__class__ = type(f"Probed{type(original).__name__}", (DiffusersAttentionProbe,), {"__call__": call})
+    layer.set_processor(probe)
+    try:
+        yield
+    finally:
+        layer.set_processor(original)
 
 
 class DiffusersProcessorPerturbation:
@@ -227,8 +401,17 @@ def diffusers_blocks(net: nn.Module) -> list[nn.Module]:
 
 
 @contextmanager
-def perturbed(net: nn.Module, spec: Perturbation, rows: slice) -> Iterator[None]:
-    """Within the block, `net`'s chosen layers are perturbed on batch rows `rows`, and only there."""
+def perturbed(net: nn.Module, spec: Perturbation | NormalizedAttention | AttentionProbe, rows: slice) -> Iterator[None]:
+    """Within the block, `net`'s chosen layers are perturbed on batch rows `rows`, and only there (NAG: every
+    layer attending to the text, its rows `rows` guided away from its rows `spec.negative`)."""
+    if isinstance(spec, NormalizedAttention):
+        with _normalized_attention(net, spec, rows):
+            yield
+        return
+    if isinstance(spec, AttentionProbe):
+        with _probed(net, spec, rows):
+            yield
+        return
     names, zoo = _named(net, _is_zoo_attention)
     if zoo:
         chosen = [zoo[i] for i in spec.chosen(names, "attention blocks")]
@@ -280,5 +463,5 @@ def _skip_block_hook(rows: slice):  # noqa: ANN202
     return hook
 
 
-__all__ = ["Perturbation", "PerturbedPass", "KINDS", "perturbed", "gaussian_blur_2d", "zoo_attention_layers",
+__all__ = ["Perturbation", "NormalizedAttention", "AttentionProbe", "nag_mix", "PerturbedPass", "KINDS", "perturbed", "gaussian_blur_2d", "zoo_attention_layers",
            "diffusers_self_attention", "diffusers_blocks"]

@@ -15,7 +15,7 @@ from typing import Mapping, Protocol, Sequence, Union, runtime_checkable
 import torch
 from torch import Tensor
 
-from guidance.internals import Perturbation, PerturbedPass
+from guidance.internals import AttentionProbe, NormalizedAttention, Perturbation, PerturbedPass
 from guidance.prediction import Prediction
 from guidance.process import NoiseLevel
 
@@ -69,7 +69,7 @@ class Perturbable(Protocol):
     """A denoiser whose network's attention layers or blocks can be damaged on batch rows `rows` for
     the passes inside `with model.perturbed(spec, rows): ...` (PAG, SEG, SLG; guidance.internals)."""
 
-    def perturbed(self, perturbation: Perturbation, rows: slice) -> PerturbedPass: ...
+    def perturbed(self, perturbation: Perturbation | NormalizedAttention | AttentionProbe, rows: slice) -> PerturbedPass: ...
 
 
 @runtime_checkable

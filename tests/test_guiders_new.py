@@ -189,7 +189,8 @@ class _Counting:
 
 
 @pytest.mark.parametrize("negative", [False, True])
-@pytest.mark.parametrize("name", sorted(n for n, (_, needs) in REGISTRY.items() if needs != "decoder_clip"))
+@pytest.mark.parametrize("name", sorted(n for n, (cls, needs) in REGISTRY.items() if needs != "decoder_clip"
+                                         and "embedded_guidance" not in getattr(cls, "needs", ())))
 def test_reported_cost_is_the_work_the_sampler_does(name, negative):
     """cost_per_image against passes counted in a real sampling run, at the identity scale (where
     methods skip work, unless a negative prompt keeps CFG's second branch) and at a guiding scale."""

@@ -61,7 +61,8 @@ def zoo_on_meta():
 
 # every sampler with every method it can run (CFG++ needs a sampler that renoises with eps_u)
 # (universal-clip needs a latent bundle's decoder, which the zoo has not: tests/sources covers it)
-ZOO_METHODS = {name for name, (_, needs) in REGISTRY.items() if needs != "decoder_clip"}
+ZOO_METHODS = {name for name, (cls, needs) in REGISTRY.items()
+               if needs != "decoder_clip" and "embedded_guidance" not in getattr(cls, "needs", ())}
 PAIRS = [(name, sampler) for sampler, spec in SAMPLERS.items() for name in sorted(ZOO_METHODS)
          if spec.renoise or not REGISTRY[name][0].renoises_unconditionally]
 

@@ -32,7 +32,7 @@ REGISTRY: dict[str, tuple[type["Guidance"], str | None]] = {}  # name -> (class,
 # or a property of the run (labelled prompts, a pixel-space model, a network with hookable internals)
 GUIDE_ROLES: dict[str, str] = {"classifier": "classifier", "noised_clip": "clip", "weak_model": "weak",
                                "decoder_clip": "decoder_clip"}
-NEEDS = frozenset(GUIDE_ROLES) | {"labels", "pixel_space", "internals"}
+NEEDS = frozenset(GUIDE_ROLES) | {"labels", "pixel_space", "internals", "embedded_guidance", "text_attention"}
 
 
 def register() -> Callable[[type["Guidance"]], type["Guidance"]]:
@@ -67,6 +67,8 @@ class MethodContext:
     prompt_set: str = "the prompts"
     pixel_space: bool = True  # samples are pixels in [-1, 1] (not latents)
     internals: bool = True  # the denoiser exposes its attention layers (guidance.protocols.Perturbable)
+    embedded_guidance: bool = False  # the model takes the guidance strength as an input (FLUX.1-dev)
+    text_attention: bool = True  # the model attends to the prompt's tokens (not class labels)
     sampler: str | None = None  # its name (None: not checked)
     sampler_renoises: bool = True  # it can renoise with the unconditional prediction (CFG++ needs that)
     renoising_samplers: tuple[str, ...] = ()  # the samplers that can, for the message
@@ -163,6 +165,13 @@ class Guidance(ABC):
         if "internals" in cls.needs and not context.internals:
             return (f"guidance {cls.name!r} perturbs the model's attention layers, which {context.source} does not "
                     f"expose; drop it from --guidance")
+        if "embedded_guidance" in cls.needs and not context.embedded_guidance:
+            return (f"guidance {cls.name!r} sets the guidance strength a guidance-distilled model takes as input "
+                    f"(FLUX.1-dev), which {context.source} has not; drop it from --guidance (cfg and nag run on any "
+                    f"text model)")
+        if "text_attention" in cls.needs and not context.text_attention:
+            return (f"guidance {cls.name!r} guides inside the attention to the prompt, which {context.source} (class "
+                    f"labels) has not; drop it from --guidance")
         if context.sampler is not None:
             return pairing_refusal(cls, context.sampler, context.sampler_renoises, context.renoising_samplers)
         return None

@@ -30,6 +30,18 @@ class FamilyNet(nn.Module):
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
 
+    def latent_shape(self) -> tuple[int, int, int]:
+        """The latents the suite samples: [channels, side, side] from the network's config."""
+        config = self.network.config
+        return int(config.in_channels), int(config.sample_size), int(config.sample_size)
+
+    @property
+    def learned_variance(self) -> bool:
+        """Whether the network also outputs variance channels (DiT), read from its config."""
+        config = self.network.config
+        out = config.out_channels if config.get("out_channels") is not None else config.in_channels
+        return int(out) == 2 * int(config.in_channels)
+
     def encode(self, texts: Sequence[str], labels: Tensor | None) -> ModelCond:
         raise NotImplementedError
 

@@ -22,6 +22,8 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "StableDiffusion3Pipeline": ("sd3", ("transformer", "vae", "scheduler", "text_encoder", "text_encoder_2",
                                          "tokenizer", "tokenizer_2")),
     "DiTPipeline": ("dit", ("transformer", "vae", "scheduler")),
+    "FluxPipeline": ("flux", ("transformer", "vae", "scheduler", "text_encoder", "text_encoder_2", "tokenizer",
+                              "tokenizer_2")),
 }
 PICKLED = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 WEIGHTED = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")

@@ -28,11 +28,13 @@ from guidance.protocols import Conditions, cond_where
 from guidance.sources import GUIDING_CLIP, GUIDING_CLIP_SPEC
 from guidance.sources.components import check_pipeline_folder
 from guidance.sources.families import NETS, FamilyNet
+from guidance.sources.flux import FluxNet, flux_process
 from guidance.sources.folder import null_components, read_index
 from guidance.sources.schedule import pipeline_process
 from guidance.zoo.load import EvalCLIPScorer, load_eval_clip
 from guidance.zoo.store import CheckpointError, file_sha256
 
+ADAPTERS: dict[str, type[FamilyNet]] = {**NETS, "flux": FluxNet}  # family -> network adapter
 DECODE_BATCH = 16  # VAE decodes per call: bounds the decoder's activation memory at large batches
 
 
@@ -102,14 +104,20 @@ class DiffusersBundle:
     _checksums: dict[str, str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        config = self.net.network.config
-        out = int(config.out_channels if config.get("out_channels") is not None else config.in_channels)
-        channels = int(config.in_channels)
-        size = int(config.sample_size)
-        self.sample_shape = (channels, size, size)
-        self.denoiser = NetworkDenoiser(self.net, self.prediction, out == 2 * channels, self.net.null_cond)
+        self.sample_shape = self.net.latent_shape()
+        self.denoiser = NetworkDenoiser(self.net, self.prediction, self.net.learned_variance, self.net.null_cond)
         self.decoder = LatentDecoder(self.pipe.vae)
         self.source = f"diffusers:{self.root}"
+
+    @property
+    def text_attention(self) -> bool:
+        """Whether the network attends to a prompt (NAG's hook); a class-conditional DiT does not."""
+        return self.family != "dit"
+
+    @property
+    def embedded_guidance(self) -> bool:
+        """Whether the network takes the guidance strength as an input (FLUX.1-dev: the flux-distilled method)."""
+        return isinstance(self.net, FluxNet) and self.net.distilled
 
     def conditions(self, texts: Sequence[str], labels: Tensor | None = None,
                    negative: Sequence[str | None] | None = None) -> Conditions:
@@ -164,9 +172,11 @@ def check_shapes(family: str, pipe: Any, root: Path) -> None:
     """The components must fit each other: latent channels, text widths, pooled widths, class count."""
     net = pipe.unet if family in ("sd", "sdxl") else pipe.transformer
     latent = int(pipe.vae.config.latent_channels)
-    if int(net.config.in_channels) != latent:
+    packed = 4 if family == "flux" else 1  # FLUX's transformer takes 2 x 2 patches of latents
+    if int(net.config.in_channels) != packed * latent:
         raise CheckpointError(f"{root}: the {'unet' if family in ('sd', 'sdxl') else 'transformer'} takes "
-                              f"{net.config.in_channels} latent channels but the vae makes {latent}; use the vae/ of the "
+                              f"{int(net.config.in_channels) // packed} latent channels"
+                              f"{' (in 2 x 2 patches)' if packed == 4 else ''} but the vae makes {latent}; use the vae/ of the "
                               f"same pipeline")
     if family == "sd":
         width = int(pipe.text_encoder.config.hidden_size)
@@ -178,6 +188,13 @@ def check_shapes(family: str, pipe: Any, root: Path) -> None:
         if int(net.config.cross_attention_dim) != width:
             raise CheckpointError(f"{root}: the unet attends to {net.config.cross_attention_dim}-wide text states but the "
                                   f"two text encoders make {width}; use the text encoders of the same pipeline")
+    if family == "flux":
+        widths = {"T5 states": (int(net.config.joint_attention_dim), int(pipe.text_encoder_2.config.d_model)),
+                  "pooled CLIP": (int(net.config.pooled_projection_dim), int(pipe.text_encoder.config.hidden_size))}
+        for what, (takes, makes) in widths.items():
+            if takes != makes:
+                raise CheckpointError(f"{root}: the transformer takes {takes}-wide {what} but the text encoder makes "
+                                      f"{makes}; use the text encoders of the same pipeline")
     if family == "sd3":
         pooled = int(pipe.text_encoder.config.projection_dim) + int(pipe.text_encoder_2.config.projection_dim)
         if int(net.config.pooled_projection_dim) != pooled:
@@ -227,8 +244,11 @@ def load_diffusers(path: str | os.PathLike, device: torch.device | str = "cpu", 
     check_shapes(family, pipe, root)
     pipe.to(device)
     network = pipe.unet if family in ("sd", "sdxl") else pipe.transformer
-    process, prediction, default_sampler = pipeline_process(pipe.scheduler, sampler, image_tokens(family, network))
-    net = NETS[family](pipe, network.eval().requires_grad_(False))
+    net = ADAPTERS[family](pipe, network.eval().requires_grad_(False))
+    if isinstance(net, FluxNet):  # FLUX's trajectory: the pipeline's own sigmas and mu (--sampler swaps are not offered)
+        process, prediction, default_sampler = flux_process(net)
+    else:
+        process, prediction, default_sampler = pipeline_process(pipe.scheduler, sampler, image_tokens(family, network))
     for part in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
         module = getattr(pipe, part, None)
         if module is not None:

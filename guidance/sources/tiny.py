@@ -17,8 +17,10 @@ from typing import Any
 import torch
 
 from guidance.sources import GUIDING_CLIP
+from guidance.sources.tiny_flux import LATENT_CHANNELS as FLUX_CHANNELS
+from guidance.sources.tiny_flux import build_flux
 
-FAMILIES = ("sd", "sd-v", "sdxl", "sd3", "dit")
+FAMILIES = ("sd", "sd-v", "sdxl", "sd3", "dit", "flux")
 
 # scheduler/scheduler_config.json as each public checkpoint ships it, field by field (only `_diffusers_version`
 # left out), so that the tiny pipelines meet the configs users load. Where each was read:
@@ -159,6 +161,9 @@ def build(family: str, scheduler: str = "shipped", seed: int = 0, tokenizer_dir:
             vae=tiny_vae(scaling_factor=0.13025), text_encoder=CLIPTextModel(clip_text_config(vocab)),
             text_encoder_2=CLIPTextModelWithProjection(clip_text_config(vocab)), tokenizer=tokenizer,
             tokenizer_2=tokenizer, unet=unet, scheduler=scheduler_of(family, scheduler), **SHIPPED_PIPELINES["sdxl"])
+    if family == "flux":
+        vae = tiny_vae(FLUX_CHANNELS, scaling_factor=0.3611, shift_factor=0.1159)
+        return build_flux(tokenizer, clip_text_config(vocab), dict(vae.config), LATENT)
     if family == "sd3":
         transformer = diffusers.SD3Transformer2DModel(
             sample_size=LATENT, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,

@@ -52,7 +52,10 @@ def test_first_step_from_pure_noise_keeps_the_noise(sampler: str) -> None:
 
 # methods this vector-valued analytic model cannot run: they act on images or on a network's layers
 NOT_ON_VECTORS = {"fdg": "a Laplacian pyramid over [B, C, H, W] (tests/guiders/test_fdg.py)",
-                  **{n: "perturbs a network's attention or blocks (tests/guiders)" for n in ("pag", "seg", "slg")}}
+                  **{n: "perturbs a network's attention or blocks (tests/guiders)" for n in ("pag", "seg", "slg")},
+                  "nag": "mixes a network's attention outputs (tests/guiders/test_nag.py)",
+                  "sag": "reads a network's self-attention map (tests/sources/test_diffusers_sag.py)",
+                  "flux-distilled": "an input of guidance-distilled transformers (tests/sources/test_diffusers_flux.py)"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.skip(reason=NOT_ON_VECTORS[n])) if n in NOT_ON_VECTORS
