@@ -112,8 +112,7 @@ def method_context(cfg: BenchConfig, bundle: ModelBundle, labels: bool, prompt_s
                          guiding_models=frozenset(k for k, m in bundle.guiding_models().items() if m is not None),
                          labels=labels, prompt_set=prompt_set,
                          pixel_space=bundle.clip_denoised, internals=isinstance(bundle.denoiser, Perturbable),
-                         embedded_guidance=getattr(bundle, "embedded_guidance", False),
-                         text_attention=getattr(bundle, "text_attention", True),
+                         embedded_guidance=bundle.embedded_guidance, text_attention=bundle.text_attention,
                          sampler=cfg.sampler, sampler_renoises=sampler_spec(cfg.sampler).renoise,
                          renoising_samplers=renoising_samplers())
 

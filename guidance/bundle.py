@@ -27,6 +27,8 @@ class ModelBundle(Protocol):
     clip_denoised: bool  # x0 lives in [-1, 1] (pixels): samplers may clip it
     source: str  # where it was loaded from, for manifests
     domain: str  # what its images show ("emoji" for the zoo): evaluators trained on a domain apply only to it
+    text_attention: bool  # its network attends to the prompt's tokens (NAG's hook; not a class-label model)
+    embedded_guidance: bool  # its network takes the guidance strength as an input (FLUX.1-dev)
 
     def conditions(self, texts: Sequence[str], labels: Tensor | None = None,
                    negative: Sequence[str | None] | None = None) -> Conditions:

@@ -152,6 +152,8 @@ class Zoo:
     _checksums: dict[str, str] | None = field(default=None, repr=False)  # hashed once: run and manifest share it
     clip_denoised: bool = True
     domain: str = ZOO_DOMAIN
+    text_attention: bool = True  # the zoo's UNet attends to its caption tokens
+    embedded_guidance: bool = False
 
     def __post_init__(self) -> None:
         c = self.unet.config
