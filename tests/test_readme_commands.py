@@ -48,7 +48,7 @@ def needs_outside_files(command: str) -> bool:
     return "pip install" in command or "/models/" in command
 
 
-TINY_PIPELINE = "/tmp/tiny-sd"  # where the README's tiny-pipeline line writes; a temporary folder here
+TINY_PIPELINES = "/tmp/tiny-"  # where the README's tiny-pipeline lines write (tiny-sd, tiny-flux); a temporary folder here
 # in README order (so `invoke report` compares two runs made before it), plus the list the README names in a comment
 SMOKED = [c for c in readme_commands() if c not in RUN_BY_CI and not needs_outside_files(c)] + ["invoke bench --sampler list"]
 
@@ -98,7 +98,7 @@ def run_recorded(argv: list[str], cwd: Path) -> None:
 
 
 def smoke(command: str, out: Path, run_id: str, runs: list[Path]) -> None:
-    command = command.replace(TINY_PIPELINE, str(out / "tiny-sd"))
+    command = command.replace(TINY_PIPELINES, str(out / "tiny-"))
     if command.startswith("python -m scripts.make_tiny_pipeline"):
         assert make_tiny_pipeline.main(shlex.split(command)[3:]) == 0
         return
