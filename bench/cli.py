@@ -177,6 +177,9 @@ def add_edit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upsampler-scale", type=float, default=1.0, help="cascade: CFG on the upsampler (1: unguided)")
     p.add_argument("--upsample-aug", type=int, default=50, help="cascade: noise-augmentation timestep of the 32 px input")
     p.add_argument("--upsample-steps", type=positive_int, default=25, help="cascade: upsampler DDIM steps")
+    p.add_argument("--upsample-start", type=int, default=CascadeOptions.start,
+                   help="cascade: start the upsampler at this timestep from the noised bicubic image "
+                        "(999: from pure noise); it takes the --upsample-steps trajectory's steps below it")
 
 
 def inpaint_options(args: argparse.Namespace) -> InpaintOptions:
@@ -193,7 +196,7 @@ def inpaint_options(args: argparse.Namespace) -> InpaintOptions:
 
 def cascade_options(args: argparse.Namespace) -> CascadeOptions:
     return CascadeOptions(args.upsampler, args.cascade_features, args.upsampler_scale, args.upsample_aug,
-                          args.upsample_steps)
+                          args.upsample_steps, args.upsample_start)
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
