@@ -4,7 +4,8 @@ resolution. Blur-sensitive by construction, so it can rank upsamplers where clas
 The high-frequency band of an image x at side S is r = x - up(down(x)): x minus its area
 downsampling to S/2, bicubic-upsampled back. Bicubic upsampling of a half-size image has almost no
 such band; a true render has it at its edges and none in flat regions. The features are log(1e-3 +
-RMS of r) per colour channel in each cell of a `cells` x `cells` grid (3 * cells^2 features): a
+RMS of r) per colour channel in each cell of a `cells` x `cells` grid (3 * cells^2 features; 48 by
+default, few enough for a covariance from ~100 images): a
 Frechet distance on them penalises missing detail (blur) and detail where real images have none
 (speckle in flat backgrounds) alike. `bench.upsample_real` shows that it ranks true renders
 clearly above bicubic before using it.
@@ -34,7 +35,7 @@ class HighFrequencyNet(FeatureNet):
     name = "highfreq"
     units = "log RMS of the image's detail above half its resolution, per colour channel and grid cell"
 
-    def __init__(self, size: int = 64, cells: int = 8) -> None:
+    def __init__(self, size: int = 64, cells: int = 4) -> None:
         super().__init__()
         if size % (2 * cells):
             raise ValueError(f"the image side {size} must be a multiple of twice the grid ({cells} cells)")

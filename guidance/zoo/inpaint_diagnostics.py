@@ -171,3 +171,27 @@ def one_line(report: dict) -> str:
                      f"t>=200 {b['hole_mse_given_t200_1000']:.5f} "
                      f"caption gain {b['caption_gain_t300_900']:.3f}")
     return "; ".join(parts)
+
+
+def markdown(report: dict) -> str:
+    """The card's table: per source, the figure, step 0's, the paired difference [95% interval]."""
+    lines = [f"Fixed draws of n = {report['n']} per source (stratified timesteps; same images, holes and noise "
+             f"for every model); hole eps MSE, lower is better; difference = this model - step 0, paired "
+             f"[95% interval].", "",
+             "| source | figure | this model | step 0 | difference [95% interval] |", "|---|---|---|---|---|"]
+    for source in SOURCES:
+        b = report[source]
+        for variant, what in (("given", "mask channels given"), ("hidden", "mask channels zeroed")):
+            for suffix, label in (("", "all t"), *((f"_t{lo}_{hi}", f"t {lo}-{hi}") for lo, hi in BUCKETS)):
+                value = b[f"hole_mse_{variant}{suffix}"]
+                diff_ci = b.get(f"hole_mse_{variant}{suffix}_minus_step0_ci")
+                if diff_ci is None:
+                    continue
+                diff = b.get(f"hole_mse_{variant}{suffix}_minus_step0")
+                mid = (diff_ci[0] + diff_ci[1]) / 2 if diff is None else diff
+                lines.append(f"| {source} | hole MSE, {what}, {label} | {value:.5f} | {value - mid:.5f} | "
+                             f"{mid:+.5f} [{diff_ci[0]:+.5f}, {diff_ci[1]:+.5f}] |")
+        lo, hi = b["caption_gain_t300_900_ci"]
+        lines.append(f"| {source} | caption gain, t 300-900 | {b['caption_gain_t300_900']:.3f} [{lo:.3f}, {hi:.3f}] | "
+                     f"{b.get('caption_gain_t300_900_step0', float('nan')):.3f} | |")
+    return "\n".join(lines) + "\n"
