@@ -7,8 +7,8 @@ import torch
 from torch import Tensor, nn
 
 from guidance.diffusion import GaussianDiffusion
-from guidance.zoo.inpaint_diagnostics import (BUCKETS, CAPTION_RANGE, caption_rows, hole_errors, make_draws, measure,
-                                              selection_score, summarise)
+from guidance.zoo.inpaint_diagnostics import (BUCKETS, CAPTION_RANGE, caption_rows, hole_errors, make_draws, markdown,
+                                              measure, selection_score, summarise)
 
 N, SIZE = 60, 16
 DIFFUSION = GaussianDiffusion.from_schedule("cosine", 1000)
@@ -68,6 +68,11 @@ def test_figures_against_step0_and_the_caption_gain():
         lo, hi = report[source]["hole_mse_given_minus_step0_ci"]
         assert hi < 0 and report[source]["hole_mse_given_minus_step0"] < 0
     assert selection_score(better) < selection_score(step0)
+    table = markdown(report)  # the card: the figure, step 0's and the paired difference, per source
+    given = report["plain"]["hole_mse_given"]
+    step0_given = summarise(step0, d)["plain"]["hole_mse_given"]
+    assert f"| plain | hole MSE, mask channels given, all t | {given:.5f} | {step0_given:.5f} |" in table
+    assert table.count("caption gain") == 2 and table.count("| edited |") == 2 * 5 + 1
     # the caption moves the prediction from 0.5 to 0: the gain is 1 - E(n^2) / E((n - 0.5)^2) on those rows
     listens = measure(Constant(0.5, caption_bonus=-0.5), DIFFUSION, d)
     rows = caption_rows(d["plain"])
