@@ -491,7 +491,8 @@ def train(job: Job, steps: int, budget: float, run_dir: Path, device: torch.devi
             "parameters": sum(p.numel() for p in final.parameters())}
     if best is not None:
         info["selection"] = {"exported_step": best["step"] + int(before.get("steps") or 0), "score": best["score"],
-                             "evaluations": [{k: v for k, v in s.items() if k != "report"} for s in selections]}
+                             "evaluations": [{k: v for k, v in s.items() if k != "report"} for s in selections],
+                             "report": next(s["report"] for s in selections if s["step"] == best["step"])}
     if before.get("steps"):
         # the export continued from, with its own record (evaluation, corrections, what it continued)
         info["continued_from"] = {**before, "this_run": {"steps": step, "wall_time_s": round(elapsed, 1)}}

@@ -18,6 +18,7 @@ The trainer (budget, resume, export, records) is guidance.zoo.train's.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 
@@ -89,12 +90,14 @@ def inpaint_job(data: Data, batch: int, device: torch.device, base_path: Path, s
         return hybrid_loss(diffusion, out, x0, x_t, t, noise, weight=hole + known_weight * (1 - hole))
 
     draws = make_draws(data.images, data.tokens, model.null_tokens, n=32 if small else eval_n)
-    pristine = {k: v.clone() for k, v in model.state_dict().items()}
-    step0 = measure(model, diffusion, draws)  # the base model's figures on the same draws (paired)
+    pristine = copy.deepcopy(model)  # step 0, measured on first use (an export-only resume never needs it)
+    step0: dict[str, Tensor] = {}
 
     def select(m: nn.Module) -> tuple[float, str, dict]:
-        state = m.state_dict()
-        unchanged = all(torch.equal(state[k].cpu(), v) for k, v in pristine.items())
+        if not step0:
+            step0.update(measure(pristine, diffusion, draws))  # the base model's figures on the same draws
+        state, before = m.state_dict(), pristine.state_dict()
+        unchanged = all(torch.equal(v.cpu(), before[k]) for k, v in state.items())
         errors = step0 if unchanged else measure(m, diffusion, draws)  # type: ignore[arg-type]
         report = summarise(errors, draws, reference=step0)
         return selection_score(errors), one_line(report), report
@@ -224,8 +227,10 @@ def main(argv: list[str] | None = None) -> None:
                                 checkpoint_every=args.checkpoint_every, init=init, record=record)
         except CheckpointError as err:
             raise SystemExit(f"error: {err}") from None
+        # a run that kept its best checkpoint has that checkpoint's evaluation already
+        evaluation = info.get("selection", {}).pop("report", None) or (job.evaluate(model) if job.evaluate else {})
         info.update(batch_size=args.batch, dataset_checksum=data.dataset.checksum, dataset_size=len(data.dataset),
-                    evaluation=job.evaluate(model) if job.evaluate else {}, **job.extra_info)
+                    evaluation=evaluation, **job.extra_info)
         save_model(model, Path(args.out) / f"{job.name}.safetensors", job.kind or job.name, job.config, info)
         print(f"[{job.name}] exported {info['steps']} steps in {info['wall_time_s']}s: "
               f"{json.dumps(info['final_losses'])} eval {json.dumps(info['evaluation'])}", flush=True)
