@@ -23,6 +23,8 @@ from bench.store import to_hwc_uint8
 from guidance.guiders import make_guidance
 from guidance.samplers import sample
 from guidance.zoo.emoji_data import EmojiDataset, save_grid
+from guidance.zoo.inpaint_diagnostics import SOURCES
+from guidance.zoo.inpaint_diagnostics import markdown as diagnostics_markdown
 from guidance.zoo.load import EVAL_CLIP_LABEL, ZOO_DIR, load_zoo
 from guidance.zoo.store import dir_checksums, read_metadata
 
@@ -36,12 +38,14 @@ ROLES = {
     "eval_classifier": "Clean-image identity classifier: its penultimate features serve FID/KID on this domain, its "
                        "top-1 accuracy serves as alignment accuracy.",
     "inpaint_unet": "GLIDE-style inpainting model: the text UNet (`unet`) with 4 extra input channels (the masked "
-                    "image and the mask, their input weights zero-initialised, so at step 0 its output equals `unet`'s "
-                    "exactly), fine-tuned on random masks (centre, halves, boxes, strokes) with captions dropped 15% "
-                    "of the time. Used by `--task inpaint --inpaint-methods model` (docs/inpainting.md).",
+                    "image and the mask, their input weights zero-initialised and their branch scaled by the noise "
+                    "level, so at step 0 its output equals `unet`'s exactly), fine-tuned on random masks (centre, "
+                    "halves, boxes, strokes) with captions dropped 15% of the time, half of the images moved like the "
+                    "editing benchmark's sources; only the condition weights and the first blocks train. Used by "
+                    "`--task inpaint --inpaint-methods model` (docs/inpainting.md).",
     "upsampler": "Diffusion upsampler 32 -> 64 px (GLIDE's second stage): a small text UNet conditioned on the "
                  "bicubic-upsampled 32 px image (concatenated channels) with noise augmentation of that input "
-                 "(Ho et al. 2021), trained on 32 px crops of the 64 px renders. Used by `--cascade`.",
+                 "(Ho et al. 2021), trained on 32 px crops of the 64 px renders. Used by `--task cascade`.",
     "eval_classifier_64": "Evaluation classifier at 64 px: its features score the cascade's FID/KID at 64 px "
                           "(a 32 px network cannot see what an upsampler adds). Used only to score.",
     "weak_unet": "Weak diffusion model for autoguidance (Karras et al. 2024): the same UNet family as `unet` at a "
@@ -143,6 +147,16 @@ def benchmark_lines(out: Path) -> list[str]:
     return lines
 
 
+def selection_lines(selection: dict | None) -> list[str]:
+    """The mid-run evaluations of a run that exported its best checkpoint: score against training time."""
+    if not selection:
+        return []
+    lines = [f"Mid-run evaluations (the export is step {selection['exported_step']}, the lowest score):", "",
+             "| step | time (s) | score |", "|---|---|---|"]
+    lines += [f"| {e['step']} | {e['time']} | {e['score']:.5f} |" for e in selection["evaluations"]]
+    return lines + [""]
+
+
 def card(name: str, out: Path) -> str:
     meta = read_metadata(out / f"{name}.safetensors")
     info = meta["info"]
@@ -176,8 +190,12 @@ def card(name: str, out: Path) -> str:
                      f"of the initial weights; removed by `{c['by']}` (eps MSE {c['eps_mse_before']} -> "
                      f"{c['eps_mse_after']}) |")
     lines.append("")
-    if info.get("evaluation"):
-        lines += ["## Evaluation", "", "```json", json.dumps(info["evaluation"], indent=1), "```", ""]
+    evaluation = info.get("evaluation")
+    if evaluation and set(SOURCES) <= set(evaluation):  # the inpainting diagnostics: a table, paired with step 0
+        lines += ["## Evaluation", "", diagnostics_markdown(evaluation), ""]
+        lines += selection_lines(info.get("selection"))
+    elif evaluation:
+        lines += ["## Evaluation", "", "```json", json.dumps(evaluation, indent=1), "```", ""]
     if name == "unet":
         lines += benchmark_lines(out)
     if (out / f"{name}_benchmark.md").exists():  # measured figures of a model benchmarked outside unet_benchmark.json

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from guidance.denoisers import NetworkDenoiser
+from guidance.diffusion import GaussianDiffusion
 from guidance.guiders import make_guidance
 from guidance.inpaint import KnownX0, Resampling, inpaint, nfe
 from guidance.masks import masks_for
@@ -48,6 +49,35 @@ def test_zero_initialised_channels_give_the_base_models_output_exactly():
         with torch.no_grad():
             model.cond_stem.weight.add_(0.1)
         assert not torch.equal(model(x, t, inpaint_condition(tokens(3), known, 1 - hole)), base(x, t, tokens(3)))
+
+
+def test_sigma_gated_branch_is_the_base_model_at_step_0_and_scales_by_the_noise_level():
+    base = tiny_base()
+    model = ConditionedUNet.from_base(base, 4, cond_gate="sigma").eval()
+    x, t = torch.randn(3, 3, 32, 32), torch.tensor([0, 400, 999])
+    known, hole = torch.rand(3, 3, 32, 32) * 2 - 1, masks_for("box", [0, 1, 2], 32)
+    cond = inpaint_condition(tokens(3), known, 1 - hole)
+    with torch.no_grad():
+        assert torch.equal(model(x, t, cond), base(x, t, tokens(3)))  # exactly the base at step 0
+        model.cond_stem.weight.normal_()
+        # the gate is sqrt(1 - alpha_bar_t) of the config's schedule (the noise std of x_t)
+        abar = GaussianDiffusion.from_schedule("cosine", 1000).alphas_cumprod
+        gate = model.gate(torch.tensor([0.0, 400.0, 999.0, 400.5]))
+        expected = torch.tensor([(1 - abar[0]) ** 0.5, (1 - abar[400]) ** 0.5, (1 - abar[999]) ** 0.5,
+                                 ((1 - abar[400]) ** 0.5 + (1 - abar[401]) ** 0.5) / 2])
+        torch.testing.assert_close(gate, expected.float(), rtol=1e-6, atol=0)  # float32 table
+        assert float(gate[0]) < 0.01 and float(gate[2]) > 0.999
+        ungated = model.cond_stem(cond["image"])
+        torch.testing.assert_close(model.condition_features(t, cond["image"]), ungated * gate[:3, None, None, None])
+        # nearly the base where the known region cannot help, the condition's full effect at high noise
+        step0 = base(x, t, tokens(3))
+        change = (model(x, t, cond) - step0).abs().flatten(1).mean(1)
+        plain = ConditionedUNet.from_base(base, 4).eval()
+        plain.cond_stem.weight.copy_(model.cond_stem.weight)
+        ungated_change = (plain(x, t, cond) - step0).abs().flatten(1).mean(1)
+        assert change[0] < 0.1 * ungated_change[0] and torch.allclose(change[2], ungated_change[2], rtol=1e-3)
+    with pytest.raises(ValueError, match="unknown cond_gate"):
+        ConditionedUNet.from_base(base, 4, cond_gate="linear")
 
 
 def test_upsampler_embeds_its_augmentation_level_from_zero():

@@ -144,3 +144,32 @@ def test_a_run_that_exports_into_its_init_folder_still_resumes(data_path, tmp_pa
     for steps in ("2", "3"):
         meta = run(data_path, tmp_path / "w", tmp_path / "run", "--steps", steps, "--init-from", str(tmp_path / "w"))
     assert "resumed at step 2" in capsys.readouterr().out and meta["info"]["steps"] == 1 + 3
+
+
+def test_mid_run_evaluations_export_the_best_scoring_weights_and_survive_a_resume(tmp_path):
+    import torch
+    from torch import nn
+
+    from guidance.zoo.train import Job, train
+
+    def weight(m: nn.Module) -> float:
+        return float(m.weight.detach())
+
+    def job() -> Job:
+        model = nn.Linear(1, 1, bias=False)
+        nn.init.zeros_(model.weight)
+
+        def loss(g):  # pushes the weight up by Adam's ~lr per step
+            return -model.weight.sum(), {}
+
+        # a score that is best (lowest) at weight 0.02: the run passes it and gets worse
+        return Job("toy", model, loss, {}, lr=0.01, weight_decay=0.0, warmup=1,
+                   select=lambda m: (abs(weight(m) - 0.02), f"w {weight(m):.3f}", {"w": weight(m)}),
+                   select_every=0.0)
+
+    model, info = train(job(), 3, 1e9, tmp_path, torch.device("cpu"), 0)
+    assert info["selection"]["exported_step"] == 2 and abs(float(model.weight) - 0.02) < 1e-3
+    assert [e["step"] for e in info["selection"]["evaluations"]] == [0, 1, 2, 3]
+    model, info = train(job(), 6, 1e9, tmp_path, torch.device("cpu"), 0)  # resumed: the best so far is kept
+    assert info["selection"]["exported_step"] == 2 and abs(float(model.weight) - 0.02) < 1e-3
+    assert [e["step"] for e in info["selection"]["evaluations"]] == [0, 1, 2, 3, 4, 5, 6]

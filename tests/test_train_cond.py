@@ -28,10 +28,14 @@ def test_conditioned_jobs_train_export_and_load(tmp_path):
     assert isinstance(inpaint, ConditionedUNet) and inpaint.cond_channels == 4
     info = read_metadata(out / "inpaint_unet.safetensors")["info"]
     assert info["steps"] == 2 and info["fine_tuned_from"]["file"] == "unet.safetensors"
-    assert set(info["evaluation"]) == {"hole_eps_mse_32_given", "hole_eps_mse_32_hidden"}
+    assert set(info["evaluation"]) == {"n", "plain", "edited"} and info["evaluation"]["n"] == 32
+    assert "hole_mse_given_minus_step0_ci" in info["evaluation"]["edited"]
+    assert info["selection"]["exported_step"] in (0, 2) and "report" not in info["selection"]
+    assert inpaint.gated and inpaint.config.extra["cond_gate"] == "sigma"
     upsampler = load_model(out / "upsampler.safetensors", "conditioned_unet")
     assert upsampler.config.image_size == 64 and upsampler.aug_emb is not None
     assert load_model(out / "eval_classifier_64.safetensors", "eval_classifier").config.image_size == 64
     base = load_model(ZOO_DIR / "unet.safetensors", "unet")
     assert all(torch.equal(a, b) for a, b in zip(inpaint.text.parameters(), base.text.parameters()))  # frozen
-    assert float(inpaint.cond_stem.weight.abs().sum()) > 0  # the zero-initialised channels learned
+    # the zero-initialised channels learned (unless the best checkpoint was step 0 itself)
+    assert (float(inpaint.cond_stem.weight.abs().sum()) > 0) == (info["selection"]["exported_step"] == 2)

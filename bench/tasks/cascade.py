@@ -41,6 +41,7 @@ from guidance.guiders.base import Guidance, GuidanceCost
 from guidance.protocols import Conditions
 from guidance.rng import SampleNoise
 from guidance.samplers import sample
+from guidance.upsample import truncated_sigmas, truncated_start
 from guidance.zoo.conditioned import upsample_condition
 from guidance.zoo.emoji_data import build_emoji_dataset
 from guidance.sources.zoo_source import model_dir
@@ -147,6 +148,9 @@ class Cascade(Task):
             raise ValueError(f"--upsample-aug {cfg.upsample_aug} is out of range; use a timestep of 0 or more")
         if cfg.upsample_steps < 1:
             raise ValueError(f"--upsample-steps {cfg.upsample_steps} is out of range; use 1 or more")
+        if not 0 < cfg.upsample_start <= 999:
+            raise ValueError(f"--upsample-start {cfg.upsample_start} is out of range; use a timestep in 1..999 "
+                             f"(999: from pure noise)")
         check_checkpoint(self.upsampler_path(), "--upsampler", "conditioned_unet", "train it with `python -m "
                          "guidance.zoo.train_cond --models upsampler` or pass --upsampler PATH")
         check_checkpoint(self.features_path(), "--cascade-features", "eval_classifier", "train it with `python -m "
@@ -169,7 +173,8 @@ class Cascade(Task):
         key = {"task": self.name, "stage": cell.variant[0]}
         if cell.variant[0] == "upsampler":
             key.update(upsampler=file_sha256(self.upsampler_path()), upsampler_scale=self.cfg.upsampler_scale,
-                       upsample_aug=self.cfg.upsample_aug, upsample_steps=self.cfg.upsample_steps)
+                       upsample_aug=self.cfg.upsample_aug, upsample_steps=self.cfg.upsample_steps,
+                       upsample_start=self.cfg.upsample_start)
         return key
 
     def cost(self, bundle: ModelBundle, cell: Cell, guidance: Guidance, negative: bool) -> GuidanceCost:
@@ -193,8 +198,10 @@ class Cascade(Task):
             return SampledBatch(bicubic(x32, up.size), {"low_res": low})
         up_guidance = make_guidance("cfg", cfg.upsampler_scale) if cfg.upsampler_scale > 1 else make_guidance("none", 0.0)
         up_cond = up.condition(texts, x32, cfg.upsample_aug, indices, cell.seed)
-        x64 = sample(up.denoiser, up.process, up.process.sigmas(cfg.upsample_steps), up_guidance, up_cond,
-                     (3, up.size, up.size), indices, seed=cell.seed + UPSAMPLE_STREAM, sampler="ddim", device=device)
+        up_sigmas = truncated_sigmas(up.process, cfg.upsample_steps, cfg.upsample_start)
+        x_start = truncated_start(up.process, up_sigmas, bicubic(x32, up.size), indices, cell.seed + UPSAMPLE_STREAM)
+        x64 = sample(up.denoiser, up.process, up_sigmas, up_guidance, up_cond, (3, up.size, up.size), indices,
+                     seed=cell.seed + UPSAMPLE_STREAM, sampler="ddim", x_T=x_start, device=device)
         return SampledBatch(x64, {"low_res": low})
 
     def evaluators(self, device: torch.device) -> Evaluators:

@@ -110,6 +110,10 @@ class Job:
     extra_info: dict = field(default_factory=dict)
     warmup: int = 200  # learning-rate warm-up steps (a short fine-tune takes fewer)
     lr_scale: dict[str, float] = field(default_factory=dict)  # parameter-name prefix -> lr multiplier
+    # mid-run evaluation: (score, one printed line, record) of the exported (EMA) model; lower is better.
+    # The run evaluates at its start and every `select_every` seconds and exports the best-scoring weights.
+    select: Callable[[nn.Module], tuple[float, str, dict]] | None = None
+    select_every: float = 600.0
 
 
 class EMA:
@@ -392,6 +396,8 @@ def train(job: Job, steps: int, budget: float, run_dir: Path, device: torch.devi
     # a continued model draws fresh batches and noise, not a replay of its first run's
     g = torch.Generator(device).manual_seed(seed + int(before.get("steps") or 0))
     step, elapsed, history = 0, 0.0, []
+    best: dict | None = None  # the best mid-run evaluation: score, step and the weights scored
+    selections: list[dict] = []
     if ckpt.exists():  # resume: our own checkpoint, still loaded without unpickling code
         state = torch.load(ckpt, map_location=device, weights_only=True)
         saved = state.get("run")
@@ -408,6 +414,7 @@ def train(job: Job, steps: int, budget: float, run_dir: Path, device: torch.devi
         g.set_state(state["rng"].cpu())
         step, elapsed, history = int(state["step"]), float(state["elapsed"]), state["history"]
         before = state.get("before", before)
+        best, selections = state.get("best"), state.get("selections", [])
         print(f"[{job.name}] resumed at step {step} ({elapsed:.0f}s done)")
         if elapsed >= budget and step < steps:
             print(f"[{job.name}] this run has spent its --budget of {budget:.0f}s: raise it to train further")
@@ -418,11 +425,26 @@ def train(job: Job, steps: int, budget: float, run_dir: Path, device: torch.devi
                  "history": history, "rng": g.get_state(), "before": before, "run": record}
         if ema is not None:
             state["ema"] = ema.state_dict()
+        if job.select is not None:
+            state.update(best=best, selections=selections)
         torch.save(state, str(ckpt) + ".tmp")
         os.replace(str(ckpt) + ".tmp", ckpt)
 
+    def select() -> None:
+        nonlocal best
+        scored = ema.module if ema is not None else model
+        score, line, report = job.select(scored)
+        selections.append({"step": step, "time": round(time.time() - start, 1), "score": score, "report": report})
+        tqdm.write(f"[{job.name}] step {step}: score {score:.6f} ({line})")
+        if best is None or score < best["score"]:
+            best = {"score": score, "step": step,
+                    "state": {k: v.detach().cpu().clone() for k, v in scored.state_dict().items()}}
+
     warmup = job.warmup
     start, last_ckpt = time.time() - elapsed, time.time()
+    if job.select is not None and not selections:
+        select()  # the starting point is a candidate: a run that only gets worse exports it
+    last_select = time.time()
     logs: dict[str, list[Tensor]] = {}
     bar = tqdm(total=steps, initial=step, desc=f"train {job.name}", dynamic_ncols=True)
     model.train()
@@ -449,15 +471,28 @@ def train(job: Job, steps: int, budget: float, run_dir: Path, device: torch.devi
             elapsed = time.time() - start
             save_checkpoint()
             last_ckpt = time.time()
+        if job.select is not None and time.time() - last_select > job.select_every:
+            select()
+            elapsed = time.time() - start
+            save_checkpoint()
+            last_select = last_ckpt = time.time()
     bar.close()
+    if job.select is not None and selections[-1]["step"] != step:
+        select()
     elapsed = time.time() - start
     save_checkpoint()
     final = ema.module if ema is not None else model
+    if best is not None:
+        final.load_state_dict(best["state"])
     info = {"steps": step + int(before.get("steps") or 0),
             "wall_time_s": round(elapsed + float(before.get("wall_time_s") or 0.0), 1), "batch_size": None, "seed": seed,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "final_losses": history[-1] if history else {}, "history": history[-20:],
             "parameters": sum(p.numel() for p in final.parameters())}
+    if best is not None:
+        info["selection"] = {"exported_step": best["step"] + int(before.get("steps") or 0), "score": best["score"],
+                             "evaluations": [{k: v for k, v in s.items() if k != "report"} for s in selections],
+                             "report": next(s["report"] for s in selections if s["step"] == best["step"])}
     if before.get("steps"):
         # the export continued from, with its own record (evaluation, corrections, what it continued)
         info["continued_from"] = {**before, "this_run": {"steps": step, "wall_time_s": round(elapsed, 1)}}
