@@ -56,7 +56,7 @@ MODELS = {"classifier": ImageMixture(mixture(), classify=True),
           "weak": NetworkDenoiser(ImageMixture(mixture(spread=2.0)), "eps")}
 CONTEXT = MethodContext(source="the analytic mixture", guiding_models=frozenset(MODELS), labels=True,
                         pixel_space=True, internals=False, sampler="ddim", sampler_renoises=True)
-UNAVAILABLE = {"noised_clip", "decoder_clip", "internals"}
+UNAVAILABLE = {"noised_clip", "decoder_clip", "internals", "embedded_guidance"}  # the mixture takes no strength input
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))
