@@ -55,7 +55,8 @@ class CascadeOptions:
     upsampler_scale: float = 1.0  # CFG on the upsampler (1: unguided, one pass per step)
     aug: int = 50  # noise-augmentation timestep of the low-resolution input
     steps: int = 25
-    start: int = 999  # timestep the upsampler starts at from the noised bicubic image (999: pure noise)
+    start: int = 500  # timestep the upsampler starts at from the noised bicubic image (999: pure noise; 500: the
+    # best of bench.upsample_real's sweep, docs/inpainting.md)
 
 
 class Upsampler:
