@@ -142,9 +142,10 @@ class BenchConfig:
     upsample_aug: int = option(50, type=int, tasks=("cascade",),
                                help="noise-augmentation timestep of the 32 px input")
     upsample_steps: int = option(25, type=int, tasks=("cascade",), help="the upsampler's DDIM steps")
-    upsample_start: int = option(999, type=int, tasks=("cascade",),
+    upsample_start: int = option(500, type=int, tasks=("cascade",),
                                  help="start the upsampler at this timestep from the noised bicubic image (999: "
-                                      "from pure noise); it takes the --upsample-steps trajectory's steps below it")
+                                      "from pure noise; 500: the best of bench.upsample_real's sweep, "
+                                      "docs/inpainting.md); it takes the --upsample-steps trajectory's steps below it")
 
     # fields that change the samples besides each sample's prompt and label (those are checked per sample, so
     # --prompt-limit and the prompt file may change without resampling what still holds): the resume key
