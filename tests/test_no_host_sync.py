@@ -26,7 +26,7 @@ STEPS = 4
 class _MetaNoise:
     """SampleNoise without generators (meta has none): noise of the right shape, no data."""
 
-    def __init__(self, seed: int, indices, device) -> None:
+    def __init__(self, seed: int, indices, device, mode: str = "device") -> None:
         self.batch = len(indices)
 
     def randn(self, shape, dtype: torch.dtype = torch.float32) -> torch.Tensor:
