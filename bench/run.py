@@ -304,6 +304,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
     task.prepare(bundle, device)
     bundle.accelerate(cfg.acceleration(), device, DTYPES[cfg.dtype])
     cfg = replace(cfg, model_fingerprint=bundle.fingerprint())
+    task.cfg = cfg  # the settings as resolved against the model (--guidance all, the metrics that apply)
     check_keeps_samples(run_dir, cfg)
     if shard.is_main or not shard.launched:  # every independent shard job: any of them may start first
         write_atomic(run_dir / "config.json", config_json(cfg.to_dict()))

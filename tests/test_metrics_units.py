@@ -173,8 +173,8 @@ def test_identical_points_are_both_on_the_pareto_front():
 
 def test_every_sample_field_changes_the_sample_key_and_nothing_else_does():
     plain = BenchConfig()
-    changed = {"sampler": "ddpm", "schedule": "karras", "steps": 21, "eta": 0.5, "dtype": "bfloat16",
-               "model": "/other/zoo", "model_fingerprint": "f" * 16}
+    changed = {"sampler": "ddpm", "schedule": "karras", "steps": 21, "eta": 0.5, "noise": "diffusers",
+               "dtype": "bfloat16", "model": "/other/zoo", "model_fingerprint": "f" * 16}
     assert set(changed) == set(BenchConfig.SAMPLE_FIELDS)
     for field, value in changed.items():
         assert BenchConfig(**{field: value}).cell_hash("cfg", 3.0, 0) != plain.cell_hash("cfg", 3.0, 0), field

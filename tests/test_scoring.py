@@ -119,12 +119,14 @@ def test_a_features_file_reference_of_another_network_is_refused_before_sampling
 
 
 def test_zoo_reference_images_that_cannot_be_rendered_fail_before_sampling(tmp_path, capsys, monkeypatch):
-    """CMMD on the zoo needs the rendered emoji images (the committed statistics are the domain network's):
-    without the emoji font the run stops before sampling, naming the way out."""
+    """A zoo reference without committed features for the run's network (here CMMD's CLIP, its committed
+    file taken away) needs the rendered emoji images: without the emoji font the run stops before sampling,
+    naming the way out."""
     def no_font(*args, **kwargs):
         raise FileNotFoundError("Noto Color Emoji font not found at /usr/share/fonts/x.ttf; install it")
 
     monkeypatch.setattr(reference_module, "build_emoji_dataset", no_font)
+    monkeypatch.setattr(reference_module, "ZOO_CLIP_REFERENCE", tmp_path / "missing.safetensors")
     assert cli_main(["run", "--preset", "tiny", "--out", str(tmp_path), "--no-report"]) == 2
     err = capsys.readouterr().err.strip()
     assert "Noto Color Emoji font not found" in err and "--features domain without cmmd" in err, err
