@@ -24,7 +24,7 @@ def text_attention(network: torch.nn.Module) -> list[torch.nn.Module]:
 
 @pytest.mark.parametrize("family", ["sd", "sd3"])
 def test_nag_mixes_the_first_text_layer_and_phi_zero_is_the_model(tiny_pipeline, family):
-    bundle = load_bundle(f"diffusers:{tiny_pipeline(family, 'ddim')}")
+    bundle = load_bundle(f"diffusers:{tiny_pipeline(family)}")  # its checkpoint's shipped scheduler
     layers = text_attention(bundle.net.network)
     assert layers
     raw, mixed = [], []
