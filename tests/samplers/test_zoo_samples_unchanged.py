@@ -34,8 +34,8 @@ FIXTURE_THREADS = 2
 # Largest |x - fixture| (samples in [-1, 1]) over the cases whose numerics did not change, measured on an
 # AMD EPYC (AVX-512): 1.1e-3 at 1 thread (9.25e-4 at 2 threads, the fixture's count, as issue 24 reports), and
 # 4.48e-3 (autoguidance: two networks' roundings compound) with ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2
-# and MKL_ENABLE_INSTRUCTIONS=AVX2 at 2 threads. The bound is twice the largest; a changed formula moves these
-# samples by 1e-1 or more. cfg-rescale moved 6.1e-4, past its ROUNDING, so the larger bound applies to all.
+# and MKL_ENABLE_INSTRUCTIONS=AVX2 at 2 threads. The bound is twice the largest, so a change below ~1e-2 (a
+# reordering of float sums) passes here; the golden and parity tests pin the formulas themselves. cfg-rescale moved 6.1e-4, past its ROUNDING, so the larger bound applies to all.
 MEASURED_SPREAD = 4.48e-3
 KERNEL_SPREAD = 2 * MEASURED_SPREAD
 
