@@ -62,7 +62,7 @@ class BenchConfig:
     scales: dict[str, list[float]] = option(factory=dict, parse=parse_scales,  # empty: each method's own grid
                                             help="'1,3,6' for all methods or 'cfg=1,3,6;clip=1,5,10' (default: "
                                                  "each method's own grid for the preset)")
-    prompts: str = option("emoji200", help="built-in set name (emoji200, emoji-all) or a prompt file (.txt, .csv, "
+    prompts: str = option("emoji200", tasks=("text-to-image", "cascade"), help="built-in set name (emoji200, emoji-all) or a prompt file (.txt, .csv, "
                                            ".tsv, .jsonl, COCO .json)")
     prompt_limit: int | None = option(20, type=parse_prompt_limit, help="use the first N prompts, or 'all'")
     samples_per_prompt: int = option(1, type=int, help="samples drawn per prompt and seed set")

@@ -267,7 +267,7 @@ INPAINT_CASES = [(["--mask-file", "{c}/mask_bomb.png"], "--mask-file"), (["--mas
                  (["--mask-file", "{c}/mask_big.png"], "mask file"), (["--mask-file", "{c}/missing.png"], "--mask-file"),
                  (["--repaint", "5"], "--repaint"), (["--masks", "circle"], "--masks"),
                  (["--inpaint-methods", ""], "--inpaint-methods"), (["--prompts", "emoji-all"], "--prompts"),
-                 (["--metrics", "fid"], "--metrics"), (["--reference", "{c}/one"], "--reference"),
+                 (["--reference", "{c}/one"], "--reference"),
                  (["--upsample-aug", "3"], "--upsample-aug"), (["--seeds", "-5"], "--seeds"),
                  (["--inpaint-model", "{c}/text.safetensors", "--inpaint-methods", "model"], "--inpaint-model"),
                  (["--inpaint-model", "{c}/one_row.safetensors", "--inpaint-methods", "model"], "--inpaint-model")]
@@ -286,13 +286,13 @@ CASCADE_CASES = [(["--upsampler-scale", "nan"], "--upsampler-scale"), (["--upsam
                  (["--upsampler", "{c}/missing.safetensors"], "--upsampler"),
                  (["--upsampler", "{c}/neither.safetensors"], "--upsampler"),
                  (["--cascade-features", "{c}/missing.safetensors"], "--cascade-features"),
-                 (["--mask-file", "{c}/mask_text.png"], "--mask-file"), (["--negative-prompt", "blurry"], "--negative-prompt"),
+                 (["--mask-file", "{c}/mask_text.png"], "--mask-file"),
                  (["--prompts", "{c}/prompts_nested.json"], "--prompts")]
 
 
 @pytest.mark.parametrize("argv, flag", CASCADE_CASES, ids=[" ".join(a)[:50] for a, _ in CASCADE_CASES])
 def test_cascade_refuses_bad_input_before_sampling(argv, flag, corpus, tmp_path, capsys):
-    code, out, err = call(cli.main, ["run", "--cascade", "--preset", "tiny", "--guidance", "cfg", "--scales", "3",
+    code, out, err = call(cli.main, ["run", "--task", "cascade", "--preset", "tiny", "--guidance", "cfg", "--scales", "3",
                                      "--out", str(tmp_path / "out"), *fill(argv, corpus)], capsys)
     assert_refused(code, out, err, fill([flag], corpus)[0], tmp_path)
 
