@@ -165,7 +165,7 @@ def test_cascade_flag_reads_as_task_cascade(capsys):
     (["--task", "inpaint", "--masks", "center,circle"], "unknown mask kind"),
     (["--task", "inpaint", "--inpaint-methods", "paste"], "unknown inpainting method"),
     (["--task", "inpaint", "--repaint", "5"], "bad --repaint '5'"),
-    (["--task", "inpaint", "--mask-file", "MISSING.png"], "mask file MISSING.png not found"),
+    (["--task", "inpaint", "--mask-file", "MISSING.png"], "--mask-file MISSING.png: not found"),
     (["--task", "inpaint", "--cascade"], "--cascade is replaced by --task cascade"),
 ])
 def test_bad_editing_input_gets_one_clear_line(argv, message, capsys, tmp_path):
