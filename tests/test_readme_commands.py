@@ -54,8 +54,11 @@ SMOKED = [c for c in readme_commands() if c not in RUN_BY_CI and not needs_outsi
 
 
 def test_every_readme_command_is_run_somewhere() -> None:
-    for command in readme_commands():
-        assert command in RUN_BY_CI or command in SMOKED or needs_outside_files(command), command
+    """Every README command is smoked below unless CI runs it as written or it needs a user's files; the
+    commands left to CI must still be in the README, and CI must run them."""
+    commands = readme_commands()
+    assert all(command in commands for command in RUN_BY_CI), [c for c in RUN_BY_CI if c not in commands]
+    assert len(SMOKED) > 5  # the README's own commands, not only the --sampler list this test adds
     ci = (ROOT / ".ci" / "run").read_text()
     assert "readme_main_job" in ci and "invoke test" in ci and "invoke regress" in ci
 
