@@ -537,8 +537,9 @@ def test_autoguidance_with_a_wider_weak_mixture_pulls_samples_to_the_modes(mixtu
 # ---------------------------------------------------------------- the zoo model, end to end
 
 NEW_METHODS = ["cfg-interval", "cfg-rescale", "apg", "cfg-zero-star", "cfg-dynamic-threshold", "autoguidance",
-               "cfg-pp", "tcfg", "mambo-g", "fdg", "apg-mix", "cfg-increasing", "cfg-early", "pag", "seg"]
+               "cfg-pp", "tcfg", "mambo-g", "fdg", "apg-mix", "cfg-increasing", "cfg-early", "pag", "seg", "nag", "sag"]
 OUTSIDE_THIS_STEP = {"slg"}  # its sigma interval (3, 30] excludes the step below (tests/guiders/test_slg.py)
+DISTILLED_ONLY = {"flux-distilled"}  # the zoo takes no guidance-strength input (tests/sources/test_diffusers_flux.py)
 ZOO_SCALES = {"cfg-pp": 0.6}  # CFG++'s lambda lies in [0, 1]; the others guide at 3
 
 
@@ -564,7 +565,7 @@ class NullCaptionWeak:
 
 def test_every_registered_method_is_covered():
     # universal-clip needs a latent bundle's decoder: tests/sources/test_diffusers_bundle.py
-    assert set(NEW_METHODS) | OUTSIDE_THIS_STEP | {"none", "cfg", "classifier", "clip", "universal-clip"} == set(REGISTRY)
+    assert set(NEW_METHODS) | OUTSIDE_THIS_STEP | DISTILLED_ONLY | {"none", "cfg", "classifier", "clip", "universal-clip"} == set(REGISTRY)
 
 
 @pytest.fixture(scope="module")
@@ -612,15 +613,15 @@ def test_autoguidance_without_a_weak_model_is_a_clear_error_and_all_skips_it(zoo
     prompts, notes = load_prompt_set(every), []
     resolved = applicable_guidance(every, prompts, no_weak, note=notes.append)
     assert "autoguidance" not in resolved.guidance
-    assert set(resolved.guidance) == set(REGISTRY) - {"autoguidance", "universal-clip"}
+    assert set(resolved.guidance) == set(REGISTRY) - {"autoguidance", "universal-clip"} - DISTILLED_ONLY
     assert resolved.scale_grid() == {g: [2.0] for g in resolved.guidance}
     assert any("skips 'autoguidance'" in n for n in notes)
     with pytest.raises(ValueError, match="needs a weak model"):  # named: kept, so the run errors
         check_compatible(BenchConfig.from_preset("tiny", guidance=["cfg", "autoguidance"]), prompts, no_weak)
     # the zoo has its weak model; universal-clip needs a decoder and a clean guiding CLIP, which it has not
-    assert set(applicable_guidance(every, prompts, zoo).guidance) == set(REGISTRY) - {"universal-clip"}
+    assert set(applicable_guidance(every, prompts, zoo).guidance) == set(REGISTRY) - {"universal-clip"} - DISTILLED_ONLY
     ddpm = applicable_guidance(replace(every, sampler="ddpm"), prompts, zoo, note=notes.append)
-    assert set(ddpm.guidance) == set(REGISTRY) - {"cfg-pp", "universal-clip"}  # ancestral DDPM cannot renoise unconditionally
+    assert set(ddpm.guidance) == set(REGISTRY) - {"cfg-pp", "universal-clip"} - DISTILLED_ONLY  # ancestral DDPM cannot renoise unconditionally
     assert any("skips 'cfg-pp'" in n for n in notes)
 
 
