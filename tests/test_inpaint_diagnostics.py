@@ -3,6 +3,7 @@ differences against step 0, and the caption gain."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import Tensor, nn
 
@@ -67,7 +68,9 @@ def test_figures_against_step0_and_the_caption_gain():
     for source in ("plain", "edited"):
         lo, hi = report[source]["hole_mse_given_minus_step0_ci"]
         assert hi < 0 and report[source]["hole_mse_given_minus_step0"] < 0
-    assert selection_score(better) < selection_score(step0)
+    assert selection_score(step0, step0) == 1 and selection_score(better, step0) < 1
+    plain_worse = {**better, "plain/given": step0["plain/given"] * 1.1}  # edited better, plain 10% worse
+    assert selection_score(plain_worse, step0) == pytest.approx(1.1)
     table = markdown(report)  # the card: the figure, step 0's and the paired difference, per source
     given = report["plain"]["hole_mse_given"]
     step0_given = summarise(step0, d)["plain"]["hole_mse_given"]

@@ -157,9 +157,11 @@ def summarise(errors: dict[str, Tensor], draws: dict[str, Draw], reference: dict
     return report
 
 
-def selection_score(errors: dict[str, Tensor]) -> float:
-    """What the trainer keeps its best checkpoint by: hole error on the benchmark's source distribution."""
-    return float(errors["edited/given"].mean())
+def selection_score(errors: dict[str, Tensor], reference: dict[str, Tensor]) -> float:
+    """What the trainer keeps its best checkpoint by: the worse, over plain and benchmark-like renders, of
+    the hole error relative to step 0's on the same draw. Below 1 only where both improved, so a checkpoint
+    that trades the plain renders for the benchmark's sources is never kept."""
+    return max(float(errors[f"{s}/given"].mean() / reference[f"{s}/given"].mean()) for s in SOURCES)
 
 
 def one_line(report: dict) -> str:

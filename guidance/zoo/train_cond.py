@@ -4,9 +4,9 @@
   mask) gated by the noise level, fine-tuned on random masks (guidance.masks: centre, halves, boxes,
   strokes), captions dropped as in base training, half of the images moved like the editing
   benchmark's sources. L_simple counts the hole (and, with --known-weight, the rest): at inference
-  the known region of the x0 estimate is overwritten. Only the condition weights and the first
-  blocks move (TRAINABLE); the run evaluates itself every --select-every seconds on fixed draws
-  (guidance.zoo.inpaint_diagnostics) and exports the best checkpoint.
+  the known region of the x0 estimate is overwritten. Only the condition weights move (TRAINABLE);
+  the run evaluates itself every --select-every seconds on fixed draws
+  (guidance.zoo.inpaint_diagnostics) and exports the checkpoint best on both plain and edited renders.
 - "upsampler": a small text UNet at 64 px conditioned on the bicubic-upsampled 32 px render, with
   noise augmentation of that input (Ho et al. 2021): the low-resolution image is noised to a random
   level t_aug < AUG_LEVELS of the same schedule, and t_aug is embedded beside the timestep.
@@ -47,8 +47,10 @@ UPSAMPLER = {"channels": 32, "channel_mult": (1, 2, 2, 2), "blocks": 2, "attenti
              "text_width": 64, "text_layers": 1}
 
 
-# the CPU recipe (issue 27): which pretrained weights move, and their learning-rate multipliers over Job.lr
-TRAINABLE = {"cond_stem.": 30.0, "stem.": 1.0, "down.0.": 1.0, "down.1.": 1.0}
+# the CPU recipe: which weights move, with their learning-rate multipliers over Job.lr. Only the new
+# condition weights: moving the pretrained stem and first blocks as well (x1) bought the benchmark-like
+# renders at the cost of the plain ones (hole error +12% after 89 steps at batch 8).
+TRAINABLE = {"cond_stem.": 30.0}
 
 
 def inpaint_job(data: Data, batch: int, device: torch.device, base_path: Path, small: bool,
@@ -100,13 +102,14 @@ def inpaint_job(data: Data, batch: int, device: torch.device, base_path: Path, s
         unchanged = all(torch.equal(v.cpu(), before[k]) for k, v in state.items())
         errors = step0 if unchanged else measure(m, diffusion, draws)  # type: ignore[arg-type]
         report = summarise(errors, draws, reference=step0)
-        return selection_score(errors), one_line(report), report
+        return selection_score(errors, step0), one_line(report), report
 
     meta = read_metadata(base_path)
     info = {"fine_tuned_from": {"file": base_path.name, "steps": meta["info"].get("steps"),
                                 "wall_time_s": meta["info"].get("wall_time_s"), "device": meta["info"].get("device")},
             "trainable": {prefix: f"lr x{scale:g}" for prefix, scale in TRAINABLE.items()},
-            "selection_criterion": "hole eps MSE on the edited draw, condition given (lower is better)"}
+            "selection_criterion": "the worse over the plain and edited draws of hole eps MSE (condition given) "
+                                      "relative to step 0's (lower is better; below 1 where both improved)"}
     return Job("inpaint_unet", model, loss, model.config.to_dict(), lr=1e-5, weight_decay=0.0, ema_decay=0.995,
                kind="conditioned_unet", warmup=10, extra_info=info, lr_scale=TRAINABLE,
                evaluate=lambda m: select(m)[2], select=select, select_every=select_every)
