@@ -26,7 +26,7 @@ def _flags(**options: object) -> str:
 def _run_flags() -> tuple[inspect.Signature, dict[str, str], list[argparse.Action]]:
     """`invoke bench`'s parameters, generated from `python -m bench run`'s parser (itself generated from
     BenchConfig's fields): every flag, its default and its help; a --x/--no-x switch takes on or off."""
-    from bench.cli import run_parser
+    from bench.runner.cli import run_parser
 
     actions = [a for a in run_parser()._actions if a.option_strings and a.dest != "help"]
     params = [inspect.Parameter("c", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
@@ -98,14 +98,14 @@ def train(c, models=None, budget=600, steps=None, batch=None, device=None, small
                   out=out, run_dir=run_dir, init_from=init_from)
     c.run(f"{PY} -m guidance.zoo.train {args}")
     c.run(f"{PY} -m guidance.zoo.reference {_flags(data=data, out=out)}")
-    c.run(f"{PY} -m bench.zoo_reference {_flags(out=out)}")
-    c.run(f"{PY} -m bench.cards {_flags(out=out)}")
+    c.run(f"{PY} -m bench.zoo.reference {_flags(out=out)}")
+    c.run(f"{PY} -m bench.zoo.cards {_flags(out=out)}")
 
 
 @task(help={"update": "rewrite the committed baseline", "reason": "why the baseline changes (required with --update)"})
 def regress(c, update=False, reason=None):
     """CI quality gate: a fixed small CPU benchmark compared with the committed baseline."""
-    c.run(f"{PY} -m bench.regress {_flags(update=update, reason=reason)}")
+    c.run(f"{PY} -m bench.tools.regress {_flags(update=update, reason=reason)}")
 
 
 SYSTEM_PACKAGES = {  # Debian package -> file it provides (dataset-builder and browser tests need them)
@@ -147,7 +147,7 @@ def test(c, fast=False):
             "table_only": "print the time-split table only"})
 def perf(c, compare=None, device=None, table_only=False):
     """Time split per guidance (table), then pytest-benchmark of one step per guidance (saved, compared)."""
-    c.run(f"{PY} -m bench.perf {_flags(device=device)}")
+    c.run(f"{PY} -m bench.tools.perf {_flags(device=device)}")
     if not table_only:
         fail = f" --benchmark-compare --benchmark-compare-fail={compare}" if compare else ""
         c.run(f"{PY} -m pytest benchmarks -q --benchmark-enable --benchmark-autosave{fail} -p no:cacheprovider")
@@ -163,7 +163,7 @@ def perf(c, compare=None, device=None, table_only=False):
 def limit(c, config=None, batches=None, guidance=None, steps=None, device=None, compile=False, cuda_graphs=False,
           autotune=False, compare_half_weights=False, repeats=None, sampler=None, schedule=None):
     """GPU: img/s and TFLOP/s of guided sampling with a GLIDE-base-sized UNet, against the measured peak."""
-    c.run(f"{PY} -m bench.limit " + _flags(config=config, batches=batches, guidance=guidance, steps=steps,
+    c.run(f"{PY} -m bench.tools.limit " + _flags(config=config, batches=batches, guidance=guidance, steps=steps,
                                             sampler=sampler, schedule=schedule,
                                             device=device, compile=compile, cuda_graphs=cuda_graphs,
                                             autotune=autotune, compare_half_weights=compare_half_weights,

@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.config import BenchConfig
-from bench.emoji_prompts import emoji200
-from bench.run import why_not
+from bench.runner.config import BenchConfig
+from bench.zoo.prompts import emoji200
+from bench.runner.run import why_not
 from guidance.guiders import REGISTRY, make_guidance
 from guidance.samplers import SAMPLERS, Denoise
 from guidance.zoo.load import load_zoo

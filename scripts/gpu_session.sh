@@ -42,14 +42,14 @@ python3 -c "import torch, open_clip; print('torch', torch.__version__, 'open_cli
 # value stays positive: `timeout 0` would mean no limit at all)
 bounded() { local want=$1; echo $(( $(left) - 20 < want ? $(left) - 20 : want )); }
 if [ "${MEASURE:-1}" != 0 ]; then
-  [ "$(left)" -gt 60 ] && step perf_trace "$(bounded 90)" python3 -m bench.perf --device cuda --batch 64 --steps 10 \
+  [ "$(left)" -gt 60 ] && step perf_trace "$(bounded 90)" python3 -m bench.tools.perf --device cuda --batch 64 --steps 10 \
     --guidance none,cfg --profile
   # FLOPs are counted before compiling and each compiled run prints dynamo's counters, so a flag that
   # silently ran eager shows
-  limit=(python3 -m bench.limit --device cuda --batches 64 --steps 100 --guidance cfg --cuda-graphs)
+  limit=(python3 -m bench.tools.limit --device cuda --batches 64 --steps 100 --guidance cfg --cuda-graphs)
   # half-precision against fp32 weight storage, the same networks timed in interleaved rounds of one process
   [ "$(left)" -gt 60 ] && step limit_weights "$(bounded 200)" "${limit[@]}" --compare-half-weights --repeats 2
-  [ "$(left)" -gt 60 ] && step perf "$(bounded 100)" python3 -m bench.perf --device cuda --batch 64 --steps 50 \
+  [ "$(left)" -gt 60 ] && step perf "$(bounded 100)" python3 -m bench.tools.perf --device cuda --batch 64 --steps 50 \
     --repeats 3 --guidance none,cfg,none
   [ "$(left)" -gt 60 ] && TORCHINDUCTOR_FREEZING=1 step limit_freezing "$(bounded 120)" "${limit[@]}"
 fi

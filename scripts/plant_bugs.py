@@ -2,7 +2,7 @@
 
     python scripts/plant_bugs.py                       # golden tests vs the core bugs
     python scripts/plant_bugs.py --suite gate          # the CI quality gate vs its bugs
-    python scripts/plant_bugs.py --suite methods       # tests/guiders vs bugs in the newer methods' formulas
+    python scripts/plant_bugs.py --suite methods       # tests/guidance/guiders vs bugs in the newer methods' formulas
     python scripts/plant_bugs.py --suite paths         # the loop's own x_T and inpainting's replacement draw
 
 Each mutation is a literal text replacement that must match exactly once, so a refactor that
@@ -67,15 +67,15 @@ MUTATIONS = {
 }
 SUITES = {
     "core": (["cfg-sign-flip", "variance-channels-guided", "gradient-without-sigma", "ddim-wrong-sqrt-factor"],
-             [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/test_guidance_golden.py"]),
+             [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/guidance/guiders/test_golden.py"]),
     "methods": (["tcfg-minor-direction", "mambo-wrong-norm", "fdg-levels-reversed", "perturbed-from-uncond",
                  "seg-blur-swapped", "apg-mix-phase-flipped"],
-                [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/guiders", "tests/test_internals.py"]),
+                [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/guidance/guiders", "tests/guidance/test_internals.py"]),
     "paths": (["initial-noise-unscaled", "replacement-old-level", "replacement-sigma-for-s"],
-              [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/samplers/test_loop.py",
-               "tests/test_inpaint.py"]),
+              [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/guidance/samplers/test_loop.py",
+               "tests/guidance/test_inpaint.py"]),
     "gate": (["cfg-sign-flip", "classifier-gradient-dropped", "clip-wrong-timestep", "gradient-without-sigma"],
-             [sys.executable, "-m", "bench.regress"]),
+             [sys.executable, "-m", "bench.tools.regress"]),
 }
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.config import BenchConfig
-from bench.metrics import load_eval_classifier
-from bench.store import Expected, SampleStore, grid_cells, load_prompt_set
+from bench.runner.config import BenchConfig
+from guidance.zoo.load import load_eval_classifier
+from bench.runner.store import Expected, SampleStore, grid_cells, load_prompt_set
 
 
 @pytest.fixture

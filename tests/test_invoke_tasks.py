@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import config_from_args, run_parser
+from bench.runner.cli import config_from_args, run_parser
+from tests.paths import ROOT
 
 pytest.importorskip("invoke")
 
 
 @pytest.fixture(scope="module")
 def tasks():
-    spec = importlib.util.spec_from_file_location("tasks", Path(__file__).resolve().parents[1] / "tasks.py")
+    spec = importlib.util.spec_from_file_location("tasks", ROOT / "tasks.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -3,7 +3,7 @@
 The main job (the README's first block) runs as written in .ci/run, on a fresh-machine namespace, and
 so do `invoke test` and `invoke regress`. Every other `invoke` line of the README is parsed here by
 invoke's own parser into its task's options, shrunk to a smoke size (SMOKE), and run through the task:
-the task's commands are recorded and run in this process (bench.cli, bench.perf), the per-step
+the task's commands are recorded and run in this process (bench.runner.cli, bench.tools.perf), the per-step
 benchmarks in a pytest subprocess, each benchmark once.
 """
 
@@ -21,12 +21,13 @@ from invoke import Collection, Context
 from invoke.parser import Parser
 
 import tasks
-from bench import cli, perf
+from bench.runner import cli
+from bench.tools import perf
 from scripts import make_tiny_pipeline
+from tests.paths import FIXTURES, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-FIXTURES = Path(__file__).parent / "fixtures" / "prompts"
+PROMPT_FIXTURES = FIXTURES / "prompts"
 RUN_BY_CI = ("invoke bench --guidance cfg", "invoke test", "invoke regress")  # in .ci/run, as written
 # options every smoke run of `invoke bench` takes in place of the README's sizes
 SMOKE = {"preset": "tiny", "prompt_limit": "2", "seeds": "0,1", "steps": "2", "bootstrap": "0"}
@@ -88,7 +89,7 @@ def run_recorded(argv: list[str], cwd: Path) -> None:
     module, args = argv[2], argv[3:]
     if module == "bench":
         assert cli.main(args) == 0, args
-    elif module == "bench.perf":
+    elif module == "bench.tools.perf":
         assert perf.main(args + PERF_SMOKE) == 0, args
     elif module == "pytest":
         args = [a for a in args if a not in ("--benchmark-enable", "--benchmark-autosave")] + ["--benchmark-disable"]
@@ -109,7 +110,7 @@ def smoke(command: str, out: Path, run_id: str, runs: list[Path]) -> None:
     if name == "bench" and "list" not in (options.get("guidance"), options.get("sampler")):
         options.update(SMOKE, out=str(out), run_id=run_id, no_report=False)
         if options.get("prompts") == "parti.tsv":
-            options["prompts"] = str(FIXTURES / "parti.tsv")
+            options["prompts"] = str(PROMPT_FIXTURES / "parti.tsv")
         if options.get("prompt_limit") == "all":
             options["prompt_limit"] = SMOKE["prompt_limit"]
         runs.append(out / run_id)

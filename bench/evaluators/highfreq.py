@@ -7,7 +7,7 @@ such band; a true render has it at its edges and none in flat regions. The featu
 RMS of r) per colour channel in each cell of a `cells` x `cells` grid (3 * cells^2 features; 48 by
 default, few enough for a covariance from ~100 images): a
 Frechet distance on them penalises missing detail (blur) and detail where real images have none
-(speckle in flat backgrounds) alike. `bench.upsample_real` shows that it ranks true renders
+(speckle in flat backgrounds) alike. `bench.zoo.upsample_real` shows that it ranks true renders
 clearly above bicubic before using it.
 """
 

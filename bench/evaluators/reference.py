@@ -7,7 +7,7 @@ network's weights, so a second run reads them instead of recomputing.
 
 The zoo's dataset is rendered from Debian's emoji fonts and Unicode data, which a pip install lacks, so
 its features for the zoo's own networks are committed beside the weights (written by
-`python -m bench.zoo_reference`); rendering is needed only for another network (e.g. --clip-model).
+`python -m bench.zoo.reference`); rendering is needed only for another network (e.g. --clip-model).
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ class ScoringBatch:
 class Resources(Protocol):
     """What scoring loads once and metrics and feature networks build themselves from (lazily)."""
 
-    cfg: Any  # bench.config.BenchConfig
+    cfg: Any  # bench.runner.config.BenchConfig
     device: torch.device
 
     @property

@@ -4,7 +4,7 @@ A benchmark cell (guidance, scale) is sampled with several independent seed sets
 between seed sets is an error bar every metric has (FID of one set of 64 images varies a lot), so
 every quality metric is reported as a mean with a Student-t interval over seed sets, never as a
 bare number. With few seed sets that interval is wide; per-image metrics get tighter, paired
-intervals from the prompt bootstrap (bench/stats/bootstrap.py, bench/analysis.py). Methods are
+intervals from the prompt bootstrap (bench/stats/bootstrap.py, bench/stats/analysis.py). Methods are
 then compared on the FID-vs-CLIP trade-off, since guidance scale trades sample diversity (FID)
 against prompt alignment (CLIP score) and no single scale is "the" result.
 """

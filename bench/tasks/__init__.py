@@ -3,7 +3,7 @@ is one module that registers its class with `@register_task(name)`; `make_task` 
 
 from __future__ import annotations
 
-from bench.config import BenchConfig
+from bench.runner.config import BenchConfig
 from bench.tasks import cascade, inpaint, text_to_image  # noqa: F401  (each registers its task)
 from bench.tasks.base import Evaluators, SampledBatch, Task
 from bench.tasks.registry import TASKS, register_task

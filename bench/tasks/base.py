@@ -1,5 +1,5 @@
 """What a task declares to the runner: a cell's inputs, how a batch is sampled, which extra metrics
-apply, and which rows the report's sample grids show. The runner (bench.run) does the rest for every
+apply, and which rows the report's sample grids show. The runner (bench.runner.run) does the rest for every
 task alike: sample store and resume, torchrun and shards, scoring, analysis and the HTML report."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bench.config import BenchConfig
+from bench.runner.config import BenchConfig
 from bench.evaluators.reference import ReferenceSource
-from bench.prompts import PromptSet
-from bench.store import Cell, Expected, grid_cells, load_prompt_set
+from bench.prompts.readers import PromptSet
+from bench.runner.store import Cell, Expected, grid_cells, load_prompt_set
 from guidance.bundle import ModelBundle
 from guidance.guiders.base import Guidance, GuidanceCost
 from guidance.protocols import Conditions

@@ -26,12 +26,12 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import Tensor
 
-from bench.config import BenchConfig, SCALE_RANGE
+from bench.runner.config import BenchConfig, SCALE_RANGE
 from bench.evaluators.base import FeatureNet
 from bench.evaluators.consistency import ConsistencyPSNR
 from bench.evaluators.reference import ReferenceSource
-from bench.store import Cell, to_hwc_uint8
-from bench.preflight import check_checkpoint
+from bench.runner.store import Cell, to_hwc_uint8
+from bench.runner.preflight import check_checkpoint
 from bench.tasks.base import Evaluators, SampledBatch, Task
 from bench.tasks.registry import register_task
 from guidance.bundle import ModelBundle

@@ -23,13 +23,13 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from bench.config import BenchConfig
-from bench.emoji_prompts import emoji200, emoji_labels
+from bench.runner.config import BenchConfig
+from bench.zoo.prompts import emoji200, emoji_labels
 from bench.evaluators.psnr import PSNRKnown
 from bench.evaluators.seam import SeamScore
-from bench.prompts import Prompt, PromptSet
-from bench.store import Cell, Expected, to_hwc_uint8
-from bench.preflight import check_checkpoint, check_image
+from bench.prompts.readers import Prompt, PromptSet
+from bench.runner.store import Cell, Expected, to_hwc_uint8
+from bench.runner.preflight import check_checkpoint, check_image
 from bench.tasks.base import SampledBatch, Task
 from bench.tasks.registry import register_task
 from guidance.bundle import ModelBundle
@@ -90,10 +90,10 @@ def rendered_sources() -> tuple[np.ndarray, np.ndarray]:
 
 
 def committed_sources() -> tuple[np.ndarray, np.ndarray]:
-    """rendered_sources() as committed beside the zoo (`python -m bench.zoo_reference` writes it), so the
+    """rendered_sources() as committed beside the zoo (`python -m bench.zoo.reference` writes it), so the
     benchmark needs no emoji fonts."""
     if not EDIT_SOURCES.is_file():
-        raise CheckpointError(f"edit sources not found: {EDIT_SOURCES}; write them with `python -m bench.zoo_reference`")
+        raise CheckpointError(f"edit sources not found: {EDIT_SOURCES}; write them with `python -m bench.zoo.reference`")
     data = load_file(str(EDIT_SOURCES))
     return data["images"].numpy(), data["identity"].numpy()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.store import Cell
+from bench.runner.store import Cell
 from bench.tasks.base import SampledBatch, Task
 from bench.tasks.registry import register_task
 from guidance.bundle import ModelBundle

@@ -80,6 +80,11 @@ def load_conditioned(path: Path, device: str | torch.device, role: str, missing_
     return net
 
 
+def load_eval_classifier(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> EvalClassifier:
+    """The evaluation classifier (accuracy and the domain feature network), the shipped one by default."""
+    return load_model(Path(path) if path else ZOO_DIR / "eval_classifier.safetensors", "eval_classifier", device)  # type: ignore[return-value]
+
+
 class EvalCLIPScorer(nn.Module):
     """Wraps an open_clip model for scoring: images in [-1, 1], captions as strings."""
 
