@@ -21,7 +21,7 @@ import torch
 
 from guidance.zoo.emoji_data import EmojiDataset
 from guidance.zoo.load import load_model, training_process
-from guidance.zoo.store import read_metadata, save_model
+from guidance.checkpoints import read_metadata, save_model
 from guidance.zoo.train import Data, denoising_report, make_job
 
 

@@ -15,7 +15,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from bench.evaluators.registry import RegisteredMetric, Resources, ScoringBatch
-from guidance.zoo.store import CheckpointError
+from guidance.checkpoints import CheckpointError
 
 NOTHING_DOWNLOADED = "nothing is downloaded; pass a local file"
 

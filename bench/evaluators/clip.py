@@ -10,7 +10,7 @@ from torch import Tensor
 from bench.evaluators.base import FeatureNet
 from bench.evaluators.clip_score import clip_image_embeddings
 from bench.evaluators.registry import Resources, ScoringBatch, register_feature_net
-from guidance.zoo.load import EvalCLIPScorer
+from guidance.evaluation import EvalCLIPScorer
 
 
 @register_feature_net

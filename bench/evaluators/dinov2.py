@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from bench.evaluators.base import FeatureNet, check_readable, file_digest, load_state_dict_file
 from bench.evaluators.registry import Resources, register_feature_net
-from guidance.zoo.store import CheckpointError
+from guidance.checkpoints import CheckpointError
 
 DEFAULT_ARCH = "vit_large_patch14_dinov2"  # ViT-L/14, dgm-eval's choice
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -1,13 +1,13 @@
-"""The zoo's domain feature network: the emoji evaluation classifier's penultimate layer (256 features)."""
+"""The domain feature network: the default evaluators' classifier's penultimate layer (the zoo's emoji
+evaluation classifier: 256 features)."""
 
 from __future__ import annotations
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from bench.evaluators.base import FeatureNet, file_digest
 from bench.evaluators.registry import Resources, register_feature_net
-from guidance.zoo.encoders import EvalClassifier
-from guidance.zoo.load import ZOO_DIR
+from guidance.evaluation import domain_evaluators
 
 
 @register_feature_net
@@ -18,12 +18,12 @@ class DomainNet(FeatureNet):
     name = "domain"
     units = "emoji evaluation-classifier penultimate features (256-d)"
 
-    def __init__(self, classifier: EvalClassifier, weights: str | None = None) -> None:
+    def __init__(self, classifier: nn.Module, weights: str | None = None) -> None:
         super().__init__()
         self.classifier = classifier
         self.dim = classifier.config.features
         self.size = classifier.config.image_size
-        self.weights = weights or str(ZOO_DIR / "eval_classifier.safetensors")
+        self.weights = weights or str(domain_evaluators().classifier_weights)
 
     @classmethod
     def build(cls, resources: Resources) -> "DomainNet":

@@ -14,7 +14,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 
 from bench.evaluators.base import FeatureNet, check_readable, file_digest
 from bench.evaluators.registry import Resources, register_feature_net
-from guidance.zoo.store import CheckpointError
+from guidance.checkpoints import CheckpointError
 
 
 def inception_fid(weights_path: str) -> FrechetInceptionDistance:

@@ -27,14 +27,11 @@ from torch import Tensor
 
 from bench.evaluators.base import ChunkedSums, FeatureNet, file_digest, kth_neighbour_distance, resize_uint8
 from bench.evaluators.mmd import offdiagonal_mean
-from guidance.zoo.emoji_data import build_emoji_dataset, cache_root
-from guidance.zoo.load import ZOO_DIR
-from guidance.zoo.store import CheckpointError
+from guidance.checkpoints import CheckpointError, cache_root
+from guidance.evaluation import domain_evaluators
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CACHE_VERSION = 1  # bump when reference features are computed differently
-ZOO_REFERENCE = ZOO_DIR / "reference_features.safetensors"
-ZOO_CLIP_REFERENCE = ZOO_DIR / "reference_clip_features.safetensors"  # CMMD's, of the zoo's eval_clip
 
 
 @dataclass
@@ -48,8 +45,10 @@ class Reference:
     _cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def load(cls, path: str | Path = ZOO_REFERENCE) -> "Reference":
-        """A statistics/features file: `features` and/or `sum`, `cov_sum`, `num_samples`."""
+    def load(cls, path: str | Path | None = None) -> "Reference":
+        """A statistics/features file: `features` and/or `sum`, `cov_sum`, `num_samples` (None: the default
+        evaluators' committed reference)."""
+        path = path or domain_evaluators().reference_features
         if not Path(path).is_file():
             raise CheckpointError(f"reference statistics not found: {path}; run `python -m guidance.zoo.reference`")
         try:
@@ -261,27 +260,23 @@ def made_by(path: Path) -> str:
         return ""
 
 
-def emoji_images(size: int = 32) -> Iterator[Tensor]:
-    """The rendered emoji dataset as uint8 [N, 3, H, W] batches (needs the fonts; cached by its builder)."""
-    yield from torch.from_numpy(build_emoji_dataset(size, progress=False).images).permute(0, 3, 1, 2).split(256)
-
-
-def emoji_source(clip_fingerprint: str | None = None) -> ReferenceSource:
-    """The zoo's default: the 32 px emoji dataset the zoo was trained on. The domain network reads the
-    committed features of those images, and so does CMMD's CLIP when it is the network they were computed
-    with (`clip_fingerprint`); any other network embeds the rendered images."""
-    files = {"domain": ZOO_REFERENCE}
-    if clip_fingerprint is not None and made_by(ZOO_CLIP_REFERENCE) == clip_fingerprint:
-        files["clip"] = ZOO_CLIP_REFERENCE
-    return ReferenceSource("zoo:emoji-32px", lambda: build_emoji_dataset(32, progress=False).checksum,
-                           lambda net: emoji_images(32), files=files)
+def default_source(clip_fingerprint: str | None = None) -> ReferenceSource:
+    """The default evaluators' real images (the zoo's: the 32 px emoji dataset it was trained on). The domain
+    network reads their committed features, and so does CMMD's CLIP when it is the network they were
+    computed with (`clip_fingerprint`); any other network embeds the images."""
+    kit = domain_evaluators()
+    files = {"domain": kit.reference_features}
+    if clip_fingerprint is not None and made_by(kit.reference_clip_features) == clip_fingerprint:
+        files["clip"] = kit.reference_clip_features
+    return ReferenceSource(kit.reference_name, lambda: kit.real_images_checksum(kit.image_size),
+                           lambda net: kit.real_images(kit.image_size), files=files)
 
 
 def reference_source(path: str | None, images: str | None = None, clip_fingerprint: str | None = None) -> ReferenceSource:
     """The source --reference names (None: the zoo's emoji dataset), checked before any sampling.
     `clip_fingerprint`: the fingerprint of the run's CLIP network, when the run embeds with one."""
     if path is None:
-        return emoji_source(clip_fingerprint)
+        return default_source(clip_fingerprint)
     p = Path(path)
     if p.is_dir():
         files = image_files(p)

@@ -20,7 +20,7 @@ from bench.evaluators.reference import check_features_file, reference_source
 from bench.runner.store import load_prompt_set
 from guidance.sources import DIFFUSERS_PREFIX
 from guidance.sources.zoo_source import ZOO_NAME
-from guidance.zoo.store import CheckpointError, read_metadata
+from guidance.checkpoints import CheckpointError, read_metadata
 
 MAX_IMAGE_PIXELS = 8192 * 8192  # larger reference images are refused unread (a decompression bomb decodes to GiBs)
 MIN_REFERENCE = 2  # a covariance (FID) and a nearest neighbour (precision/recall) need two images at least

@@ -24,7 +24,6 @@ import torch
 from bench.stats.analysis import write_analysis
 from bench.runner.config import ALL, BenchConfig, misfit_fields
 from bench.runner.distributed import Shard, init_from_env, local_device
-from bench.zoo.prompts import emoji_labels
 from bench.runner.failure import loading, note_run_dir, one_line
 from bench.runner.lock import hold, release
 from bench.runner.preflight import check_sample_count, preflight
@@ -38,7 +37,8 @@ from guidance.guiders import REGISTRY, Guidance, MethodContext, guidance_class, 
 from guidance.models import load_bundle
 from guidance.protocols import Conditions, Perturbable
 from guidance.samplers import renoising_samplers, sampler_spec
-from guidance.zoo.store import CheckpointError
+from guidance.checkpoints import CheckpointError
+from guidance.evaluation import domain_evaluators
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -174,7 +174,7 @@ def label_limits(cfg: BenchConfig, bundle: ModelBundle, prompts: PromptSet) -> d
         limits["the guiding classifier's classes", f"drop {', '.join(guided)} from --guidance"] = classes
     if "accuracy" in cfg.metrics and prompts.has_labels:
         limits["the identities accuracy scores against", "drop accuracy from --metrics"] = \
-            len(emoji_labels()["identity_subgroup"])
+            len(domain_evaluators().labels()["identity_subgroup"])
     return limits
 
 

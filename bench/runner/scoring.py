@@ -24,7 +24,6 @@ from tqdm.auto import tqdm
 
 from bench.runner.config import BenchConfig
 from bench.runner.distributed import Shard
-from bench.zoo.prompts import emoji_labels
 from bench.evaluators import FEATURE_NETS, METRICS, FeatureNet, PerImageMetric, ScoringBatch, SetMetric, column
 from bench.evaluators.base import CellSet, Gathered, check_readable, file_digest, load_state_dict_file
 from bench.evaluators.clip import clip_fingerprint
@@ -36,10 +35,10 @@ from bench.stats.bootstrap import shifted_interval, resample_counts
 from bench.runner.store import Cell, SampleStore
 from bench.tasks import Evaluators, Task, make_task
 from guidance.rng import sample_seed
-from guidance.zoo.encoders import EvalClassifier
 from guidance.models import load_bundle
-from guidance.zoo.load import EVAL_CLIP_LABEL, ZOO_DIR, ZOO_DOMAIN, EvalCLIPScorer, load_eval_classifier, load_eval_clip
-from guidance.zoo.store import CheckpointError
+from guidance.evaluation import EvalCLIPScorer, domain_evaluators, load_open_clip_scorer
+from guidance.sources.zoo_source import model_dir
+from guidance.checkpoints import CheckpointError
 
 PER_SAMPLE_KEYS = ("guidance", "scale", "seed_set", "index", "prompt_index")
 
@@ -47,7 +46,7 @@ PER_SAMPLE_KEYS = ("guidance", "scale", "seed_set", "index", "prompt_index")
 def scorer_label(cfg: BenchConfig) -> str:
     if cfg.score_with_guiding_clip:
         return "GUIDING noised CLIP (scores inflated for CLIP guidance)"
-    return f"open_clip:{cfg.clip_model}" if cfg.clip_model else EVAL_CLIP_LABEL
+    return f"open_clip:{cfg.clip_model}" if cfg.clip_model else domain_evaluators().clip_label
 
 
 class GuidingCLIPScorer(EvalCLIPScorer):
@@ -70,7 +69,9 @@ class GuidingCLIPScorer(EvalCLIPScorer):
 def make_scorer(cfg: BenchConfig, device: torch.device) -> EvalCLIPScorer:
     if cfg.score_with_guiding_clip:
         return GuidingCLIPScorer(load_bundle(cfg.model, device)).to(device)
-    return load_eval_clip(device=device, arch=cfg.clip_model, pretrained=cfg.clip_pretrained)
+    if cfg.clip_model:
+        return load_open_clip_scorer(cfg.clip_model, cfg.clip_pretrained, device)
+    return domain_evaluators().load_clip(device)
 
 
 def feature_net(name: str, cfg: BenchConfig, device: torch.device) -> FeatureNet:
@@ -81,11 +82,10 @@ def feature_net(name: str, cfg: BenchConfig, device: torch.device) -> FeatureNet
 def scorer_weights_id(cfg: BenchConfig) -> str:
     """What the CLIP scorer's embeddings depend on: keys its cached reference embeddings."""
     if cfg.score_with_guiding_clip:
-        root = Path(cfg.model) if cfg.model != "emoji" else ZOO_DIR
-        return f"guiding:{file_digest(root / 'noised_clip.safetensors')}"
+        return f"guiding:{file_digest(model_dir(cfg.model) / 'noised_clip.safetensors')}"
     if cfg.clip_model:
         return f"open_clip:{cfg.clip_model}:{file_digest(cfg.clip_pretrained)}"
-    return f"zoo:{file_digest(ZOO_DIR / 'eval_clip.safetensors')}"
+    return f"zoo:{file_digest(domain_evaluators().clip_weights)}"
 
 
 def run_reference_source(cfg: BenchConfig) -> ReferenceSource:
@@ -113,14 +113,14 @@ class ScoringResources:
 
     def __init__(self, cfg: BenchConfig, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
-        self._classifier: EvalClassifier | None = None
+        self._classifier: torch.nn.Module | None = None
         self._scorer: EvalCLIPScorer | None = None
         self._label_tables: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
-    def classifier(self) -> EvalClassifier:
+    def classifier(self) -> torch.nn.Module:
         if self._classifier is None:
-            self._classifier = load_eval_classifier(device=self.device)
+            self._classifier = domain_evaluators().load_classifier(self.device)
         return self._classifier
 
     @property
@@ -133,7 +133,7 @@ class ScoringResources:
     def label_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(subgroup of each emoji identity, group of each subgroup): what accuracy checks labels against."""
         if self._label_tables is None:
-            labels = emoji_labels()
+            labels = domain_evaluators().labels()
             group_of_subgroup = [0] * len(labels["subgroup_names"])
             for sub, grp in zip(labels["identity_subgroup"], labels["identity_group"]):
                 group_of_subgroup[sub] = grp
@@ -166,7 +166,7 @@ def applicable_metrics(cfg: BenchConfig, domain: str, note: Callable[[str], None
         tasks = sorted({n[len("task:"):] for m in other_task for n in METRICS[m].needs if n.startswith("task:")})
         raise ValueError(f"--metrics {','.join(other_task)}: they score {' / '.join(tasks)} results, not a {task} "
                          f"run; leave them out")
-    if domain == ZOO_DOMAIN:
+    if domain == domain_evaluators().domain:
         return cfg
     metrics = list(cfg.metrics)
     zoo_only = [m for m in metrics if "domain:zoo" in METRICS[m].needs]

@@ -46,7 +46,7 @@ from guidance.zoo.conditioned import upsample_condition
 from guidance.zoo.emoji_data import build_emoji_dataset
 from guidance.sources.zoo_source import model_dir
 from guidance.zoo.load import ZOO_DIR, load_conditioned, load_model, sampling_process, training_process
-from guidance.zoo.store import file_sha256
+from guidance.checkpoints import file_sha256
 from guidance.zoo.text import CaptionTokenizer
 
 UPSAMPLER_FILE, FEATURES_FILE = "upsampler.safetensors", "eval_classifier_64.safetensors"

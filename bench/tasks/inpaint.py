@@ -43,7 +43,7 @@ from guidance.zoo.conditioned import inpaint_condition
 from guidance.zoo.emoji_data import build_emoji_dataset
 from guidance.sources.zoo_source import model_dir
 from guidance.zoo.load import ZOO_DIR, load_conditioned
-from guidance.zoo.store import CheckpointError, file_sha256
+from guidance.checkpoints import CheckpointError, file_sha256
 from guidance.zoo.train import augment
 
 CAPTIONS = ("source", "edit")

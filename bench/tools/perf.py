@@ -36,7 +36,7 @@ from guidance.models import load_bundle
 from guidance.process import SCHEDULES
 from guidance.protocols import Conditions
 from guidance.samplers import SAMPLERS, sample, sampler_spec
-from guidance.zoo.load import load_eval_classifier, load_eval_clip
+from guidance.evaluation import domain_evaluators
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -226,7 +226,8 @@ def trace_table(name: str, bundle: ModelBundle, batch: int, steps: int, device: 
 @functools.lru_cache(maxsize=None)
 def scoring_networks(device: torch.device) -> tuple:
     """The evaluation classifier and CLIP, loaded once per device for every method's row."""
-    return load_eval_classifier(device=device), load_eval_clip(device=device)
+    evaluators = domain_evaluators()
+    return evaluators.load_classifier(device), evaluators.load_clip(device)
 
 
 def measure(name: str, bundle: ModelBundle, batch: int, steps: int, device: torch.device, repeats: int,

@@ -26,7 +26,7 @@ from guidance.zoo.emoji_data import EmojiDataset, save_grid
 from guidance.zoo.inpaint_diagnostics import SOURCES
 from guidance.zoo.inpaint_diagnostics import markdown as diagnostics_markdown
 from guidance.zoo.load import EVAL_CLIP_LABEL, ZOO_DIR, load_zoo
-from guidance.zoo.store import dir_checksums, read_metadata
+from guidance.checkpoints import dir_checksums, read_metadata
 
 ROLES = {
     "unet": "Text-conditional diffusion model (eps and learned-range variance), 32x32, cosine schedule, T=1000; "

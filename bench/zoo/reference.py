@@ -18,13 +18,14 @@ import torch
 from safetensors.torch import save_file
 
 from bench.runner.config import BenchConfig
-from bench.evaluators.reference import ZOO_CLIP_REFERENCE, Reference, embed, emoji_images
+from bench.evaluators.reference import Reference, embed
+from guidance.sources.zoo_source import EVALUATORS, emoji_images
 from bench.runner.scoring import feature_net
 from bench.tasks.cascade import FEATURES_FILE, REFERENCE_64, rendered_features
 from bench.tasks.inpaint import EDIT_SOURCES, SOURCE_SIZE, rendered_sources
 from guidance.zoo.emoji_data import build_emoji_dataset
 from guidance.zoo.load import ZOO_DIR, load_model
-from guidance.zoo.store import file_sha256
+from guidance.checkpoints import file_sha256
 
 
 def clip_reference(device: torch.device) -> tuple[Reference, str]:
@@ -40,7 +41,7 @@ def features_64(device: torch.device) -> torch.Tensor:
 def write(out: Path, device: torch.device) -> None:
     checksum = {size: build_emoji_dataset(size, progress=False).checksum for size in (32, 64)}
     reference, fingerprint = clip_reference(device)
-    reference.save(out / ZOO_CLIP_REFERENCE.name, fingerprint, dataset_checksum=checksum[32])
+    reference.save(out / EVALUATORS.reference_clip_features.name, fingerprint, dataset_checksum=checksum[32])
     save_file({"features": features_64(device).contiguous()}, str(out / REFERENCE_64.name),
               metadata={"weights_sha256": file_sha256(ZOO_DIR / FEATURES_FILE), "dataset_checksum": checksum[64]})
     images, identity = rendered_sources()
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     write(Path(args.out), torch.device(args.device))
-    print(f"wrote {ZOO_CLIP_REFERENCE.name}, {REFERENCE_64.name} and {EDIT_SOURCES.name} to {args.out}")
+    print(f"wrote {EVALUATORS.reference_clip_features.name}, {REFERENCE_64.name} and {EDIT_SOURCES.name} to {args.out}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import transformers
 from safetensors import SafetensorError, safe_open
 
 from guidance.sources.folder import read_index, read_json
-from guidance.zoo.store import CheckpointError
+from guidance.checkpoints import CheckpointError
 
 WEIGHT_NAMES = {"diffusers": "diffusion_pytorch_model", "transformers": "model"}  # what from_pretrained opens
 VOCABULARY = ("tokenizer.json", "vocab.json", "spiece.model", "vocab.txt", "tokenizer.model")

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from guidance.zoo.store import CheckpointError
+from guidance.checkpoints import CheckpointError
 
 # pipeline class -> (family, components it cannot run without)
 FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {

@@ -31,8 +31,9 @@ from guidance.sources.families import NETS, FamilyNet
 from guidance.sources.flux import FluxNet, flux_process
 from guidance.sources.folder import null_components, read_index
 from guidance.sources.schedule import pipeline_process
-from guidance.zoo.load import EvalCLIPScorer, load_eval_clip
-from guidance.zoo.store import CheckpointError, file_sha256
+from guidance.evaluation import EvalCLIPScorer
+from guidance.zoo.load import load_eval_clip
+from guidance.checkpoints import CheckpointError, file_sha256
 
 ADAPTERS: dict[str, type[FamilyNet]] = {**NETS, "flux": FluxNet}  # family -> network adapter
 DECODE_BATCH = 16  # VAE decodes per call: bounds the decoder's activation memory at large batches

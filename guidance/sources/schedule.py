@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from guidance.process import NoiseLevel, RectifiedFlow, VPDiscrete
-from guidance.zoo.store import CheckpointError
+from guidance.checkpoints import CheckpointError
 
 # the suite's sampler -> the diffusers scheduler class that takes the same steps (`--sampler X` on a pipeline
 # folder is `pipe.scheduler = X.from_config(pipe.scheduler.config)`)

@@ -197,7 +197,7 @@ def save_guiding_clip(path: Path, seed: int = 0) -> None:
     """A tiny random open_clip model in the zoo's format (config in the file), as universal-clip's guide."""
     import open_clip
 
-    from guidance.zoo.store import save_model
+    from guidance.checkpoints import save_model
 
     cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
            "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}

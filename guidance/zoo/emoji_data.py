@@ -26,6 +26,8 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from guidance.checkpoints import cache_root
+
 log = logging.getLogger(__name__)
 
 #: Bump when rendering or record layout changes, so stale caches are never loaded.
@@ -200,11 +202,6 @@ class EmojiDataset:
         if ds.checksum != stored:
             raise ValueError(f"{path}: checksum mismatch (stored {stored}, contents {ds.checksum})")
         return ds
-
-
-def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where rendered datasets and computed reference features are cached ($GUIDANCE_BENCH_CACHE)."""
-    return Path(cache_dir or os.environ.get("GUIDANCE_BENCH_CACHE") or Path.home() / ".cache" / "guidance-bench")
 
 
 def _cache_file(cache_dir: str | os.PathLike | None, size: int, styles: Sequence[str], skin_tones: bool,

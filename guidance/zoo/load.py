@@ -1,6 +1,6 @@
 """Load the embedded zoo (or a directory laid out like it) into ready-to-use models.
 
-A model directory holds `<kind>.safetensors` files written by `guidance.zoo.store.save_model`:
+A model directory holds `<kind>.safetensors` files written by `guidance.checkpoints.save_model`:
 unet, classifier, noised_clip (guiding) and eval_clip, eval_classifier (scoring). The evaluation
 CLIP is built by open_clip from the config stored in its file, so `open_clip.create_model` with
 that config loads the same weights.
@@ -14,17 +14,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import open_clip
 import torch
 from torch import Tensor, nn
 
 from guidance.accelerate import Acceleration
 from guidance.denoisers import NetworkDenoiser
 from guidance.diffusion import GaussianDiffusion
+from guidance.evaluation import EvalCLIPScorer, load_open_clip_scorer
 from guidance.process import VPDiscrete
 from guidance.protocols import Conditions, cond_where
 from guidance.zoo.conditioned import ConditionedUNet
 from guidance.zoo.encoders import EncoderConfig, EvalClassifier, NoiseAwareClassifier, NoisedCLIPModel
-from guidance.zoo.store import CheckpointError, dir_checksums, load_weights, read_metadata
+from guidance.checkpoints import CheckpointError, dir_checksums, load_weights, read_metadata
 from guidance.zoo.text import CaptionTokenizer
 from guidance.zoo.unet import TextUNet, UNetConfig
 
@@ -44,8 +46,6 @@ def _build(kind: str, config: dict) -> nn.Module:
     if kind == "eval_classifier":
         return EvalClassifier(EncoderConfig.from_dict(config))
     if kind == "eval_clip":
-        import open_clip
-
         return open_clip.model.CLIP(**config["model_cfg"])
     raise CheckpointError(f"unknown model kind {kind!r}; valid: {', '.join(KINDS)}")
 
@@ -85,45 +85,14 @@ def load_eval_classifier(path: str | os.PathLike | None = None, device: str | to
     return load_model(Path(path) if path else ZOO_DIR / "eval_classifier.safetensors", "eval_classifier", device)  # type: ignore[return-value]
 
 
-class EvalCLIPScorer(nn.Module):
-    """Wraps an open_clip model for scoring: images in [-1, 1], captions as strings."""
-
-    def __init__(self, model: nn.Module, tokenizer: Any, preprocess: dict, name: str) -> None:
-        super().__init__()
-        self.model, self.tokenizer, self.name = model, tokenizer, name
-        self.register_buffer("mean", torch.tensor(preprocess.get("mean", (0.48145466, 0.4578275, 0.40821073))).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(preprocess.get("std", (0.26862954, 0.26130258, 0.27577711))).view(1, 3, 1, 1))
-        self.image_size = int(preprocess.get("size", 32) if not isinstance(preprocess.get("size"), (list, tuple))
-                              else preprocess["size"][0])
-
-    def encode_images(self, images: Tensor) -> Tensor:
-        x = (images.float() + 1) / 2
-        if x.shape[-1] != self.image_size:
-            x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic",
-                                                align_corners=False, antialias=True)
-        return self.model.encode_image((x - self.mean) / self.std, normalize=True)
-
-    def encode_texts(self, texts: list[str]) -> Tensor:
-        tokens = self.tokenizer(texts).to(self.mean.device)
-        return self.model.encode_text(tokens, normalize=True)
-
-
 EVAL_CLIP_LABEL = "zoo:eval_clip"  # how manifests and reports name the zoo's evaluation CLIP as scorer
 
 
 def load_eval_clip(path: str | os.PathLike | None = None, device: str | torch.device = "cpu", arch: str | None = None,
                    pretrained: str | None = None) -> EvalCLIPScorer:
     """The zoo's evaluation CLIP, or any open_clip architecture with a local pretrained file."""
-    import open_clip
-
     if arch is not None:
-        if pretrained is None or not Path(pretrained).is_file():
-            raise CheckpointError(f"open_clip model {arch!r} needs a local pretrained file (--clip-pretrained PATH); "
-                                  f"got {pretrained!r}; weights cannot be downloaded here")
-        model, _, _ = open_clip.create_model_and_transforms(arch, pretrained=pretrained, device=device)
-        tokenizer = open_clip.get_tokenizer(arch)
-        preprocess = {"mean": model.visual.image_mean, "std": model.visual.image_std, "size": model.visual.image_size}
-        return EvalCLIPScorer(model.eval(), tokenizer, preprocess, f"open_clip:{arch}").to(device)
+        return load_open_clip_scorer(arch, pretrained, device)
     path = Path(path) if path else ZOO_DIR / "eval_clip.safetensors"
     meta = read_metadata(path)
     model = load_model(path, "eval_clip", device)

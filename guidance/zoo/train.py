@@ -30,7 +30,7 @@ from guidance.zoo.emoji_data import EmojiDataset
 from guidance.zoo.encoders import (EVAL_CLIP_PREPROCESS, EncoderConfig, EvalClassifier, NoiseAwareClassifier,
                                    NoisedCLIPModel, eval_clip_config)
 from guidance.zoo.losses import hybrid_loss
-from guidance.zoo.store import CheckpointError, save_model
+from guidance.checkpoints import CheckpointError, save_model
 from guidance.zoo.text import CaptionTokenizer, bpe_tokenize, build_vocab
 from guidance.zoo.unet import TextUNet, UNetConfig
 
@@ -339,7 +339,7 @@ def init_from_export(job: Job, path: Path) -> dict:
 
     A GPU session can then continue the committed model's training rather than start over.
     """
-    from guidance.zoo.store import load_weights, read_metadata
+    from guidance.checkpoints import load_weights, read_metadata
 
     meta = read_metadata(path)
     if not same_config(job, meta["config"]):

@@ -35,7 +35,7 @@ from guidance.zoo.encoders import EncoderConfig, EvalClassifier
 from guidance.zoo.inpaint_diagnostics import EDIT_STRENGTH, make_draws, measure, one_line, selection_score, summarise
 from guidance.zoo.load import ZOO_DIR, load_model
 from guidance.zoo.losses import hybrid_loss
-from guidance.zoo.store import CheckpointError, read_metadata, save_model
+from guidance.checkpoints import CheckpointError, read_metadata, save_model
 from guidance.zoo.text import CaptionTokenizer
 from guidance.zoo.train import (NUM_TIMESTEPS, SCHEDULE, Data, Job, augment, autocast, classifier_report,
                                 run_record, train)

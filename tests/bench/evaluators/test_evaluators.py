@@ -21,7 +21,7 @@ from bench.stats.bootstrap import shifted_interval
 from bench.evaluators.kid import KernelDistance
 from bench.evaluators.prdc import PrecisionRecall
 from bench.evaluators.reference import Reference, reference_source
-from guidance.zoo.store import CheckpointError
+from guidance.checkpoints import CheckpointError
 
 
 def test_cmmd_of_a_hand_computed_case():

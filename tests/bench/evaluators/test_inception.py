@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from bench.evaluators.inception import InceptionNet, inception_fid
-from guidance.zoo.store import CheckpointError
+from guidance.checkpoints import CheckpointError
 
 EXECUTED: list[str] = []
 

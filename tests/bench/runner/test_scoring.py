@@ -125,8 +125,9 @@ def test_zoo_reference_images_that_cannot_be_rendered_fail_before_sampling(tmp_p
     def no_font(*args, **kwargs):
         raise FileNotFoundError("Noto Color Emoji font not found at /usr/share/fonts/x.ttf; install it")
 
-    monkeypatch.setattr(reference_module, "build_emoji_dataset", no_font)
-    monkeypatch.setattr(reference_module, "ZOO_CLIP_REFERENCE", tmp_path / "missing.safetensors")
+    broken = dataclasses.replace(reference_module.domain_evaluators(), real_images=no_font, real_images_checksum=no_font,
+                                 reference_clip_features=tmp_path / "missing.safetensors")
+    monkeypatch.setattr(reference_module, "domain_evaluators", lambda domain=None: broken)
     assert cli_main(["run", "--preset", "tiny", "--out", str(tmp_path), "--no-report"]) == 2
     err = capsys.readouterr().err.strip()
     assert "Noto Color Emoji font not found" in err and "--features domain without cmmd" in err, err

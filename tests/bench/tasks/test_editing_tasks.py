@@ -29,7 +29,7 @@ from guidance.zoo import emoji_data
 from guidance.zoo.conditioned import ConditionedUNet
 from guidance.zoo.encoders import EncoderConfig, EvalClassifier
 from guidance.zoo.load import ZOO_DIR, load_model
-from guidance.zoo.store import save_model
+from guidance.checkpoints import save_model
 from guidance.zoo.unet import TextUNet, UNetConfig
 from tests.paths import ROOT
 

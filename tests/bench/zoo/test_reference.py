@@ -13,7 +13,10 @@ from safetensors.torch import load_file
 
 from bench.tasks import cascade, inpaint
 from bench.runner.config import BenchConfig
-from bench.evaluators.reference import ZOO_CLIP_REFERENCE, Reference, embed, emoji_source, made_by
+from bench.evaluators.reference import Reference, default_source, embed, made_by
+from guidance.sources.zoo_source import EVALUATORS
+
+ZOO_CLIP_REFERENCE = EVALUATORS.reference_clip_features
 from bench.runner.scoring import feature_net, net_names, run_reference_source
 from guidance.zoo import emoji_data
 from guidance.zoo.emoji_data import build_emoji_dataset
@@ -91,7 +94,7 @@ def test_main_job_reference_needs_no_fonts(no_fonts: None) -> None:
 
 def test_other_clip_renders(no_fonts: None) -> None:
     """The committed CMMD features serve only the CLIP they were made with."""
-    source = emoji_source("clip:another-network")
+    source = default_source("clip:another-network")
     assert "clip" not in source.files
     with pytest.raises(ValueError, match="reference images of zoo:emoji-32px cannot be read"):
         source.check(["clip"])

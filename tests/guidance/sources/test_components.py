@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from guidance.sources.components import check_memory, check_pipeline_folder
-from guidance.zoo.store import CheckpointError
+from guidance.checkpoints import CheckpointError
 
 
 @pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "dit"])

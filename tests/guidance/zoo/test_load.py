@@ -11,7 +11,7 @@ import torch
 from guidance.guiders import Guidance, make_guidance
 from guidance.samplers import SAMPLERS, Denoise
 from guidance.zoo.load import ZOO_DIR, Zoo, load_eval_clip, load_model, load_zoo
-from guidance.zoo.store import CheckpointError, read_metadata
+from guidance.checkpoints import CheckpointError, read_metadata
 
 
 @pytest.fixture(scope="module")

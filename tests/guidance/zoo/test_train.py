@@ -10,7 +10,7 @@ import pytest
 from safetensors.torch import load_file
 
 from guidance.zoo.emoji_data import EmojiDataset
-from guidance.zoo.store import read_metadata
+from guidance.checkpoints import read_metadata
 from guidance.zoo.train import main as train_main
 
 NAMES = ["red apple", "green apple", "grinning face", "rocket", "dog face", "cat face"]

@@ -11,7 +11,7 @@ import torch
 from guidance.zoo import emoji_data
 from guidance.zoo.conditioned import ConditionedUNet
 from guidance.zoo.load import ZOO_DIR, load_model
-from guidance.zoo.store import read_metadata
+from guidance.checkpoints import read_metadata
 from guidance.zoo.train_cond import main
 
 pytestmark = pytest.mark.skipif(not (os.path.isfile(emoji_data.EMOJI_TEST_PATH)

@@ -1,4 +1,5 @@
-"""Saving and loading zoo models: safetensors (no pickle) with the config in the file's metadata."""
+"""Checkpoints as safetensors (no pickle) with the config in the file's metadata: the zoo's format, and the
+checksums and errors every model source and evaluator shares."""
 
 from __future__ import annotations
 
@@ -86,3 +87,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
                               f"unexpected {unexpected[:3]}, shape mismatch {wrong[:3]}; check the config")
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
     return model
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where rendered datasets and computed reference features are cached ($GUIDANCE_BENCH_CACHE)."""
+    return Path(cache_dir or os.environ.get("GUIDANCE_BENCH_CACHE") or Path.home() / ".cache" / "guidance-bench")
