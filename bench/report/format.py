@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import math
+import re
+
+import pandas as pd
+
 from bench.evaluators import registry
 
 
@@ -40,3 +45,33 @@ def metric_name(metric: str) -> str:
 def percent_metric(metric: str) -> bool:
     """Columns stored as fractions and shown in percent (differences in percentage points), as declared."""
     return registry.percent(metric)
+
+
+def format_ci(mean: float, lo: float, hi: float) -> str:
+    """``mean [lo, hi]``; just the mean when there is no interval (one seed set)."""
+    if math.isnan(mean):
+        return "–"
+    if math.isnan(lo) or math.isnan(hi):
+        return format_number(mean)
+    return f"{format_number(mean)} [{format_number(lo)}, {format_number(hi)}]"
+
+
+def format_span(values: pd.Series) -> str:
+    """``64`` or ``32–64`` for a set of counts."""
+    vals = sorted({int(v) for v in values.dropna()})
+    if not vals:
+        return "?"
+    return str(vals[0]) if len(vals) == 1 else f"{vals[0]}–{vals[-1]}"
+
+
+def n_caption(summary: pd.DataFrame) -> str:
+    """Sample count per cell for plot titles: FID is biased at small n, so it must be visible."""
+    return (
+        f"n = {format_span(summary['n_samples'])} images per cell, {format_span(summary['n_seed_sets'])} seed sets"
+        " (FID is biased at small n: compare only runs with equal n)"
+    )
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe form of a user string (guidance name, run id)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"

@@ -1,4 +1,4 @@
-"""Benchmark reports: summary tables, plots, sample grids and one self-contained HTML page.
+"""The benchmark report: summary tables and one self-contained HTML page over runs.py, plots.py and grids.py.
 
 ``python -m bench.report.html reports/<run-id> [more run dirs] [--out DIR]`` reads what the harness
 wrote (``results.csv``, ``manifest.json``, ``samples/*.npz``) and writes ``summary.csv``,
@@ -14,376 +14,32 @@ import base64
 import html
 import json
 import math
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import matplotlib
-from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg canvas on save
-from PIL import Image
 
 from bench.stats.analysis import SET_METRICS, Analysis, analyse, best_cells, load_per_sample
-from bench.runner.config import DEFAULT_TASK
 from bench.runner.failure import Parser, guarded
-from bench.report.format import format_number, format_scale, metric_name, percent_metric
+from bench.report.runs import Run, load_run, run_labels
+from bench.report.plots import TRADE_OFF, plot_fid_vs_clip, plot_metrics_vs_scale, plot_throughput
+from bench.report.grids import Grid, make_grids
+from bench.report.format import format_ci, format_span, n_caption, safe_name, format_number, format_scale, metric_name, percent_metric
 from bench.report.compare import compare_grids_html
 from bench.evaluators import FEATURE_NETS, METRICS
-from bench.evaluators.registry import RegisteredMetric, column_spec, declared_columns
-from bench.stats import THROUGHPUT_METRICS, pareto_front, quality_metrics, rank_methods
-from bench.runner.store import load_extras
-from bench.tasks import TASKS
+from bench.evaluators.registry import RegisteredMetric, column_spec
+from bench.stats import quality_metrics, rank_methods
 from bench.report.verdict import format_p, verdict
 
-__all__ = ["Run", "format_scale", "load_run", "sample_grid", "build_report", "main"]
+__all__ = ["build_report", "main"]
 
-REQUIRED_COLUMNS = ("guidance", "scale", "seed_set")
-FLOAT_COLUMNS = ("scale", *THROUGHPUT_METRICS, "wall_s")  # always there (NaN where a run lacks them)
-TRADE_OFF = ("clip_score", "fid")  # the ranking's and the trade-off plot's axes
-GRID_IMAGES = 16
-GRID_UPSCALE = 3  # 32x32 emoji are unreadable at 1:1
-TASK_GRID_COLUMNS = 8  # images per row of a task's row grid (source / mask / result)
 MAX_CATEGORIES = 30  # per category column on the page (all of them are in results_by_category.csv)
 
 
-# --------------------------------------------------------------------------- loading
 
-
-@dataclass
-class Run:
-    """One run directory as the harness wrote it."""
-
-    dir: Path
-    manifest: dict
-    results: pd.DataFrame
-
-    @property
-    def run_id(self) -> str:
-        """The manifest's run id, else the directory name."""
-        return str(self.manifest.get("run_id") or self.dir.name)
-
-
-def _read_results(path: Path) -> pd.DataFrame:
-    """results.csv as a DataFrame with numeric columns checked, errors naming the file."""
-    try:
-        frame = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: malformed results.csv ({e}); re-run `invoke bench`") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{path}: results.csv lacks the column(s) {missing}; found {list(frame.columns)}")
-    if frame.empty:
-        raise ValueError(f"{path}: results.csv has no rows; did the run finish?")
-    for col in FLOAT_COLUMNS + ("n_samples",) + tuple(c for c in frame.columns if column_spec(c) is not None):
-        if col not in frame.columns:
-            frame[col] = math.nan  # cost columns a run did not record; metrics it did not compute stay absent
-            continue
-        try:
-            frame[col] = pd.to_numeric(frame[col]).astype(float)
-        except (ValueError, TypeError):
-            raise ValueError(f"{path}: column {col!r} holds non-numeric values") from None
-    frame["guidance"] = frame["guidance"].astype(str)
-    return frame
-
-
-def load_run(run_dir: str | Path) -> Run:
-    """Read a run directory; a missing or malformed file raises an error naming that file."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir}: not a directory; pass a run directory such as reports/<run-id>")
-    results_path = run_dir / "results.csv"
-    manifest_path = run_dir / "manifest.json"
-    if not results_path.is_file():
-        raise FileNotFoundError(
-            f"{results_path}: no results.csv; is this a bench run directory? run `invoke bench` first"
-        )
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"{manifest_path}: no manifest.json; is this a bench run directory?")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{manifest_path}: malformed manifest.json ({e})") from None
-    if not isinstance(manifest, dict):
-        raise ValueError(f"{manifest_path}: manifest.json must hold a JSON object, got {type(manifest).__name__}")
-    return Run(dir=run_dir, manifest=manifest, results=_read_results(results_path))
-
-
-def _run_labels(runs: Sequence[Run]) -> list[str]:
-    """Distinct labels for the ``run`` column: run ids, disambiguated by directory if needed."""
-    labels = [r.run_id for r in runs]
-    if len(set(labels)) < len(labels):
-        labels = [f"{r.run_id} ({r.dir})" for r in runs]
-    if len(set(labels)) < len(labels):
-        labels = [f"{label} #{i + 1}" for i, label in enumerate(labels)]
-    return labels
-
-
-# --------------------------------------------------------------------------- formatting
-
-
-_fmt = format_number
-
-
-def _fmt_ci(mean: float, lo: float, hi: float) -> str:
-    """``mean [lo, hi]``; just the mean when there is no interval (one seed set)."""
-    if math.isnan(mean):
-        return "–"
-    if math.isnan(lo) or math.isnan(hi):
-        return _fmt(mean)
-    return f"{_fmt(mean)} [{_fmt(lo)}, {_fmt(hi)}]"
-
-
-def _span(values: pd.Series) -> str:
-    """``64`` or ``32–64`` for a set of counts."""
-    vals = sorted({int(v) for v in values.dropna()})
-    if not vals:
-        return "?"
-    return str(vals[0]) if len(vals) == 1 else f"{vals[0]}–{vals[-1]}"
-
-
-def _n_caption(summary: pd.DataFrame) -> str:
-    """Sample count per cell for plot titles: FID is biased at small n, so it must be visible."""
-    return (
-        f"n = {_span(summary['n_samples'])} images per cell, {_span(summary['n_seed_sets'])} seed sets"
-        " (FID is biased at small n: compare only runs with equal n)"
-    )
-
-
-def _safe_name(text: str) -> str:
-    """A file-name-safe form of a user string (guidance name, run id)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
-
-
-# --------------------------------------------------------------------------- plots
-
-
-@dataclass
-class _Series:
-    label: str
-    color: object
-    linestyle: str
-    marker: str
-    data: pd.DataFrame
-
-
-def _series(summary: pd.DataFrame) -> list[_Series]:
-    """One curve per guidance (per run when several): colour by guidance, line style by run."""
-    palette = [f"C{i}" for i in range(10)]  # matplotlib's default colour cycle
-    guidances = list(dict.fromkeys(summary["guidance"]))
-    runs = list(dict.fromkeys(summary["run"])) if "run" in summary.columns else [None]
-    styles, markers = ["-", "--", ":", "-."], ["o", "s", "^", "D", "v"]
-    out = []
-    for ri, run in enumerate(runs):
-        for gi, g in enumerate(guidances):
-            mask = summary["guidance"] == g
-            if run is not None:
-                mask &= summary["run"] == run
-            data = summary[mask].sort_values("scale")
-            if data.empty:
-                continue
-            label = g if run is None else f"{g} ({run})"
-            out.append(_Series(label, palette[gi % 10], styles[ri % 4], markers[ri % 5], data))
-    return out
-
-
-def _yerr(data: pd.DataFrame, metric: str) -> np.ndarray:
-    """Asymmetric error bars from CI columns; zero where there is no interval."""
-    mean = data[metric].to_numpy(float)
-    lo = np.nan_to_num(mean - data[f"{metric}_lo"].to_numpy(float), nan=0.0)
-    hi = np.nan_to_num(data[f"{metric}_hi"].to_numpy(float) - mean, nan=0.0)
-    return np.vstack([np.maximum(lo, 0), np.maximum(hi, 0)])
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    """PNG without the Software metadata chunk, so reruns give identical files."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
-    return path
-
-
-def _placeholder(ax, text: str) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def plot_fid_vs_clip(summary: pd.DataFrame, path: Path) -> Path:
-    """GLIDE Fig. 6 style trade-off: x = CLIP score, y = FID, points labelled by scale."""
-    fig = Figure(figsize=(7.5, 5.5), layout="constrained")
-    ax = fig.add_subplot()
-    drawn = False
-    for s in _series(summary):
-        d = s.data[s.data["clip_score"].notna() & s.data["fid"].notna()]
-        if d.empty:
-            continue
-        drawn = True
-        ax.errorbar(
-            d["clip_score"], d["fid"], xerr=_yerr(d, "clip_score"), yerr=_yerr(d, "fid"),
-            color=s.color, linestyle=s.linestyle, marker=s.marker, capsize=3, label=s.label,
-        )
-        for _, row in d.iterrows():
-            ax.annotate(format_scale(row["scale"]), (row["clip_score"], row["fid"]), xytext=(4, 4),
-                        textcoords="offset points", fontsize=8, color=s.color)
-    if drawn:
-        front = summary[pareto_front(summary)]
-        ax.scatter(front["clip_score"], front["fid"], s=160, facecolors="none", edgecolors="0.3",
-                   linewidths=1, label="Pareto front")
-        ax.set_xlabel("CLIP score (higher is better)")
-        ax.set_ylabel("FID (lower is better)")
-        ax.text(0.98, 0.02, "better: lower right", transform=ax.transAxes, ha="right", va="bottom",
-                fontsize=8, color="0.4")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    else:
-        _placeholder(ax, "FID or CLIP score not computed in this run")
-    ax.set_title(f"FID vs CLIP score across guidance scales (labels: scale)\n{_n_caption(summary)}", fontsize=9)
-    return _save(fig, path)
-
-
-def plot_metrics_vs_scale(summary: pd.DataFrame, path: Path) -> Path:
-    """Each quality metric against scale with its CI band, one line per guidance."""
-    metrics = [m for m in quality_metrics(summary) if summary[m].notna().any()]
-    ncols = min(3, max(1, len(metrics)))
-    nrows = max(1, math.ceil(len(metrics) / ncols))
-    fig = Figure(figsize=(4.6 * ncols, 3.6 * nrows + 1.2), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    if not metrics:
-        _placeholder(axes[0], "no quality metric computed in this run")
-    for ax, m in zip(axes, metrics):
-        for s in _series(summary):
-            d = s.data[s.data[m].notna()]
-            if d.empty:
-                continue
-            ax.errorbar(d["scale"], d[m], yerr=_yerr(d, m), color=s.color, linestyle=s.linestyle,
-                        marker=s.marker, capsize=2, markersize=4, label=s.label)
-            if len(d) > 1:
-                ax.fill_between(d["scale"], d[f"{m}_lo"], d[f"{m}_hi"], color=s.color, alpha=0.15, lw=0)
-        spec = declared_columns()[m]
-        ax.set_title(f"{spec.label} ({spec.direction} is better)", fontsize=9)
-        ax.set_xlabel("guidance scale")
-        ax.grid(alpha=0.3)
-    for ax in axes[len(metrics):]:
-        ax.set_visible(False)
-    handles, names = axes[0].get_legend_handles_labels()
-    if handles:  # one legend for all panels, below them, so no curve is hidden
-        fig.legend(handles, names, loc="outside lower center", ncols=min(len(names), 6), fontsize=8)
-    fig.suptitle("Quality metrics vs guidance scale (bands: 95% CI; paired bootstrap over prompts where per-image "
-                 f"scores exist, else over seed sets)\n{_n_caption(summary)}", fontsize=10)
-    return _save(fig, path)
-
-
-def plot_throughput(summary: pd.DataFrame, path: Path) -> Path:
-    """Cost per image: seconds, and network / guide / backward passes, per guidance and scale."""
-    keyed = [(s, row) for s in _series(summary) for _, row in s.data.iterrows()]
-    rows = [row for _, row in keyed]
-    many = len(rows) > 12 or "run" in summary.columns  # then rotate single-line labels
-    labels = [f"{s.label}{' ' if many else chr(10)}s={format_scale(r['scale'])}" for s, r in keyed]
-    x = np.arange(len(rows))
-    fig = Figure(figsize=(max(6.0, 0.7 * len(rows) + 2), 7.5), layout="constrained")
-    ax1, ax2 = fig.subplots(2, 1, sharex=True)
-    ax1.bar(x, [r["s_per_img"] for r in rows], color=[s.color for s, _ in keyed])
-    ax1.set_ylabel("seconds per image")
-    ax1.grid(axis="y", alpha=0.3)
-    passes = [("network_passes_per_img", "network"), ("guide_passes_per_img", "guide"),
-              ("backward_passes_per_img", "backward")]
-    width = 0.8 / len(passes)
-    for i, (col, name) in enumerate(passes):
-        ax2.bar(x + (i - 1) * width, [r[col] for r in rows], width, label=f"{name} passes", color=f"C{i + 7}")
-    ax2.set_ylabel("passes per image")
-    ax2.legend(fontsize=8)
-    ax2.grid(axis="y", alpha=0.3)
-    ax2.set_xticks(x, labels, rotation=60 if many else 0, ha="right" if many else "center", fontsize=7)
-    fig.suptitle(f"Throughput per guidance and scale\n{_n_caption(summary)}", fontsize=10)
-    return _save(fig, path)
-
-
-# --------------------------------------------------------------------------- sample grids
-
-
-def sample_grid(images: np.ndarray, max_images: int = GRID_IMAGES, upscale: int = GRID_UPSCALE) -> Image.Image:
-    """A square-ish grid of the first images, nearest-neighbour upscaled so pixels stay crisp."""
-    imgs = np.asarray(images)
-    if imgs.ndim == 3:  # grayscale [N, H, W]
-        imgs = imgs[..., None]
-    if imgs.ndim != 4 or imgs.shape[-1] not in (1, 3, 4) or len(imgs) == 0:
-        raise ValueError(f"expected images [N, H, W, 3] uint8, got shape {imgs.shape}")
-    imgs = imgs[:max_images]
-    if imgs.dtype != np.uint8:
-        imgs = np.clip(imgs, 0, 255).astype(np.uint8)
-    if imgs.shape[-1] == 1:
-        imgs = np.repeat(imgs, 3, axis=-1)
-    imgs = imgs[..., :3]
-    n, h, w, _ = imgs.shape
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    pad = 2
-    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
-    for i, img in enumerate(imgs):
-        r, c = divmod(i, cols)
-        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = img
-    out = Image.fromarray(grid)
-    return out.resize((out.width * upscale, out.height * upscale), Image.NEAREST)
-
-
-def row_grid(rows: Sequence[np.ndarray], max_images: int = TASK_GRID_COLUMNS, upscale: int = GRID_UPSCALE) -> Image.Image:
-    """One row per array (uint8 [N, H, W, 3], the same N, H and W), the first images side by side:
-    a task's rows (source / mask / result) line up column by column."""
-    pad = 2
-    rows = [np.asarray(r)[:max_images] for r in rows]
-    n, h, w = rows[0].shape[:3]
-    grid = np.full((len(rows) * (h + pad) + pad, n * (w + pad) + pad, 3), 255, np.uint8)
-    for r, images in enumerate(rows):
-        for c, img in enumerate(images):
-            grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = img[..., :3]
-    out = Image.fromarray(grid)
-    return out.resize((out.width * upscale, out.height * upscale), Image.NEAREST)
-
-
-@dataclass
-class _Grid:
-    run: str
-    guidance: str
-    scale: float
-    png: Path | None
-    prompts: list[str]
-    shown: int  # images in the grid
-    note: str  # why there is no grid, if there is none
-    rows: tuple[str, ...] = ()  # a task's grid rows, top down (empty: a plain grid of samples)
-
-
-def _make_grids(run: Run, label: str, prefix: str, out_dir: Path) -> list[_Grid]:
-    """Grids of seed set 0 (the lowest one present) for every guidance and scale of a run."""
-    grids = []
-    task = TASKS.get((run.manifest.get("config") or {}).get("task", DEFAULT_TASK))
-    rows = task.grid_rows if task is not None and task.axes else ()
-    cells = run.results.groupby(["guidance", "scale"], sort=False)["seed_set"].min()
-    for (g, scale), seed in cells.items():
-        name = f"{g}_s{format_scale(scale)}_seed{int(seed)}.npz"
-        path = run.dir / "samples" / name
-        png, prompts, shown, note = None, [], 0, ""
-        if not path.is_file():
-            note = f"no samples saved ({path})"
-        else:
-            try:
-                with np.load(path, allow_pickle=False) as npz:
-                    images = npz["images"]
-                    limit = TASK_GRID_COLUMNS if rows else GRID_IMAGES
-                    shown = min(len(images), limit)
-                    prompts = [str(p) for p in npz["prompts"][:limit]] if "prompts" in npz else []
-                png = out_dir / "grids" / f"{prefix}{_safe_name(g)}_s{format_scale(scale)}.png"
-                png.parent.mkdir(parents=True, exist_ok=True)
-                image = row_grid(task.grid(images, load_extras(path))) if rows else sample_grid(images)
-                image.save(png)
-            except (OSError, ValueError, KeyError) as e:
-                png, note = None, f"unreadable samples file {path}: {e}"
-        grids.append(_Grid(label, str(g), float(scale), png, prompts, shown, note, rows))
-    return grids
-
-
-# --------------------------------------------------------------------------- HTML
 
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1300px;padding:0 16px;color:#222}
@@ -456,14 +112,14 @@ def _display_summary(summary: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         boot = f"{m}_boot_lo" in summary.columns and summary[f"{m}_boot_lo"].notna().any()
         per_image = boot and m not in SET_METRICS
         lo, hi = (f"{m}_boot_lo", f"{m}_boot_hi") if per_image else (f"{m}_lo", f"{m}_hi")
-        out[name] = [_fmt_ci(a * k, b * k, c * k) for a, b, c in zip(summary[m], summary[lo], summary[hi])]
+        out[name] = [format_ci(a * k, b * k, c * k) for a, b, c in zip(summary[m], summary[lo], summary[hi])]
         if boot and not per_image:
-            out[f"{name}: images bootstrap"] = [f"[{_fmt(b)}, {_fmt(c)}]" for b, c in
+            out[f"{name}: images bootstrap"] = [f"[{format_number(b)}, {format_number(c)}]" for b, c in
                                                 zip(summary[f"{m}_boot_lo"], summary[f"{m}_boot_hi"])]
     for col, name in [("s_per_img", "s / img"), ("network_passes_per_img", "net passes"),
                       ("guide_passes_per_img", "guide passes"), ("backward_passes_per_img", "bwd passes"),
                       ("peak_mem_mb", "peak MB")]:
-        out[name] = summary[col].map(_fmt)
+        out[name] = summary[col].map(format_number)
     if summary["n_samples_note"].astype(bool).any():
         out["note"] = summary["n_samples_note"]
     return out, absent
@@ -483,7 +139,7 @@ def _display_ranking(ranking: pd.DataFrame) -> pd.DataFrame:
     out["best_scale"] = out["best_scale"].map(lambda v: "–" if pd.isna(v) else format_scale(v))
     out["on_front"] = out["on_front"].map(lambda v: "yes" if v else "no")
     for col in (*TRADE_OFF, "s_per_img", "distance"):
-        out[col] = out[col].map(_fmt)
+        out[col] = out[col].map(format_number)
     if "p_rank1" in out.columns:
         out["p_rank1"] = out["p_rank1"].map(lambda v: "–" if pd.isna(v) else f"{v:.2f}")
     return out.rename(columns={"best_scale": "best scale", **{m: metric_name(m) for m in TRADE_OFF},
@@ -493,7 +149,7 @@ def _display_ranking(ranking: pd.DataFrame) -> pd.DataFrame:
 
 
 def _in_units(metric: str, value: float) -> str:
-    return _fmt(value * 100 if percent_metric(metric) else value)
+    return format_number(value * 100 if percent_metric(metric) else value)
 
 
 def _display_comparisons(table: pd.DataFrame) -> pd.DataFrame:
@@ -517,16 +173,16 @@ def _display_matched(matched: pd.DataFrame) -> pd.DataFrame:
     metrics = [c[:-len("_interval")] for c in matched.columns if c.endswith("_interval")]
     rows = []
     for _, r in matched.iterrows():
-        row = {"CLIP level": _fmt(r["clip_level"]), "level": r["level_source"], "guidance": r["guidance"]}
+        row = {"CLIP level": format_number(r["clip_level"]), "level": r["level_source"], "guidance": r["guidance"]}
         reached = r["status"] == "reached"
-        row["scale at level"] = (f"{_fmt(r['scale_at'])}" + ("" if pd.isna(r["scale_lo"]) else
-                                 f" [{_fmt(r['scale_lo'])}, {_fmt(r['scale_hi'])}]")) if reached else r["status"]
+        row["scale at level"] = (f"{format_number(r['scale_at'])}" + ("" if pd.isna(r["scale_lo"]) else
+                                 f" [{format_number(r['scale_lo'])}, {format_number(r['scale_hi'])}]")) if reached else r["status"]
         for m in metrics:
-            row[metric_name(m)] = _fmt_ci(r[m], r[f"{m}_lo"], r[f"{m}_hi"]) if reached else r["status"]
+            row[metric_name(m)] = format_ci(r[m], r[f"{m}_lo"], r[f"{m}_hi"]) if reached else r["status"]
         for column, label in (("network_passes_per_img", "passes / img"), ("backward_passes_per_img", "backward / img"),
                               ("s_per_img", "s / img")):
             if column in matched.columns:
-                row[label] = _fmt(r[column]) if reached else "–"
+                row[label] = format_number(r[column]) if reached else "–"
         if pd.notna(r.get("reached_share", math.nan)):
             row["share of resamples reaching it"] = f"{r['reached_share']:.2f}"
         rows.append(row)
@@ -542,7 +198,7 @@ def _category_tables(table: pd.DataFrame) -> str:
     for (col, m), part in shown.groupby(["category_column", "metric"], sort=False):
         k = 100.0 if percent_metric(m) else 1.0
         part = part.assign(cell=[f"{g} {format_scale(s)}" for g, s in zip(part["guidance"], part["scale"])],
-                           text=[_fmt_ci(a * k, b * k, c * k) for a, b, c in zip(part["mean"], part["lo"], part["hi"])])
+                           text=[format_ci(a * k, b * k, c * k) for a, b, c in zip(part["mean"], part["lo"], part["hi"])])
         wide = part.pivot_table(index=["category", "n"], columns="cell", values="text", aggfunc="first", sort=False)
         wide = wide.rename_axis(columns=None).reset_index().rename(columns={"n": "prompts"})
         parts.append(f"<h3>{_e(metric_name(m))}{' (%)' if k == 100.0 else ''} by {_e(col)}</h3>{_table(wide)}")
@@ -580,7 +236,7 @@ def _warnings(runs: Sequence[Run], labels: Sequence[str], summary: pd.DataFrame)
                 f"({_e(scorer)}), which the CLIP-guided samples were optimised against."
             )
     if len(runs) > 1:
-        per_run = {lbl: _span(summary.loc[summary["run"] == lbl, "n_samples"]) for lbl in labels}
+        per_run = {lbl: format_span(summary.loc[summary["run"] == lbl, "n_samples"]) for lbl in labels}
         if len(set(per_run.values())) > 1:
             detail = ", ".join(f"{_e(k)}: n = {_e(v)}" for k, v in per_run.items())
             out.append(f"FID is not comparable between these runs: they use different numbers of images per "
@@ -595,7 +251,7 @@ def _warnings(runs: Sequence[Run], labels: Sequence[str], summary: pd.DataFrame)
     return out
 
 
-def _grid_html(grids: Sequence[_Grid], several: bool) -> str:
+def _grid_html(grids: Sequence[Grid], several: bool) -> str:
     parts, current = [], None
     for g in grids:
         key = (g.run, g.guidance) if several else g.guidance
@@ -690,7 +346,7 @@ def _stats_sections(stats: Sequence[_RunStats], several: bool) -> dict[str, str]
 
 
 def _page(runs: Sequence[Run], labels: Sequence[str], summary: pd.DataFrame, ranking: pd.DataFrame,
-          plots: Sequence[tuple[Path, str]], grids: Sequence[_Grid], stats: Sequence[_RunStats]) -> str:
+          plots: Sequence[tuple[Path, str]], grids: Sequence[Grid], stats: Sequence[_RunStats]) -> str:
     several = len(runs) > 1
     title = "Guidance benchmark: " + ", ".join(labels)
     shown, absent = _display_summary(summary)
@@ -729,7 +385,7 @@ scale": it is above the level already at its lowest scale.</p>
 {_legend(runs, summary)}
 {meta}
 {warn}
-<p class="muted">{_e(_n_caption(summary))}.</p>
+<p class="muted">{_e(n_caption(summary))}.</p>
 {ranking_html}
 <h2>Summary</h2>
 {_table(shown)}
@@ -790,7 +446,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         raise ValueError("build_report needs at least one run directory")
     run_dirs = [Path(d) for d in run_dirs]
     runs = [load_run(d) for d in run_dirs]
-    labels = _run_labels(runs)
+    labels = run_labels(runs)
     several = len(runs) > 1
     frames = []
     for run, label in zip(runs, labels):
@@ -820,8 +476,8 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         ]
     grids = []
     for number, (run, label) in enumerate(zip(runs, labels), 1):
-        # numbered: labels that differ only in characters _safe_name replaces ("my run", "my_run") stay apart
-        grids += _make_grids(run, label, f"run{number}_{_safe_name(label)}__" if several else "", out)
+        # numbered: labels that differ only in characters safe_name replaces ("my run", "my_run") stay apart
+        grids += make_grids(run, label, f"run{number}_{safe_name(label)}__" if several else "", out)
     stats = [_RunStats(label, a, compare_grids_html(run.dir, run.results, best_cells(a.summary, a.ranking),
                                                     label if several else ""))
              for run, label, a in zip(runs, labels, analyses)]

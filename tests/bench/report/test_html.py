@@ -12,7 +12,10 @@ import pandas as pd
 import pytest
 
 from bench.report import html as report
-from bench.report.html import build_report, format_scale, load_run
+from bench.report.format import format_scale
+from bench.report.grids import sample_grid
+from bench.report.html import build_report
+from bench.report.runs import load_run
 from bench.stats import mean_ci, pareto_front, rank_methods, summarize
 
 HOSTILE = '<script>alert(1)</script> & "quotes"'
@@ -302,7 +305,7 @@ def test_cli_prints_index_path(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_sample_grid_upscales_nearest() -> None:
     images = np.zeros((20, 32, 32, 3), np.uint8)
     images[0] = 255
-    grid = report.sample_grid(images)
+    grid = sample_grid(images)
     assert grid.size == ((4 * 34 + 2) * 3, (4 * 34 + 2) * 3)  # 16 of 20 images, 4x4, 2px padding, x3
     arr = np.asarray(grid)
     assert set(np.unique(arr)) <= {0, 255}  # nearest neighbour: no blended values
