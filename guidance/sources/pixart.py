@@ -1,7 +1,8 @@
 """PixArt-Sigma (`PixArtSigmaPipeline` folders): a PixArtTransformer2DModel on T5 states with their attention mask.
 
 Conditions are the pipeline's `encode_prompt` with its `__call__` defaults: the caption cleaned where the
-pipeline can clean it (`clean_caption=True`, which diffusers itself turns off without bs4 and ftfy), T5 states
+pipeline can clean it (`clean_caption=True`, which diffusers turns off, warning at every call, without bs4 and
+ftfy: the suite asks for it only where both are installed, to the same effect without the warnings), T5 states
 padded to `max_sequence_length` (300, or the tokenizer's shorter model_max_length: the tiny pipelines' 32) and
 the padding mask the transformer's cross-attention uses. The null condition is the empty prompt through the
 same path (the pipeline's `negative_prompt=""`). The transformer is told the scheduler's integer timestep and
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from diffusers.utils import is_bs4_available, is_ftfy_available
 from torch import Tensor
 
 from guidance.protocols import ModelCond
@@ -21,6 +23,7 @@ from guidance.sources.families import FamilyNet
 
 MAX_SEQUENCE_LENGTH = 300  # PixArtSigmaPipeline's default T5 length
 NO_MICRO_CONDITIONS = {"resolution": None, "aspect_ratio": None}  # PixArtSigmaPipeline's added_cond_kwargs
+CLEAN_CAPTION = is_bs4_available() and is_ftfy_available()  # __call__'s clean_caption=True, as diffusers runs it
 
 
 class PixArtNet(FamilyNet):
@@ -35,7 +38,7 @@ class PixArtNet(FamilyNet):
                             added_cond_kwargs=NO_MICRO_CONDITIONS, return_dict=False)[0]
 
     def encode(self, texts: Sequence[str], labels: Tensor | None) -> ModelCond:
-        embeds, mask, _, _ = self.pipe.encode_prompt(list(texts), False, device=self.device, clean_caption=True,
+        embeds, mask, _, _ = self.pipe.encode_prompt(list(texts), False, device=self.device, clean_caption=CLEAN_CAPTION,
                                                      max_sequence_length=self.max_sequence_length)
         return {"text": embeds, "mask": mask}
 

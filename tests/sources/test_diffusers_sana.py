@@ -65,7 +65,8 @@ def test_the_folder_maps_onto_a_flow_with_the_schedulers_timesteps(sana):
     assert sana.sample_shape == (32, 16, 16) and not sana.net.learned_variance
     sigmas = sana.process.sigmas(STEPS)
     first = sana.process.level(sigmas[0])
-    # DPM-Solver's flow sigmas: 1 - linspace(1, 1 / 1000, n + 1), shifted by flow_shift 3 (float32: sigma to 1e-4); t * 1000 truncated
+    # DPM-Solver's flow sigmas: 1 - linspace(1, 1 / 1000, n + 1), shifted by flow_shift 3 (kept in float32: to 1e-4),
+    # and the network told t * 1000 truncated
     t = 3 * 0.999 / (1 + 2 * 0.999)
     assert first.sigma == pytest.approx(t / (1 - t), rel=1e-4) and first.model_t == int(t * 1000) and sigmas[-1] == 0.0
 
