@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folder", help="where to write the pipeline (created)")
     p.add_argument("--family", default="sd", choices=FAMILIES,
-                   help="sd (eps), sd-v (v-prediction), sdxl, sd3, dit, flux (FLUX.1-dev-shaped, guidance-distilled)")
+                   help="sd (eps), sd-v (v-prediction), sdxl, sd3, dit, flux (FLUX.1-dev-shaped, guidance-distilled), "
+                        "pixart (PixArt-Sigma-shaped), sana (Sana-shaped)")
     p.add_argument("--scheduler", default="shipped", choices=SCHEDULERS,
                    help="the checkpoint's own scheduler config (shipped) or one swapped in from it")
     p.add_argument("--seed", type=int, default=0)

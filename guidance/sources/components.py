@@ -180,7 +180,8 @@ def check_memory(root: Path, network: dict[str, Any], vae: dict[str, Any], batch
             not isinstance(channels, int) or channels < 1:
         raise CheckpointError(f"{root / name / 'config.json'}: sample_size {size!r} and in_channels {channels!r} must be "
                               f"positive whole numbers; restore the config from the pipeline's source")
-    scale = 2 ** max(len(vae.get("block_out_channels") or [1]) - 1, 0)
+    stages = vae.get("block_out_channels") or vae.get("encoder_block_out_channels") or [1]  # AutoencoderKL or DC-AE
+    scale = 2 ** max(len(stages) - 1, 0)
     pixels = sizes[0] * sizes[1]
     need = batch_size * pixels * SAMPLE_BYTES * (channels + 3 * scale * scale)
     if need > memory:

@@ -48,6 +48,10 @@ class FamilyNet(nn.Module):
     def encode_null(self) -> ModelCond:
         raise NotImplementedError
 
+    def encode_negative(self, texts: Sequence[str]) -> ModelCond:
+        """Negative prompts: the captions' encoding unless the pipeline encodes negatives otherwise (Sana)."""
+        return self.encode(texts, None)
+
     def null_cond(self, cond: ModelCond) -> ModelCond:
         """The unconditional condition for a batch like `cond` (encoded once, expanded per batch)."""
         sample = cond if isinstance(cond, Tensor) else next(iter(cond.values()))

@@ -24,6 +24,8 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "DiTPipeline": ("dit", ("transformer", "vae", "scheduler")),
     "FluxPipeline": ("flux", ("transformer", "vae", "scheduler", "text_encoder", "text_encoder_2", "tokenizer",
                               "tokenizer_2")),
+    "PixArtSigmaPipeline": ("pixart", ("transformer", "vae", "scheduler", "text_encoder", "tokenizer")),
+    "SanaPipeline": ("sana", ("transformer", "vae", "scheduler", "text_encoder", "tokenizer")),
 }
 PICKLED = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 WEIGHTED = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")

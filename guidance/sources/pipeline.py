@@ -30,12 +30,14 @@ from guidance.sources.components import check_pipeline_folder
 from guidance.sources.families import NETS, FamilyNet
 from guidance.sources.flux import FluxNet, flux_process
 from guidance.sources.folder import null_components, read_index
+from guidance.sources.pixart import PixArtNet
+from guidance.sources.sana import SanaNet
 from guidance.sources.schedule import pipeline_process
 from guidance.evaluation import EvalCLIPScorer
 from guidance.zoo.load import load_eval_clip
 from guidance.checkpoints import CheckpointError, file_sha256
 
-ADAPTERS: dict[str, type[FamilyNet]] = {**NETS, "flux": FluxNet}  # family -> network adapter
+ADAPTERS: dict[str, type[FamilyNet]] = {**NETS, "flux": FluxNet, "pixart": PixArtNet, "sana": SanaNet}  # family -> network adapter
 DECODE_BATCH = 16  # VAE decodes per call: bounds the decoder's activation memory at large batches
 
 
@@ -134,7 +136,7 @@ class DiffusersBundle:
                 if self.family == "dit":
                     raise ValueError("a class-conditional DiT takes no negative prompt; drop --negative-prompt and "
                                      "the negative_prompt column")
-                negative = cond_where([n is not None for n in negative], self.net.encode([n or "" for n in negative], None),
+                negative = cond_where([n is not None for n in negative], self.net.encode_negative([n or "" for n in negative]),
                                       self.net.null_cond(model))
         clip_tokens = self.guide.clip.tokenizer(texts) if self.guide is not None else None
         return Conditions(model=model, labels=labels, clip_tokens=clip_tokens, negative=negative)
@@ -196,6 +198,12 @@ def check_shapes(family: str, pipe: Any, root: Path) -> None:
             if takes != makes:
                 raise CheckpointError(f"{root}: the transformer takes {takes}-wide {what} but the text encoder makes "
                                       f"{makes}; use the text encoders of the same pipeline")
+    if family in ("pixart", "sana"):  # T5 (d_model) or Gemma-2 (hidden_size) states into the caption projection
+        config = pipe.text_encoder.config
+        makes = int(config.d_model if family == "pixart" else config.hidden_size)
+        if int(net.config.caption_channels) != makes:
+            raise CheckpointError(f"{root}: the transformer takes {net.config.caption_channels}-wide text states but the "
+                                  f"text encoder makes {makes}; use the text_encoder/ of the same pipeline")
     if family == "sd3":
         pooled = int(pipe.text_encoder.config.projection_dim) + int(pipe.text_encoder_2.config.projection_dim)
         if int(net.config.pooled_projection_dim) != pooled:

@@ -55,6 +55,9 @@ FIXED: dict[str, Any] = {
     "variance_type": None, "interpolation_type": "linear", "timestep_type": "discrete", "invert_sigmas": False,
     "stochastic_sampling": False}
 FIXED_BY_CLASS = {"DDPMScheduler": {"variance_type": "fixed_small"}}
+# fields honoured with any value on one class only: DPM-Solver's flow sigmas (Sana's shipped scheduler) are a
+# rectified flow stepped by dpmpp-2m
+HONOURED_BY_CLASS = {"DPMSolverMultistepScheduler": frozenset({"use_flow_sigmas"})}
 
 
 def scheduler_sampler(config: Path) -> str | None:
@@ -72,6 +75,11 @@ def sampler_for(scheduler_class: str) -> str:
     return SAMPLER_OF.get(scheduler_class, "ddim")
 
 
+def is_flow(scheduler: Any) -> bool:
+    """Whether the scheduler runs a rectified flow: FlowMatchEuler, or DPM-Solver with `use_flow_sigmas` (Sana)."""
+    return type(scheduler).__name__ in FLOW or bool(scheduler.config.get("use_flow_sigmas"))
+
+
 def trajectory_scheduler(scheduler: Any, sampler: str | None) -> Any:
     """The scheduler whose trajectory `sampler` follows on this pipeline: the pipeline's own where it is that
     sampler's class, else `SamplerClass.from_config(scheduler.config)` as a diffusers user swaps schedulers (a
@@ -81,7 +89,7 @@ def trajectory_scheduler(scheduler: Any, sampler: str | None) -> Any:
 
     name = type(scheduler).__name__
     target = SCHEDULER_OF.get(sampler or sampler_for(name))
-    if target is None or target == name or (target in FLOW) != (name in FLOW):
+    if target is None or target == name or (target in FLOW) != is_flow(scheduler):
         return scheduler
     return getattr(diffusers, target).from_config(scheduler.config)
 
@@ -94,7 +102,7 @@ def check_config(scheduler: Any) -> None:
                 if p.default is not inspect.Parameter.empty}
     fixed = {**FIXED, **FIXED_BY_CLASS.get(name, {})}
     for key, value in scheduler.config.items():
-        if key.startswith("_") or key in HONOURED:
+        if key.startswith("_") or key in HONOURED or key in HONOURED_BY_CLASS.get(name, ()):
             continue
         wanted = fixed.get(key, defaults.get(key, value))
         if value != wanted:
@@ -204,19 +212,28 @@ class PipelineVP(VPDiscrete):
 
 class PipelineFlow(RectifiedFlow):
     """The scheduler's rectified flow; its `default` trajectory is the scheduler's own sigmas (t values), with
-    `mu` (the pipeline's image-size shift) where the config shifts dynamically."""
+    `mu` (the pipeline's image-size shift) where the config shifts dynamically. On that trajectory the network
+    is told the scheduler's timestep (DPM-Solver's flow sigmas truncate t * N to a whole timestep)."""
 
     def __init__(self, shift: float, num_train_timesteps: int, scheduler: Any, mu: float | None = None) -> None:
         super().__init__(shift=shift if mu is None else math.exp(mu), num_train_timesteps=num_train_timesteps)
         self.scheduler, self.mu = scheduler, mu
+        self.scheduler_times: dict[float, float] = {}  # sigma of the scheduler's trajectory -> its timestep
+
+    def level(self, sigma: float) -> NoiseLevel:
+        level = super().level(sigma)
+        t = self.scheduler_times.get(sigma)
+        return level if t is None or t == level.model_t else replace(level, model_t=t, _times={})
 
     def sigmas(self, steps: int, schedule: str = "default") -> list[float]:
         if schedule not in ("default", "flow"):
             return super().sigmas(steps, schedule)
         if steps < 1:
             raise ValueError(f"--steps {steps} is out of range; use at least 1")
-        _, ts = scheduler_timesteps(self.scheduler, steps, **({} if self.mu is None else {"mu": self.mu}))
-        return [self.t_to_sigma(t) for t in ts[:steps]] + [self.t_to_sigma(ts[steps])]
+        times, ts = scheduler_timesteps(self.scheduler, steps, **({} if self.mu is None else {"mu": self.mu}))
+        sigmas = [self.t_to_sigma(t) for t in ts[:steps]]
+        self.scheduler_times.update(zip(sigmas, times))
+        return sigmas + [self.t_to_sigma(ts[steps])]
 
 
 def dynamic_shift(config: Any, image_seq_len: int) -> float:
@@ -235,14 +252,15 @@ def pipeline_process(scheduler: Any, sampler: str | None = None,
     sched = trajectory_scheduler(scheduler, sampler)
     check_config(sched)
     config = sched.config
-    if type(sched).__name__ in FLOW:
+    if is_flow(sched):
         mu = None
         if config.get("use_dynamic_shifting"):
             if image_seq_len is None:
                 raise CheckpointError(f"the pipeline's {name} shifts its schedule by image size (use_dynamic_shifting) "
                                       f"and the image size is unknown; set use_dynamic_shifting false")
             mu = dynamic_shift(config, image_seq_len)
-        return PipelineFlow(float(config.get("shift", 1.0)), int(config.num_train_timesteps), sched, mu), "flow", default
+        shift = config.get("shift", 1.0) if type(sched).__name__ in FLOW else config.get("flow_shift", 1.0)
+        return PipelineFlow(float(shift), int(config.num_train_timesteps), sched, mu), "flow", default
     abar = getattr(sched, "alphas_cumprod", None)
     if abar is None:
         raise CheckpointError(f"the pipeline's {name} keeps no alphas_cumprod table; replace scheduler/ with a "

@@ -1,6 +1,6 @@
 """Tiny random-weight diffusers pipelines, written offline from configs (no download).
 
-One per family the diffusers source supports (sd, sd-v, sdxl, sd3, dit), each a folder exactly as
+One per family the diffusers source supports (sd, sd-v, sdxl, sd3, dit, flux, pixart, sana), each a folder exactly as
 `save_pipeline(...)`/`save_pretrained` writes it, so the parity tests, the benchmark and a reader
 without weights can run the whole path on the CPU. The scheduler (and pipeline) configs are those the
 public checkpoints ship, field by field with their source (SHIPPED_SCHEDULERS), or a scheduler swapped
@@ -19,8 +19,12 @@ import torch
 from guidance.sources import GUIDING_CLIP
 from guidance.sources.tiny_flux import LATENT_CHANNELS as FLUX_CHANNELS
 from guidance.sources.tiny_flux import build_flux
+from guidance.sources.tiny_pixart import VAE_SCALING as PIXART_SCALING
+from guidance.sources.tiny_pixart import build_pixart
+from guidance.sources.tiny_sana import build_sana
 
-FAMILIES = ("sd", "sd-v", "sdxl", "sd3", "dit", "flux")
+FAMILIES = ("sd", "sd-v", "sdxl", "sd3", "dit", "flux", "pixart", "sana")
+OWN_TOKENIZER = ("dit", "pixart", "sana")  # no CLIP tokenizer written: none (DiT) or the pipeline's T5 / Gemma one
 
 # scheduler/scheduler_config.json as each public checkpoint ships it, field by field (only `_diffusers_version`
 # left out), so that the tiny pipelines meet the configs users load. Where each was read:
@@ -52,6 +56,29 @@ SHIPPED_SCHEDULERS: dict[str, dict[str, Any]] = {
     "dit": {"_class_name": "DDIMScheduler", "beta_end": 0.02, "beta_schedule": "linear", "beta_start": 0.0001,
             "clip_sample": False, "num_train_timesteps": 1000, "prediction_type": "epsilon", "set_alpha_to_one": True,
             "steps_offset": 0, "trained_betas": None},
+    # PixArt-alpha/PixArt-Sigma-XL-2-1024-MS: DPM-Solver++ 2M, eps, linspace spacing, on the linear table. Written
+    # by diffusers' scripts/convert_pixart_sigma_to_diffusers.py as `DPMSolverMultistepScheduler()`, so every field
+    # is that class's default (as the diffusers release that saved it listed them)
+    "pixart": {"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "dpmsolver++", "beta_end": 0.02,
+               "beta_schedule": "linear", "beta_start": 0.0001, "dynamic_thresholding_ratio": 0.995,
+               "euler_at_final": False, "final_sigmas_type": "zero", "lambda_min_clipped": float("-inf"),
+               "lower_order_final": True, "num_train_timesteps": 1000, "prediction_type": "epsilon",
+               "rescale_betas_zero_snr": False, "sample_max_value": 1.0, "solver_order": 2, "solver_type": "midpoint",
+               "steps_offset": 0, "thresholding": False, "timestep_spacing": "linspace", "trained_betas": None,
+               "use_karras_sigmas": False, "use_lu_lambdas": False, "variance_type": None},
+    # Efficient-Large-Model/Sana_1600M_1024px_diffusers: flow DPM-Solver++ 2M (use_flow_sigmas, flow_shift 3,
+    # flow_prediction). Written by diffusers' scripts/convert_sana_to_diffusers.py (its default scheduler_type
+    # flow-dpm_solver: `DPMSolverMultistepScheduler(flow_shift=3.0, use_flow_sigmas=True,
+    # prediction_type="flow_prediction")` below 4096 px), every other field the class's default
+    "sana": {"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "dpmsolver++", "beta_end": 0.02,
+             "beta_schedule": "linear", "beta_start": 0.0001, "dynamic_thresholding_ratio": 0.995,
+             "euler_at_final": False, "final_sigmas_type": "zero", "flow_shift": 3.0,
+             "lambda_min_clipped": float("-inf"), "lower_order_final": True, "num_train_timesteps": 1000,
+             "prediction_type": "flow_prediction", "rescale_betas_zero_snr": False, "sample_max_value": 1.0,
+             "solver_order": 2, "solver_type": "midpoint", "steps_offset": 0, "thresholding": False,
+             "timestep_spacing": "linspace", "trained_betas": None, "use_beta_sigmas": False,
+             "use_exponential_sigmas": False, "use_flow_sigmas": True, "use_karras_sigmas": False,
+             "use_lu_lambdas": False, "variance_type": None},
 }
 # model_index.json fields the pipelines ship besides their components (SDXL base: huggingface.co/stabilityai/
 # stable-diffusion-xl-base-1.0 model_index.json; DiT's id2label is written by save_pipeline)
@@ -164,6 +191,10 @@ def build(family: str, scheduler: str = "shipped", seed: int = 0, tokenizer_dir:
     if family == "flux":
         vae = tiny_vae(FLUX_CHANNELS, scaling_factor=0.3611, shift_factor=0.1159)
         return build_flux(tokenizer, clip_text_config(vocab), dict(vae.config), LATENT)
+    if family == "pixart":
+        return build_pixart(tiny_vae(scaling_factor=PIXART_SCALING), scheduler_of(family, scheduler), LATENT)
+    if family == "sana":
+        return build_sana(scheduler_of(family, scheduler), LATENT)
     if family == "sd3":
         transformer = diffusers.SD3Transformer2DModel(
             sample_size=LATENT, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
@@ -213,7 +244,7 @@ def save_pipeline(folder: str | Path, family: str = "sd", scheduler: str = "ship
     a tiny guiding CLIP for universal-clip beside it unless `guiding_clip` is False."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    pipe = build(family, scheduler, seed, None if family == "dit" else folder / "tokenizer")
+    pipe = build(family, scheduler, seed, None if family in OWN_TOKENIZER else folder / "tokenizer")
     pipe.save_pretrained(str(folder), safe_serialization=True)
     if family == "dit":  # DiTPipeline does not record its labels; real DiT folders carry them in model_index.json
         index = json.loads((folder / "model_index.json").read_text())

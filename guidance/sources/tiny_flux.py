@@ -30,12 +30,21 @@ def t5_tokenizer() -> Any:
     return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=T5_LENGTH)
 
 
+def t5_encoder(vocab_size: int) -> Any:
+    """A tiny T5 encoder (2 layers of width T5_DIM, gated-GELU as T5 v1.1, which FLUX and PixArt use)."""
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=vocab_size, d_model=T5_DIM, d_kv=8, d_ff=2 * T5_DIM, num_layers=2,
+                                   num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                                   feed_forward_proj="gated-gelu", dropout_rate=0.0, pad_token_id=0, eos_token_id=1))
+
+
 def build_flux(clip_tokenizer: Any, clip_config: Any, vae_config: dict[str, Any], latent: int,
                guidance_embeds: bool = True) -> Any:
     """The tiny FluxPipeline (weights from the caller's seeded generator); `vae_config` is a tiny AutoencoderKL's,
     with FLUX's 16 channels, scaling and shift."""
     import diffusers
-    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+    from transformers import CLIPTextModel
 
     vae = diffusers.AutoencoderKL.from_config({**vae_config, "use_quant_conv": False, "use_post_quant_conv": False})
     transformer = diffusers.FluxTransformer2DModel(
@@ -44,9 +53,7 @@ def build_flux(clip_tokenizer: Any, clip_config: Any, vae_config: dict[str, Any]
         guidance_embeds=guidance_embeds, axes_dims_rope=(2, 2, 4))
     transformer.register_to_config(sample_size=latent)
     tokenizer_2 = t5_tokenizer()
-    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=T5_DIM, d_kv=8, d_ff=2 * T5_DIM, num_layers=2,
-                                 num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=16,
-                                 feed_forward_proj="gated-gelu", dropout_rate=0.0, pad_token_id=0, eos_token_id=1))
+    t5 = t5_encoder(len(tokenizer_2))
     scheduler = diffusers.FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
         base_image_seq_len=256, max_image_seq_len=4096)

@@ -100,3 +100,16 @@ def test_dynamic_shifting_follows_the_pipelines_mu(tiny_pipeline, tmp_path):
     bundle.pipe.scheduler.set_timesteps(10, mu=mu)
     expected = [bundle.process.t_to_sigma(float(t)) for t in bundle.pipe.scheduler.sigmas]
     assert bundle.process.sigmas(10) == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_caption_encoder_of_another_width(tiny_pipeline, tmp_path):
+    """Sana's transformer projects caption_channels-wide Gemma-2 states (PixArt's, T5's d_model: the same check)."""
+    from transformers import Gemma2Config, Gemma2Model
+
+    folder = copy(tiny_pipeline("sana"), tmp_path / "sana")
+    config = json.loads((folder / "text_encoder" / "config.json").read_text())
+    shutil.rmtree(folder / "text_encoder")
+    Gemma2Model(Gemma2Config(vocab_size=config["vocab_size"], hidden_size=24, intermediate_size=32, num_hidden_layers=1,
+                             num_attention_heads=2, num_key_value_heads=1, head_dim=8)).save_pretrained(
+        str(folder / "text_encoder"))
+    refused(f"diffusers:{folder}", "16-wide text states", "makes 24", "same pipeline")

@@ -1,5 +1,5 @@
 """NAG inside diffusers' attention: the mix lands on the image tokens' attention output before the output
-projection of every cross (UNet) or joint (SD3) attention layer, on the positive rows only."""
+projection of every cross (UNet, PixArt, Sana) or joint (SD3) attention layer, on the positive rows only."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def text_attention(network: torch.nn.Module) -> list[torch.nn.Module]:
             and (getattr(m, "is_cross_attention", False) or getattr(m, "added_kv_proj_dim", None) is not None)]
 
 
-@pytest.mark.parametrize("family", ["sd", "sd3"])
+@pytest.mark.parametrize("family", ["sd", "sd3", "pixart", "sana"])
 def test_nag_mixes_the_first_text_layer_and_phi_zero_is_the_model(tiny_pipeline, family):
     bundle = load_bundle(f"diffusers:{tiny_pipeline(family)}")  # its checkpoint's shipped scheduler
     layers = text_attention(bundle.net.network)
@@ -50,4 +50,5 @@ def test_nag_mixes_the_first_text_layer_and_phi_zero_is_the_model(tiny_pipeline,
         identity = run(make_guidance("nag", 0.0))
         plain = run(make_guidance("cfg", 1.0), None)  # the conditional model alone
     assert torch.equal(identity, plain) and (identity - guided).abs().max() > 1e-4
+    assert torch.isfinite(bundle.decode(guided)).all()  # end to end: the guided latents decode
     assert not first._forward_pre_hooks  # NAG's hook is removed after each pass
