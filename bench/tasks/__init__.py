@@ -1,12 +1,19 @@
 """Tasks: what a benchmark cell samples and scores (text-to-image, inpainting, the cascade). Each task
-is one module that registers its class with `@register_task(name)`; `make_task` picks the run's."""
+is one module of this package that registers its class with `@register_task(name)`; importing the package
+imports every module of it, so a new task is one new file; `make_task` picks the run's."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 from bench.runner.config import BenchConfig
-from bench.tasks import cascade, inpaint, text_to_image  # noqa: F401  (each registers its task)
+from bench.tasks import text_to_image  # noqa: F401  (registered first: the default task leads the list)
 from bench.tasks.base import Evaluators, SampledBatch, Task
 from bench.tasks.registry import TASKS, register_task
+
+for _module in pkgutil.iter_modules(__path__):  # registration is the side effect of importing a module
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["TASKS", "Evaluators", "SampledBatch", "Task", "make_task", "register_task"]
 

@@ -4,7 +4,7 @@ folder with the DPM-Solver config PixArt-Sigma-XL-2-1024-MS ships (guidance.sour
 Same initial latents on both sides (`latents=x_T`; DPM-Solver's init_noise_sigma is 1), the pipeline's
 resolution binning off (it knows no 32 x 32 size) and its T5 length the suite's (the tiny tokenizer's 32).
 The bound, 1e-5 of the reference's largest latent, is float32 rounding over the trajectory (measured 5e-7 at
-10 steps; see tests/sources/test_diffusers_parity.py for its origin); a wrong timestep, mask or variance
+10 steps; see tests/guidance/sources/test_diffusers_parity.py for its origin); a wrong timestep, mask or variance
 split is 1e-3 or more.
 """
 

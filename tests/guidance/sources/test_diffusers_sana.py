@@ -5,7 +5,7 @@ instruction applied to the prompts and not to the negative prompts, as the pipel
 Same initial latents on both sides (`latents=x_T`), the pipeline's resolution binning off (it would move
 32 x 32 to 512 x 512) and its Gemma length the suite's (the tiny tokenizer's 32). The bound, 1e-5 of the
 reference's largest latent, is float32 rounding over the trajectory (measured 4e-7 at 10 steps; origin in
-tests/sources/test_diffusers_parity.py); telling the network t * 1000 instead of DPM-Solver's truncated
+tests/guidance/sources/test_diffusers_parity.py); telling the network t * 1000 instead of DPM-Solver's truncated
 timestep, or encoding negatives with the instruction, is 1e-3 or more.
 """
 
