@@ -10,7 +10,7 @@ import torch
 
 from bench.runner.config import BenchConfig
 from bench.zoo.prompts import emoji200
-from bench.runner.run import why_not
+from bench.runner.applicability import why_not
 from guidance.guiders import REGISTRY, make_guidance
 from guidance.samplers import SAMPLERS, Denoise
 from guidance.zoo.load import load_zoo

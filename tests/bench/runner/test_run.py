@@ -350,7 +350,7 @@ def test_labels_out_of_range_are_refused_before_sampling(tmp_path, capsys):
     # a set with a blank label is not scored for accuracy, so its labels are not held to the table's range
     prompts.write_text("prompt,label\nsmile,3\nwink,\nfrown,99999\n")
     from bench.runner.config import BenchConfig
-    from bench.runner.run import check_compatible
+    from bench.runner.applicability import check_compatible
     from bench.runner.store import load_prompt_set
     from guidance.models import load_bundle
 

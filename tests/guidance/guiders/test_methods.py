@@ -602,7 +602,7 @@ def test_autoguidance_without_a_weak_model_is_a_clear_error_and_all_skips_it(zoo
     from dataclasses import replace
 
     from bench.runner.config import BenchConfig
-    from bench.runner.run import applicable_guidance, check_compatible
+    from bench.runner.applicability import applicable_guidance, check_compatible
     from bench.runner.store import load_prompt_set
 
     no_weak = replace(zoo, weak_unet=None)

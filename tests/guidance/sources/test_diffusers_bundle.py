@@ -12,7 +12,7 @@ import torch
 from bench.runner.cli import add_run_arguments, config_from_args
 from bench.runner.config import BenchConfig
 from bench.prompts.readers import PromptSet
-from bench.runner.run import applicable_guidance, check_compatible
+from bench.runner.applicability import applicable_guidance, check_compatible
 from bench.runner.store import load_prompt_set
 from guidance.bundle import ModelBundle
 from guidance.guiders import make_guidance

@@ -15,7 +15,7 @@ import torch
 
 from bench.runner.config import BenchConfig
 from bench.runner.store import load_prompt_set
-from bench.runner.run import applicable_guidance
+from bench.runner.applicability import applicable_guidance
 from guidance.guiders import make_guidance
 from guidance.models import load_bundle
 from guidance.samplers import sample
