@@ -10,10 +10,10 @@ from bench.runner.config import BenchConfig
 from guidance.accelerate import Acceleration
 from guidance.analytic import GaussianMixture, MixtureDenoiser
 from guidance.denoisers import NetworkDenoiser
-from guidance.guiders import REGISTRY, ClassifierFreeGuidance
+from guidance.guiders import REGISTRY, ClassifierFreeGuidance, make_guidance
 from guidance.process import VPDiscrete
 from guidance.protocols import Conditions
-from guidance.samplers import sample
+from guidance.samplers import SAMPLERS, sample
 from guidance.zoo.unet import TextUNet, UNetConfig
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -149,15 +149,31 @@ COMBINATIONS = [("ddim", torch.bfloat16, "cuda"), ("ddpm", torch.float16, "cpu")
                 ("ddim", torch.float16, "cuda")]
 
 
-# every method the zoo can run (universal-clip needs a latent bundle's decoder, flux-distilled a distilled model: tests/guidance/sources)
-@pytest.mark.parametrize("name", sorted(n for n, (cls, needs) in REGISTRY.items() if needs != "decoder_clip"
-                                         and "embedded_guidance" not in getattr(cls, "needs", ())))
-def test_weights_stored_in_half_precision_compute_what_autocast_did(zoo_cpu, zoos_with_half_weights, name):
+# every method the zoo can run (universal-clip needs a latent bundle's decoder, flux-distilled a distilled model:
+# tests/guidance/sources), each under one of the combinations in turn (CFG++ renoises with the unconditional
+# eps, which DDPM cannot do: it takes the next DDIM one). Which networks a method calls is what the method
+# adds; the combinations' own effects are each exercised by several methods.
+ZOO_METHODS = sorted(n for n, (cls, needs) in REGISTRY.items() if needs != "decoder_clip"
+                     and "embedded_guidance" not in getattr(cls, "needs", ()))
+
+
+def combination_for(index: int, name: str) -> tuple:
+    turn = COMBINATIONS[index % len(COMBINATIONS):] + COMBINATIONS[:index % len(COMBINATIONS)]
+    return next(c for c in turn if SAMPLERS[c[0]].renoise or not REGISTRY[name][0].renoises_unconditionally)
+
+
+CASES = [(name, *combination_for(i, name)) for i, name in enumerate(ZOO_METHODS)]
+
+
+def test_every_combination_is_run_by_several_methods():
+    assert all(sum(c[1:] == combo for c in CASES) >= 2 for combo in COMBINATIONS)
+
+
+@pytest.mark.parametrize("name, sampler, dtype, rule", CASES)
+def test_weights_stored_in_half_precision_compute_what_autocast_did(zoo_cpu, zoos_with_half_weights, name, sampler,
+                                                                     dtype, rule):
     """Under half-precision autocast, convolution and linear weights stored in that precision give the
     same samples bit for bit (autocast rounded them at every call); norms and embeddings stay fp32."""
-    from guidance.guiders import make_guidance
-    from guidance.samplers import SAMPLERS
-
     texts = ["grinning face", "rocket"]
     cond = zoo_cpu.conditions(texts, torch.tensor([3, 7]))
 
@@ -167,15 +183,11 @@ def test_weights_stored_in_half_precision_compute_what_autocast_did(zoo_cpu, zoo
             return sample(zoo.denoiser, zoo.process, zoo.process.sigmas(3), method, cond, zoo.sample_shape, range(2),
                           seed=5, sampler=sampler)
 
-    # CFG++ renoises with the unconditional eps, which DDPM cannot do (the sampler refuses the pair)
-    combinations = [c for c in COMBINATIONS if SAMPLERS[c[0]].renoise or not REGISTRY[name][0].renoises_unconditionally]
-    assert {dtype for _, dtype, _ in combinations} == {torch.bfloat16, torch.float16}
     fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
-        for sampler, dtype, rule in combinations:
-            torch.backends.mha.set_fastpath_enabled(rule == "cpu")
-            stored = zoos_with_half_weights[dtype, rule]
-            assert torch.equal(run(stored, sampler, dtype), run(zoo_cpu, sampler, dtype)), (sampler, dtype, rule)
+        torch.backends.mha.set_fastpath_enabled(rule == "cpu")
+        stored = zoos_with_half_weights[dtype, rule]
+        assert torch.equal(run(stored, sampler, dtype), run(zoo_cpu, sampler, dtype))
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
 

@@ -63,8 +63,12 @@ def zoo_on_meta():
 # (universal-clip needs a latent bundle's decoder, which the zoo has not: tests/guidance/sources covers it)
 ZOO_METHODS = {name for name, (cls, needs) in REGISTRY.items()
                if needs != "decoder_clip" and "embedded_guidance" not in getattr(cls, "needs", ())}
-PAIRS = [(name, sampler) for sampler, spec in SAMPLERS.items() for name in sorted(ZOO_METHODS)
-         if spec.renoise or not REGISTRY[name][0].renoises_unconditionally]
+# A host read sits in a method's code or in a sampler's: every method under DDIM, every sampler under CFG, and
+# the methods that renoise with eps_u (the one place a method reaches into the sampler) under every sampler
+# that can take them; every method and every sampler is covered without the full cross product.
+RENOISING = sorted(n for n in ZOO_METHODS if REGISTRY[n][0].renoises_unconditionally)
+PAIRS = sorted({*((name, "ddim") for name in ZOO_METHODS), *(("cfg", s) for s in SAMPLERS),
+                *((name, s) for name in RENOISING for s, spec in SAMPLERS.items() if spec.renoise)})
 
 
 @pytest.mark.parametrize("name, sampler", PAIRS)
@@ -83,6 +87,7 @@ def test_sampling_loop_reads_nothing_back_from_the_device(zoo_on_meta, monkeypat
 def test_every_sampler_and_method_is_checked():
     """A sampler or method added later is covered here without editing the test."""
     assert {s for _, s in PAIRS} == set(SAMPLERS) and {n for n, _ in PAIRS} == ZOO_METHODS
+    assert RENOISING and all(SAMPLERS[s].renoise or not REGISTRY[n][0].renoises_unconditionally for n, s in PAIRS)
 
 
 def test_host_copy_watch_sees_a_copy():
