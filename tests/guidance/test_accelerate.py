@@ -149,12 +149,15 @@ COMBINATIONS = [("ddim", torch.bfloat16, "cuda"), ("ddpm", torch.float16, "cpu")
                 ("ddim", torch.float16, "cuda")]
 
 
-# every method the zoo can run (universal-clip needs a latent bundle's decoder, flux-distilled a distilled model:
-# tests/guidance/sources), each under one of the combinations in turn (CFG++ renoises with the unconditional
-# eps, which DDPM cannot do: it takes the next DDIM one). Which networks a method calls is what the method
-# adds; the combinations' own effects are each exercised by several methods.
+# What the check compares is the networks' arithmetic under autocast, so what a method adds is which networks
+# it calls and how: every method the zoo can run that calls a guiding model or reaches into the network's
+# internals (universal-clip needs a latent bundle's decoder, flux-distilled a distilled model:
+# tests/guidance/sources), and for the combiners, which call the denoiser on the same inputs as CFG and differ
+# only in arithmetic outside the networks, none and cfg. Each runs under one of the combinations in turn
+# (CFG++-like methods, which DDPM cannot renoise, take the next DDIM one); each combination by several methods.
+COMBINERS = {n for n, (cls, _) in REGISTRY.items() if not set(cls.needs) - {"pixel_space"}}
 ZOO_METHODS = sorted(n for n, (cls, needs) in REGISTRY.items() if needs != "decoder_clip"
-                     and "embedded_guidance" not in getattr(cls, "needs", ()))
+                     and "embedded_guidance" not in cls.needs and (n not in COMBINERS or n in ("none", "cfg")))
 
 
 def combination_for(index: int, name: str) -> tuple:
@@ -167,6 +170,7 @@ CASES = [(name, *combination_for(i, name)) for i, name in enumerate(ZOO_METHODS)
 
 def test_every_combination_is_run_by_several_methods():
     assert all(sum(c[1:] == combo for c in CASES) >= 2 for combo in COMBINATIONS)
+    assert {"classifier", "clip", "autoguidance", "pag", "none", "cfg"} <= set(ZOO_METHODS) and "apg" in COMBINERS
 
 
 @pytest.mark.parametrize("name, sampler, dtype, rule", CASES)
