@@ -28,6 +28,7 @@ from bench.emoji_prompts import emoji_labels
 from bench.evaluators import FEATURE_NETS, METRICS, FeatureNet, PerImageMetric, ScoringBatch, SetMetric, column
 from bench.evaluators.base import CellSet, Gathered, check_readable, file_digest, load_state_dict_file
 from bench.evaluators.clip import clip_fingerprint
+from bench.evaluators.preference import refuse_real_only
 from bench.evaluators.reference import Reference, ReferenceSource, reference_source
 from bench.evaluators.registry import bounds, directions, selected
 from bench.metrics import Throughput, load_eval_classifier
@@ -167,6 +168,7 @@ def applicable_metrics(cfg: BenchConfig, domain: str, note: Callable[[str], None
         raise ValueError(f"--metrics {','.join(other_task)}: they score {' / '.join(tasks)} results, not a {task} "
                          f"run; leave them out")
     if domain == ZOO_DOMAIN:
+        refuse_real_only(cfg.metrics)
         return cfg
     metrics = list(cfg.metrics)
     zoo_only = [m for m in metrics if "domain:zoo" in METRICS[m].needs]
@@ -206,6 +208,10 @@ def check_scorers(cfg: BenchConfig, device: torch.device) -> None:
         if FEATURE_NETS[name].weights_flag:
             loaders.append((f"--features {name}", lambda name=name: FEATURE_NETS[name].build(resources),
                             "pass local weights of that network"))
+    for metric in selected(cfg.metrics, "per_image"):  # local evaluator weights, loaded and fitted to their network
+        if hasattr(metric, "check_files"):
+            loaders.append((f"--metrics {metric.name}", lambda metric=metric: metric.build(resources),
+                            "pass that evaluator's local files"))
     for flags, load, fix in loaders:
         try:
             load()
