@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from PIL import Image
 from torch import Tensor, nn
-from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+from transformers import CLIPImageProcessor, CLIPModel
 
 from bench.evaluators.base import load_state_dict_file
 from bench.evaluators.preference import PreferenceMetric, check_folder, check_weights_file, load_pretrained, load_strict
@@ -19,7 +19,7 @@ EMBED_DIM = 768  # CLIP ViT-L/14's projection width
 WEIGHTS_FIX = ("pass --aesthetic-weights sac+logos+ava1-l14-linearMSE.pth (improved-aesthetic-predictor) or the "
                "same state dict as .safetensors")
 CLIP_FILES = {"config": ("config.json",), "weights": ("model.safetensors", "pytorch_model.bin"),
-              "image processor config": ("preprocessor_config.json",)}
+              "image processor config": ("preprocessor_config.json", "processor_config.json")}
 CLIP_FIX = "pass --aesthetic-clip LOCAL_FOLDER (openai/clip-vit-large-patch14 as transformers saves it)"
 
 
@@ -45,7 +45,7 @@ def l2_normalised(x: Tensor) -> Tensor:
 class AestheticNetwork(nn.Module):
     """CLIP ViT-L/14 image embedding (the processor's resize, centre crop and OpenAI mean and std) -> MLP."""
 
-    def __init__(self, clip: CLIPVisionModelWithProjection, processor: CLIPImageProcessor, mlp: AestheticMLP) -> None:
+    def __init__(self, clip: CLIPModel, processor: CLIPImageProcessor, mlp: AestheticMLP) -> None:
         super().__init__()
         self.clip, self.processor, self.mlp = clip, processor, mlp
 
@@ -54,7 +54,8 @@ class AestheticNetwork(nn.Module):
 
     def forward(self, images: list[Image.Image], texts: list[str] | None = None) -> Tensor:
         device = self.clip.visual_projection.weight.device
-        embedding = self.clip(pixel_values=self.pixels(images).to(device)).image_embeds
+        pooled = self.clip.vision_model(pixel_values=self.pixels(images).to(device)).pooler_output
+        embedding = self.clip.visual_projection(pooled)  # CLIP's encode_image
         return self.mlp(l2_normalised(embedding.float())).squeeze(-1)
 
 
@@ -83,7 +84,7 @@ class LAIONAesthetic(PreferenceMetric):
     def load_network(cls, cfg: Any) -> nn.Module:
         path = check_weights_file(cfg.aesthetic_weights, "--aesthetic-weights", WEIGHTS_FIX)
         folder = check_folder(cfg.aesthetic_clip, "--aesthetic-clip", CLIP_FILES, CLIP_FIX)
-        clip = load_pretrained(CLIPVisionModelWithProjection, folder, "--aesthetic-clip", CLIP_FIX)
+        clip = load_pretrained(CLIPModel, folder, "--aesthetic-clip", CLIP_FIX)
         if clip.config.projection_dim != EMBED_DIM:
             raise CheckpointError(f"--aesthetic-clip {folder}: a {clip.config.projection_dim}-d CLIP, and the "
                                   f"predictor reads CLIP ViT-L/14's {EMBED_DIM}-d embedding; {CLIP_FIX}")

@@ -16,7 +16,7 @@ from bench.evaluators.registry import Column, register_metric
 from guidance.zoo.store import CheckpointError
 
 MODEL_FILES = {"config": ("config.json",), "weights": ("model.safetensors", "pytorch_model.bin")}
-PROCESSOR_FILES = {"image processor config": ("preprocessor_config.json",),
+PROCESSOR_FILES = {"image processor config": ("preprocessor_config.json", "processor_config.json"),
                    "tokenizer": ("tokenizer.json", "vocab.json")}
 MODEL_FIX = "pass --pickscore-model LOCAL_FOLDER (yuvalkirstain/PickScore_v1 as transformers saves it)"
 PROCESSOR_FIX = ("pass --pickscore-processor LOCAL_FOLDER (laion/CLIP-ViT-H-14-laion2B-s32B-b79K's processor "

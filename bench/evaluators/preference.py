@@ -110,8 +110,9 @@ def load_pretrained(cls: Any, folder: Path, flag: str, fix: str) -> nn.Module:
     try:
         model, info = cls.from_pretrained(folder, local_files_only=True, output_loading_info=True)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as err:
-        raise CheckpointError(f"{flag} {folder}: not a loadable {cls.__name__} folder "
-                              f"({str(err).splitlines()[0][:140]}); {fix}") from None
+        detail = str(err).splitlines()[0][:140]  # transformers raises on a size mismatch after printing its report
+        raise CheckpointError(f"{flag} {folder}: does not load as a {cls.__name__} (missing files, or weights "
+                              f"that do not fit its config: {detail}); {fix}") from None
     bad = [*info.get("missing_keys", []), *(str(m[0]) if isinstance(m, tuple) else str(m)
                                             for m in info.get("mismatched_keys", []))]
     if bad:
