@@ -153,12 +153,17 @@ class ImageReward(PreferenceMetric):
 
     @classmethod
     def load_network(cls, cfg: Any) -> nn.Module:
-        folder = check_folder(cfg.image_reward_model, "--image-reward-model", FOLDER_FILES, FOLDER_FIX)
-        path = check_weights_file(weights_path(folder), "--image-reward-model", FOLDER_FIX)
-        try:
-            tokenizer = blip_tokenizer(folder)
-        except (OSError, ValueError, TypeError) as err:
-            raise CheckpointError(f"--image-reward-model {folder}: no loadable BERT tokenizer "
-                                  f"({str(err).splitlines()[0][:140]}); {FOLDER_FIX}") from None
-        return build_image_reward(load_state_dict_file(path, "--image-reward-model"), tokenizer,
-                                  text=text_config(folder), path=path)
+        return load_image_reward(check_folder(cfg.image_reward_model, "--image-reward-model", FOLDER_FILES,
+                                              FOLDER_FIX))
+
+
+def load_image_reward(folder: Path, vision: dict[str, Any] | None = None) -> ImageRewardNetwork:
+    """The network from a local ImageReward folder (`vision`: BLIP-L's ViT unless a test passes a smaller one)."""
+    path = check_weights_file(weights_path(folder), "--image-reward-model", FOLDER_FIX)
+    try:
+        tokenizer = blip_tokenizer(folder)
+    except (OSError, ValueError, TypeError) as err:
+        raise CheckpointError(f"--image-reward-model {folder}: no loadable BERT tokenizer "
+                              f"({str(err).splitlines()[0][:140]}); {FOLDER_FIX}") from None
+    return build_image_reward(load_state_dict_file(path, "--image-reward-model"), tokenizer, vision=vision,
+                              text=text_config(folder), path=path)
