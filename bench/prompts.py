@@ -2,7 +2,7 @@
 
 Users bring prompt sets in the formats the public benchmarks ship in (T2I-CompBench ``.txt``,
 PartiPrompts ``.tsv``, COCO-30k and DrawBench ``.csv``, GenEval ``.jsonl``, COCO ``captions_*.json``,
-HPDv2's benchmark ``<style>.json``); this
+HPDv2's benchmark ``<style>.json``, ImageReward's ``benchmark-prompts.json``); this
 module turns each into one :class:`PromptSet`, keeping categories and other columns so results
 can be broken down per category. A malformed file raises :class:`PromptFileError` naming the
 file and line, so a typo in a 30,000-row file can be found without a debugger.
@@ -243,13 +243,22 @@ def _iter_json(path: Path, text: str) -> Iterator[Prompt]:
 
 
 def _iter_json_list(path: Path, doc: list) -> Iterator[Prompt]:
-    """HPDv2's benchmark prompts (``anime.json``, ``concept-art.json``, ``paintings.json``, ``photo.json``: a
-    JSON list of strings, as hpsv2's evaluation reads them): the file stem is the category (the style)."""
-    for i, prompt in enumerate(doc):
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise PromptFileError(path, 1, f"item {i} of the JSON list is not prompt text ({str(prompt)[:40]!r})",
-                                  "give a list of prompt strings, or COCO captions")
-        yield Prompt(text=prompt.strip(), category=path.stem)
+    """A JSON list of prompts. Strings: HPDv2's benchmark prompts (``anime.json``, ``concept-art.json``,
+    ``paintings.json``, ``photo.json``, as hpsv2's evaluation reads them), the file stem being the category
+    (the style). Objects with a prompt key: ImageReward's ``benchmark-prompts.json`` ({"id", "prompt"}),
+    read as JSONL rows are."""
+    for i, item in enumerate(doc):
+        if isinstance(item, dict):
+            prompt_key = _find_key(list(item), PROMPT_KEYS)
+            if prompt_key is not None:
+                yield _record_to_prompt(item, prompt_key, path, 1)
+                continue
+        elif isinstance(item, str) and item.strip():
+            yield Prompt(text=item.strip(), category=path.stem)
+            continue
+        raise PromptFileError(path, 1, f"item {i} of the JSON list is not prompt text ({str(item)[:40]!r})",
+                              f"give a list of prompt strings or of objects with a {PROMPT_KEYS[0]!r} key, "
+                              f"or COCO captions")
 
 
 def _iter_coco_json(path: Path, doc: object) -> Iterator[Prompt]:

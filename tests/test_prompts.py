@@ -227,3 +227,10 @@ def test_json_list_hpdv2_style_is_category(tmp_path) -> None:
     bad.write_text('["a cat", 3]')
     with pytest.raises(PromptFileError, match=r"photo.json:1: item 1 of the JSON list is not prompt text"):
         load_prompt_file(bad)
+
+
+def test_json_list_of_objects_imagereward_benchmark() -> None:
+    """ImageReward's benchmark/benchmark-prompts.json: a list of {"id", "prompt"}; the id is kept in meta."""
+    ps = load_prompt_file(FIXTURES / "imagereward_benchmark.json")
+    assert ps.texts()[0] == "a concept art of a vehicle, cyberpunk"
+    assert ps.prompts[1].meta == {"id": "005784-0093"} and ps.prompts[1].category is None
