@@ -141,6 +141,7 @@ RUN_CASES = [
     (["--out", "{c}/a_file"], "--out"),
     (["--out", "{c}/a_file/below"], "--out"),
     (["--prompt-limit", "1", "--metrics", "fid"], "--prompt-limit"),
+    (["--metrics", "clip_score,hpsv2"], "--metrics hpsv2"),  # real images only: refused on the zoo
 ]
 
 
@@ -305,3 +306,20 @@ PERF_CASES = [(["--model", "{c}/missing"], "{c}/missing"), (["--model", "{c}/one
 def test_perf_refuses_bad_input(argv, flag, corpus, capsys):
     code, out, err = call(perf.main, ["--device", "cpu", "--repeats", "1", *fill(argv, corpus)], capsys)
     assert_refused(code, out, err, fill([flag], corpus)[0])
+
+
+PREFERENCE_CASES = [
+    (["--metrics", "hpsv2"], "--hps-weights is not set"),
+    (["--metrics", "hpsv2", "--hps-weights", "{c}/a_file"], "--hps-weights {c}/a_file: not a weights file"),
+    (["--metrics", "image_reward", "--image-reward-model", "{c}/absent"], "--image-reward-model {c}/absent: folder"),
+    (["--metrics", "pickscore", "--pickscore-model", "{c}"], "--pickscore-model {c}: no config"),
+]
+
+
+@pytest.mark.parametrize("argv, message", PREFERENCE_CASES, ids=[" ".join(a)[:60] for a, _ in PREFERENCE_CASES])
+def test_preference_evaluator_files_are_refused_before_loading(argv, message, sd_pipeline, corpus, tmp_path, capsys):
+    """A real model's run asking for a preference evaluator without usable files stops in one line."""
+    argv = ["run", "--model", f"diffusers:{sd_pipeline}", "--guidance", "cfg", "--scales", "3", "--steps", "2",
+            "--prompt-limit", "2", "--seeds", "0", "--no-report", "--out", str(tmp_path / "out"), *fill(argv, corpus)]
+    code, stdout, err = call(cli.main, argv, capsys)
+    assert_refused(code, stdout, err, fill([message], corpus)[0], tmp_path)
