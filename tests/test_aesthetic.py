@@ -127,3 +127,31 @@ def test_check_scorers_loads_it_before_sampling(files, tmp_path):
     with pytest.raises(CheckpointError, match="does not hold the aesthetic predictor's MLP"):
         check_scorers(cfg, torch.device("cpu"))
     assert REAL_ONLY in LAIONAesthetic.needs and not LAIONAesthetic.default
+
+
+def test_a_real_models_run_scores_it_per_sample(files, tmp_path, capsys):
+    """Through the harness on a tiny diffusers pipeline: per_sample.csv holds the network's score of each
+    saved image, results.csv their mean, and the report's legend names it."""
+    import pandas as pd
+
+    from bench.cli import main as cli_main
+    from guidance.sources.tiny import save_pipeline
+
+    pipeline = save_pipeline(tmp_path / "sd", "sd", guiding_clip=False)
+    prompts = tmp_path / "drawbench.csv"
+    prompts.write_text("Prompts,Category\nA red colored car.,Colors\nTwo dogs on the street.,Counting\n")
+    assert cli_main(["run", "--model", f"diffusers:{pipeline}", "--guidance", "cfg", "--scales", "3", "--steps", "2",
+                     "--prompts", str(prompts), "--seeds", "0", "--batch-size", "2", "--metrics", "clip_score,aesthetic",
+                     "--aesthetic-weights", files.aesthetic_weights, "--aesthetic-clip", files.aesthetic_clip,
+                     "--out", str(tmp_path), "--run-id", "r"]) == 0
+    run = tmp_path / "r"
+    per_sample = pd.read_csv(run / "per_sample.csv")
+    with np.load(run / "samples" / "cfg_s3_seed0.npz") as data:
+        saved = [Image.fromarray(im) for im in data["images"]]
+    with torch.no_grad():
+        expected = LAIONAesthetic.load_network(files)(saved).numpy()
+    np.testing.assert_allclose(per_sample.sort_values("index")["aesthetic"].to_numpy(), expected, rtol=1e-5, atol=1e-5)
+    results = pd.read_csv(run / "results.csv")
+    assert results["aesthetic"].iloc[0] == pytest.approx(expected.mean(), rel=1e-5, abs=1e-5)
+    assert set(per_sample["category"]) == {"Colors", "Counting"}
+    assert "LAION aesthetic" in (run / "index.html").read_text()
