@@ -306,6 +306,8 @@ class Evaluation(ScoringResources):
                 "reference": self.source.label if self.source else None,
                 "clip_scorer": scorer_label(self.cfg) if needs_clip(self.cfg) else None,
                 "diversity_features": self.cfg.feature_nets()[0] if "diversity" in self.cfg.metrics else None,
+                "preference_evaluators": {m.name: m.provenance(self.cfg) for m in selected(self.cfg.metrics)
+                                          if hasattr(m, "provenance")},
                 "bootstrap": {"resamples": self.cfg.bootstrap, "confidence": 0.95,
                               "assumption": "reference features held fixed; cell images resampled with replacement"},
                 "directions": directions()}

@@ -5,6 +5,8 @@ random MLP saved in the authors' layout: the score against their simple_inferenc
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -155,3 +157,6 @@ def test_a_real_models_run_scores_it_per_sample(files, tmp_path, capsys):
     assert results["aesthetic"].iloc[0] == pytest.approx(expected.mean(), rel=1e-5, abs=1e-5)
     assert set(per_sample["category"]) == {"Colors", "Counting"}
     assert "LAION aesthetic" in (run / "index.html").read_text()
+    recorded = json.loads((run / "evaluators.json").read_text())["preference_evaluators"]["aesthetic"]
+    assert recorded["--aesthetic-weights"] == files.aesthetic_weights
+    assert recorded["--aesthetic-weights sha256"] == hashlib.sha256(open(files.aesthetic_weights, "rb").read()).hexdigest()

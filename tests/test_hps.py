@@ -120,6 +120,19 @@ def test_metric_scores_uint8_batches_like_the_network(network, weights, monkeypa
     torch.testing.assert_close(metric.compute()["hpsv2"], expected, rtol=1e-5, atol=1e-4)
 
 
+def test_safetensors_weights_load_as_the_torch_file_does(weights, tmp_path):
+    from safetensors.torch import save_file
+
+    from bench.evaluators.base import load_state_dict_file
+
+    path = tmp_path / "HPS_v2.1.safetensors"
+    save_file({k: v.contiguous() for k, v in weights[0].items()}, str(path))
+    assert check_weights_file(path, "--hps-weights", "fix") == path
+    # the loader reads either format into the same state dict (the .pt's nested "state_dict" unwrapped)
+    a, b = load_state_dict_file(path, "--hps-weights"), load_state_dict_file(weights[1], "--hps-weights")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_mismatched_weights_are_one_line(weights):
     other = {**TINY, "vision_cfg": {**TINY["vision_cfg"], "width": 64, "head_width": 32}}
     with pytest.raises(CheckpointError, match=r"--hps-weights .*does not hold open_clip ViT-H-14 \(HPS\) weights"):
@@ -137,6 +150,10 @@ def test_pickled_missing_and_foreign_files_are_refused_up_front(tmp_path):
     text.write_text("x")
     with pytest.raises(CheckpointError, match="not a weights file"):
         check_weights_file(text, "--hps-weights", "fix")
+    fake = tmp_path / "HPS_v2.safetensors"
+    fake.write_text("not safetensors")
+    with pytest.raises(CheckpointError, match=r"--hps-weights .*not a readable \.safetensors file"):
+        check_weights_file(fake, "--hps-weights", "fix")
     with pytest.raises(CheckpointError, match="--hps-weights is not set"):
         BenchConfig(model="diffusers:/nowhere", metrics=["hpsv2"]).validate_evaluators()
 

@@ -20,7 +20,7 @@ from torchvision import transforms
 from transformers import BertTokenizer, BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
 
 from bench.evaluators.aesthetic import AestheticMLP
-from bench.evaluators.base import load_state_dict_file
+from bench.evaluators.base import file_digest, load_state_dict_file
 from bench.evaluators.preference import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PreferenceMetric, check_folder,
                                          check_weights_file, load_strict, read_json)
 from bench.evaluators.registry import Column, register_metric
@@ -143,6 +143,14 @@ class ImageReward(PreferenceMetric):
     columns = {"image_reward": Column(True, "ImageReward", "standardised reward (authors' mean and std; ~N(0, 1) "
                                                            "over their training pairs)")}
     files = {"image_reward_model": "--image-reward-model"}
+
+    @classmethod
+    def provenance(cls, cfg: Any) -> dict[str, str | None]:
+        out = super().provenance(cfg)
+        folder = Path(cfg.image_reward_model)
+        if folder.is_dir() and any((folder / n).is_file() for n in WEIGHT_NAMES):
+            out["--image-reward-model weights sha256"] = file_digest(weights_path(folder))
+        return out
     about = ("ImageReward: BLIP's cross-attended [CLS] state through ImageReward's MLP, standardised by the authors' "
              "mean and std (higher is preferred by people; about -2 to 2).")
 

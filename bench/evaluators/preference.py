@@ -17,9 +17,10 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
-from bench.evaluators.base import NOTHING_DOWNLOADED, check_readable, load_state_dict_file
+from bench.evaluators.base import NOTHING_DOWNLOADED, check_readable, file_digest, load_state_dict_file
 from bench.evaluators.per_image import PerImageMetric
 from bench.evaluators.registry import METRICS, Resources
 from guidance.zoo.store import CheckpointError
@@ -51,8 +52,18 @@ def check_weights_file(path: str | os.PathLike | None, flag: str, fix: str) -> P
     p = check_readable(path, flag, fix)
     if p.suffix not in WEIGHT_SUFFIXES:
         raise CheckpointError(f"{flag} {path}: not a weights file (suffix {p.suffix or 'none'}); {fix}")
-    load_state_dict_file(p, flag) if p.suffix == ".safetensors" else weights_only_keys(p, flag)
+    safetensors_keys(p, flag) if p.suffix == ".safetensors" else weights_only_keys(p, flag)
     return p
+
+
+def safetensors_keys(path: Path, flag: str) -> list[str]:
+    """The tensor names of a .safetensors file, from its header alone."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{flag} {path}: not a readable .safetensors file ({str(err).splitlines()[0][:120]}); "
+                              f"pass the weights as .safetensors or a plain tensor state dict") from None
 
 
 def weights_only_keys(path: Path, flag: str) -> list[str]:
@@ -167,6 +178,18 @@ class PreferenceMetric(PerImageMetric):
         key = (*(getattr(resources.cfg, f) for f in cls.files), str(resources.device))
         network = loaded_once(cls, key, lambda: cls.load_network(resources.cfg).to(resources.device).eval())
         return cls(network, resources.device)
+
+    @classmethod
+    def provenance(cls, cfg: Any) -> dict[str, str | None]:
+        """What evaluators.json records: each flag's path, and a weights file's sha256 (HPSv2 and v2.1 share a
+        column; the file says which scored the run)."""
+        out: dict[str, str | None] = {}
+        for field, flag in cls.files.items():
+            value = getattr(cfg, field)
+            out[flag] = value
+            if value is not None and Path(value).is_file():
+                out[f"{flag} sha256"] = file_digest(value)
+        return out
 
     @classmethod
     def load_network(cls, cfg: Any) -> nn.Module:
