@@ -1,6 +1,6 @@
-"""The LAION aesthetic predictor on a tiny random CLIP vision tower (768-d projection, as ViT-L/14's) and a
-random MLP saved in the authors' layout: the score against their simple_inference.py computation
-(CLIP image features, numpy L2 normalisation, the MLP), batch-size invariance, and the up-front checks."""
+"""The LAION aesthetic predictor on a tiny random CLIP (768-d projection, as ViT-L/14's) and a random MLP saved
+in the authors' layout: the score against their simple_inference.py computation (CLIP's preprocess, image
+features, numpy L2 normalisation, the MLP), batch-size invariance, and the up-front checks."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def files(tmp_path_factory):
         if isinstance(layer, torch.nn.Linear):
             torch.nn.init.normal_(layer.weight, std=0.5)
     torch.save(mlp.state_dict(), root / "sac+logos+ava1-l14-linearMSE.pth")
-    clip = save_clip_folder(root / "clip-vit-large-patch14", tiny_clip(projection_dim=768))
+    clip = save_clip_folder(root / "clip-vit-large-patch14", tiny_clip(projection_dim=768), with_processor=False)
     return SimpleNamespace(aesthetic_weights=str(root / "sac+logos+ava1-l14-linearMSE.pth"), aesthetic_clip=str(clip))
 
 
@@ -45,18 +45,21 @@ def network(files):
 
 
 def authors_scores(files, ims: list[Image.Image]) -> np.ndarray:
-    """simple_inference.py: image_features = encode_image(preprocess(img)); normalized (numpy L2, zero norms
-    left); MLP (dropouts are identity at inference) written out as the five affine maps."""
-    from transformers import CLIPImageProcessor, CLIPModel
+    """simple_inference.py: image_features = encode_image(preprocess(img)) with CLIP's own preprocess (written
+    out); normalized (numpy L2, zero norms left); the MLP (dropouts are identity at inference) as five affine maps."""
+    from torchvision import transforms
+    from transformers import CLIPModel
 
+    preprocess = transforms.Compose([transforms.Resize(224, interpolation=transforms.InterpolationMode.BICUBIC),
+                                     transforms.CenterCrop(224), lambda im: im.convert("RGB"), transforms.ToTensor(),
+                                     transforms.Normalize((0.48145466, 0.4578275, 0.40821073),
+                                                          (0.26862954, 0.26130258, 0.27577711))])
     model = CLIPModel.from_pretrained(files.aesthetic_clip, local_files_only=True).eval()
-    processor = CLIPImageProcessor.from_pretrained(files.aesthetic_clip, local_files_only=True)
     state = torch.load(files.aesthetic_weights, weights_only=True)
     out = []
     with torch.no_grad():
         for im in ims:
-            pixels = processor(images=im, return_tensors="pt")["pixel_values"]
-            pooled = model.vision_model(pixel_values=pixels).pooler_output
+            pooled = model.vision_model(pixel_values=preprocess(im).unsqueeze(0)).pooler_output
             features = model.visual_projection(pooled).numpy()
             l2 = np.atleast_1d(np.linalg.norm(features, 2, -1))
             l2[l2 == 0] = 1
@@ -90,11 +93,19 @@ def test_zero_embedding_is_left_as_it_is():
 
 
 def test_preprocessing_is_clips_224_px_centre_crop(network):
-    x = network.pixels([Image.new("RGB", (30, 90), (10, 20, 30))])
+    """A 30 x 91 image (odd margin): the shorter side to 224, centre crop as torchvision's CenterCrop rounds it,
+    OpenAI mean and std."""
+    grey = Image.new("RGB", (30, 91), (10, 20, 30))
+    x = network.preprocess(grey)
     mean = torch.tensor([0.48145466, 0.4578275, 0.40821073])
     std = torch.tensor([0.26862954, 0.26130258, 0.27577711])
-    assert x.shape == (1, 3, 224, 224)
-    torch.testing.assert_close(x[0, :, 100, 100], (torch.tensor([10, 20, 30]) / 255 - mean) / std, rtol=0, atol=1e-4)
+    assert x.shape == (3, 224, 224)
+    torch.testing.assert_close(x[:, 100, 100], (torch.tensor([10, 20, 30]) / 255 - mean) / std, rtol=0, atol=1e-4)
+    ramp = Image.fromarray(np.repeat(np.arange(91, dtype=np.uint8)[:, None, None], 30, 1).repeat(3, 2) * 2, "RGB")
+    resized = np.asarray(ramp.resize((224, int(224 * 91 / 30)), Image.BICUBIC), dtype=np.float32)
+    top = int(round((resized.shape[0] - 224) / 2.0))  # torchvision's CenterCrop
+    expected = (torch.from_numpy(resized[top:top + 224]).permute(2, 0, 1) / 255 - mean[:, None, None]) / std[:, None, None]
+    torch.testing.assert_close(network.preprocess(ramp), expected, rtol=0, atol=1e-5)
 
 
 def test_bad_files_are_one_line_before_sampling(files, tmp_path):
@@ -109,7 +120,7 @@ def test_bad_files_are_one_line_before_sampling(files, tmp_path):
     with pytest.raises(CheckpointError, match=r"--aesthetic-weights .*does not hold the aesthetic predictor's MLP "
                                               r"weights \(shapes"):
         LAIONAesthetic.load_network(SimpleNamespace(aesthetic_weights=str(narrow), aesthetic_clip=files.aesthetic_clip))
-    small = save_clip_folder(tmp_path / "clip-b", tiny_clip(projection_dim=16), with_processor=True)
+    small = save_clip_folder(tmp_path / "clip-b", tiny_clip(projection_dim=16), with_processor=False)
     with pytest.raises(CheckpointError, match="--aesthetic-clip .*16-d CLIP"):
         LAIONAesthetic.load_network(SimpleNamespace(aesthetic_weights=files.aesthetic_weights, aesthetic_clip=str(small)))
     with pytest.raises(CheckpointError, match="--aesthetic-clip is not set"):

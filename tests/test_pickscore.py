@@ -33,19 +33,34 @@ def network(folder):
     return PickScore.load_network(SimpleNamespace(pickscore_model=str(folder), pickscore_processor=None))
 
 
-def test_score_is_the_authors_formula(network, folder):
-    """The README's calc_probs before the softmax, one prompt against its own image."""
-    from transformers import AutoModel, AutoProcessor
+MEAN, STD = np.array([0.48145466, 0.4578275, 0.40821073]), np.array([0.26862954, 0.26130258, 0.27577711])
 
-    processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+
+def authors_pixels(im: Image.Image, size: int = 224) -> torch.Tensor:
+    """CLIPImageProcessor as the authors ran it (transformers 4.27, PIL): shortest edge to 224 (the long side
+    int(224 * long / short)), bicubic; centre crop at (h - 224) // 2; /255; OpenAI mean and std."""
+    w, h = im.size
+    new_long = int(size * max(w, h) / min(w, h))
+    nw, nh = (size, new_long) if w <= h else (new_long, size)
+    x = np.asarray(im.convert("RGB").resize((nw, nh), Image.BICUBIC), dtype=np.float32)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    x = (x[top:top + size, left:left + size] / 255 - MEAN) / STD
+    return torch.from_numpy(x.transpose(2, 0, 1)).float()
+
+
+def test_score_is_the_authors_formula(network, folder):
+    """The README's calc_probs before the softmax, one prompt against its own image: CLIPModel's
+    logits_per_text = logit_scale.exp() * text_embs @ image_embs.T of unit embeddings."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     model = AutoModel.from_pretrained(folder, local_files_only=True).eval()
     ims = images()
     expected = []
     with torch.no_grad():
         for im, prompt in zip(ims, PROMPTS):
-            image_inputs = processor(images=[im], padding=True, truncation=True, max_length=77, return_tensors="pt")
-            text_inputs = processor(text=prompt, padding=True, truncation=True, max_length=77, return_tensors="pt")
-            out = model(**text_inputs, **image_inputs)  # logits_per_text = logit_scale.exp() * text_embs @ image_embs.T
+            text_inputs = tokenizer(prompt, padding=True, truncation=True, max_length=77, return_tensors="pt")
+            out = model(**text_inputs, pixel_values=authors_pixels(im).unsqueeze(0))
             expected.append(out.logits_per_text[0, 0])
         got = network(ims, PROMPTS)
     assert model.logit_scale.exp().item() == pytest.approx(100, rel=1e-4)
@@ -62,12 +77,12 @@ def test_batch_size_does_not_change_scores(network):
 
 
 def test_preprocessing_resizes_the_short_side_crops_and_normalises(network):
-    """A 60 x 30 grey image: shorter side to 224, centre crop 224 x 224, (g/255 - mean)/std everywhere."""
-    x = network.pixels([Image.new("RGB", (60, 30), (200, 200, 200))])
-    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)
-    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1)
-    assert x.shape == (1, 3, 224, 224)
-    torch.testing.assert_close(x[0], ((200 / 255 - mean) / std).expand(3, 224, 224), rtol=0, atol=1e-4)
+    """PIL resizing as the authors' transformers did (not transformers 5's torchvision default)."""
+    for size in ((60, 30), (333, 517), (41, 50)):
+        im = Image.fromarray(np.random.default_rng(size[0]).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+        x = network.pixels([im])
+        assert x.shape == (1, 3, 224, 224)
+        torch.testing.assert_close(x[0], authors_pixels(im), rtol=0, atol=1e-5)
 
 
 def test_processor_may_live_in_its_own_folder(folder, tmp_path):

@@ -8,18 +8,17 @@ from typing import Any
 import torch
 from PIL import Image
 from torch import Tensor, nn
-from transformers import CLIPImageProcessor, CLIPModel
 
 from bench.evaluators.base import load_state_dict_file
-from bench.evaluators.preference import PreferenceMetric, check_folder, check_weights_file, load_pretrained, load_strict
+from bench.evaluators.preference import (PreferenceMetric, check_folder, check_weights_file, clip_transform,
+                                         load_pretrained, load_strict, require_transformers)
 from bench.evaluators.registry import Column, register_metric
 from guidance.zoo.store import CheckpointError
 
 EMBED_DIM = 768  # CLIP ViT-L/14's projection width
 WEIGHTS_FIX = ("pass --aesthetic-weights sac+logos+ava1-l14-linearMSE.pth (improved-aesthetic-predictor) or the "
                "same state dict as .safetensors")
-CLIP_FILES = {"config": ("config.json",), "weights": ("model.safetensors", "pytorch_model.bin"),
-              "image processor config": ("preprocessor_config.json", "processor_config.json")}
+CLIP_FILES = {"config": ("config.json",), "weights": ("model.safetensors", "pytorch_model.bin")}
 CLIP_FIX = "pass --aesthetic-clip LOCAL_FOLDER (openai/clip-vit-large-patch14 as transformers saves it)"
 
 
@@ -43,18 +42,17 @@ def l2_normalised(x: Tensor) -> Tensor:
 
 
 class AestheticNetwork(nn.Module):
-    """CLIP ViT-L/14 image embedding (the processor's resize, centre crop and OpenAI mean and std) -> MLP."""
+    """CLIP ViT-L/14's image embedding (CLIP's own preprocessing, as the authors' clip.load gives it) -> MLP."""
 
-    def __init__(self, clip: CLIPModel, processor: CLIPImageProcessor, mlp: AestheticMLP) -> None:
+    def __init__(self, clip: Any, mlp: AestheticMLP) -> None:  # a transformers CLIPModel
         super().__init__()
-        self.clip, self.processor, self.mlp = clip, processor, mlp
-
-    def pixels(self, images: list[Image.Image]) -> Tensor:
-        return self.processor(images=images, return_tensors="pt")["pixel_values"]
+        self.clip, self.mlp = clip, mlp
+        self.preprocess = clip_transform(int(clip.config.vision_config.image_size))
 
     def forward(self, images: list[Image.Image], texts: list[str] | None = None) -> Tensor:
         device = self.clip.visual_projection.weight.device
-        pooled = self.clip.vision_model(pixel_values=self.pixels(images).to(device)).pooler_output
+        pixels = torch.stack([self.preprocess(im) for im in images]).to(device)
+        pooled = self.clip.vision_model(pixel_values=pixels).pooler_output
         embedding = self.clip.visual_projection(pooled)  # CLIP's encode_image
         return self.mlp(l2_normalised(embedding.float())).squeeze(-1)
 
@@ -77,6 +75,7 @@ class LAIONAesthetic(PreferenceMetric):
 
     @classmethod
     def check_files(cls, cfg: Any) -> None:
+        require_transformers("--metrics aesthetic")
         check_weights_file(cfg.aesthetic_weights, "--aesthetic-weights", WEIGHTS_FIX)
         check_folder(cfg.aesthetic_clip, "--aesthetic-clip", CLIP_FILES, CLIP_FIX)
 
@@ -84,14 +83,11 @@ class LAIONAesthetic(PreferenceMetric):
     def load_network(cls, cfg: Any) -> nn.Module:
         path = check_weights_file(cfg.aesthetic_weights, "--aesthetic-weights", WEIGHTS_FIX)
         folder = check_folder(cfg.aesthetic_clip, "--aesthetic-clip", CLIP_FILES, CLIP_FIX)
+        from transformers import CLIPModel  # noqa: PLC0415 (optional dependency)
+
         clip = load_pretrained(CLIPModel, folder, "--aesthetic-clip", CLIP_FIX)
         if clip.config.projection_dim != EMBED_DIM:
             raise CheckpointError(f"--aesthetic-clip {folder}: a {clip.config.projection_dim}-d CLIP, and the "
                                   f"predictor reads CLIP ViT-L/14's {EMBED_DIM}-d embedding; {CLIP_FIX}")
-        try:
-            processor = CLIPImageProcessor.from_pretrained(folder, local_files_only=True)
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise CheckpointError(f"--aesthetic-clip {folder}: no loadable image processor "
-                                  f"({str(err).splitlines()[0][:140]}); {CLIP_FIX}") from None
         mlp = load_aesthetic_mlp(load_state_dict_file(path, "--aesthetic-weights"), path)
-        return AestheticNetwork(clip.eval(), processor, mlp)
+        return AestheticNetwork(clip.eval(), mlp)

@@ -16,13 +16,11 @@ from typing import Any
 import torch
 from PIL import Image
 from torch import Tensor, nn
-from torchvision import transforms
-from transformers import BertTokenizer, BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
 
 from bench.evaluators.aesthetic import AestheticMLP
 from bench.evaluators.base import file_digest, load_state_dict_file
-from bench.evaluators.preference import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PreferenceMetric, check_folder,
-                                         check_weights_file, load_strict, read_json)
+from bench.evaluators.preference import (PreferenceMetric, check_folder, check_weights_file, clip_transform, load_strict,
+                                         read_json, require_transformers)
 from bench.evaluators.registry import Column, register_metric
 from guidance.zoo.store import CheckpointError
 
@@ -73,15 +71,10 @@ def from_authors_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def image_reward_transform(size: int = IMAGE_SIZE) -> transforms.Compose:
-    """The authors' _transform: bicubic resize of the shorter side, centre crop, OpenAI CLIP mean and std."""
-    return transforms.Compose([transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
-                               transforms.CenterCrop(size), lambda im: im.convert("RGB"), transforms.ToTensor(),
-                               transforms.Normalize(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)])
-
-
-def blip_tokenizer(folder: Path) -> BertTokenizer:
+def blip_tokenizer(folder: Path) -> Any:
     """bert-base-uncased's tokenizer with BLIP's two added tokens ([DEC] as bos, [ENC]), as init_tokenizer."""
+    from transformers import BertTokenizer  # noqa: PLC0415 (optional dependency)
+
     tokenizer = BertTokenizer.from_pretrained(folder, local_files_only=True)
     tokenizer.add_special_tokens({"bos_token": "[DEC]"})
     tokenizer.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
@@ -91,14 +84,16 @@ def blip_tokenizer(folder: Path) -> BertTokenizer:
 class ImageRewardNetwork(nn.Module):
     """BLIP ViT + cross-attending BERT + MLP; `forward` gives (MLP([CLS]) - mean) / std per image."""
 
-    def __init__(self, vision: dict[str, Any], text: dict[str, Any], tokenizer: BertTokenizer) -> None:
+    def __init__(self, vision: dict[str, Any], text: dict[str, Any], tokenizer: Any) -> None:
+        from transformers import BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel  # noqa: PLC0415
+
         super().__init__()
         self.vision = BlipVisionModel(BlipVisionConfig(**vision))
         self.text = BlipTextModel(BlipTextConfig(**text, encoder_hidden_size=vision["hidden_size"], is_decoder=True,
                                                  bos_token_id=None, sep_token_id=None), add_pooling_layer=False)
         self.mlp = AestheticMLP(text["hidden_size"])  # the same five-layer MLP class as the aesthetic predictor
         self.tokenizer = tokenizer
-        self.preprocess = image_reward_transform(vision["image_size"])
+        self.preprocess = clip_transform(vision["image_size"])  # ImageReward's _transform is CLIP's
 
     def forward(self, images: list[Image.Image], texts: list[str]) -> Tensor:
         device = self.mlp.layers[0].weight.device
@@ -126,7 +121,7 @@ def weights_path(folder: Path) -> Path:
     return next(folder / n for n in WEIGHT_NAMES if (folder / n).is_file())
 
 
-def build_image_reward(state: dict[str, Tensor], tokenizer: BertTokenizer, vision: dict[str, Any] | None = None,
+def build_image_reward(state: dict[str, Tensor], tokenizer: Any, vision: dict[str, Any] | None = None,
                        text: dict[str, Any] | None = None, path: Any = "") -> ImageRewardNetwork:
     """The network with an ImageReward state dict in the authors' key names (strictly: every weight used)."""
     network = ImageRewardNetwork(vision or VISION, text or MED_CONFIG, tokenizer)
@@ -156,6 +151,7 @@ class ImageReward(PreferenceMetric):
 
     @classmethod
     def check_files(cls, cfg: Any) -> None:
+        require_transformers("--metrics image_reward")
         folder = check_folder(cfg.image_reward_model, "--image-reward-model", FOLDER_FILES, FOLDER_FIX)
         check_weights_file(weights_path(folder), "--image-reward-model", FOLDER_FIX)
 

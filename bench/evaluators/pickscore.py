@@ -9,9 +9,9 @@ from typing import Any
 
 from PIL import Image
 from torch import Tensor, nn
-from transformers import CLIPModel, CLIPProcessor
 
-from bench.evaluators.preference import PreferenceMetric, check_folder, load_pretrained
+from bench.evaluators.preference import (PreferenceMetric, check_folder, load_pretrained, pil_image_processor,
+                                         require_transformers)
 from bench.evaluators.registry import Column, register_metric
 from guidance.zoo.store import CheckpointError
 
@@ -25,19 +25,19 @@ MAX_TOKENS = 77
 
 
 class PickScoreNetwork(nn.Module):
-    """CLIPModel + CLIPProcessor: images resized (shortest side), centre-cropped and normalised by the
-    processor's own config; prompts padded and truncated to 77 tokens."""
+    """CLIPModel + its processor: images resized (shortest side to 224, bicubic, PIL), centre-cropped and
+    normalised by the processor's own config; prompts padded and truncated to 77 tokens."""
 
-    def __init__(self, model: CLIPModel, processor: CLIPProcessor) -> None:
+    def __init__(self, model: Any, tokenizer: Any, image_processor: Any) -> None:
         super().__init__()
-        self.model, self.processor = model, processor
+        self.model, self.tokenizer, self.image_processor = model, tokenizer, image_processor
 
     def pixels(self, images: list[Image.Image]) -> Tensor:
-        return self.processor(images=images, return_tensors="pt")["pixel_values"]
+        return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
 
     def forward(self, images: list[Image.Image], texts: list[str]) -> Tensor:
         device = self.model.logit_scale.device
-        tokens = self.processor(text=texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
+        tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
         vision = self.model.vision_model(pixel_values=self.pixels(images).to(device))
         text = self.model.text_model(input_ids=tokens["input_ids"].to(device),
                                      attention_mask=tokens["attention_mask"].to(device))
@@ -54,13 +54,16 @@ def processor_folder(cfg: Any) -> Path:
 
 
 def load_pickscore(model_dir: Path, processor_dir: Path) -> PickScoreNetwork:
+    from transformers import CLIPModel, CLIPProcessor  # noqa: PLC0415 (optional dependency)
+
+    model = load_pretrained(CLIPModel, model_dir, "--pickscore-model", MODEL_FIX)
     try:
-        model = load_pretrained(CLIPModel, model_dir, "--pickscore-model", MODEL_FIX)
-        processor = CLIPProcessor.from_pretrained(processor_dir, local_files_only=True)
+        tokenizer = CLIPProcessor.from_pretrained(processor_dir, local_files_only=True).tokenizer
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"--pickscore-processor {processor_dir}: not a loadable CLIPProcessor folder "
                               f"({str(err).splitlines()[0][:140]}); {PROCESSOR_FIX}") from None
-    return PickScoreNetwork(model.eval(), processor)
+    return PickScoreNetwork(model.eval(), tokenizer, pil_image_processor(processor_dir, "--pickscore-processor",
+                                                                        PROCESSOR_FIX))
 
 
 @register_metric
@@ -76,6 +79,7 @@ class PickScore(PreferenceMetric):
 
     @classmethod
     def check_files(cls, cfg: Any) -> None:
+        require_transformers("--metrics pickscore")
         check_folder(cfg.pickscore_model, "--pickscore-model", MODEL_FILES, MODEL_FIX)
         processor_folder(cfg)
 

@@ -9,6 +9,7 @@ with torch.load(weights_only=True), never unpickled.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from PIL import Image
 from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
+from torchvision import transforms
 
 from bench.evaluators.base import NOTHING_DOWNLOADED, check_readable, file_digest, load_state_dict_file
 from bench.evaluators.per_image import PerImageMetric
@@ -113,6 +115,35 @@ def load_strict(module: nn.Module, state: dict[str, Tensor], flag: str, path: Pa
                                              f"shapes {shapes[:2]}" if shapes else "") if part)
         raise CheckpointError(f"{flag} {path}: does not hold {what} weights ({detail}); pass that network's file")
     module.load_state_dict(state)
+
+
+def clip_transform(size: int) -> Callable[[Image.Image], Tensor]:
+    """CLIP's own `_transform` (openai/CLIP, reused by ImageReward and the aesthetic predictor): the shorter side
+    resized to `size` (bicubic, on the PIL image), centre crop, RGB, to [0, 1], OpenAI CLIP mean and std."""
+    return transforms.Compose([transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
+                               transforms.CenterCrop(size), lambda im: im.convert("RGB"), transforms.ToTensor(),
+                               transforms.Normalize(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)])
+
+
+def require_transformers(flag: str) -> None:
+    """PickScore, ImageReward and the aesthetic predictor read transformers folders: an optional dependency."""
+    if importlib.util.find_spec("transformers") is None:
+        raise CheckpointError(f"{flag} needs the transformers package, which is not installed; install it "
+                              f"(pip install 'guidance-bench[diffusers]') or leave that metric out")
+
+
+def pil_image_processor(folder: Path, flag: str, fix: str) -> Any:
+    """A folder's CLIP image processor with PIL resizing, as the authors' transformers 4 and CLIP ran it
+    (transformers 5's default CLIPImageProcessor resizes tensors with torchvision: up to 0.015 apart after
+    normalisation)."""
+    import transformers  # noqa: PLC0415 (optional dependency)
+
+    cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+    try:
+        return cls.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{flag} {folder}: no loadable CLIP image processor "
+                              f"({str(err).splitlines()[0][:140]}); {fix}") from None
 
 
 def load_pretrained(cls: Any, folder: Path, flag: str, fix: str) -> nn.Module:
