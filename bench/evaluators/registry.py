@@ -18,7 +18,9 @@ import torch
 from torch import Tensor
 
 Kind = Literal["per_image", "set"]
-NEEDS = frozenset({"reference", "clip", "labels", "features", "task:inpaint", "task:cascade", "domain:zoo"})
+# domain:zoo: scored by the zoo's emoji evaluators; domain:real: trained on real images (refused on the zoo)
+NEEDS = frozenset({"reference", "clip", "labels", "features", "task:inpaint", "task:cascade", "domain:zoo",
+                   "domain:real"})
 PRIMARY_NET = "domain"  # its columns keep the plain names; other networks' columns are suffixed
 
 

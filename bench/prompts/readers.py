@@ -1,7 +1,8 @@
 """Prompt-set loaders: the prompts a benchmark run samples from.
 
 Users bring prompt sets in the formats the public benchmarks ship in (T2I-CompBench ``.txt``,
-PartiPrompts ``.tsv``, COCO-30k ``.csv``, GenEval ``.jsonl``, COCO ``captions_*.json``); this
+PartiPrompts ``.tsv``, COCO-30k and DrawBench ``.csv``, GenEval ``.jsonl``, COCO ``captions_*.json``,
+HPDv2's benchmark ``<style>.json``, ImageReward's ``benchmark-prompts.json``); this
 module turns each into one :class:`PromptSet`, keeping categories and other columns so results
 can be broken down per category. A malformed file raises :class:`PromptFileError` naming the
 file and line, so a typo in a 30,000-row file can be found without a debugger.
@@ -32,7 +33,7 @@ __all__ = [
 ]
 
 # Column / key names, matched case-insensitively, in order of preference.
-PROMPT_KEYS = ("prompt", "text", "caption")
+PROMPT_KEYS = ("prompt", "text", "caption", "prompts")  # "Prompts": DrawBench's CSV header
 CATEGORY_KEYS = ("category", "tag")  # "tag" is GenEval's category
 LABEL_KEY = "label"
 NEGATIVE_KEYS = ("negative_prompt", "negative")  # a per-prompt negative prompt for CFG
@@ -157,7 +158,7 @@ def _record_to_prompt(record: Mapping[str, object], prompt_key: str, path: Path,
     return Prompt(
         text=text,
         label=_parse_label(record[label_key], path, line) if label_key else None,
-        category=str(category) if category not in (None, "") else None,
+        category=(str(category).strip() or None) if category is not None else None,  # DrawBench: "Gary Marcus et al. "
         meta=meta,
         negative=(negative.strip() or None) if negative is not None else None,
     )
@@ -230,18 +231,43 @@ def _iter_jsonl(path: Path, text: str) -> Iterator[Prompt]:
         yield _record_to_prompt(record, prompt_key, path, number)
 
 
-def _iter_coco_json(path: Path, text: str) -> Iterator[Prompt]:
-    """Official COCO ``captions_*.json``: one prompt per annotation, image id kept in meta."""
+def _iter_json(path: Path, text: str) -> Iterator[Prompt]:
+    """A ``.json`` prompt file: a list of prompt strings (HPDv2's benchmark files), or COCO captions."""
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise PromptFileError(path, e.lineno, f"invalid JSON ({e.msg})", "fix the JSON syntax") from None
     except RecursionError:
         raise PromptFileError(path, 1, "JSON nested too deeply to read", "use a COCO captions file's flat layout") from None
+    return _iter_json_list(path, doc) if isinstance(doc, list) else _iter_coco_json(path, doc)
+
+
+def _iter_json_list(path: Path, doc: list) -> Iterator[Prompt]:
+    """A JSON list of prompts. Strings: HPDv2's benchmark prompts (``anime.json``, ``concept-art.json``,
+    ``paintings.json``, ``photo.json``, as hpsv2's evaluation reads them), the file stem being the category
+    (the style). Objects with a prompt key: ImageReward's ``benchmark-prompts.json`` ({"id", "prompt"}),
+    read as JSONL rows are."""
+    for i, item in enumerate(doc):
+        if isinstance(item, dict):
+            prompt_key = _find_key(list(item), PROMPT_KEYS)
+            if prompt_key is not None:
+                yield _record_to_prompt(item, prompt_key, path, 1)
+                continue
+        elif isinstance(item, str) and item.strip():
+            yield Prompt(text=item.strip(), category=path.stem)
+            continue
+        raise PromptFileError(path, 1, f"item {i} of the JSON list is not prompt text ({str(item)[:40]!r})",
+                              f"give a list of prompt strings or of objects with a {PROMPT_KEYS[0]!r} key, "
+                              f"or COCO captions")
+
+
+def _iter_coco_json(path: Path, doc: object) -> Iterator[Prompt]:
+    """Official COCO ``captions_*.json``: one prompt per annotation, image id kept in meta."""
     if not isinstance(doc, dict) or not isinstance(doc.get("annotations"), list):
         raise PromptFileError(
             path, 1, 'not a COCO captions file (no "annotations" list)',
-            'use {"images": [...], "annotations": [{"image_id", "id", "caption"}]}, or .jsonl/.csv/.txt',
+            'use {"images": [...], "annotations": [{"image_id", "id", "caption"}]}, a list of prompt strings, '
+            'or .jsonl/.csv/.txt',
         )
     images = doc.get("images") or []
     if not isinstance(images, list):
@@ -271,7 +297,7 @@ _READERS: dict[str, Callable[[Path, str], Iterator[Prompt]]] = {
     ".csv": partial(_iter_delimited, delimiter=","),
     ".tsv": partial(_iter_delimited, delimiter="\t"),
     ".jsonl": _iter_jsonl,
-    ".json": _iter_coco_json,
+    ".json": _iter_json,
 }
 SUPPORTED_SUFFIXES = tuple(_READERS)
 

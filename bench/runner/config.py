@@ -15,6 +15,8 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 from bench.evaluators import DINOV2_ARCH, FEATURE_NETS, default_metrics, metric_names
 from bench.runner.flags import comma_list, flag_of, option, parse_prompt_limit, parse_repaint, parse_scales, parse_seeds
 from bench.evaluators.base import NOTHING_DOWNLOADED, check_readable
+from bench.evaluators.preference import refuse_real_only
+from bench.evaluators.registry import selected
 from guidance.accelerate import Acceleration, checked_device
 from guidance.guiders import REGISTRY, guidance_class
 from guidance.guiders.cfg_rescale import RESCALE_SPACES
@@ -22,6 +24,7 @@ from guidance.process import SCHEDULES
 from guidance.rng import NOISE_MODES
 from guidance.samplers import SAMPLERS
 from guidance.sources import DIFFUSERS_PREFIX
+from guidance.models import source_of  # the sources register themselves on importing guidance.models
 
 SCALE_RANGE = (0.0, 1000.0)
 SEED_LIMIT = 2**63  # seeds are drawn in [0, 2^63): larger ones wrap in the generator and repeat a seed set
@@ -109,6 +112,20 @@ class BenchConfig:
                                       "clip (comma-separated)")
     dinov2_weights: str | None = option(None, help="local DINOv2 weights (.safetensors or .pth) for --features dinov2")
     dinov2_arch: str = option(DINOV2_ARCH, help="timm DINOv2 architecture")
+    hps_weights: str | None = option(None, help="local HPSv2 or HPSv2.1 weights (HPS_v2*_compressed.pt or "
+                                                ".safetensors) for --metrics hpsv2")
+    pickscore_model: str | None = option(None, help="local PickScore_v1 folder (transformers CLIPModel) for "
+                                                    "--metrics pickscore")
+    pickscore_processor: str | None = option(None, help="local folder of PickScore's CLIPProcessor "
+                                                        "(laion/CLIP-ViT-H-14-laion2B-s32B-b79K's; default: "
+                                                        "--pickscore-model's folder)")
+    image_reward_model: str | None = option(None, help="local folder with ImageReward.pt (or .safetensors) and "
+                                                       "bert-base-uncased's vocab.txt for --metrics image_reward")
+    aesthetic_weights: str | None = option(None, help="local LAION aesthetic predictor v2 MLP "
+                                                      "(sac+logos+ava1-l14-linearMSE.pth or .safetensors) for "
+                                                      "--metrics aesthetic")
+    aesthetic_clip: str | None = option(None, help="local CLIP ViT-L/14 folder (transformers, "
+                                                   "openai/clip-vit-large-patch14) for --metrics aesthetic")
     reference: str | None = option(None, help="real images: a folder, a COCO captions json, or a features "
                                               ".safetensors (default: the zoo's emoji dataset)")
     reference_images: str | None = option(None, help="image folder of a COCO captions json --reference")
@@ -323,6 +340,11 @@ class BenchConfig:
         if "dinov2" in self.features:
             check_readable(self.dinov2_weights, "--dinov2-weights", "give DINOv2 weights (.safetensors or .pth) "
                            f"for --dinov2-arch {self.dinov2_arch}")
+        if source_of(self.model)[0].prefix == "":  # the zoo (its name or a checkpoint folder)
+            refuse_real_only(self.metrics)
+        for metric in selected(self.metrics):  # the preference evaluators' local files (bench.evaluators.preference)
+            if hasattr(metric, "check_files"):
+                metric.check_files(self)
         for flag, path in (("--fid-inception-weights", self.fid_inception_weights),
                            ("--clip-pretrained", self.clip_pretrained)):
             if path is not None:

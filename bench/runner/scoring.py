@@ -27,10 +27,11 @@ from bench.runner.distributed import Shard
 from bench.evaluators import FEATURE_NETS, METRICS, FeatureNet, PerImageMetric, ScoringBatch, SetMetric, column
 from bench.evaluators.base import CellSet, Gathered, check_readable, file_digest, load_state_dict_file
 from bench.evaluators.clip import clip_fingerprint
+from bench.evaluators.preference import refuse_real_only
 from bench.evaluators.reference import Reference, ReferenceSource, reference_source
 from bench.evaluators.registry import bounds, directions, selected
 from bench.evaluators.throughput import Throughput
-from bench.prompts.readers import PromptSet
+from bench.prompts.readers.readers import PromptSet
 from bench.stats.bootstrap import shifted_interval, resample_counts
 from bench.runner.store import Cell, SampleStore
 from bench.tasks import Evaluators, Task, make_task
@@ -167,6 +168,7 @@ def applicable_metrics(cfg: BenchConfig, domain: str, note: Callable[[str], None
         raise ValueError(f"--metrics {','.join(other_task)}: they score {' / '.join(tasks)} results, not a {task} "
                          f"run; leave them out")
     if domain == domain_evaluators().domain:
+        refuse_real_only(cfg.metrics)
         return cfg
     metrics = list(cfg.metrics)
     zoo_only = [m for m in metrics if "domain:zoo" in METRICS[m].needs]
@@ -206,6 +208,10 @@ def check_scorers(cfg: BenchConfig, device: torch.device) -> None:
         if FEATURE_NETS[name].weights_flag:
             loaders.append((f"--features {name}", lambda name=name: FEATURE_NETS[name].build(resources),
                             "pass local weights of that network"))
+    for metric in selected(cfg.metrics, "per_image"):  # local evaluator weights, loaded and fitted to their network
+        if hasattr(metric, "check_files"):
+            loaders.append((f"--metrics {metric.name}", lambda metric=metric: metric.build(resources),
+                            "pass that evaluator's local files"))
     for flags, load, fix in loaders:
         try:
             load()
@@ -300,6 +306,8 @@ class Evaluation(ScoringResources):
                 "reference": self.source.label if self.source else None,
                 "clip_scorer": scorer_label(self.cfg) if needs_clip(self.cfg) else None,
                 "diversity_features": self.cfg.feature_nets()[0] if "diversity" in self.cfg.metrics else None,
+                "preference_evaluators": {m.name: m.provenance(self.cfg) for m in selected(self.cfg.metrics)
+                                          if hasattr(m, "provenance")},
                 "bootstrap": {"resamples": self.cfg.bootstrap, "confidence": 0.95,
                               "assumption": "reference features held fixed; cell images resampled with replacement"},
                 "directions": directions()}

@@ -26,7 +26,7 @@ from bench.tools import perf
 
 from bench.tools import regress
 
-from bench.report import html as report
+from bench.report.html.html import html as report
 from guidance.sources.tiny import save_pipeline
 
 BAD_INPUT = 2
@@ -147,6 +147,7 @@ RUN_CASES = [
     (["--out", "{c}/a_file"], "--out"),
     (["--out", "{c}/a_file/below"], "--out"),
     (["--prompt-limit", "1", "--metrics", "fid"], "--prompt-limit"),
+    (["--metrics", "clip_score,hpsv2"], "--metrics hpsv2"),  # real images only: refused on the zoo
 ]
 
 
@@ -223,7 +224,7 @@ REPORT_CASES = [(["{c}/missing"], "{c}/missing"), (["{c}/a_file"], "{c}/a_file")
 
 
 @pytest.mark.parametrize("argv, flag", REPORT_CASES)
-@pytest.mark.parametrize("entry", ["bench report", "bench.report.html"])
+@pytest.mark.parametrize("entry", ["bench report", "bench.report.html.html.html"])
 def test_report_refuses_what_is_not_a_run(entry, argv, flag, corpus, capsys):
     main, head = (cli.main, ["report"]) if entry == "bench report" else (report.main, [])
     code, out, err = call(main, head + fill(argv, corpus), capsys)
@@ -311,3 +312,20 @@ PERF_CASES = [(["--model", "{c}/missing"], "{c}/missing"), (["--model", "{c}/one
 def test_perf_refuses_bad_input(argv, flag, corpus, capsys):
     code, out, err = call(perf.main, ["--device", "cpu", "--repeats", "1", *fill(argv, corpus)], capsys)
     assert_refused(code, out, err, fill([flag], corpus)[0])
+
+
+PREFERENCE_CASES = [
+    (["--metrics", "hpsv2"], "--hps-weights is not set"),
+    (["--metrics", "hpsv2", "--hps-weights", "{c}/a_file"], "--hps-weights {c}/a_file: not a weights file"),
+    (["--metrics", "image_reward", "--image-reward-model", "{c}/absent"], "--image-reward-model {c}/absent: folder"),
+    (["--metrics", "pickscore", "--pickscore-model", "{c}"], "--pickscore-model {c}: no config"),
+]
+
+
+@pytest.mark.parametrize("argv, message", PREFERENCE_CASES, ids=[" ".join(a)[:60] for a, _ in PREFERENCE_CASES])
+def test_preference_evaluator_files_are_refused_before_loading(argv, message, sd_pipeline, corpus, tmp_path, capsys):
+    """A real model's run asking for a preference evaluator without usable files stops in one line."""
+    argv = ["run", "--model", f"diffusers:{sd_pipeline}", "--guidance", "cfg", "--scales", "3", "--steps", "2",
+            "--prompt-limit", "2", "--seeds", "0", "--no-report", "--out", str(tmp_path / "out"), *fill(argv, corpus)]
+    code, stdout, err = call(cli.main, argv, capsys)
+    assert_refused(code, stdout, err, fill([message], corpus)[0], tmp_path)
