@@ -31,7 +31,7 @@ from bench.evaluators.preference import refuse_real_only
 from bench.evaluators.reference import Reference, ReferenceSource, reference_source
 from bench.evaluators.registry import bounds, directions, selected
 from bench.evaluators.throughput import Throughput
-from bench.prompts.readers.readers import PromptSet
+from bench.prompts.readers import PromptSet
 from bench.stats.bootstrap import shifted_interval, resample_counts
 from bench.runner.store import Cell, SampleStore
 from bench.tasks import Evaluators, Task, make_task

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.prompts.readers.readers import readers as prompts
-from bench.prompts.readers.readers.readers import Prompt, PromptFileError, PromptSet, load_prompt_file, load_prompts
+from bench.prompts.readers import readers as prompts
+from bench.prompts.readers import Prompt, PromptFileError, PromptSet, load_prompt_file, load_prompts
 from tests.paths import FIXTURES
 
 PROMPT_FIXTURES = FIXTURES / "prompts"

@@ -26,7 +26,7 @@ from bench.tools import perf
 
 from bench.tools import regress
 
-from bench.report.html.html import html as report
+from bench.report import html as report
 from guidance.sources.tiny import save_pipeline
 
 BAD_INPUT = 2
@@ -224,7 +224,7 @@ REPORT_CASES = [(["{c}/missing"], "{c}/missing"), (["{c}/a_file"], "{c}/a_file")
 
 
 @pytest.mark.parametrize("argv, flag", REPORT_CASES)
-@pytest.mark.parametrize("entry", ["bench report", "bench.report.html.html.html"])
+@pytest.mark.parametrize("entry", ["bench report", "bench.report.html"])
 def test_report_refuses_what_is_not_a_run(entry, argv, flag, corpus, capsys):
     main, head = (cli.main, ["report"]) if entry == "bench report" else (report.main, [])
     code, out, err = call(main, head + fill(argv, corpus), capsys)
