@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.prompts.readers import readers as prompts
+from bench.prompts import readers as prompts
 from bench.prompts.readers import Prompt, PromptFileError, PromptSet, load_prompt_file, load_prompts
 from tests.paths import FIXTURES
 
@@ -211,7 +211,7 @@ def test_an_unreadable_prompt_file_is_one_line(tmp_path: Path, monkeypatch) -> N
 def test_csv_drawbench_prompts_and_categories() -> None:
     """DrawBench's CSV (the Imagen sheet's export): header "Prompts,Category", quoted prompts with commas, and
     a category with a trailing space ("Gary Marcus et al. ") read as the category without it."""
-    ps = load_prompt_file(FIXTURES / "drawbench.csv")
+    ps = load_prompt_file(PROMPT_FIXTURES / "drawbench.csv")
     assert len(ps) == 6
     assert ps.prompts[0] == Prompt(text="A red colored car.", category="Colors")
     assert ps.prompts[3].text.startswith("A stack of 3 books. A green book is on the top, sitting on a red book.")
@@ -221,7 +221,7 @@ def test_csv_drawbench_prompts_and_categories() -> None:
 
 def test_json_list_hpdv2_style_is_category(tmp_path) -> None:
     """HPDv2's benchmark files are JSON lists of prompts named by style: the stem is the category."""
-    ps = load_prompt_file(FIXTURES / "hpdv2" / "anime.json")
+    ps = load_prompt_file(PROMPT_FIXTURES / "hpdv2" / "anime.json")
     assert len(ps) == 2 and {p.category for p in ps.prompts} == {"anime"}
     assert ps.texts()[0] == "A whimsical anime illustration of a fox reading a book under a cherry tree."
     bad = tmp_path / "photo.json"
@@ -232,6 +232,6 @@ def test_json_list_hpdv2_style_is_category(tmp_path) -> None:
 
 def test_json_list_of_objects_imagereward_benchmark() -> None:
     """ImageReward's benchmark/benchmark-prompts.json: a list of {"id", "prompt"}; the id is kept in meta."""
-    ps = load_prompt_file(FIXTURES / "imagereward_benchmark.json")
+    ps = load_prompt_file(PROMPT_FIXTURES / "imagereward_benchmark.json")
     assert ps.texts()[0] == "a concept art of a vehicle, cyberpunk"
     assert ps.prompts[1].meta == {"id": "005784-0093"} and ps.prompts[1].category is None
