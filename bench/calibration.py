@@ -28,7 +28,7 @@ import torch
 
 from bench.config import BenchConfig
 from bench.evaluators.registry import higher_is_better, selected
-from bench.report_format import format_scale
+from bench.prompts import PromptSet
 from bench.stats.bootstrap import holm
 from bench.stats.winrate import PAIR_KEYS, paired_comparison
 from bench.store import EFFECTIVE_SCALE, Cell, Expected, SampleStore, write_atomic
@@ -67,7 +67,9 @@ class Calibrated:
 
 
 def calibrated_task(task: Task, steps: int, key: dict) -> Task:
-    """A copy of the run's (prepared) task that samples `steps` steps and adds `key` to its samples' key."""
+    """A copy of the run's (prepared) task that samples `steps` steps and adds `key` to its samples' key: the
+    same class with `task_key` extended (a subclass made here, since any registered task may be calibrated),
+    sharing the models the task loaded in `prepare`."""
     base = type(task)
 
     class CalibratedTask(base):  # type: ignore[misc, valid-type]
@@ -117,16 +119,20 @@ def plan(cfg: BenchConfig, task: Task, bundle: ModelBundle, run_dir: Path, cells
 SampleFn = Callable[[BenchConfig, Task, Cell, PerSampleCFG, SampleStore, Expected, Path], None]
 
 
-def sample_all(items: list[Calibrated], run_dir: Path, prompts, sample: SampleFn) -> None:  # noqa: ANN001
-    """Sample every calibrated cell not yet complete (`sample`: the runner's loop over a cell's batches)."""
+def sample_all(items: list[Calibrated], run_dir: Path, prompts: PromptSet, sample: SampleFn,
+               done: Callable[[int], None] = lambda n: None) -> None:
+    """Sample every calibrated cell not yet complete (`sample`: the runner's loop over a cell's batches;
+    `done(n)` is told the size of each cell found complete, for the progress bar)."""
     for item in items:
         where = run_dir / item.dir
         (where / "samples").mkdir(parents=True, exist_ok=True)
         expected = item.task.expected(item.cell, prompts)
         store = SampleStore.of(item.task.cfg, where, item.cell, item.task.task_key(item.cell))
-        if not store.done(expected):
-            sample(item.task.cfg, item.task, item.cell, PerSampleCFG(item.scales.tolist()), store, expected, where)
-            store.merge(expected)
+        if store.done(expected):
+            done(len(expected))
+            continue
+        sample(item.task.cfg, item.task, item.cell, PerSampleCFG(item.scales.tolist()), store, expected, where)
+        store.merge(expected)
 
 
 def per_image_metrics(cfg: BenchConfig) -> list[str]:
@@ -199,7 +205,3 @@ def comparison(items: list[Calibrated], method_rows: pd.DataFrame, calibrated_ro
 def write(run_dir: Path, table: pd.DataFrame, timing: dict) -> None:
     table.to_csv(run_dir / CALIBRATED_FILE, index=False)
     write_atomic(run_dir / TIMING_FILE, json.dumps(timing, indent=2))
-
-
-def label(item: Calibrated) -> str:
-    return f"{item.method.name} -> cfg at {format_scale(item.cell.scale)} x {item.steps} steps"

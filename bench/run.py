@@ -380,7 +380,7 @@ def calibrate_run(cfg: BenchConfig, task: Task, run_dir: Path, cells: list[Cell]
 
         sample_cell(cal_cfg, cal_task, bundle, cell, guidance, store, expected, device, bar, Shard(), record)
 
-    calibration.sample_all(items, run_dir, prompts, sample)
+    calibration.sample_all(items, run_dir, prompts, sample, bar.update)
     bar.close()
     metrics = calibration.per_image_metrics(cfg)
     scored = {item.method.name: score_cells(replace(item.task.cfg, metrics=metrics), run_dir / item.dir, [item.cell],
