@@ -24,6 +24,9 @@ import matplotlib
 
 from bench.stats.analysis import SET_METRICS, Analysis, analyse, best_cells, load_per_sample
 from bench.runner.failure import Parser, guarded
+from bench.runner.store import EFFECTIVE_SCALE
+from bench.report.calibrated import calibrated_html
+from bench.report.calibrated import section as calibrated_section
 from bench.report.runs import Run, load_run, run_labels
 from bench.report.plots import TRADE_OFF, plot_fid_vs_clip, plot_metrics_vs_scale, plot_throughput
 from bench.report.grids import Grid, make_grids
@@ -116,6 +119,10 @@ def _display_summary(summary: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         if boot and not per_image:
             out[f"{name}: images bootstrap"] = [f"[{format_number(b)}, {format_number(c)}]" for b, c in
                                                 zip(summary[f"{m}_boot_lo"], summary[f"{m}_boot_hi"])]
+    if EFFECTIVE_SCALE in summary.columns and summary[EFFECTIVE_SCALE].notna().any():
+        out["effective CFG scale"] = [f"{format_number(m)} ± {format_number(sd)} (n={int(n)})" if n == n and n > 0 else "–" for m, sd, n in
+                                      zip(summary[EFFECTIVE_SCALE], summary[f"{EFFECTIVE_SCALE}_sd"],
+                                          summary[f"{EFFECTIVE_SCALE}_n"])]
     for col, name in [("s_per_img", "s / img"), ("network_passes_per_img", "net passes"),
                       ("guide_passes_per_img", "guide passes"), ("backward_passes_per_img", "bwd passes"),
                       ("peak_mem_mb", "peak MB")]:
@@ -318,11 +325,12 @@ class _RunStats:
     label: str
     analysis: Analysis
     compare: str  # HTML of the comparison grids
+    calibrated: str = ""  # HTML of the calibrated comparison (--calibrate), '' when not run
 
 
 def _stats_sections(stats: Sequence[_RunStats], several: bool) -> dict[str, str]:
     """HTML of the verdict, matched-alignment, comparisons, per-category and comparison-grid sections."""
-    out = {"verdict": [], "matched": [], "comparisons": [], "categories": [], "compare": []}
+    out = {"verdict": [], "matched": [], "comparisons": [], "categories": [], "compare": [], "calibrated": []}
     for st in stats:
         head = f"<h3>{_e(st.label)}</h3>" if several else ""
         a = st.analysis
@@ -342,7 +350,8 @@ def _stats_sections(stats: Sequence[_RunStats], several: bool) -> dict[str, str]
         else:
             out["categories"].append(head + '<p class="muted">The prompt set has no category columns.</p>')
         out["compare"].append(st.compare or head + '<p class="muted">No saved samples to compare.</p>')
-    return {k: "".join(v) for k, v in out.items()}
+        out["calibrated"].append(head + st.calibrated if st.calibrated else "")
+    return {k: calibrated_section(v) if k == "calibrated" else "".join(v) for k, v in out.items()}
 
 
 def _page(runs: Sequence[Run], labels: Sequence[str], summary: pd.DataFrame, ranking: pd.DataFrame,
@@ -395,6 +404,7 @@ scale": it is above the level already at its lowest scale.</p>
 <p class="muted">a − b per metric: each scale against its method's lowest, and each method's chosen scale against
 the others'. Significant: Holm-adjusted p below 0.05 over the comparisons of that metric.</p>
 {sections["comparisons"]}
+{sections["calibrated"]}
 <h2>Per category</h2>
 {sections["categories"]}
 <h2>Plots</h2>
@@ -479,7 +489,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         # numbered: labels that differ only in characters safe_name replaces ("my run", "my_run") stay apart
         grids += make_grids(run, label, f"run{number}_{safe_name(label)}__" if several else "", out)
     stats = [_RunStats(label, a, compare_grids_html(run.dir, run.results, best_cells(a.summary, a.ranking),
-                                                    label if several else ""))
+                                                    label if several else ""), calibrated_html(run.dir))
              for run, label, a in zip(runs, labels, analyses)]
     index = out / "index.html"
     index.write_text(_page(runs, labels, summary, ranking, plots, grids, stats), encoding="utf-8")

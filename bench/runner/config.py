@@ -130,6 +130,10 @@ class BenchConfig:
                                               ".safetensors (default: the zoo's emoji dataset)")
     reference_images: str | None = option(None, help="image folder of a COCO captions json --reference")
     bootstrap: int = option(200, type=int, help="resamples per cell for set-metric intervals (0: none)")
+    calibrate: bool = option(False, switch="on",
+                             help="also run plain CFG at each method's measured effective scale and NFE, on the same "
+                                  "prompts and noise, and write the paired comparison (win rates) to calibrated.csv "
+                                  "(GA-Eval, docs/statistics.md)")
     out: str = option("reports", help="parent directory of run directories")
     run_id: str | None = option(None, help="name of the run directory (rerun with the same id to resume)")
     preset: str = option("quick", choices=tuple(PRESETS), help="quick (~2 min on 2 CPU cores), full (GPU) or tiny "
@@ -243,6 +247,8 @@ class BenchConfig:
                 data.pop(name)
         if self.task == DEFAULT_TASK:
             data.pop("task")
+        if not self.calibrate:
+            data.pop("calibrate")  # the run's own samples and figures do not depend on it: hashes made before stay
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def validate(self, num_timesteps: int = 1000) -> None:

@@ -19,20 +19,26 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import pandas as pd
 import torch
 
-from bench.stats.analysis import write_analysis
+from bench.runner import calibration
 from bench.runner.applicability import applicable_guidance, check_compatible
+from bench.runner.calibration import check_calibration
 from bench.runner.config import BenchConfig, misfit_fields
 from bench.runner.distributed import Shard, init_from_env, local_device
 from bench.runner.failure import loading, note_run_dir, one_line
 from bench.runner.lock import hold, release
 from bench.runner.preflight import preflight
 from bench.runner.scoring import applicable_metrics, check_scorers, score_cells, scorer_label
-from bench.runner.store import Cell, Expected, SampleStore, write_atomic
+from bench.prompts.readers import PromptSet
+from bench.runner.store import EFFECTIVE_SCALE, Cell, Expected, SampleStore, write_atomic
+from bench.stats.analysis import write_analysis
+from bench.stats.bootstrap import DEFAULT_B
 from bench.tasks import Task, make_task
 from guidance.accelerate import autocast_context, checked_device
 from guidance.bundle import ModelBundle
+from guidance.effective_scale import EffectiveScaleLog
 from guidance.guiders import Guidance, make_guidance
 from guidance.models import load_bundle
 from guidance.protocols import Conditions
@@ -169,15 +175,21 @@ def sample_cell(cfg: BenchConfig, task: Task, bundle: ModelBundle, cell: Cell, g
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start, started_at = time.perf_counter(), time.time()  # the interval's length comes from perf_counter
+        batch_guidance = guidance.for_samples(idx)
+        batch_guidance.scale_log = log = EffectiveScaleLog()  # read from the branches it runs anyway: no extra pass
         with autocast, torch.no_grad():  # gradient guidance turns gradients on for its guide alone
-            batch = task.sample_batch(bundle, cell, guidance, cond, idx, [str(t) for t in expected.texts[idx]], device)
+            batch = task.sample_batch(bundle, cell, batch_guidance, cond, idx, [str(t) for t in expected.texts[idx]],
+                                      device)
+        batch_guidance.scale_log = None
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - start
         work = {"images": len(idx), "seconds": elapsed, "network_passes": cost.network_passes * len(idx),
                 "guide_passes": cost.guide_passes * len(idx), "backward_passes": cost.backward_passes * len(idx),
                 "intervals": [[started_at, started_at + elapsed]]}
-        store.write_batch(idx, batch.images, expected, batch.extras)
+        per_step = log.per_sample(len(idx))
+        extras = batch.extras if per_step is None else {**batch.extras, EFFECTIVE_SCALE: per_step.numpy()}
+        store.write_batch(idx, batch.images, expected, extras)
         if cfg.save_latents and batch.latents is not None:
             store.write_latents(idx, batch.latents, cell.seed)
         record(work)
@@ -209,7 +221,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
     """
     from tqdm.auto import tqdm
 
-    started = time.time()
+    started, started_cpu = time.time(), time.process_time()
     preflight(cfg)
     task = make_task(cfg)
     task.validate()
@@ -225,6 +237,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
     cfg = applicable_guidance(cfg, prompts, bundle, note=print if progress else lambda _: None)
     cfg = applicable_metrics(cfg, bundle.domain, note=print if progress else lambda _: None, task=cfg.task)
     check_compatible(cfg, prompts, bundle)
+    check_calibration(cfg, shard.world)
     check_scorers(cfg, device)
     task.prepare(bundle, device)
     bundle.accelerate(cfg.acceleration(), device, DTYPES[cfg.dtype])
@@ -266,8 +279,45 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
         release(run_dir)
         return run_dir
     finish_run(cfg, task, run_dir, cells, bundle, device, shard, time.time() - started, n, progress, shard.world)
+    if cfg.calibrate:
+        calibrate_run(cfg, task, run_dir, cells, bundle, device, prompts, progress, started_cpu)
     release(run_dir)
     return run_dir
+
+
+def calibrate_run(cfg: BenchConfig, task: Task, run_dir: Path, cells: list[Cell], bundle: ModelBundle,
+                  device: torch.device, prompts: PromptSet, progress: bool, started_cpu: float) -> None:
+    """--calibrate (bench.runner.calibration): sample plain CFG at each method cell's effective scale and NFE, score
+    it with the run's per-image metrics, write calibrated.csv, and the CPU time it took beside the run's."""
+    from tqdm.auto import tqdm
+
+    cpu, wall = time.process_time(), time.time()
+    note = print if progress else lambda _: None
+    items = calibration.plan(cfg, task, bundle, run_dir, cells, note)
+    n = len(prompts) * cfg.samples_per_prompt
+    bar = tqdm(total=n * len(items), desc="calibrated cfg", unit="img", disable=not progress, dynamic_ncols=True)
+
+    def sample(cal_cfg: BenchConfig, cal_task: Task, cell: Cell, guidance: Guidance, store: SampleStore,
+               expected: Expected, where: Path) -> None:
+        bar.set_postfix_str(cell.name)
+
+        def record(work: dict[str, Any]) -> None:
+            save_throughput(where, cell, {**work, "peak_mem_mb": peak_memory_mb(device)}, store.cell_hash)
+
+        sample_cell(cal_cfg, cal_task, bundle, cell, guidance, store, expected, device, bar, Shard(), record)
+
+    calibration.sample_all(items, run_dir, prompts, sample, bar.update)
+    bar.close()
+    metrics = calibration.per_image_metrics(cfg)
+    scored = {item.method.name: score_cells(replace(item.task.cfg, metrics=metrics), run_dir / item.dir, [item.cell],
+                                            device, False, Shard(), item.task).per_sample for item in items}
+    table = calibration.comparison(items, pd.read_csv(run_dir / "per_sample.csv"), scored,
+                                   calibration.per_image_columns(cfg), DEFAULT_B)
+    calibration.write(run_dir, table, {"cpu_s_run": round(cpu - started_cpu, 1),
+                                       "cpu_s_calibration": round(time.process_time() - cpu, 1),
+                                       "wall_s_calibration": round(time.time() - wall, 1),
+                                       "calibrated_cells": len(items), "images": n * len(items)})
+    note(f"calibrated comparison: {run_dir / calibration.CALIBRATED_FILE}")
 
 
 def finish_run(cfg: BenchConfig, task: Task, run_dir: Path, cells: list[Cell], bundle: ModelBundle, device: torch.device,

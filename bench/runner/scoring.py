@@ -33,8 +33,9 @@ from bench.evaluators.registry import bounds, directions, selected
 from bench.evaluators.throughput import Throughput
 from bench.prompts.readers import PromptSet
 from bench.stats.bootstrap import shifted_interval, resample_counts
-from bench.runner.store import Cell, SampleStore
+from bench.runner.store import EFFECTIVE_SCALE, Cell, SampleStore
 from bench.tasks import Evaluators, Task, make_task
+from guidance.effective_scale import trajectory_mean
 from guidance.rng import sample_seed
 from guidance.models import load_bundle
 from guidance.evaluation import EvalCLIPScorer, domain_evaluators, load_open_clip_scorer
@@ -350,6 +351,7 @@ def score_cells(cfg: BenchConfig, run_dir: Path, cells: list[Cell], device: torc
         store = SampleStore.of(cfg, run_dir, cell, task.task_key(cell))
         images_np, texts, labels = store.load()  # each sample's own caption and label, as sampled
         stored = store.load_extras()  # the task's per-sample arrays (source, mask, low_res)
+        per_step_scale = stored.pop(EFFECTIVE_SCALE, None)  # the runner's, not a metric's input
         n = len(images_np)
         row: dict[str, float | str | int] = {"guidance": cell.arm, "scale": cell.scale, "seed_set": cell.seed_set,
                                              "n_samples": n, "sampler": cfg.sampler, "steps": cfg.steps}
@@ -372,6 +374,8 @@ def score_cells(cfg: BenchConfig, run_dir: Path, cells: list[Cell], device: torc
                             # the seed of the sample's noise generator: with --noise diffusers (or on a CPU run)
                             # its initial latents are randn(shape, generator=Generator("cpu").manual_seed(it))
                             "noise_seed": [sample_seed(cell.seed, i) for i in range(n)]})
+        if per_step_scale is not None:  # each sample's trajectory mean (NaN evaluations left out)
+            per[EFFECTIVE_SCALE] = trajectory_mean(torch.from_numpy(per_step_scale)).numpy()
         for metric in per_image:
             for name, values in metric.compute().items():
                 row[name] = metric.cell_value(values, cfg.batch_size)

@@ -71,6 +71,9 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 EXTRA = "extra_"  # prefix of a task's per-sample arrays in a samples file
+# the runner's own per-sample array: each evaluation's effective CFG scale (float64 [N, evaluations];
+# guidance.effective_scale), stored beside a task's arrays and read by scoring, not by metrics
+EFFECTIVE_SCALE = "effective_scale"
 PART_NAME = re.compile(r"(\d+)-(\d+)\.npz")  # a complete batch file; a write cut short is `.<name>.partial`
 
 
@@ -200,7 +203,9 @@ class SampleStore:
         missing = sorted(set(range(len(expected))) - images.keys())
         if missing:
             raise ValueError(f"{self.final.stem}: samples {missing[:5]} are missing; sample them before merging")
-        extras = {k: np.stack([v[i] for i in range(len(expected))]) for k, v in arrays.items() if k != "images"}
+        # an array some batches lack (the effective scale of batches saved before it was recorded) is dropped
+        extras = {k: np.stack([v[i] for i in range(len(expected))]) for k, v in arrays.items()
+                  if k != "images" and len(v) == len(expected)}
         tmp = self.final.with_name(f".{self.final.name}.partial")
         with open(tmp, "wb") as f:
             np.savez(f, images=np.stack([images[i] for i in range(len(expected))]), prompts=expected.texts,

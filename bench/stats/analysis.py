@@ -28,6 +28,7 @@ from bench.stats import mean_ci, rank_methods, summarize
 from bench.stats.bootstrap import (DEFAULT_B, DEFAULT_SEED, Clustered, bootstrap_p, design_wilson, holm,
                                    percentile_interval, resample_counts)
 from bench.stats.matched import REACHED, first_crossing, interpolate, status
+from bench.runner.store import EFFECTIVE_SCALE
 
 __all__ = [
     "PER_SAMPLE_FILE", "Analysis", "PairedData", "load_per_sample", "paired_data", "cell_table", "paired_difference",
@@ -79,9 +80,21 @@ def load_per_sample(run_dir: str | Path) -> pd.DataFrame | None:
 
 
 def per_sample_metrics(frame: pd.DataFrame) -> list[str]:
-    """Numeric per-image columns (CLIP score, accuracies, any per-image score)."""
-    return [c for c in frame.columns if c not in ID_COLUMNS and pd.api.types.is_numeric_dtype(frame[c])
-            and frame[c].notna().any()]
+    """Numeric per-image columns (CLIP score, accuracies, any per-image score); the effective scale is a
+    property of the sampling, not a score, and is summarised apart (`effective_scales`)."""
+    return [c for c in frame.columns if c not in ID_COLUMNS and c != EFFECTIVE_SCALE
+            and pd.api.types.is_numeric_dtype(frame[c]) and frame[c].notna().any()]
+
+
+def effective_scales(per_sample: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Per cell: the mean over its samples of each sample's effective CFG scale (its trajectory mean),
+    their standard deviation and how many samples had one (None when the run recorded none)."""
+    if per_sample is None or EFFECTIVE_SCALE not in per_sample.columns:
+        return None
+    grouped = per_sample.groupby(list(CELL), sort=False)[EFFECTIVE_SCALE]
+    table = grouped.agg(["mean", "std", "count"]).reset_index()
+    return table.rename(columns={"mean": EFFECTIVE_SCALE, "std": f"{EFFECTIVE_SCALE}_sd",
+                                 "count": f"{EFFECTIVE_SCALE}_n"})
 
 
 def category_columns(frame: pd.DataFrame) -> list[str]:
@@ -568,6 +581,9 @@ def analyse(results: pd.DataFrame, per_sample: pd.DataFrame | None, b: int = DEF
     paired = paired_data(per_sample, cells, b, seed, confidence) if per_sample is not None else None
     table = cell_table(paired) if paired is not None else None
     summary = full_summary(results, table, confidence)
+    scales = effective_scales(per_sample)
+    if scales is not None and "run" not in summary.columns:
+        summary = summary.merge(scales, on=list(CELL), how="left")
     ranking = ranking_with_confidence(summary, results, paired, b, seed)
     n_seed_sets = int(results["seed_set"].nunique()) if "seed_set" in results.columns else 1
     pairs = comparisons(summary, ranking, results, paired, confidence)

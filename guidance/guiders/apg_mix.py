@@ -47,6 +47,7 @@ class APGMix(AdaptiveProjectedGuidance):
             return super().predict(model, x, step, cond)
         scale = self.phase_scale(self.scale_at(step), step.sigma)
         if not self.guided(scale, cond):
+            self.note_conditional_only()
             return model(x, step.level, cond.model)
         pred_c, pred_u = self.branches(model, x, step, cond)
         self.update(at_least_fp32(pred_c.x0) - at_least_fp32(pred_u.x0), step.sigma)

@@ -33,8 +33,10 @@ class AutoGuidance(Guidance):
         main = super().predict(model, x, step, cond)
         scale = self.scale_at(step)
         if scale == 1.0:
+            self.note_conditional_only()
             return main
         weak = self.weak(x, step.level, cond.model)
+        self.note_branches(main, weak)  # CFG with the weak model as its unconditional: measured from it
         return main.guided_by(weak, scale)
 
     def cost(self, sigma: float | None = None, negative: bool = False) -> GuidanceCost:

@@ -20,6 +20,7 @@ from typing import Callable, ClassVar, Sequence
 import torch
 from torch import Tensor
 
+from guidance.effective_scale import EffectiveScaleLog
 from guidance.prediction import Prediction, at_least_fp32
 from guidance.process import NoiseLevel
 from guidance.protocols import Conditions, Denoiser
@@ -128,6 +129,8 @@ class Guidance(ABC):
     needs: ClassVar[frozenset[str]] = frozenset()  # what the method cannot run without (NEEDS)
     numerics_version: ClassVar[int] = 1  # bump when the method's fp32 samples change (part of the sample key)
     reference: ClassVar[str] = ""
+    # where the effective CFG scale of each evaluation is recorded (None: not recorded; guidance.effective_scale)
+    scale_log: EffectiveScaleLog | None = None
 
     def __init__(self, scale: float | ScaleFn = 0.0) -> None:
         if not callable(scale) and not math.isfinite(float(scale)):
@@ -181,6 +184,21 @@ class Guidance(ABC):
 
     def reset(self) -> None:
         """Forget per-trajectory state (momentum buffers) before a new batch."""
+
+    def for_samples(self, indices: Sequence[int]) -> "Guidance":
+        """The method as it applies to the batch of these global sample indices (itself, unless its
+        settings differ per sample)."""
+        return self
+
+    def note_branches(self, cond: Prediction, reference: Prediction) -> None:
+        """Hand this evaluation's conditional and reference predictions to the effective-scale log."""
+        if self.scale_log is not None:
+            self.scale_log.branches(cond, reference)
+
+    def note_conditional_only(self) -> None:
+        """Tell the effective-scale log that this evaluation is the conditional prediction alone."""
+        if self.scale_log is not None:
+            self.scale_log.conditional_only()
 
     def predict(self, model: Denoiser, x: Tensor, step: StepInfo, cond: Conditions) -> Prediction:
         return model(x, step.level, cond.model)

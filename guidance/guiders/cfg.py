@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import Tensor
 
-from guidance.guiders.base import Guidance, GuidanceCost, Prediction, StepInfo, register
+from guidance.guiders.base import Guidance, GuidanceCost, Prediction, StepInfo, at_least_fp32, register
 from guidance.protocols import Conditions, Denoiser, cond_cat
 
 
@@ -33,6 +35,7 @@ class ClassifierFreeGuidance(Guidance):
         """Conditional and unconditional predictions from one batched forward pass."""
         uncond = cond.negative if cond.negative is not None else model.null_cond(cond.model)
         pred_c, pred_u = model(torch.cat([x, x]), step.level, cond_cat([cond.model, uncond])).chunk(2)
+        self.note_branches(pred_c, pred_u)
         return pred_c, pred_u
 
     def guided(self, scale: float, cond: Conditions) -> bool:
@@ -42,6 +45,7 @@ class ClassifierFreeGuidance(Guidance):
     def predict(self, model: Denoiser, x: Tensor, step: StepInfo, cond: Conditions) -> Prediction:
         scale = self.scale_at(step)
         if not self.guided(scale, cond):
+            self.note_conditional_only()
             return super().predict(model, x, step, cond)
         pred_c, pred_u = self.branches(model, x, step, cond)
         return self.combine(pred_c, pred_u, scale, step)
@@ -52,3 +56,33 @@ class ClassifierFreeGuidance(Guidance):
 
     def cost(self, sigma: float | None = None, negative: bool = False) -> GuidanceCost:
         return GuidanceCost(network_passes=2 if negative or self.active_at(sigma) else 1)
+
+
+class PerSampleCFG(ClassifierFreeGuidance):
+    """CFG at each sample's own scale, looked up by the sample's global index: plain CFG calibrated sample by
+    sample to another method's effective scale (GA-Eval's matched-CFG rerun). Not registered (no one asks for
+    it by name); `for_samples` gives the guidance of one batch. `scale` is the mean scale (costs, messages)."""
+
+    def __init__(self, sample_scales: Sequence[float], rows: Tensor | None = None) -> None:
+        values = torch.as_tensor(list(sample_scales), dtype=torch.float64)
+        if values.numel() == 0 or not torch.isfinite(values).all():
+            raise ValueError("per-sample CFG scales must be finite, one per sample")
+        super().__init__(float(values.mean()))
+        self.sample_scales = values
+        self.rows = rows
+
+    def for_samples(self, indices: Sequence[int]) -> "PerSampleCFG":
+        return PerSampleCFG(self.sample_scales.tolist(), self.sample_scales[list(indices)])
+
+    def guided(self, scale: float, cond: Conditions) -> bool:
+        return True  # some rows may sit at 1, others not: every evaluation runs both branches
+
+    def combine(self, pred_c: Prediction, pred_u: Prediction, scale: float, step: StepInfo) -> Prediction:
+        if self.rows is None or len(self.rows) != pred_c.x.shape[0]:
+            raise ValueError("PerSampleCFG needs the batch's scales: sample with guidance.for_samples(indices)")
+        value = pred_c.known[pred_c.primary]
+        rows = self.rows.to(device=value.device, dtype=at_least_fp32(value).dtype).view(-1, *[1] * (value.ndim - 1))
+        return pred_c.guided_by(pred_u, rows)  # type: ignore[arg-type]
+
+    def cost(self, sigma: float | None = None, negative: bool = False) -> GuidanceCost:
+        return GuidanceCost(network_passes=2)

@@ -69,6 +69,7 @@ class CFGZeroStar(ClassifierFreeGuidance):
             return Prediction(x, step.level, "flow", torch.zeros_like(at_least_fp32(x)))
         scale = self.scale_at(step)
         if not self.guided(scale, cond):
+            self.note_conditional_only()
             return model(x, step.level, cond.model)
         pred_c, pred_u = self.branches(model, x, step, cond)
         u_c, u_u = at_least_fp32(pred_c.get("flow")), at_least_fp32(pred_u.get("flow"))

@@ -57,12 +57,16 @@ class PerturbedGuidance(Guidance):
                                  f"{type(model).__name__} does not expose; use a network model (NetworkDenoiser)")
             parts.append(cond.model)
         if len(parts) == 1:
+            self.note_conditional_only()
             return model(x, step.level, cond.model)
         batch = x.shape[0]
         rows = slice((len(parts) - 1) * batch, len(parts) * batch)
         context = model.perturbed(self.perturbation(), rows) if scale != 0.0 else nullcontext()  # type: ignore[union-attr]
         with context:
             preds = model(torch.cat([x] * len(parts)), step.level, cond_cat(parts)).chunk(len(parts))
+        # measured from eps_u where CFG runs; PAG/SEG alone have none, so from the perturbed branch they guide
+        # away from (eps_c + s (eps_c - eps_p) is CFG with eps_p as its unconditional: 1 + s)
+        self.note_branches(preds[0], preds[1] if cfg else preds[-1])
         return perturbed_mix(preds[0], preds[1] if cfg else None, preds[-1] if scale != 0.0 else None,
                              self.cfg_scale, scale)
 

@@ -44,6 +44,8 @@ class Denoise:
     def guided(self, x: Tensor, level: NoiseLevel) -> tuple[Prediction, Tensor | None]:
         step = StepInfo(level, level.timesteps(x.shape[0], x.device), self.trajectory)
         pred = self.guidance.predict(self.model, x, step, self.cond)
+        if self.guidance.scale_log is not None:
+            self.guidance.scale_log.close(pred, x.shape[0])
         if pred.known[pred.primary].dtype != x.dtype:
             pred = pred.to(x.dtype)
         return pred, self.guidance.gradient(x, step, self.cond)

@@ -9,7 +9,6 @@ import argparse
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench.report.html import build_report
 from bench.runner.cli import main as cli_main
 from bench.runner.config import BenchConfig
 from bench.runner.run import run_benchmark
@@ -170,6 +171,8 @@ def test_killed_run_resumes_and_matches_uninterrupted(tmp_path):
     (["--score-with-guiding-clip", "--clip-model", "ViT-B-32", "--clip-pretrained", str(ROOT / "README.md")],
      "--score-with-guiding-clip scores with the guiding CLIP"),
     (["--preset", "tiny", "--prompt-limit", "1", "--samples-per-prompt", "1"], "FID and KID need at least 2 samples"),
+    (["--calibrate"], "--calibrate compares methods with plain CFG"),
+    (["--calibrate", "--guidance", "cfg,apg", "--metrics", "fid"], "--calibrate pairs images on per-image metrics"),
 ])
 def test_bad_input_gets_one_clear_line(argv, message, capsys, tmp_path):
     import torch
@@ -444,3 +447,35 @@ def test_every_shard_job_records_the_settings_and_later_jobs_must_match(tmp_path
     assert not list((tmp_path / "arr").glob(".config.json.*"))  # the atomic write leaves no partial file
     assert cli_main(["run", *common, "--steps", "3", "--shard", "0/2"]) == 2
     assert "holds samples made with --steps 2; this command's --steps 3" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_calibrated_run_records_effective_scales_and_compares_with_cfg_at_them(tmp_path):
+    """--calibrate end to end: CFG's effective scale is its scale, PAG alone's is 1 + s, and PAG's calibrated
+    CFG (at 4, the same noise) redraws the run's own CFG 4 samples; calibrated.csv pairs every image."""
+    cfg = BenchConfig.from_preset("tiny", guidance=["cfg", "apg", "pag"], scales={"cfg": [4.0], "apg": [6.0], "pag": [3.0]},
+                                  metrics=["clip_score", "accuracy"], calibrate=True, out=str(tmp_path), run_id="cal",
+                                  **TINY)
+    run = run_benchmark(cfg, progress=False)
+    per_sample = pd.read_csv(run / "per_sample.csv")
+    scale = per_sample.groupby("guidance")["effective_scale"]
+    assert np.allclose(scale.min()[["cfg", "pag"]], [4.0, 4.0], rtol=1e-5)  # float32 predictions: 1e-5 relative
+    assert np.allclose(scale.max()[["cfg", "pag"]], [4.0, 4.0], rtol=1e-5)
+    summary = pd.read_csv(run / "summary.csv").set_index("guidance")
+    assert summary.loc["cfg", "effective_scale_n"] == 8 and summary.loc["apg", "effective_scale"] > 0
+    table = pd.read_csv(run / "calibrated.csv")
+    assert set(table["guidance"]) == {"apg", "pag"}
+    assert set(table["metric"]) == {"clip_score", "acc_identity", "acc_subgroup", "acc_group"}
+    assert (table["n"] == 8).all() and (table["n_prompts"] == 4).all() and (table["nfe_ratio"] == 1.0).all()
+    assert np.allclose(table["calibrated_scale_measured"], table["effective_scale"], rtol=1e-5)
+    assert ((table["win_lo"] <= table["win_rate"]) & (table["win_rate"] <= table["win_hi"])).all()
+    assert table["win_p_holm"].between(0, 1).all() and (table["win_p_holm"] >= table["win_p"]).all()
+    for seed_set in (0, 1):
+        with np.load(run / "samples" / f"cfg_s4_seed{seed_set}.npz") as plain, \
+                np.load(run / "calibrated" / f"pag_s3_seed{seed_set}" / "samples" / f"cfg_s4_seed{seed_set}.npz") as cal:
+            gap = np.abs(plain["images"].astype(int) - cal["images"].astype(int))
+            assert gap.max() <= 1  # the same noise and scale up to float rounding of 1 + s
+    timing = json.loads((run / "calibration.json").read_text())
+    assert timing["calibrated_cells"] == 4 and timing["cpu_s_calibration"] > 0
+    index = build_report([run])
+    assert "Calibrated comparison" in index.read_text() and "effective CFG scale" in index.read_text()

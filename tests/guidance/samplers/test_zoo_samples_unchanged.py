@@ -14,7 +14,6 @@ float sums, and guidance amplifies the change over the steps.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
