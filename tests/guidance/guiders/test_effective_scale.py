@@ -16,7 +16,7 @@ from guidance.guiders.cfg import PerSampleCFG
 from guidance.guiders.pag import PerturbedAttentionGuidance
 from guidance.guiders.seg import SmoothedEnergyGuidance
 from guidance.samplers.base import Denoise
-from guider_helpers import B, F64, PROCESS, SIGMAS, TableDenoiser, conditions, randn, triple
+from tests.guidance.guiders.guider_helpers import B, F64, PROCESS, SIGMAS, TableDenoiser, conditions, randn, triple
 
 SIGMA = SIGMAS[5]
 RTOL = 1e-9
