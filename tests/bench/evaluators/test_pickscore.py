@@ -104,3 +104,13 @@ def test_missing_and_mismatched_folders_are_one_line(tmp_path):
     (wrong / "config.json").write_text(config)
     with pytest.raises(CheckpointError, match="--pickscore-model .*does not load as a CLIPModel"):
         PickScore.load_network(SimpleNamespace(pickscore_model=str(wrong), pickscore_processor=None))
+
+
+def test_without_transformers_it_is_refused_up_front(monkeypatch, folder):
+    import bench.evaluators.preference as preference
+
+    real = preference.importlib.util.find_spec
+    monkeypatch.setattr(preference.importlib.util, "find_spec", lambda name, *a: None if name == "transformers"
+                        else real(name, *a))
+    with pytest.raises(CheckpointError, match="--metrics pickscore needs the transformers package"):
+        PickScore.check_files(SimpleNamespace(pickscore_model=str(folder), pickscore_processor=None))
