@@ -113,6 +113,8 @@ def smoke(command: str, out: Path, run_id: str, runs: list[Path]) -> None:
             options["prompts"] = str(PROMPT_FIXTURES / "parti.tsv")
         if options.get("prompt_limit") == "all":
             options["prompt_limit"] = SMOKE["prompt_limit"]
+        if options.get("guidance") == "all" and "scales" not in options:
+            options["scales"] = "all=1"  # one cell per method (cfg-pp's lambda tops out at 1), not every grid
         runs.append(out / run_id)
     if name == "report":
         options["runs"] = ",".join(str(r) for r in runs[:2])

@@ -153,24 +153,33 @@ COMBINATIONS = [("ddim", torch.bfloat16, "cuda"), ("ddpm", torch.float16, "cpu")
 # it calls and how: every method the zoo can run that calls a guiding model or reaches into the network's
 # internals (universal-clip needs a latent bundle's decoder, flux-distilled a distilled model:
 # tests/guidance/sources), and for the combiners, which call the denoiser on the same inputs as CFG and differ
-# only in arithmetic outside the networks, none and cfg. Each runs under one of the combinations in turn
-# (CFG++-like methods, which DDPM cannot renoise, take the next DDIM one); each combination by several methods.
+# only in arithmetic outside the networks, none and cfg. Each runs under one combination: the two float16 ones
+# (float16 has no fast CPU kernels: a run takes ~20x bfloat16's) by one method each, the bfloat16 ones in turn.
 COMBINERS = {n for n, (cls, _) in REGISTRY.items() if not set(cls.needs) - {"pixel_space"}}
 ZOO_METHODS = sorted(n for n, (cls, needs) in REGISTRY.items() if needs != "decoder_clip"
                      and "embedded_guidance" not in cls.needs and (n not in COMBINERS or n in ("none", "cfg")))
 
 
+HALF = [c for c in COMBINATIONS if c[1] == torch.float16]
+BF16 = [c for c in COMBINATIONS if c[1] == torch.bfloat16]
+FLOAT16_BY = {"cfg": HALF[0], "clip": HALF[1]}  # the denoiser alone, and a guiding model's gradient besides it
+
+
 def combination_for(index: int, name: str) -> tuple:
-    turn = COMBINATIONS[index % len(COMBINATIONS):] + COMBINATIONS[:index % len(COMBINATIONS)]
+    if name in FLOAT16_BY:
+        return FLOAT16_BY[name]
+    turn = BF16[index % len(BF16):] + BF16[:index % len(BF16)]
     return next(c for c in turn if SAMPLERS[c[0]].renoise or not REGISTRY[name][0].renoises_unconditionally)
 
 
 CASES = [(name, *combination_for(i, name)) for i, name in enumerate(ZOO_METHODS)]
 
 
-def test_every_combination_is_run_by_several_methods():
-    assert all(sum(c[1:] == combo for c in CASES) >= 2 for combo in COMBINATIONS)
+def test_every_combination_is_run():
+    assert all(any(c[1:] == combo for c in CASES) for combo in COMBINATIONS)
+    assert all(sum(c[1:] == combo for c in CASES) >= 2 for combo in BF16)
     assert {"classifier", "clip", "autoguidance", "pag", "none", "cfg"} <= set(ZOO_METHODS) and "apg" in COMBINERS
+    assert all(SAMPLERS[c[0]].renoise or not REGISTRY[n][0].renoises_unconditionally for n, *c in CASES)
 
 
 @pytest.mark.parametrize("name, sampler, dtype, rule", CASES)
@@ -222,13 +231,13 @@ def test_methods_combine_half_precision_outputs_in_fp32(zoo_cpu, name):
 
     texts = ["grinning face", "rocket"]
     cond = Conditions(model=zoo_cpu.tokenizer(texts), labels=torch.tensor([3, 7]))
-    x, level = torch.zeros(2, 3, 32, 32), zoo_cpu.process.level(zoo_cpu.process.sigmas(3)[0])
+    x, level = torch.zeros(2, 3, 32, 32), zoo_cpu.process.level(zoo_cpu.process.sigmas(2)[0])
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
         assert zoo_cpu.unet(x, level.timesteps(2, CPU), cond.model).dtype == torch.float16  # what is upcast
         pred = zoo_cpu.denoiser(x, level, cond.model)
     assert pred.eps.dtype == torch.float32 and pred.var_values.dtype == torch.float32
     method = make_guidance(name, 3.0, zoo_cpu.guiding_models())
-    sigmas = zoo_cpu.process.sigmas(3)
+    sigmas = zoo_cpu.process.sigmas(2)  # the overflow was at the first step; two check the step after it too
     reference = sample(zoo_cpu.denoiser, zoo_cpu.process, sigmas, method, cond, zoo_cpu.sample_shape, range(2), seed=1)
     with torch.autocast("cpu", dtype=torch.float16):
         half = sample(zoo_cpu.denoiser, zoo_cpu.process, sigmas, method, cond, zoo_cpu.sample_shape, range(2), seed=1)
