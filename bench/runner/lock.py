@@ -73,14 +73,18 @@ class RunLock:
 
     def acquire(self) -> None:
         for _ in range(3):  # a stale lock removed by another process between our steps: try again
+            # written aside, then linked into place: the lock appears with its holder or not at all, so another
+            # rank of this launch never reads a half-written lock as a stranger's
+            draft = self.path.with_name(f"{self.path.name}.{self.me['pid']}.draft")
+            draft.write_text(json.dumps(self.me))
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                os.link(draft, self.path)
             except FileExistsError:
                 if self._take_over(self.holder()):
                     continue
                 return  # held by this launch (another rank of it)
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.me, f)
+            finally:
+                draft.unlink(missing_ok=True)
             self.owned = True
             return
         raise ValueError(f"cannot take the lock {self.path}; another process keeps replacing it")

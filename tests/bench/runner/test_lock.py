@@ -101,3 +101,21 @@ def test_a_second_run_on_a_held_run_directory_is_refused_before_sampling(tmp_pat
     assert lock_path(run_dir, Shard()).exists()  # killed hard: the lock stays, stale
     with RunLock(run_dir):
         pass
+
+
+def test_a_lock_appears_with_its_holder_or_not_at_all(tmp_path, monkeypatch):
+    """Another rank of the same torchrun launch read the lock between its creation and its content and took it
+    for a stranger's: the lock must never exist without its holder."""
+    seen = []
+    real_link = os.link
+
+    def link_and_look(src, dst):
+        real_link(src, dst)
+        seen.append(json.loads(Path(dst).read_text()))
+
+    monkeypatch.setattr(os, "link", link_and_look)
+    lock = RunLock(tmp_path)
+    lock.acquire()
+    assert seen == [lock.me] and lock.owned and not list(tmp_path.glob("*.draft"))
+    lock.release()
+    assert not (tmp_path / ".lock").exists()
