@@ -80,26 +80,28 @@ def field_values(args: argparse.Namespace, config_fields: tuple[Field, ...]) -> 
     return values
 
 
+def number_list(text: str, kind: type, bad: str, empty: str) -> list:
+    """A comma-separated list of `kind` (blank items skipped), at least one; `bad` / `empty` are the one-line
+    errors for an unreadable or an empty list."""
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(bad) from None
+    if not values:
+        raise ValueError(empty)
+    return values
+
+
 def parse_floats(text: str, flag: str = "--scales") -> list[float]:
     """'1,3,6' -> [1.0, 3.0, 6.0]; a ValueError (one line, caught by `main`) names the flag."""
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"bad {flag} {text!r}: not a comma-separated number list; use e.g. 1,3,6") from None
-    if not values:
-        raise ValueError(f"{flag} {text!r} lists no numbers; use e.g. 1,3,6")
-    return values
+    return number_list(text, float, f"bad {flag} {text!r}: not a comma-separated number list; use e.g. 1,3,6",
+                       f"{flag} {text!r} lists no numbers; use e.g. 1,3,6")
 
 
 def parse_seeds(text: str) -> list[int]:
     """'0,1,2': whole numbers only (1.5 is not silently run as seed 1), at least one."""
-    try:
-        seeds = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"bad --seeds {text!r}: seeds are whole numbers; use e.g. 0,1,2") from None
-    if not seeds:
-        raise ValueError(f"--seeds {text!r} lists no seeds; use e.g. 0,1,2 (or leave the flag out for the preset's)")
-    return seeds
+    return number_list(text, int, f"bad --seeds {text!r}: seeds are whole numbers; use e.g. 0,1,2",
+                       f"--seeds {text!r} lists no seeds; use e.g. 0,1,2 (or leave the flag out for the preset's)")
 
 
 def parse_scales(text: str) -> dict[str, list[float]] | list[float]:
