@@ -50,7 +50,8 @@ class Reference:
         evaluators' committed reference)."""
         path = path or domain_evaluators().reference_features
         if not Path(path).is_file():
-            raise CheckpointError(f"reference statistics not found: {path}; run `python -m guidance.zoo.reference`")
+            raise CheckpointError(f"reference statistics not found: {path}; pass --reference a features file written "
+                                  f"by the bench or a folder of images")
         try:
             data = load_file(str(path))
         except (SafetensorError, OSError) as err:

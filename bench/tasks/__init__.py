@@ -23,3 +23,8 @@ def make_task(cfg: BenchConfig) -> Task:
     if cfg.task not in TASKS:
         raise ValueError(f"unknown task {cfg.task!r}; valid: {', '.join(TASKS)}")
     return TASKS[cfg.task](cfg)
+
+# The embedded zoo's kits for the inpaint and cascade tasks register themselves (bench.tasks.kits); they
+# are imported after the tasks, whose protocols they implement.
+import bench.zoo.cascade  # noqa: E402,F401
+import bench.zoo.editing  # noqa: E402,F401

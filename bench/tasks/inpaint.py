@@ -1,11 +1,10 @@
 """The editing task: `python -m bench run --task inpaint --guidance cfg,clip,classifier --masks center,strokes`.
 
-Sources are held-out renders of real emoji (emoji200's identities, each rendered in one style and
-moved by an augmentation no model trained on). Each source is edited under two captions: its own
-("source", a reconstruction) and another emoji of its subgroup ("edit": "grinning face" -> "winking
-face"). Masks are drawn per (seed, sample index, kind) (guidance.masks). Methods (guidance.inpaint):
-"model" (GLIDE's fine-tuned inpainting model, x0 overwritten each step), "replace" (q(x_t | x0)
-replacement with the plain model) and "repaint" (replacement with RePaint's resampling).
+The model family's kit (bench.tasks.kits; the zoo's is bench/zoo/editing.py) gives the sources to edit,
+each under two captions: its own ("source", a reconstruction) and another one ("edit"), and GLIDE's
+fine-tuned inpainting model. Masks are drawn per (seed, sample index, kind) (guidance.masks). Methods
+(guidance.inpaint): "model" (the fine-tuned inpainting model, x0 overwritten each step), "replace"
+(q(x_t | x0) replacement with the plain model) and "repaint" (replacement with RePaint's resampling).
 
 A cell is one method, mask kind and caption kind (the variant) under one guidance, scale and seed
 set; prompt index i is source i, so the paired statistics compare arms on the same sources. Besides
@@ -17,40 +16,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 
 from bench.runner.config import BenchConfig
-from bench.zoo.prompts import emoji200, emoji_labels
 from bench.evaluators.psnr import PSNRKnown
 from bench.evaluators.seam import SeamScore
 from bench.prompts.readers import Prompt, PromptSet
 from bench.runner.store import Cell, Expected, to_hwc_uint8
-from bench.runner.preflight import check_checkpoint, check_image
+from bench.runner.preflight import check_image
 from bench.tasks.base import SampledBatch, Task
+from bench.tasks.kits import kit_for
 from bench.tasks.registry import register_task
 from guidance.bundle import ModelBundle
-from guidance.denoisers import NetworkDenoiser
+from guidance.checkpoints import file_sha256
 from guidance.guiders.base import Guidance, GuidanceCost
 from guidance.inpaint import METHODS, Resampling, inpaint, nfe
 from guidance.masks import check_kinds, load_mask, masks_for
-from guidance.protocols import Conditions
+from guidance.protocols import Conditions, Denoiser
 from guidance.samplers import sampler_spec
-from guidance.zoo.conditioned import inpaint_condition
-from guidance.zoo.emoji_data import build_emoji_dataset
-from guidance.sources.zoo_source import model_dir
-from guidance.zoo.load import ZOO_DIR, load_conditioned
-from guidance.checkpoints import CheckpointError, file_sha256
-from guidance.zoo.train import augment
 
 CAPTIONS = ("source", "edit")
-SOURCE_SEED = 20261205  # the sources' augmentation: a draw no training run made
-INPAINT_FILE = "inpaint_unet.safetensors"
-SOURCE_SIZE = 32
-EDIT_SOURCES = ZOO_DIR / "edit_sources.safetensors"  # rendered_sources(), committed
 DEFAULT_SOURCES = 20  # sources when --prompt-limit is all
 
 
@@ -61,61 +50,31 @@ class EditSources:
     images: Tensor  # [N, 3, H, W] in [-1, 1], exactly as 8-bit images
     captions: dict[str, list[str]]  # caption kind -> per source
     labels: dict[str, np.ndarray]  # caption kind -> identity index per source
-    prompts: list[Prompt]  # the emoji200 prompt of each source (category and meta for the per-category tables)
+    prompts: list[Prompt]  # each source's prompt (category and meta for the per-category tables)
+    about: str  # what the sources are, for the run's prompt-set description
 
 
-def subgroup_members(labels: dict) -> dict[int, list[int]]:
-    members: dict[int, list[int]] = {}
-    for identity, sub in enumerate(labels["identity_subgroup"]):
-        members.setdefault(sub, []).append(identity)
-    return members
+class InpaintingModel(Protocol):
+    """A model fine-tuned to inpaint (GLIDE): a denoiser and how its conditions take the known image."""
+
+    denoiser: Denoiser
+
+    def condition(self, model_cond: Tensor, known: Tensor, keep: Tensor) -> object:
+        """The model's conditions from the base model's (`model_cond`), the known image and `keep`
+        (1 = known, 0 = to generate)."""
 
 
-def rendered_sources() -> tuple[np.ndarray, np.ndarray]:
-    """Every source in pick order, rendered from the emoji fonts: uint8 [N, 32, 32, 3] and identities [N].
-    The emoji200 identities whose subgroup has another emoji, one render of each, styles alternating."""
-    labels = emoji_labels()
-    dataset = build_emoji_dataset(SOURCE_SIZE, progress=False)
-    if dataset.identity_names != labels["identity_names"]:
-        raise ValueError("the rendered emoji dataset does not match the zoo's labels.json; rebuild the dataset cache")
-    peers = subgroup_members(labels)
-    picked, records = [], []
-    for prompt in emoji200().prompts:
-        if len(peers[labels["identity_subgroup"][prompt.label]]) < 2:
-            continue
-        rows = np.flatnonzero(dataset.identity == prompt.label)
-        records.append(int(rows[len(picked) % len(rows)]))
-        picked.append(prompt.label)
-    return dataset.images[records], np.array(picked, np.int64)
+class EditingKit(Protocol):
+    """What --task inpaint needs from a model family (registered with bench.tasks.kits.register_kit)."""
 
+    def sources(self, limit: int) -> EditSources: ...
 
-def committed_sources() -> tuple[np.ndarray, np.ndarray]:
-    """rendered_sources() as committed beside the zoo (`python -m bench.zoo.reference` writes it), so the
-    benchmark needs no emoji fonts."""
-    if not EDIT_SOURCES.is_file():
-        raise CheckpointError(f"edit sources not found: {EDIT_SOURCES}; write them with `python -m bench.zoo.reference`")
-    data = load_file(str(EDIT_SOURCES))
-    return data["images"].numpy(), data["identity"].numpy()
+    def inpaint_model_file(self, spec: str) -> Path: ...
 
+    def check_inpaint_model(self, path: Path, flag: str) -> None:
+        """Refuse a missing or wrong checkpoint in one line naming `flag`, before anything loads."""
 
-def edit_sources(limit: int) -> EditSources:
-    """The first `limit` sources, augmented by SOURCE_SEED, each with the next emoji of its subgroup as
-    edit target."""
-    labels = emoji_labels()
-    peers = subgroup_members(labels)
-    uint8, identity = committed_sources()
-    picked = [int(i) for i in identity[:limit]]
-    prompt_of = {p.label: p for p in emoji200().prompts}
-    targets = []
-    for i in picked:
-        members = peers[labels["identity_subgroup"][i]]
-        targets.append(members[(members.index(i) + 1) % len(members)])
-    images = torch.from_numpy(uint8[:limit]).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-    images = augment(images, torch.Generator().manual_seed(SOURCE_SEED), strength=0.5)
-    images = torch.from_numpy(to_hwc_uint8(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1)  # as saved
-    names = labels["identity_names"]
-    return EditSources(images, {"source": [names[i] for i in picked], "edit": [names[i] for i in targets]},
-                       {"source": np.array(picked), "edit": np.array(targets)}, [prompt_of[i] for i in picked])
+    def load_inpaint_model(self, path: Path, device: torch.device) -> InpaintingModel: ...
 
 
 @register_task("inpaint")
@@ -127,7 +86,11 @@ class Inpaint(Task):
     def __init__(self, cfg: BenchConfig) -> None:
         super().__init__(cfg)
         self._sources: EditSources | None = None
-        self.model: NetworkDenoiser | None = None
+        self.model: InpaintingModel | None = None
+
+    @property
+    def kit(self) -> EditingKit:
+        return kit_for(self.name, self.cfg.model, "images to edit and an inpainting model")  # type: ignore[return-value]
 
     @property
     def resampling(self) -> Resampling:
@@ -140,7 +103,7 @@ class Inpaint(Task):
         cfg = self.cfg
         if cfg.inpaint_model:
             return Path(cfg.inpaint_model)
-        return model_dir(cfg.model) / INPAINT_FILE
+        return self.kit.inpaint_model_file(cfg.model)
 
     def validate(self) -> None:
         cfg = self.cfg
@@ -159,18 +122,17 @@ class Inpaint(Task):
         if len(cfg.repaint) != 2:
             raise ValueError(f"bad --repaint {cfg.repaint}: give jump length and resample count, e.g. 5,2")
         if "model" in cfg.inpaint_methods:
-            check_checkpoint(self.model_path(), "--inpaint-model", "conditioned_unet", "pass GLIDE-style inpainting "
-                             "model weights, or drop 'model' from --inpaint-methods")
+            self.kit.check_inpaint_model(self.model_path(), "--inpaint-model")
 
     @property
     def sources(self) -> EditSources:
         if self._sources is None:
-            self._sources = edit_sources(self.cfg.prompt_limit or DEFAULT_SOURCES)
+            self._sources = self.kit.sources(self.cfg.prompt_limit or DEFAULT_SOURCES)
         return self._sources
 
     def prompt_set(self) -> PromptSet:
         return PromptSet("edit-sources", tuple(replace(p, negative=None) for p in self.sources.prompts),
-                         f"emoji200 sources, augmentation seed {SOURCE_SEED}")
+                         self.sources.about)
 
     def variants(self) -> list[tuple[str, ...]]:
         return [(m, k, c) for m in self.cfg.inpaint_methods for k in self.mask_kinds() for c in self.cfg.edit_captions]
@@ -191,11 +153,7 @@ class Inpaint(Task):
                              f"{tuple(bundle.sample_shape)} (a latent model needs an image encoder, which bundles do not "
                              f"offer yet); use a pixel model such as --model emoji")
         if "model" in self.cfg.inpaint_methods:
-            net = load_conditioned(self.model_path(), device, "inpainting model",
-                                   "train it with `python -m guidance.zoo.train_cond --models inpaint_unet`, pass "
-                                   "--inpaint-model PATH, or drop 'model' from --inpaint-methods",
-                                   lambda n: n.cond_channels == 4, "4 condition channels")
-            self.model = NetworkDenoiser(net, "eps", net.learned_variance)
+            self.model = self.kit.load_inpaint_model(self.model_path(), device)
 
     def task_key(self, cell: Cell) -> dict:
         method, mask, caption = cell.variant
@@ -230,8 +188,8 @@ class Inpaint(Task):
         known = self.sources.images[[i // cfg.samples_per_prompt for i in indices]]
         denoiser = bundle.denoiser
         if method == "model":
-            cond = Conditions(inpaint_condition(cond.model, known, 1 - hole), cond.labels, cond.clip_tokens)
-            denoiser = self.model
+            cond = Conditions(self.model.condition(cond.model, known, 1 - hole), cond.labels, cond.clip_tokens)
+            denoiser = self.model.denoiser
         x = inpaint(denoiser, bundle.process, sigmas, guidance, cond, known, hole, indices, method, seed=cell.seed,
                     sampler=cfg.sampler, eta=cfg.eta, resampling=self.resampling, clip_denoised=bundle.clip_denoised,
                     device=device)

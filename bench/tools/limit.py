@@ -1,6 +1,6 @@
 """How close guided sampling gets to the hardware limit: `python -m bench.tools.limit` (issue 6).
 
-Builds the suite's own UNet at GLIDE-base size (64x64, 192 channels, mults 1-2-3-4, 3 blocks,
+Builds the zoo's UNet (bench.zoo.sized) at GLIDE-base size (64x64, 192 channels, mults 1-2-3-4, 3 blocks,
 attention at 32/16/8 with 64-channel heads, a 16-layer 512-wide text transformer over 128 tokens:
 about GLIDE's FLOPs per forward) with random weights, counts the FLOPs of one guided sampling step
 with `torch.utils.flop_counter` (backward passes of gradient guidance included), and times whole
@@ -26,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.runner.cli import exit_on_bad_input, positive_int, positive_ints
 from bench.tools.perf import method_list, timed, timed_side_by_side
 from bench.runner.failure import Parser
+from bench.zoo.sized import CONFIGS, SizeConfig, build_models, conditions
 from guidance.accelerate import HALF, Acceleration, add_arguments, autocast_context, checked_device, compile_report, from_args
 from guidance.denoisers import NetworkDenoiser
 from guidance.guiders import guidance_class, make_guidance
@@ -33,51 +34,9 @@ from guidance.process import VPDiscrete
 from guidance.protocols import Conditions
 from guidance.process import SCHEDULES
 from guidance.samplers import SAMPLERS, sample
-from guidance.zoo.encoders import EncoderConfig, NoiseAwareClassifier, NoisedCLIPModel
-from guidance.zoo.unet import TextUNet, UNetConfig
-
-
-@dataclass(frozen=True)
-class SizeConfig:
-    unet: UNetConfig
-    guide: EncoderConfig  # classifier and noised-CLIP image towers (ADM's classifier is about half a UNet)
 
 
 MEASURED = ("none", "cfg", "classifier", "clip")  # the methods the GLIDE-sized model set can run
-
-CONFIGS = {
-    "glide-base": SizeConfig(
-        UNetConfig(image_size=64, channels=192, channel_mult=(1, 2, 3, 4), blocks=3, attention_resolutions=(32, 16, 8),
-                   head_channels=64, dropout=0.0, vocab_size=50257, context_length=128, text_width=512,
-                   text_layers=16, text_heads=8),
-        EncoderConfig(image_size=64, channels=128, channel_mult=(1, 2, 3, 4), blocks=3, features=512, num_classes=1000,
-                      vocab_size=50257, context_length=77, text_width=512, text_layers=12, text_heads=8)),
-    "zoo": SizeConfig(UNetConfig(dropout=0.0), EncoderConfig()),
-    "tiny": SizeConfig(UNetConfig(image_size=16, channels=16, channel_mult=(1, 2), blocks=1, attention_resolutions=(8,),
-                                  dropout=0.0, vocab_size=64, context_length=8, text_width=32, text_layers=1),
-                       EncoderConfig(image_size=16, channels=8, channel_mult=(1, 2), blocks=1, features=32,
-                                     num_classes=10, vocab_size=64, context_length=8, text_width=32, text_layers=1)),
-}
-
-
-def build_models(size: SizeConfig, device: torch.device) -> dict[str, torch.nn.Module]:
-    torch.manual_seed(0)
-    models = {"unet": TextUNet(size.unet), "classifier": NoiseAwareClassifier(size.guide),
-              "clip": NoisedCLIPModel(size.guide)}
-    return {name: m.to(device).eval().requires_grad_(False) for name, m in models.items()}
-
-
-def random_tokens(batch: int, context: int, vocab: int, device: torch.device) -> torch.Tensor:
-    """Packed tokens [B, L+1] (ids then EOT position) with every position used: the worst case."""
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(3, vocab, (batch, context), generator=g)
-    return torch.cat([ids, torch.full((batch, 1), context - 1)], 1).to(device)
-
-
-def conditions(size: SizeConfig, batch: int, device: torch.device) -> Conditions:
-    return Conditions(model=random_tokens(batch, size.unet.context_length, size.unet.vocab_size, device),
-                      labels=torch.arange(batch, device=device) % size.guide.num_classes,
-                      clip_tokens=random_tokens(batch, size.guide.context_length, size.guide.vocab_size, device))
 
 
 class _GlobalScope:

@@ -21,8 +21,8 @@ from bench.runner.config import BenchConfig
 from bench.evaluators.reference import Reference, embed
 from guidance.sources.zoo_source import EVALUATORS, emoji_images
 from bench.runner.scoring import feature_net
-from bench.tasks.cascade import FEATURES_FILE, REFERENCE_64, rendered_features
-from bench.tasks.inpaint import EDIT_SOURCES, SOURCE_SIZE, rendered_sources
+from bench.zoo.cascade import FEATURES_FILE, REFERENCE_64, rendered_features
+from bench.zoo.editing import EDIT_SOURCES, SOURCE_SIZE, rendered_sources
 from guidance.zoo.emoji_data import build_emoji_dataset
 from guidance.zoo.load import ZOO_DIR, load_model
 from guidance.checkpoints import file_sha256

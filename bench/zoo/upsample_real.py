@@ -37,7 +37,8 @@ from bench.evaluators.paired import paired_scores
 from bench.evaluators.reference import Reference
 from bench.stats.bootstrap import percentile_interval, resample_counts, shifted_interval
 from bench.runner.store import to_hwc_uint8
-from bench.tasks.cascade import Upsampler, bicubic, from_uint8
+from bench.tasks.cascade import bicubic, from_uint8
+from bench.zoo.cascade import Upsampler
 from guidance.guiders import make_guidance
 from guidance.samplers import sample
 from guidance.upsample import truncated_sigmas, truncated_start

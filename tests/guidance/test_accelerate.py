@@ -15,6 +15,7 @@ from guidance.process import VPDiscrete
 from guidance.protocols import Conditions
 from guidance.samplers import SAMPLERS, sample
 from guidance.zoo.unet import TextUNet, UNetConfig
+from bench.zoo.sized import CONFIGS, build_models, random_tokens
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -81,8 +82,6 @@ def test_compiled_model_gives_the_same_samples():
 def test_compile_reaches_the_towers_clip_guidance_calls():
     """CLIP guidance calls encode_image / encode_text, not forward: those towers are what must compile."""
     from torch._dynamo.utils import counters
-
-    from bench.tools.limit import CONFIGS, build_models, random_tokens
 
     size = CONFIGS["tiny"]
     clip = build_models(size, CPU)["clip"]

@@ -24,7 +24,7 @@ from bench.runner.config import task_name
 from bench.runner.config import BenchConfig
 from bench.report.html import build_report
 from bench.runner.run import run_benchmark
-from bench.tasks.inpaint import edit_sources
+from bench.zoo.editing import edit_sources
 from guidance.zoo import emoji_data
 from guidance.zoo.conditioned import ConditionedUNet
 from guidance.zoo.encoders import EncoderConfig, EvalClassifier

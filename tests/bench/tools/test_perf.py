@@ -10,6 +10,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.tools import limit
+from guidance.zoo.unet import TextUNet
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def test_limit_rates_are_consistent(tiny_table):
 def test_glide_base_config_matches_glide_size():
     """About GLIDE-base's 385M parameters (UNet plus text transformer), counted without allocating them."""
     with torch.device("meta"):
-        model = limit.TextUNet(limit.CONFIGS["glide-base"].unet)
+        model = TextUNet(limit.CONFIGS["glide-base"].unet)
     assert 330e6 < sum(p.numel() for p in model.parameters()) < 420e6
 
 

@@ -11,7 +11,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from bench.tasks import cascade, inpaint
+from bench.zoo import cascade
+from bench.zoo import editing
 from bench.runner.config import BenchConfig
 from bench.evaluators.reference import Reference, default_source, embed, made_by
 from guidance.sources.zoo_source import EVALUATORS
@@ -44,15 +45,15 @@ def close(found: torch.Tensor, committed: torch.Tensor) -> None:
 
 
 @needs_fonts
-@pytest.mark.parametrize("path,size", [(ZOO_CLIP_REFERENCE, 32), (cascade.REFERENCE_64, 64), (inpaint.EDIT_SOURCES, 32)])
+@pytest.mark.parametrize("path,size", [(ZOO_CLIP_REFERENCE, 32), (cascade.REFERENCE_64, 64), (editing.EDIT_SOURCES, 32)])
 def test_made_from_the_rendered_dataset(path: Path, size: int) -> None:
     assert checksum_of(path) == build_emoji_dataset(size, progress=False).checksum
 
 
 @needs_fonts
 def test_edit_sources_equal_the_renders() -> None:
-    images, identity = inpaint.rendered_sources()
-    committed = load_file(str(inpaint.EDIT_SOURCES))
+    images, identity = editing.rendered_sources()
+    committed = load_file(str(editing.EDIT_SOURCES))
     assert np.array_equal(committed["images"].numpy(), images)
     assert np.array_equal(committed["identity"].numpy(), identity)
 
@@ -101,7 +102,7 @@ def test_other_clip_renders(no_fonts: None) -> None:
 
 
 def test_edit_and_cascade_need_no_fonts(no_fonts: None) -> None:
-    assert len(inpaint.edit_sources(3).images) == 3
+    assert len(editing.edit_sources(3).images) == 3
     assert cascade.committed_features(ZOO_DIR / cascade.FEATURES_FILE) is not None
 
 

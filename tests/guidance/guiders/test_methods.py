@@ -24,6 +24,7 @@ from guidance.prediction import Prediction
 from guidance.process import NoiseLevel, VPDiscrete
 from guidance.protocols import Conditions, Denoiser
 from guidance.samplers import SAMPLERS, Denoise, sample
+from bench.zoo import sized
 
 F64 = torch.float64
 B, SHAPE = 4, (3, 5, 6)
@@ -194,11 +195,9 @@ class _Counting:
 def test_reported_cost_is_the_work_the_sampler_does(name, negative):
     """cost_per_image against passes counted in a real sampling run, at the identity scale (where
     methods skip work, unless a negative prompt keeps CFG's second branch) and at a guiding scale."""
-    from bench.tools import limit
-
-    size = limit.CONFIGS["tiny"]
-    nets = limit.build_models(size, torch.device("cpu"))
-    cond = limit.conditions(size, 2, torch.device("cpu"))
+    size = sized.CONFIGS["tiny"]
+    nets = sized.build_models(size, torch.device("cpu"))
+    cond = sized.conditions(size, 2, torch.device("cpu"))
     if negative:
         cond = Conditions(cond.model, cond.labels, cond.clip_tokens, negative=cond.model.flip(0))
     process = VPDiscrete.from_schedule("cosine", 1000)
