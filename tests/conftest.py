@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from bench.runner.config import BenchConfig
 from guidance.zoo.load import load_eval_classifier
 from bench.runner.store import Expected, SampleStore, grid_cells, load_prompt_set
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n N` (invoke test): the workers share the cores, so each gets its share of intra-op threads, and
+    # so do the processes a test starts (which must compute with the same thread count as the test, whose
+    # results they are compared with)
+    THREADS = str(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    os.environ.update(OMP_NUM_THREADS=THREADS, MKL_NUM_THREADS=THREADS)
+    torch.set_num_threads(int(THREADS))
 
 
 @pytest.fixture
@@ -36,3 +46,10 @@ def scored_run(tmp_path):
         return cfg, cell, images, expected, predicted
 
     return make
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under `pytest -n N`, the end-to-end (slow) tests start first, so the longest ones do not run alone at
+    the end while the other workers wait."""
+    if config.getoption("numprocesses", default=None):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise

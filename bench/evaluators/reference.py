@@ -13,6 +13,7 @@ its features for the zoo's own networks are committed beside the weights (writte
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +74,7 @@ class Reference:
     def save(self, path: Path, feature_net: str, **metadata: str) -> None:
         """Written atomically; `feature_net` is the network's fingerprint, checked before the file is used."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.partial")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")  # processes computing the same file
         tensors = {"sum": self.sum, "cov_sum": self.cov_sum, "num_samples": torch.tensor(self.num_samples)}
         if self.features is not None:
             tensors["features"] = self.features.contiguous()
