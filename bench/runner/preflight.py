@@ -19,7 +19,7 @@ from bench.runner.config import BenchConfig
 from bench.evaluators.reference import check_features_file, reference_source
 from bench.runner.store import load_prompt_set
 from guidance.sources import DIFFUSERS_PREFIX
-from guidance.sources.zoo_source import ZOO_NAME
+from guidance.models import source_of
 from guidance.checkpoints import CheckpointError, read_metadata
 
 MAX_IMAGE_PIXELS = 8192 * 8192  # larger reference images are refused unread (a decompression bomb decodes to GiBs)
@@ -34,24 +34,15 @@ def preflight(cfg: BenchConfig) -> None:
         check_sample_count(cfg, len(prompts))
     check_output(cfg.out, cfg.run_id)
     check_reference(cfg.reference, cfg.reference_images)
-    if cfg.model != ZOO_NAME and not cfg.model.startswith(DIFFUSERS_PREFIX):
-        fix = "pass 'emoji', a directory of zoo checkpoints (unet.safetensors, ...) or diffusers:PATH"
-        if not Path(cfg.model).is_dir():
-            raise ValueError(f"--model {cfg.model}: model directory not found; {fix}")
-        check_checkpoint(Path(cfg.model) / "unet.safetensors", "--model", "unet", fix)
-    if cfg.model.startswith(DIFFUSERS_PREFIX):
-        try:  # the optional diffusers extra; load_bundle names the missing package if it is absent
-            from guidance.sources.components import check_pipeline_folder
-        except ImportError:
-            return
-        try:
-            check_pipeline_folder(Path(cfg.model[len(DIFFUSERS_PREFIX):]).expanduser(), cfg.batch_size)
-        except CheckpointError as err:
-            raise ValueError(f"--model {cfg.model}: {err}") from None
+    source, rest = source_of(cfg.model)
+    try:
+        source.check(rest, cfg.batch_size)
+    except CheckpointError as err:
+        raise ValueError(f"--model {cfg.model}: {err}") from None
 
 
 def check_checkpoint(path: Path, flag: str, kind: str, fix: str) -> None:
-    """A zoo checkpoint a flag names (or defaults to): present, safetensors, of `kind` (its header only)."""
+    """A checkpoint a flag names (or defaults to): present, safetensors, of `kind` (its header only)."""
     if not path.is_file():
         raise ValueError(f"{flag} {path}: not found; {fix}")
     try:

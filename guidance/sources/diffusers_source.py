@@ -28,4 +28,13 @@ def sampler(folder: str) -> str | None:
     return scheduler_sampler(Path(folder).expanduser() / "scheduler" / "scheduler_config.json")
 
 
-SOURCE = register_source(ModelSource(DIFFUSERS_PREFIX, load, "a local diffusers pipeline folder", sampler))
+def check(folder: str, batch_size: int) -> None:
+    """The folder's configs, weights' headers and tokenizers, and a memory bound (guidance.sources.components)."""
+    try:  # the optional `diffusers` extra; load names the missing package if it is absent
+        from guidance.sources.components import check_pipeline_folder
+    except ImportError:
+        return
+    check_pipeline_folder(Path(folder).expanduser(), batch_size)
+
+
+SOURCE = register_source(ModelSource(DIFFUSERS_PREFIX, load, "a local diffusers pipeline folder", sampler, check))

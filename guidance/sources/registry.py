@@ -18,12 +18,15 @@ class ModelSource:
     ("diffusers:"); the empty prefix is the fallback every other spec goes to (a zoo name or directory).
     `load` and `sampler` get the spec without the prefix (`load` also the sampler the run asked for, which
     a source whose models carry their own scheduler follows; others ignore it); `sampler` names the sampler the model's own
-    scheduler is closest to (None: the preset's)."""
+    scheduler is closest to (None: the preset's); `check` refuses a spec whose files cannot load, before
+    anything loads or samples (raising CheckpointError or ValueError with the fix; it gets the run's batch
+    size, for a memory bound)."""
 
     prefix: str
     load: Callable[[str, torch.device | str, str | None], ModelBundle]
     description: str
     sampler: Callable[[str], str | None] = lambda rest: None
+    check: Callable[[str, int], None] = lambda rest, batch_size: None
 
 
 SOURCES: dict[str, ModelSource] = {}

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from guidance.bundle import ModelBundle
+from guidance.checkpoints import CheckpointError, read_metadata
 from guidance.evaluation import DomainEvaluators, register_domain_evaluators
 from guidance.sources.registry import ModelSource, register_source
 from guidance.zoo.emoji_data import build_emoji_dataset
@@ -30,7 +31,23 @@ def load(spec: str, device: torch.device | str = "cpu", sampler: str | None = No
     return load_zoo(model_dir(spec), device)
 
 
-SOURCE = register_source(ModelSource("", load, f"'{ZOO_NAME}' (the embedded zoo) or a directory of zoo checkpoints"))
+def check(spec: str, batch_size: int) -> None:
+    """A directory of zoo checkpoints holds a UNet checkpoint (its header read, nothing loaded)."""
+    if spec == ZOO_NAME:
+        return
+    fix = f"pass '{ZOO_NAME}', a directory of zoo checkpoints (unet.safetensors, ...) or diffusers:PATH"
+    if not Path(spec).is_dir():
+        raise CheckpointError(f"model directory not found; {fix}")
+    unet = Path(spec) / "unet.safetensors"
+    if not unet.is_file():
+        raise CheckpointError(f"{unet} not found; {fix}")
+    kind = read_metadata(unet).get("kind")
+    if kind != "unet":
+        raise CheckpointError(f"{unet} holds a {kind!r} model, not a 'unet' one; {fix}")
+
+
+SOURCE = register_source(ModelSource("", load, f"'{ZOO_NAME}' (the embedded zoo) or a directory of zoo checkpoints",
+                                     check=check))
 
 
 def emoji_images(size: int = 32) -> Iterator[Tensor]:

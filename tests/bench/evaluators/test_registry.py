@@ -62,10 +62,11 @@ def test_a_bad_declaration_is_refused_when_registered():
 
 
 class _Brightness(PerImageMetric):
-    """A toy metric: each image's mean pixel value in [0, 1]."""
+    """A toy metric: each image's mean pixel value in [0, 1] (not named "brightness", docs/extending.md's example,
+    so a user who adds that example keeps this test passing)."""
 
-    name = "brightness"
-    columns = {"brightness": Column(True, "brightness", "mean pixel value, 0-1", (0.0, 1.0))}
+    name = "toy_brightness"
+    columns = {"toy_brightness": Column(True, "toy_brightness", "mean pixel value, 0-1", (0.0, 1.0))}
 
     @classmethod
     def build(cls, resources):  # noqa: ANN001, ANN206
@@ -79,7 +80,7 @@ class _Brightness(PerImageMetric):
 def brightness():
     register_metric(_Brightness)
     yield _Brightness
-    del registry.METRICS["brightness"]
+    del registry.METRICS["toy_brightness"]
 
 
 def test_a_metric_registered_in_one_module_flows_through_scoring_and_the_summary(tmp_path, brightness, scored_run):
@@ -89,16 +90,16 @@ def test_a_metric_registered_in_one_module_flows_through_scoring_and_the_summary
     from bench.stats import summarize
     from bench.runner.store import to_hwc_uint8
 
-    cfg, cell, images, _, _ = scored_run(["brightness", "clip_score"])
+    cfg, cell, images, _, _ = scored_run(["toy_brightness", "clip_score"])
     scores = score_cells(cfg, tmp_path / "r", [cell], torch.device("cpu"), progress=False)
     expected = torch.from_numpy(to_hwc_uint8(images)).double().mean((1, 2, 3)) / 255
-    assert scores.per_sample["brightness"].to_numpy() == pytest.approx(expected.numpy(), rel=1e-6)
-    assert scores.results.iloc[0]["brightness"] == pytest.approx(float(expected.mean()), rel=1e-6)
-    assert list(scores.results.columns[6:8]) == ["clip_score", "brightness"]  # registration order
-    assert scores.evaluators["directions"]["brightness"] == "higher"
+    assert scores.per_sample["toy_brightness"].to_numpy() == pytest.approx(expected.numpy(), rel=1e-6)
+    assert scores.results.iloc[0]["toy_brightness"] == pytest.approx(float(expected.mean()), rel=1e-6)
+    assert list(scores.results.columns[6:8]) == ["clip_score", "toy_brightness"]  # registration order
+    assert scores.evaluators["directions"]["toy_brightness"] == "higher"
     summary = summarize(scores.results.assign(seed_set=[0]))
-    assert "brightness_lo" in summary.columns and "fid" not in summary.columns
-    assert registry.label("brightness") == "brightness"
+    assert "toy_brightness_lo" in summary.columns and "fid" not in summary.columns
+    assert registry.label("toy_brightness") == "toy_brightness"
 
 
 def test_a_run_that_did_not_compute_a_metric_has_no_column_for_it():

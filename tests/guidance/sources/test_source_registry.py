@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from bench.runner.config import BenchConfig
+from bench.runner.preflight import preflight
+from guidance.checkpoints import CheckpointError
 from guidance.models import load_bundle, model_sampler
 from guidance.sources import DIFFUSERS_PREFIX, diffusers_source, zoo_source
 from guidance.sources.registry import SOURCES, ModelSource, register_source, source_of
@@ -34,3 +37,23 @@ def test_a_registered_source_is_what_load_bundle_uses():
 def test_a_zoo_spec_that_is_no_directory_says_so():
     with pytest.raises(Exception, match="model directory not found"):
         load_bundle("no/such/zoo")
+
+
+def test_preflight_asks_the_specs_source_to_check_it_before_anything_loads(tmp_path):
+    """A new source's up-front check is its own (`ModelSource.check`): the harness knows no source by name."""
+    checked = []
+
+    def check(rest: str, batch_size: int) -> None:
+        checked.append((rest, batch_size))
+        if rest == "bad":
+            raise CheckpointError("weights.bin is a pickle; save it as safetensors")
+
+    register_source(ModelSource("toy:", lambda rest, device, sampler: None, "a test source", check=check))
+    try:
+        cfg = BenchConfig.from_preset("tiny", model="toy:good", out=str(tmp_path), batch_size=3)
+        preflight(cfg)
+        with pytest.raises(ValueError, match="^--model toy:bad: weights.bin is a pickle; save it as safetensors$"):
+            preflight(cfg.with_overrides(model="toy:bad"))
+        assert checked == [("good", 3), ("bad", 3)]
+    finally:
+        del SOURCES["toy:"]
