@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import bench.evaluators.reference as reference_module
+from bench.evaluators.registry import METRICS
 from bench.runner.cli import main as cli_main
 from bench.runner.config import BenchConfig
 from bench.runner.run import run_benchmark
@@ -146,7 +147,8 @@ def test_the_zoos_evaluators_apply_only_to_emoji_models(tmp_path):
     cfg = BenchConfig.from_preset("tiny")
     assert applicable_metrics(cfg, "emoji", notes.append) is cfg and not notes
     user = applicable_metrics(cfg, "user", notes.append)
-    assert user.metrics == ["clip_score"]
+    assert "clip_score" in user.metrics and {"accuracy", "fid"} <= set(cfg.metrics)
+    assert not any(METRICS[m].needs & {"reference", "features", "labels", "domain:zoo"} for m in user.metrics)
     assert any("accuracy skipped" in n for n in notes) and any("--reference DIR" in n for n in notes)
     (tmp_path / "a.png").write_bytes(b"")
     with pytest.raises(ValueError, match="--features domain is the emoji evaluation classifier"):
