@@ -19,7 +19,8 @@ from bench.runner.failure import Parser, guarded
 from bench.runner.preflight import preflight
 from bench.prompts.readers import builtin_prompt_sets
 from bench.report.html import build_report
-from bench.runner.run import merge_shards, run_benchmark
+from bench.runner.run import run_benchmark
+from bench.runner.shards import merge_shards
 from bench.report.verdict import verdict
 from guidance.accelerate import add_arguments as add_acceleration_arguments
 from guidance.guiders import available_guidance

@@ -132,7 +132,7 @@ def test_throughput_of_jobs_side_by_side_and_in_turn():
 def test_resumed_timing_keeps_every_interval(tmp_path):
     import json
 
-    from bench.runner.run import save_throughput
+    from bench.runner.sampling import save_throughput
     from bench.runner.store import Cell
 
     cell = Cell("cfg", 3.0, 0, 0)

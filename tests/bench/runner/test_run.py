@@ -276,7 +276,7 @@ def test_each_cell_gets_its_own_peak_memory_window():
     """The peak of an earlier, larger cell must not carry over into the next cell's figure."""
     import torch
 
-    from bench.runner.run import peak_memory_mb, reset_peak_memory
+    from bench.runner.sampling import peak_memory_mb, reset_peak_memory
 
     cpu = torch.device("cpu")
     big = np.ones(300 * 2**20 // 8)  # 300 MiB, touched
@@ -329,7 +329,7 @@ def test_resume_checks_each_samples_prompt(tmp_path):
 
 
 def test_a_resume_with_nothing_left_to_sample_keeps_the_timings(tmp_path):
-    from bench.runner.run import save_throughput
+    from bench.runner.sampling import save_throughput
     from bench.runner.store import Cell
 
     cell = Cell("cfg", 3.0, 0, 0)
@@ -384,7 +384,7 @@ def test_a_run_directory_keeps_its_samples_when_a_command_changes_their_settings
     assert "holds samples made with --steps 4; this command's --steps 5 would replace them" in err, err
     assert (run / "samples" / "cfg_s3_seed0.npz").read_bytes() == b"earlier samples"
     assert json.loads((run / "config.json").read_text())["steps"] == 4
-    from bench.runner.run import check_keeps_samples
+    from bench.runner.run_dir import check_keeps_samples
 
     check_keeps_samples(run, made.with_overrides(batch_size=3, prompt_limit=2, seeds=[5]))  # free to change
     (run / "samples" / "cfg_s3_seed0.npz").unlink()
