@@ -139,7 +139,7 @@ def test(c, fast=False):
     """Run the test suite (what CI runs); installs the k-diffusion reference lean (no dependencies) first."""
     if importlib.util.find_spec("k_diffusion") is None:
         c.run(f"{PY} -m pip install -q --no-deps {K_DIFFUSION}")
-    c.run(f"{PY} -m pytest -q -n auto --dist worksteal" + (" -m 'not slow'" if fast else ""))
+    c.run(f"{PY} -m pytest -q -n logical --dist worksteal" + (" -m 'not slow'" if fast else ""))
 
 
 @task(help={"compare": "fail if slower than the last saved run by this much, e.g. mean:10%",
