@@ -185,14 +185,14 @@ def test_every_combination_is_run():
 def test_weights_stored_in_half_precision_compute_what_autocast_did(zoo_cpu, zoos_with_half_weights, name, sampler,
                                                                      dtype, rule):
     """Under half-precision autocast, convolution and linear weights stored in that precision give the
-    same samples bit for bit (autocast rounded them at every call); norms and embeddings stay fp32."""
-    texts = ["grinning face", "rocket"]
-    cond = zoo_cpu.conditions(texts, torch.tensor([3, 7]))
+    same samples bit for bit (autocast rounded them at every call); norms and embeddings stay fp32. One image:
+    a second would run the same kernels (CPU float16 runs at ~1/20 of bfloat16's speed)."""
+    cond = zoo_cpu.conditions(["grinning face"], torch.tensor([3]))
 
     def run(zoo, sampler, dtype):
         method = make_guidance(name, REGISTRY[name][0].typical_scale(), zoo.guiding_models())
         with torch.autocast("cpu", dtype=dtype):
-            return sample(zoo.denoiser, zoo.process, zoo.process.sigmas(3), method, cond, zoo.sample_shape, range(2),
+            return sample(zoo.denoiser, zoo.process, zoo.process.sigmas(3), method, cond, zoo.sample_shape, range(1),
                           seed=5, sampler=sampler)
 
     fastpath = torch.backends.mha.get_fastpath_enabled()
@@ -228,17 +228,16 @@ def test_methods_combine_half_precision_outputs_in_fp32(zoo_cpu, name):
     (NaN at the first step) when computed on the network's fp16 outputs; the outputs are upcast first."""
     from guidance.guiders import make_guidance
 
-    texts = ["grinning face", "rocket"]
-    cond = Conditions(model=zoo_cpu.tokenizer(texts), labels=torch.tensor([3, 7]))
-    x, level = torch.zeros(2, 3, 32, 32), zoo_cpu.process.level(zoo_cpu.process.sigmas(2)[0])
+    cond = Conditions(model=zoo_cpu.tokenizer(["grinning face"]), labels=torch.tensor([3]))  # the norms are per image
+    x, level = torch.zeros(1, 3, 32, 32), zoo_cpu.process.level(zoo_cpu.process.sigmas(2)[0])
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
-        assert zoo_cpu.unet(x, level.timesteps(2, CPU), cond.model).dtype == torch.float16  # what is upcast
+        assert zoo_cpu.unet(x, level.timesteps(1, CPU), cond.model).dtype == torch.float16  # what is upcast
         pred = zoo_cpu.denoiser(x, level, cond.model)
     assert pred.eps.dtype == torch.float32 and pred.var_values.dtype == torch.float32
     method = make_guidance(name, 3.0, zoo_cpu.guiding_models())
     sigmas = zoo_cpu.process.sigmas(2)  # the overflow was at the first step; two check the step after it too
-    reference = sample(zoo_cpu.denoiser, zoo_cpu.process, sigmas, method, cond, zoo_cpu.sample_shape, range(2), seed=1)
+    reference = sample(zoo_cpu.denoiser, zoo_cpu.process, sigmas, method, cond, zoo_cpu.sample_shape, range(1), seed=1)
     with torch.autocast("cpu", dtype=torch.float16):
-        half = sample(zoo_cpu.denoiser, zoo_cpu.process, sigmas, method, cond, zoo_cpu.sample_shape, range(2), seed=1)
+        half = sample(zoo_cpu.denoiser, zoo_cpu.process, sigmas, method, cond, zoo_cpu.sample_shape, range(1), seed=1)
     assert torch.isfinite(half).all()
     assert (half - reference).abs().mean() < 0.1  # fp16 rounding (0.002-0.035 here), not another image (~0.5)
