@@ -72,6 +72,19 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
                               f"not written by guidance.zoo") from err
 
 
+def check_kind(path: Path, kind: str, fix: str) -> None:
+    """A checkpoint that must exist, be safetensors and hold a `kind` model: its header only, nothing loaded
+    (the up-front checks of model sources and of the flags that name checkpoints)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found; {fix}")
+    try:
+        found = read_metadata(path).get("kind")
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    if found != kind:
+        raise CheckpointError(f"{path} holds a {found!r} model, not a {kind!r} one; {fix}")
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load a safetensors file into `model` strictly, with a clear error on any mismatch."""
     try:

@@ -20,7 +20,7 @@ from bench.evaluators.reference import check_features_file, reference_source
 from bench.runner.store import load_prompt_set
 from guidance.sources import DIFFUSERS_PREFIX
 from guidance.models import source_of
-from guidance.checkpoints import CheckpointError, read_metadata
+from guidance.checkpoints import CheckpointError, check_kind
 
 MAX_IMAGE_PIXELS = 8192 * 8192  # larger reference images are refused unread (a decompression bomb decodes to GiBs)
 MIN_REFERENCE = 2  # a covariance (FID) and a nearest neighbour (precision/recall) need two images at least
@@ -43,14 +43,10 @@ def preflight(cfg: BenchConfig) -> None:
 
 def check_checkpoint(path: Path, flag: str, kind: str, fix: str) -> None:
     """A checkpoint a flag names (or defaults to): present, safetensors, of `kind` (its header only)."""
-    if not path.is_file():
-        raise ValueError(f"{flag} {path}: not found; {fix}")
     try:
-        meta = read_metadata(path)
+        check_kind(path, kind, fix)
     except CheckpointError as err:
-        raise ValueError(f"{flag} {path}: {err}") from None
-    if meta.get("kind") != kind:
-        raise ValueError(f"{flag} {path} holds a {meta.get('kind')!r} model, not a {kind!r} one; {fix}")
+        raise ValueError(f"{flag} {err}") from None
 
 
 def check_sample_count(cfg: BenchConfig, prompts: int) -> None:

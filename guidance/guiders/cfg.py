@@ -63,8 +63,8 @@ class PerSampleCFG(ClassifierFreeGuidance):
     sample to another method's effective scale (GA-Eval's matched-CFG rerun). Not registered (no one asks for
     it by name); `for_samples` gives the guidance of one batch. `scale` is the mean scale (costs, messages)."""
 
-    def __init__(self, sample_scales: Sequence[float], rows: Tensor | None = None) -> None:
-        values = torch.as_tensor(list(sample_scales), dtype=torch.float64)
+    def __init__(self, sample_scales: Sequence[float] | Tensor, rows: Tensor | None = None) -> None:
+        values = torch.as_tensor(sample_scales, dtype=torch.float64)
         if values.numel() == 0 or not torch.isfinite(values).all():
             raise ValueError("per-sample CFG scales must be finite, one per sample")
         super().__init__(float(values.mean()))
@@ -72,7 +72,7 @@ class PerSampleCFG(ClassifierFreeGuidance):
         self.rows = rows
 
     def for_samples(self, indices: Sequence[int]) -> "PerSampleCFG":
-        return PerSampleCFG(self.sample_scales.tolist(), self.sample_scales[list(indices)])
+        return PerSampleCFG(self.sample_scales, self.sample_scales[list(indices)])
 
     def guided(self, scale: float, cond: Conditions) -> bool:
         return True  # some rows may sit at 1, others not: every evaluation runs both branches

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from guidance.bundle import ModelBundle
-from guidance.checkpoints import CheckpointError, read_metadata
+from guidance.checkpoints import CheckpointError, check_kind
 from guidance.evaluation import DomainEvaluators, register_domain_evaluators
 from guidance.sources.registry import ModelSource, register_source
 from guidance.zoo.emoji_data import build_emoji_dataset
@@ -38,12 +38,7 @@ def check(spec: str, batch_size: int) -> None:
     fix = f"pass '{ZOO_NAME}', a directory of zoo checkpoints (unet.safetensors, ...) or diffusers:PATH"
     if not Path(spec).is_dir():
         raise CheckpointError(f"model directory not found; {fix}")
-    unet = Path(spec) / "unet.safetensors"
-    if not unet.is_file():
-        raise CheckpointError(f"{unet} not found; {fix}")
-    kind = read_metadata(unet).get("kind")
-    if kind != "unet":
-        raise CheckpointError(f"{unet} holds a {kind!r} model, not a 'unet' one; {fix}")
+    check_kind(Path(spec) / "unet.safetensors", "unet", fix)
 
 
 SOURCE = register_source(ModelSource("", load, f"'{ZOO_NAME}' (the embedded zoo) or a directory of zoo checkpoints",
