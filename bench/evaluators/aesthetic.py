@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from bench.evaluators.config import ScoringConfig
 from bench.evaluators.base import load_state_dict_file
 from bench.evaluators.preference import (PreferenceMetric, check_folder, check_weights_file, clip_transform,
                                          load_pretrained, load_strict, require_transformers)
@@ -74,15 +75,15 @@ class LAIONAesthetic(PreferenceMetric):
              "embedding, a predicted 1-10 rating (prompt-free; higher is more aesthetic; about 5-6.5 on generated images).")
 
     @classmethod
-    def check_files(cls, cfg: Any) -> None:
+    def check_files(cls, config: ScoringConfig) -> None:
         require_transformers("--metrics aesthetic")
-        check_weights_file(cfg.aesthetic_weights, "--aesthetic-weights", WEIGHTS_FIX)
-        check_folder(cfg.aesthetic_clip, "--aesthetic-clip", CLIP_FILES, CLIP_FIX)
+        check_weights_file(config.aesthetic_weights, "--aesthetic-weights", WEIGHTS_FIX)
+        check_folder(config.aesthetic_clip, "--aesthetic-clip", CLIP_FILES, CLIP_FIX)
 
     @classmethod
-    def load_network(cls, cfg: Any) -> nn.Module:
-        path = check_weights_file(cfg.aesthetic_weights, "--aesthetic-weights", WEIGHTS_FIX)
-        folder = check_folder(cfg.aesthetic_clip, "--aesthetic-clip", CLIP_FILES, CLIP_FIX)
+    def load_network(cls, config: ScoringConfig) -> nn.Module:
+        path = check_weights_file(config.aesthetic_weights, "--aesthetic-weights", WEIGHTS_FIX)
+        folder = check_folder(config.aesthetic_clip, "--aesthetic-clip", CLIP_FILES, CLIP_FIX)
         from transformers import CLIPModel  # noqa: PLC0415 (optional dependency)
 
         clip = load_pretrained(CLIPModel, folder, "--aesthetic-clip", CLIP_FIX)

@@ -61,7 +61,7 @@ class DINOv2Net(FeatureNet):
 
     @classmethod
     def build(cls, resources: Resources) -> "DINOv2Net":
-        return cls(resources.cfg.dinov2_weights, resources.cfg.dinov2_arch).to(resources.device)
+        return cls(resources.config.dinov2_weights, resources.config.dinov2_arch).to(resources.device)
 
     def forward(self, images: Tensor) -> Tensor:
         x = images.float().to(self.mean.device) / 255

@@ -12,6 +12,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torchvision.transforms import InterpolationMode
 
+from bench.evaluators.config import ScoringConfig
 from bench.evaluators.base import load_state_dict_file
 from bench.evaluators.preference import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PreferenceMetric, check_weights_file,
                                          load_strict)
@@ -77,10 +78,10 @@ class HPSv2(PreferenceMetric):
              "says which; higher is preferred by people; about 20-35 on generated images).")
 
     @classmethod
-    def check_files(cls, cfg: Any) -> None:
-        check_weights_file(cfg.hps_weights, "--hps-weights", HPS_FIX)
+    def check_files(cls, config: ScoringConfig) -> None:
+        check_weights_file(config.hps_weights, "--hps-weights", HPS_FIX)
 
     @classmethod
-    def load_network(cls, cfg: Any) -> nn.Module:
-        path = check_weights_file(cfg.hps_weights, "--hps-weights", HPS_FIX)
+    def load_network(cls, config: ScoringConfig) -> nn.Module:
+        path = check_weights_file(config.hps_weights, "--hps-weights", HPS_FIX)
         return build_hps(load_state_dict_file(path, "--hps-weights"), flag="--hps-weights", path=path)

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from bench.evaluators.config import ScoringConfig
 from bench.evaluators.aesthetic import AestheticMLP
 from bench.evaluators.base import file_digest, load_state_dict_file
 from bench.evaluators.preference import (PreferenceMetric, check_folder, check_weights_file, clip_transform, load_strict,
@@ -140,9 +141,9 @@ class ImageReward(PreferenceMetric):
     files = {"image_reward_model": "--image-reward-model"}
 
     @classmethod
-    def provenance(cls, cfg: Any) -> dict[str, str | None]:
-        out = super().provenance(cfg)
-        folder = Path(cfg.image_reward_model)
+    def provenance(cls, config: ScoringConfig) -> dict[str, str | None]:
+        out = super().provenance(config)
+        folder = Path(config.image_reward_model)
         if folder.is_dir() and any((folder / n).is_file() for n in WEIGHT_NAMES):
             out["--image-reward-model weights sha256"] = file_digest(weights_path(folder))
         return out
@@ -150,14 +151,14 @@ class ImageReward(PreferenceMetric):
              "mean and std (higher is preferred by people; about -2 to 2).")
 
     @classmethod
-    def check_files(cls, cfg: Any) -> None:
+    def check_files(cls, config: ScoringConfig) -> None:
         require_transformers("--metrics image_reward")
-        folder = check_folder(cfg.image_reward_model, "--image-reward-model", FOLDER_FILES, FOLDER_FIX)
+        folder = check_folder(config.image_reward_model, "--image-reward-model", FOLDER_FILES, FOLDER_FIX)
         check_weights_file(weights_path(folder), "--image-reward-model", FOLDER_FIX)
 
     @classmethod
-    def load_network(cls, cfg: Any) -> nn.Module:
-        return load_image_reward(check_folder(cfg.image_reward_model, "--image-reward-model", FOLDER_FILES,
+    def load_network(cls, config: ScoringConfig) -> nn.Module:
+        return load_image_reward(check_folder(config.image_reward_model, "--image-reward-model", FOLDER_FILES,
                                               FOLDER_FIX))
 
 

@@ -62,7 +62,7 @@ class InceptionNet(FeatureNet):
 
     @classmethod
     def build(cls, resources: Resources) -> "InceptionNet":
-        return cls(resources.cfg.fid_inception_weights).to(resources.device)
+        return cls(resources.config.fid_inception_weights).to(resources.device)
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(images).float()

@@ -10,6 +10,7 @@ from typing import Any
 from PIL import Image
 from torch import Tensor, nn
 
+from bench.evaluators.config import ScoringConfig
 from bench.evaluators.preference import (PreferenceMetric, check_folder, load_pretrained, pil_image_processor,
                                          require_transformers)
 from bench.evaluators.registry import Column, register_metric
@@ -46,10 +47,10 @@ class PickScoreNetwork(nn.Module):
         return self.model.logit_scale.exp() * (zi * zt).sum(-1)
 
 
-def processor_folder(cfg: Any) -> Path:
+def processor_folder(config: ScoringConfig) -> Path:
     """--pickscore-processor, or the model folder when it holds the processor's files."""
-    folder = cfg.pickscore_processor or cfg.pickscore_model
-    flag = "--pickscore-processor" if cfg.pickscore_processor else "--pickscore-model"
+    folder = config.pickscore_processor or config.pickscore_model
+    flag = "--pickscore-processor" if config.pickscore_processor else "--pickscore-model"
     return check_folder(folder, flag, PROCESSOR_FILES, PROCESSOR_FIX)
 
 
@@ -78,12 +79,12 @@ class PickScore(PreferenceMetric):
              "is preferred by people; about 18-23 on generated images).")
 
     @classmethod
-    def check_files(cls, cfg: Any) -> None:
+    def check_files(cls, config: ScoringConfig) -> None:
         require_transformers("--metrics pickscore")
-        check_folder(cfg.pickscore_model, "--pickscore-model", MODEL_FILES, MODEL_FIX)
-        processor_folder(cfg)
+        check_folder(config.pickscore_model, "--pickscore-model", MODEL_FILES, MODEL_FIX)
+        processor_folder(config)
 
     @classmethod
-    def load_network(cls, cfg: Any) -> nn.Module:
-        return load_pickscore(check_folder(cfg.pickscore_model, "--pickscore-model", MODEL_FILES, MODEL_FIX),
-                              processor_folder(cfg))
+    def load_network(cls, config: ScoringConfig) -> nn.Module:
+        return load_pickscore(check_folder(config.pickscore_model, "--pickscore-model", MODEL_FILES, MODEL_FIX),
+                              processor_folder(config))

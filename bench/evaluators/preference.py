@@ -22,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 from torchvision import transforms
 
+from bench.evaluators.config import ScoringConfig
 from bench.evaluators.base import NOTHING_DOWNLOADED, check_readable, file_digest, load_state_dict_file
 from bench.evaluators.per_image import PerImageMetric
 from bench.evaluators.registry import METRICS, Resources
@@ -195,7 +196,7 @@ class PreferenceMetric(PerImageMetric):
     files: ClassVar[dict[str, str]] = {}
 
     @classmethod
-    def check_files(cls, cfg: Any) -> None:
+    def check_files(cls, config: ScoringConfig) -> None:
         """Everything about the named files knowable without building the network (CheckpointError)."""
         raise NotImplementedError
 
@@ -205,25 +206,25 @@ class PreferenceMetric(PerImageMetric):
 
     @classmethod
     def build(cls, resources: Resources) -> "PreferenceMetric":
-        cls.check_files(resources.cfg)
-        key = (*(getattr(resources.cfg, f) for f in cls.files), str(resources.device))
-        network = loaded_once(cls, key, lambda: cls.load_network(resources.cfg).to(resources.device).eval())
+        cls.check_files(resources.config)
+        key = (*(getattr(resources.config, f) for f in cls.files), str(resources.device))
+        network = loaded_once(cls, key, lambda: cls.load_network(resources.config).to(resources.device).eval())
         return cls(network, resources.device)
 
     @classmethod
-    def provenance(cls, cfg: Any) -> dict[str, str | None]:
+    def provenance(cls, config: ScoringConfig) -> dict[str, str | None]:
         """What evaluators.json records: each flag's path, and a weights file's sha256 (HPSv2 and v2.1 share a
         column; the file says which scored the run)."""
         out: dict[str, str | None] = {}
         for field, flag in cls.files.items():
-            value = getattr(cfg, field)
+            value = getattr(config, field)
             out[flag] = value
             if value is not None and Path(value).is_file():
                 out[f"{flag} sha256"] = file_digest(value)
         return out
 
     @classmethod
-    def load_network(cls, cfg: Any) -> nn.Module:
+    def load_network(cls, config: ScoringConfig) -> nn.Module:
         """The scoring network from the files the config names (weights checked against the architecture)."""
         raise NotImplementedError
 

@@ -17,6 +17,8 @@ from typing import Any, Callable, ClassVar, Literal, Protocol
 import torch
 from torch import Tensor
 
+from bench.evaluators.config import ScoringConfig
+
 Kind = Literal["per_image", "set"]
 # domain:zoo: scored by the zoo's emoji evaluators; domain:real: trained on real images (refused on the zoo)
 NEEDS = frozenset({"reference", "clip", "labels", "features", "task:inpaint", "task:cascade", "domain:zoo",
@@ -70,7 +72,7 @@ class ScoringBatch:
 class Resources(Protocol):
     """What scoring loads once and metrics and feature networks build themselves from (lazily)."""
 
-    cfg: Any  # bench.runner.config.BenchConfig
+    config: ScoringConfig
     device: torch.device
 
     @property

@@ -1,11 +1,14 @@
-"""Which methods can run here: the one applicability check every task and `--guidance all` use (each
-method's own `why_not` over what the model, sampler and prompts offer), and the label-range checks."""
+"""Which methods and metrics can run here: the one applicability check every task and `--guidance all` use
+(each method's own `why_not` over what the model, sampler and prompts offer), the label-range checks, and the
+metrics that apply to the model's domain and the task (each metric's declared needs)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from typing import Callable
 
+from bench.evaluators import METRICS
+from bench.evaluators.preference import refuse_real_only
 from bench.prompts.readers import PromptSet
 from bench.runner.config import ALL, BenchConfig
 from bench.runner.preflight import check_sample_count
@@ -87,3 +90,45 @@ def label_limits(cfg: BenchConfig, bundle: ModelBundle, prompts: PromptSet) -> d
         limits["the identities accuracy scores against", "drop accuracy from --metrics"] = \
             len(domain_evaluators().labels()["identity_subgroup"])
     return limits
+
+
+def applicable_metrics(cfg: BenchConfig, domain: str, note: Callable[[str], None] = print,
+                       task: str = "text-to-image") -> BenchConfig:
+    """The run's metrics for a model of `domain` (the bundle's), from what each metric needs. A metric of
+    another task (needs "task:inpaint") is refused. The zoo's evaluators know emoji only: on another model,
+    metrics that need the zoo's domain (accuracy: the emoji label table) are dropped, metrics that need a
+    reference or features need --reference (real images of the model's domain) and a feature network for
+    them, and CLIP-based ones with the zoo's emoji CLIP are kept for a first look but named as such. `note`
+    says what was dropped and how to get it back."""
+    other_task = [m for m in cfg.metrics
+                  if any(n.startswith("task:") and n != f"task:{task}" for n in METRICS[m].needs)]
+    if other_task:
+        tasks = sorted({n[len("task:"):] for m in other_task for n in METRICS[m].needs if n.startswith("task:")})
+        raise ValueError(f"--metrics {','.join(other_task)}: they score {' / '.join(tasks)} results, not a {task} "
+                         f"run; leave them out")
+    if domain == domain_evaluators().domain:
+        refuse_real_only(cfg.metrics)
+        return cfg
+    metrics = list(cfg.metrics)
+    zoo_only = [m for m in metrics if "domain:zoo" in METRICS[m].needs]
+    if zoo_only:
+        metrics = [m for m in metrics if m not in zoo_only]
+        note(f"note: {', '.join(zoo_only)} skipped: scored by the zoo's emoji evaluators (the emoji label table), "
+             f"which know nothing of this model's images")
+    if cfg.reference is None:
+        dropped = [m for m in metrics if METRICS[m].needs & {"reference", "features"}]
+        metrics = [m for m in metrics if m not in dropped]
+        if dropped:
+            note(f"note: {', '.join(dropped)} skipped: they compare with real images of the model's domain; pass "
+                 f"--reference DIR (or a COCO captions json with --reference-images) and --features inception|dinov2|clip")
+    elif "domain" in cfg.features:
+        raise ValueError("--features domain is the emoji evaluation classifier, which knows nothing of this model's "
+                         "images; pass --features inception, dinov2 or clip (with their local weights)")
+    on_clip = [m for m in metrics if "clip" in METRICS[m].needs]
+    if on_clip and not cfg.clip_model and not cfg.score_with_guiding_clip:
+        note(f"note: {', '.join(on_clip)} use{'s' if len(on_clip) == 1 else ''} the zoo's emoji CLIP; pass "
+             f"--clip-model ARCH --clip-pretrained FILE for your domain")
+    if not metrics:
+        raise ValueError("no metric applies to this model with these flags; pass --metrics clip_score, or --reference "
+                         "DIR with --features inception|dinov2|clip for FID/KID/CMMD")
+    return replace(cfg, metrics=metrics)

@@ -95,7 +95,7 @@ def plan(cfg: BenchConfig, task: Task, bundle: ModelBundle, run_dir: Path, cells
     for cell in cells:
         if cell.guidance == BASE:
             continue
-        scales = per_sample_scales(SampleStore.of(cfg, run_dir, cell, task.task_key(cell)))
+        scales = per_sample_scales(task.store(run_dir, cell))
         finite = None if scales is None else np.isfinite(scales)
         if finite is None or not finite.any():
             note(f"note: --calibrate skips {cell.name}: {cell.guidance} has no conditional/unconditional pair to "
@@ -127,7 +127,7 @@ def sample_all(items: list[Calibrated], run_dir: Path, prompts: PromptSet, sampl
         where = run_dir / item.dir
         (where / "samples").mkdir(parents=True, exist_ok=True)
         expected = item.task.expected(item.cell, prompts)
-        store = SampleStore.of(item.task.cfg, where, item.cell, item.task.task_key(item.cell))
+        store = item.task.store(where, item.cell)
         if store.done(expected):
             done(len(expected))
             continue

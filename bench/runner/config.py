@@ -15,6 +15,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 from bench.evaluators import DINOV2_ARCH, FEATURE_NETS, default_metrics, metric_names
 from bench.runner.flags import comma_list, flag_of, option, parse_prompt_limit, parse_repaint, parse_scales, parse_seeds
 from bench.evaluators.base import NOTHING_DOWNLOADED, check_readable
+from bench.evaluators.config import ScoringConfig
 from bench.evaluators.preference import refuse_real_only
 from bench.evaluators.registry import selected
 from guidance.accelerate import Acceleration, checked_device
@@ -322,12 +323,9 @@ class BenchConfig:
             raise ValueError(f"--clip-model {self.clip_model} needs --clip-pretrained PATH (a local file; "
                              f"nothing is downloaded)")
 
-    def feature_nets(self) -> list[str]:
-        """The networks set metrics run on: --features, plus inception when its weights are given."""
-        nets = list(self.features)
-        if self.fid_inception_weights and "inception" not in nets:
-            nets.append("inception")
-        return nets
+    def scoring(self) -> ScoringConfig:
+        """What scoring reads of the run's settings (bench.runner.scoring gets this slice, not the whole config)."""
+        return ScoringConfig.of(self)
 
     def validate_evaluators(self) -> None:
         """The evaluator options: known names, and local files that exist and can be read."""
@@ -350,7 +348,7 @@ class BenchConfig:
             refuse_real_only(self.metrics)
         for metric in selected(self.metrics):  # the preference evaluators' local files (bench.evaluators.preference)
             if hasattr(metric, "check_files"):
-                metric.check_files(self)
+                metric.check_files(self.scoring())
         for flag, path in (("--fid-inception-weights", self.fid_inception_weights),
                            ("--clip-pretrained", self.clip_pretrained)):
             if path is not None:

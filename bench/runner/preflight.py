@@ -18,7 +18,6 @@ from tqdm.auto import tqdm
 from bench.runner.config import BenchConfig
 from bench.evaluators.reference import check_features_file, reference_source
 from bench.runner.store import load_prompt_set
-from guidance.sources import DIFFUSERS_PREFIX
 from guidance.models import source_of
 from guidance.checkpoints import CheckpointError, check_kind
 
@@ -30,11 +29,11 @@ def preflight(cfg: BenchConfig) -> None:
     """Refuse bad input before any model loads or sample is drawn."""
     cfg.validate()
     prompts = load_prompt_set(cfg)
-    if not cfg.model.startswith(DIFFUSERS_PREFIX):  # the zoo's domain: its metrics stay as asked
+    source, rest = source_of(cfg.model)
+    if source.prefix == "":  # the zoo, whose metrics stay as asked (another domain's are settled once it loads)
         check_sample_count(cfg, len(prompts))
     check_output(cfg.out, cfg.run_id)
     check_reference(cfg.reference, cfg.reference_images)
-    source, rest = source_of(cfg.model)
     try:
         source.check(rest, cfg.batch_size)
     except CheckpointError as err:

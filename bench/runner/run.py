@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from bench.runner import calibration
-from bench.runner.applicability import applicable_guidance, check_compatible
+from bench.runner.applicability import applicable_guidance, applicable_metrics, check_compatible
 from bench.runner.calibration import check_calibration
 from bench.runner.config import BenchConfig
 from bench.runner.distributed import Shard, init_from_env, local_device
@@ -27,7 +27,7 @@ from bench.runner.lock import release
 from bench.runner.preflight import preflight
 from bench.runner.run_dir import agree_on_run_id, check_keeps_samples, config_json, prepare_output, write_manifest
 from bench.runner.sampling import DTYPES, no_work, peak_memory_mb, reset_peak_memory, sample_cell, save_throughput
-from bench.runner.scoring import applicable_metrics, check_scorers, score_cells
+from bench.runner.scoring import check_scorers, score_cells
 from bench.prompts.readers import PromptSet
 from bench.runner.store import Cell, Expected, SampleStore, write_atomic
 from bench.stats.analysis import write_analysis
@@ -74,7 +74,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
     cfg = applicable_metrics(cfg, bundle.domain, note=print if progress else lambda _: None, task=cfg.task)
     check_compatible(cfg, prompts, bundle)
     check_calibration(cfg, shard.world)
-    check_scorers(cfg, device)
+    check_scorers(cfg.scoring(), device)
     task.prepare(bundle, device)
     bundle.accelerate(cfg.acceleration(), device, DTYPES[cfg.dtype])
     cfg = replace(cfg, model_fingerprint=bundle.fingerprint())
@@ -87,7 +87,7 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
     bar = tqdm(total=n * len(cells), desc="sampling", unit="img", disable=not progress, dynamic_ncols=True)
     for cell in cells:
         expected = task.expected(cell, prompts)
-        store = SampleStore.of(cfg, run_dir, cell, task.task_key(cell))
+        store = task.store(run_dir, cell)
         if store.done(expected):
             bar.update(n)
             continue
@@ -145,8 +145,8 @@ def calibrate_run(cfg: BenchConfig, task: Task, run_dir: Path, cells: list[Cell]
     calibration.sample_all(items, run_dir, prompts, sample, bar.update)
     bar.close()
     metrics = calibration.per_image_metrics(cfg)
-    scored = {item.method.name: score_cells(replace(item.task.cfg, metrics=metrics), run_dir / item.dir, [item.cell],
-                                            device, False, Shard(), item.task).per_sample for item in items}
+    scored = {item.method.name: score_cells(replace(cfg.scoring(), metrics=metrics), item.task, run_dir / item.dir,
+                                            [item.cell], device, False, Shard()).per_sample for item in items}
     table = calibration.comparison(items, pd.read_csv(run_dir / "per_sample.csv"), scored,
                                    calibration.per_image_columns(cfg), DEFAULT_B)
     calibration.write(run_dir, table, {"cpu_s_run": round(cpu - started_cpu, 1),
@@ -158,7 +158,7 @@ def calibrate_run(cfg: BenchConfig, task: Task, run_dir: Path, cells: list[Cell]
 
 def finish_run(cfg: BenchConfig, task: Task, run_dir: Path, cells: list[Cell], bundle: ModelBundle, device: torch.device,
                shard: Shard, wall: float | None, n: int, progress: bool, processes: int) -> Path:
-    scores = score_cells(cfg, run_dir, cells, device, progress, shard, task)
+    scores = score_cells(cfg.scoring(), task, run_dir, cells, device, progress, shard)
     if shard.is_main:
         scores.results.to_csv(run_dir / "results.csv", index=False)
         scores.per_sample.to_csv(run_dir / "per_sample.csv", index=False)

@@ -140,6 +140,6 @@ def write_manifest(cfg: BenchConfig, run_dir: Path, bundle: ModelBundle, device:
         "models": bundle.checksums(), "model_dir": bundle.source, "git_commit": git_commit(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
         "seeds": cfg.seeds, "samples_per_cell": n, "processes": processes,
-        "acceleration": cfg.acceleration().describe(device, DTYPES[cfg.dtype]), "wall_time_s": None if wall is None else round(wall, 1), "clip_scorer": scorer_label(cfg),
+        "acceleration": cfg.acceleration().describe(device, DTYPES[cfg.dtype]), "wall_time_s": None if wall is None else round(wall, 1), "clip_scorer": scorer_label(cfg.scoring()),
     }
     (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))

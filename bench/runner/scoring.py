@@ -1,6 +1,7 @@
 """Score saved samples: one results row per cell (guidance x scale x seed set), one per_sample row per image.
 
-Scoring is one update/compute loop over the metrics the config selects (bench.evaluators.registry): per
+Scoring reads its slice of the run's settings (bench.evaluators.config.ScoringConfig) and the task's sample
+stores, nothing else of how the samples were drawn. It is one update/compute loop over the metrics selected (bench.evaluators.registry): per
 batch, every feature network the selected set metrics need and every per-image metric see the same
 ScoringBatch; per cell, per-image metrics give their per_sample.csv columns and means, and set metrics (FID,
 KID, precision/recall, CMMD, ...) run on the cell's features against one reference, each cell's features
@@ -11,9 +12,8 @@ from __future__ import annotations
 
 import json
 import pickle
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import open_clip
 import numpy as np
@@ -22,19 +22,18 @@ import torch
 from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
-from bench.runner.config import BenchConfig
+from bench.evaluators.config import ScoringConfig
 from bench.runner.distributed import Shard
-from bench.evaluators import FEATURE_NETS, METRICS, FeatureNet, PerImageMetric, ScoringBatch, SetMetric, column
+from bench.evaluators import FEATURE_NETS, FeatureNet, PerImageMetric, ScoringBatch, SetMetric, column
 from bench.evaluators.base import CellSet, Gathered, check_readable, file_digest, load_state_dict_file
 from bench.evaluators.clip import clip_fingerprint
-from bench.evaluators.preference import refuse_real_only
 from bench.evaluators.reference import Reference, ReferenceSource, reference_source
 from bench.evaluators.registry import bounds, directions, selected
 from bench.evaluators.throughput import Throughput
 from bench.prompts.readers import PromptSet
 from bench.stats.bootstrap import shifted_interval, resample_counts
-from bench.runner.store import EFFECTIVE_SCALE, Cell, SampleStore
-from bench.tasks import Evaluators, Task, make_task
+from bench.runner.store import EFFECTIVE_SCALE, Cell
+from bench.tasks import Evaluators, Task
 from guidance.effective_scale import trajectory_mean
 from guidance.rng import sample_seed
 from guidance.models import load_bundle
@@ -45,10 +44,10 @@ from guidance.checkpoints import CheckpointError
 PER_SAMPLE_KEYS = ("guidance", "scale", "seed_set", "index", "prompt_index")
 
 
-def scorer_label(cfg: BenchConfig) -> str:
-    if cfg.score_with_guiding_clip:
+def scorer_label(config: ScoringConfig) -> str:
+    if config.score_with_guiding_clip:
         return "GUIDING noised CLIP (scores inflated for CLIP guidance)"
-    return f"open_clip:{cfg.clip_model}" if cfg.clip_model else domain_evaluators().clip_label
+    return f"open_clip:{config.clip_model}" if config.clip_model else domain_evaluators().clip_label
 
 
 class GuidingCLIPScorer(EvalCLIPScorer):
@@ -68,53 +67,53 @@ class GuidingCLIPScorer(EvalCLIPScorer):
         return torch.nn.functional.normalize(self.clip.encode_text(self.tok(texts).to(self.mean.device)), dim=-1)
 
 
-def make_scorer(cfg: BenchConfig, device: torch.device) -> EvalCLIPScorer:
-    if cfg.score_with_guiding_clip:
-        return GuidingCLIPScorer(load_bundle(cfg.model, device)).to(device)
-    if cfg.clip_model:
-        return load_open_clip_scorer(cfg.clip_model, cfg.clip_pretrained, device)
+def make_scorer(config: ScoringConfig, device: torch.device) -> EvalCLIPScorer:
+    if config.score_with_guiding_clip:
+        return GuidingCLIPScorer(load_bundle(config.model, device)).to(device)
+    if config.clip_model:
+        return load_open_clip_scorer(config.clip_model, config.clip_pretrained, device)
     return domain_evaluators().load_clip(device)
 
 
-def feature_net(name: str, cfg: BenchConfig, device: torch.device) -> FeatureNet:
+def feature_net(name: str, config: ScoringConfig, device: torch.device) -> FeatureNet:
     """One registered feature network, built as scoring builds it (what bench.zoo.reference embeds with)."""
-    return FEATURE_NETS[name].build(ScoringResources(cfg, device))
+    return FEATURE_NETS[name].build(ScoringResources(config, device))
 
 
-def scorer_weights_id(cfg: BenchConfig) -> str:
+def scorer_weights_id(config: ScoringConfig) -> str:
     """What the CLIP scorer's embeddings depend on: keys its cached reference embeddings."""
-    if cfg.score_with_guiding_clip:
-        return f"guiding:{file_digest(model_dir(cfg.model) / 'noised_clip.safetensors')}"
-    if cfg.clip_model:
-        return f"open_clip:{cfg.clip_model}:{file_digest(cfg.clip_pretrained)}"
+    if config.score_with_guiding_clip:
+        return f"guiding:{file_digest(model_dir(config.model) / 'noised_clip.safetensors')}"
+    if config.clip_model:
+        return f"open_clip:{config.clip_model}:{file_digest(config.clip_pretrained)}"
     return f"zoo:{file_digest(domain_evaluators().clip_weights)}"
 
 
-def run_reference_source(cfg: BenchConfig) -> ReferenceSource:
+def run_reference_source(config: ScoringConfig) -> ReferenceSource:
     """The run's reference, told which CLIP embeds it (the zoo's committed features serve only that one)."""
-    clip = clip_fingerprint(scorer_weights_id(cfg)) if "clip" in net_names(cfg) else None
-    return reference_source(cfg.reference, cfg.reference_images, clip)
+    clip = clip_fingerprint(scorer_weights_id(config)) if "clip" in net_names(config) else None
+    return reference_source(config.reference, config.reference_images, clip)
 
 
-def net_names(cfg: BenchConfig) -> list[str]:
+def net_names(config: ScoringConfig) -> list[str]:
     """Networks a run computes features with, as the selected set metrics declare them: every --features
     network, the first of them, or a network of their own (CMMD: clip)."""
-    sets = selected(cfg.metrics, "set")
-    names = list(cfg.feature_nets()) if any(m.networks == "each" for m in sets) else []
+    sets = selected(config.metrics, "set")
+    names = list(config.feature_nets()) if any(m.networks == "each" for m in sets) else []
     if any(m.networks == "first" for m in sets) and not names:
-        names = cfg.feature_nets()[:1]
+        names = config.feature_nets()[:1]
     return names + list(dict.fromkeys(m.networks for m in sets if m.networks not in ("each", "first", "", *names)))
 
 
-def needs_clip(cfg: BenchConfig) -> bool:
-    return any("clip" in m.needs for m in selected(cfg.metrics)) or "clip" in net_names(cfg)
+def needs_clip(config: ScoringConfig) -> bool:
+    return any("clip" in m.needs for m in selected(config.metrics)) or "clip" in net_names(config)
 
 
 class ScoringResources:
     """The evaluation networks metrics and feature networks build themselves from, loaded on first use."""
 
-    def __init__(self, cfg: BenchConfig, device: torch.device) -> None:
-        self.cfg, self.device = cfg, device
+    def __init__(self, config: ScoringConfig, device: torch.device) -> None:
+        self.config, self.device = config, device
         self._classifier: torch.nn.Module | None = None
         self._scorer: EvalCLIPScorer | None = None
         self._label_tables: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -128,7 +127,7 @@ class ScoringResources:
     @property
     def scorer(self) -> EvalCLIPScorer:
         if self._scorer is None:
-            self._scorer = make_scorer(self.cfg, self.device)
+            self._scorer = make_scorer(self.config, self.device)
         return self._scorer
 
     @property
@@ -143,73 +142,31 @@ class ScoringResources:
         return self._label_tables
 
     def scorer_weights_id(self) -> str:
-        return scorer_weights_id(self.cfg)
+        return scorer_weights_id(self.config)
 
 
-def check_clip_pretrained(cfg: BenchConfig) -> None:
+def check_clip_pretrained(config: ScoringConfig) -> None:
     """A known open_clip architecture, and a weights file of plain tensors (checked before open_clip reads it)."""
-    if cfg.clip_model not in open_clip.list_models():
-        raise ValueError(f"unknown open_clip architecture {cfg.clip_model!r}")
-    path = check_readable(cfg.clip_pretrained, "--clip-pretrained", "pass the open_clip weights of --clip-model")
+    if config.clip_model not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip architecture {config.clip_model!r}")
+    path = check_readable(config.clip_pretrained, "--clip-pretrained", "pass the open_clip weights of --clip-model")
     load_state_dict_file(path, "--clip-pretrained")
 
 
-def applicable_metrics(cfg: BenchConfig, domain: str, note: Callable[[str], None] = print,
-                       task: str = "text-to-image") -> BenchConfig:
-    """The run's metrics for a model of `domain` (the bundle's), from what each metric needs. A metric of
-    another task (needs "task:inpaint") is refused. The zoo's evaluators know emoji only: on another model,
-    metrics that need the zoo's domain (accuracy: the emoji label table) are dropped, metrics that need a
-    reference or features need --reference (real images of the model's domain) and a feature network for
-    them, and CLIP-based ones with the zoo's emoji CLIP are kept for a first look but named as such. `note`
-    says what was dropped and how to get it back."""
-    other_task = [m for m in cfg.metrics
-                  if any(n.startswith("task:") and n != f"task:{task}" for n in METRICS[m].needs)]
-    if other_task:
-        tasks = sorted({n[len("task:"):] for m in other_task for n in METRICS[m].needs if n.startswith("task:")})
-        raise ValueError(f"--metrics {','.join(other_task)}: they score {' / '.join(tasks)} results, not a {task} "
-                         f"run; leave them out")
-    if domain == domain_evaluators().domain:
-        refuse_real_only(cfg.metrics)
-        return cfg
-    metrics = list(cfg.metrics)
-    zoo_only = [m for m in metrics if "domain:zoo" in METRICS[m].needs]
-    if zoo_only:
-        metrics = [m for m in metrics if m not in zoo_only]
-        note(f"note: {', '.join(zoo_only)} skipped: scored by the zoo's emoji evaluators (the emoji label table), "
-             f"which know nothing of this model's images")
-    if cfg.reference is None:
-        dropped = [m for m in metrics if METRICS[m].needs & {"reference", "features"}]
-        metrics = [m for m in metrics if m not in dropped]
-        if dropped:
-            note(f"note: {', '.join(dropped)} skipped: they compare with real images of the model's domain; pass "
-                 f"--reference DIR (or a COCO captions json with --reference-images) and --features inception|dinov2|clip")
-    elif "domain" in cfg.features:
-        raise ValueError("--features domain is the emoji evaluation classifier, which knows nothing of this model's "
-                         "images; pass --features inception, dinov2 or clip (with their local weights)")
-    on_clip = [m for m in metrics if "clip" in METRICS[m].needs]
-    if on_clip and not cfg.clip_model and not cfg.score_with_guiding_clip:
-        note(f"note: {', '.join(on_clip)} use{'s' if len(on_clip) == 1 else ''} the zoo's emoji CLIP; pass "
-             f"--clip-model ARCH --clip-pretrained FILE for your domain")
-    if not metrics:
-        raise ValueError("no metric applies to this model with these flags; pass --metrics clip_score, or --reference "
-                         "DIR with --features inception|dinov2|clip for FID/KID/CMMD")
-    return replace(cfg, metrics=metrics)
-
-
-def check_scorers(cfg: BenchConfig, device: torch.device) -> None:
+def check_scorers(config: ScoringConfig, device: torch.device) -> None:
     """Build the external scorers, feature networks and the reference once before any sampling: a wrong
     name, weights file or reference fails in seconds with the flag named, not after hours of sampling."""
     loaders = []
-    if needs_clip(cfg) and cfg.clip_model and not cfg.score_with_guiding_clip:
-        loaders.append((f"--clip-model {cfg.clip_model} --clip-pretrained {cfg.clip_pretrained}",
-                        lambda: (check_clip_pretrained(cfg), make_scorer(cfg, device)),
+    if needs_clip(config) and config.clip_model and not config.score_with_guiding_clip:
+        loaders.append((f"--clip-model {config.clip_model} --clip-pretrained {config.clip_pretrained}",
+                        lambda: (check_clip_pretrained(config), make_scorer(config, device)),
                         "check the name against open_clip.list_models() and that the file holds its weights"))
-    resources = ScoringResources(cfg, device)
-    for name in net_names(cfg):
+    resources = ScoringResources(config, device)
+    for name in net_names(config):
         if FEATURE_NETS[name].weights_flag:
             loaders.append((f"--features {name}", lambda name=name: FEATURE_NETS[name].build(resources),
                             "pass local weights of that network"))
-    for metric in selected(cfg.metrics, "per_image"):  # local evaluator weights, loaded and fitted to their network
+    for metric in selected(config.metrics, "per_image"):  # local evaluator weights, loaded and fitted to their network
         if hasattr(metric, "check_files"):
             loaders.append((f"--metrics {metric.name}", lambda metric=metric: metric.build(resources),
                             "pass that evaluator's local files"))
@@ -221,8 +178,8 @@ def check_scorers(cfg: BenchConfig, device: torch.device) -> None:
         except (RuntimeError, OSError, KeyError, EOFError, pickle.UnpicklingError, ValueError, SafetensorError) as err:
             detail = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
             raise ValueError(f"{flags}: cannot load ({detail}); {fix}") from err
-    if net_names(cfg):  # a missing, empty or mismatched reference fails here
-        run_reference_source(cfg).check(net_names(cfg))
+    if net_names(config):  # a missing, empty or mismatched reference fails here
+        run_reference_source(config).check(net_names(config))
 
 
 def my_chunks(n: int, size: int, shard: Shard) -> list[tuple[int, int]]:
@@ -284,15 +241,15 @@ class Evaluation(ScoringResources):
     with its own evaluators (the cascade's 64 px classifier and renders) replaces the domain network's
     classifier and the reference."""
 
-    def __init__(self, cfg: BenchConfig, device: torch.device, own: Evaluators | None = None) -> None:
-        super().__init__(cfg, device)
+    def __init__(self, config: ScoringConfig, device: torch.device, own: Evaluators | None = None) -> None:
+        super().__init__(config, device)
         self.classifier_weights: str | None = None
         if own is not None:
             self._classifier, self.classifier_weights = own.classifier, own.classifier_weights
-        self.nets: dict[str, FeatureNet] = {name: FEATURE_NETS[name].build(self) for name in net_names(cfg)}
+        self.nets: dict[str, FeatureNet] = {name: FEATURE_NETS[name].build(self) for name in net_names(config)}
         self.source: ReferenceSource | None = None
         if self.nets:
-            self.source = own.reference if own else run_reference_source(cfg)
+            self.source = own.reference if own else run_reference_source(config)
         self._references: dict[str, Reference] = {}
 
     def reference(self, net: str) -> Reference:
@@ -305,11 +262,11 @@ class Evaluation(ScoringResources):
         return {"feature_nets": {name: {"units": net.units, "dim": net.dim, "fingerprint": net.fingerprint()}
                                  for name, net in self.nets.items()},
                 "reference": self.source.label if self.source else None,
-                "clip_scorer": scorer_label(self.cfg) if needs_clip(self.cfg) else None,
-                "diversity_features": self.cfg.feature_nets()[0] if "diversity" in self.cfg.metrics else None,
-                "preference_evaluators": {m.name: m.provenance(self.cfg) for m in selected(self.cfg.metrics)
+                "clip_scorer": scorer_label(self.config) if needs_clip(self.config) else None,
+                "diversity_features": self.config.feature_nets()[0] if "diversity" in self.config.metrics else None,
+                "preference_evaluators": {m.name: m.provenance(self.config) for m in selected(self.config.metrics)
                                           if hasattr(m, "provenance")},
-                "bootstrap": {"resamples": self.cfg.bootstrap, "confidence": 0.95,
+                "bootstrap": {"resamples": self.config.bootstrap, "confidence": 0.95,
                               "assumption": "reference features held fixed; cell images resampled with replacement"},
                 "directions": directions()}
 
@@ -323,44 +280,44 @@ def batch_extra(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return x[:, None].float() if x.ndim == 3 else x
 
 
-def cell_metrics(cfg: BenchConfig, prompts: PromptSet,
+def cell_metrics(config: ScoringConfig, prompts: PromptSet,
                  task: Task) -> tuple[list[type[PerImageMetric]], list[type[SetMetric]]]:
     """The selected per-image and set metrics this prompt set can score (accuracy needs labels), and the
     task's own metrics (seam score, PSNR of the kept region, ...)."""
-    names = [*cfg.metrics, *(m for m in task.metrics if m not in cfg.metrics)]
+    names = [*config.metrics, *(m for m in task.metrics if m not in config.metrics)]
     usable = [m for m in selected(names) if prompts.has_labels or "labels" not in m.needs]
     return ([m for m in usable if m.kind == "per_image"],  # type: ignore[misc]
             [m for m in usable if m.kind == "set"])  # type: ignore[misc]
 
 
 @torch.no_grad()
-def score_cells(cfg: BenchConfig, run_dir: Path, cells: list[Cell], device: torch.device,
-                progress: bool = True, shard: Shard | None = None, task: Task | None = None) -> Scores:
-    """Metrics per cell and per sample, with the task's own metrics beside them. Under torchrun each process
+def score_cells(config: ScoringConfig, task: Task, run_dir: Path, cells: list[Cell], device: torch.device,
+                progress: bool = True, shard: Shard | None = None) -> Scores:
+    """Metrics per cell and per sample, with the task's own metrics beside them: `config` says what to score
+    with, `task` where each cell's samples are and what they were conditioned on. Under torchrun each process
     scores a contiguous slice of every cell and the per-sample rows gather across the group in file order,
     so the result equals a one-process score (a task's own metrics are computed whole by every process)."""
     shard = shard or Shard()
-    task = task or make_task(cfg)
     prompts = task.prompt_set()
-    ev = Evaluation(cfg, device, task.evaluators(device))
-    per_image_kinds, set_kinds = cell_metrics(cfg, prompts, task)
+    ev = Evaluation(config, device, task.evaluators(device))
+    per_image_kinds, set_kinds = cell_metrics(config, prompts, task)
     extra = prompt_columns(prompts)
     timings = load_throughput(run_dir)
     rows, samples = [], []
     for cell in tqdm(cells, desc="scoring", disable=not progress, dynamic_ncols=True):
-        store = SampleStore.of(cfg, run_dir, cell, task.task_key(cell))
+        store = task.store(run_dir, cell)
         images_np, texts, labels = store.load()  # each sample's own caption and label, as sampled
         stored = store.load_extras()  # the task's per-sample arrays (source, mask, low_res)
         per_step_scale = stored.pop(EFFECTIVE_SCALE, None)  # the runner's, not a metric's input
         n = len(images_np)
         row: dict[str, float | str | int] = {"guidance": cell.arm, "scale": cell.scale, "seed_set": cell.seed_set,
-                                             "n_samples": n, "sampler": cfg.sampler, "steps": cfg.steps}
+                                             "n_samples": n, **task.sampling_columns()}
         if task.axes:
             row |= {"guidance_method": cell.guidance, **dict(zip(task.axes, cell.variant))}
         banks = {name: Gathered(net.dim).to(device) for name, net in ev.nets.items()}
         per_image = [m.build(ev) for m in per_image_kinds]
         batch_fed = {m.name: m.for_cell(ev) for m in set_kinds if m.networks == ""}
-        for lo, hi in my_chunks(n, cfg.batch_size, shard):
+        for lo, hi in my_chunks(n, config.batch_size, shard):
             batch = ScoringBatch(torch.from_numpy(images_np[lo:hi]).permute(0, 3, 1, 2).to(device),
                                  [str(t) for t in texts[lo:hi]],
                                  torch.from_numpy(labels[lo:hi]) if prompts.has_labels else None,
@@ -370,7 +327,7 @@ def score_cells(cfg: BenchConfig, run_dir: Path, cells: list[Cell], device: torc
             for metric in (*per_image, *batch_fed.values()):
                 metric.update(batch)
         per = pd.DataFrame({"guidance": cell.arm, "scale": cell.scale, "seed_set": cell.seed_set,
-                            "index": range(n), "prompt_index": [i // cfg.samples_per_prompt for i in range(n)],
+                            "index": range(n), "prompt_index": [i // task.samples_per_prompt for i in range(n)],
                             # the seed of the sample's noise generator: with --noise diffusers (or on a CPU run)
                             # its initial latents are randn(shape, generator=Generator("cpu").manual_seed(it))
                             "noise_seed": [sample_seed(cell.seed, i) for i in range(n)]})
@@ -378,11 +335,11 @@ def score_cells(cfg: BenchConfig, run_dir: Path, cells: list[Cell], device: torc
             per[EFFECTIVE_SCALE] = trajectory_mean(torch.from_numpy(per_step_scale)).numpy()
         for metric in per_image:
             for name, values in metric.compute().items():
-                row[name] = metric.cell_value(values, cfg.batch_size)
+                row[name] = metric.cell_value(values, config.batch_size)
                 per[name] = values.cpu().numpy()
-        features = CellSet({name: bank.gathered() for name, bank in banks.items()}, ev.reference, cfg.batch_size,
+        features = CellSet({name: bank.gathered() for name, bank in banks.items()}, ev.reference, config.batch_size,
                            torch.tensor(per["prompt_index"].to_numpy()))
-        row.update(set_metrics(cfg, set_kinds, features, batch_fed, n, device))
+        row.update(set_metrics(config, set_kinds, features, batch_fed, n, device))
         spent = merged_throughput(timings, cell.name)
         if spent:
             row.update(spent)
@@ -392,16 +349,16 @@ def score_cells(cfg: BenchConfig, run_dir: Path, cells: list[Cell], device: torc
     return Scores(pd.DataFrame(rows), per_sample, ev.describe())
 
 
-def set_metrics(cfg: BenchConfig, kinds: list[type[SetMetric]], cell: CellSet, batch_fed: dict[str, SetMetric],
+def set_metrics(config: ScoringConfig, kinds: list[type[SetMetric]], cell: CellSet, batch_fed: dict[str, SetMetric],
                 n: int, device: torch.device) -> dict[str, float]:
     """Every selected set metric of a cell (per network where it is computed on each of --features), with
     its bootstrap interval over the cell's images where it has one."""
     out: dict[str, float] = {}
-    nets = cfg.feature_nets()
+    nets = config.feature_nets()
     jobs = [(kind, net, True) for net in nets for kind in kinds if kind.networks == "each"]
     jobs += [(kind, nets[0] if kind.networks == "first" else kind.networks, False)
              for kind in kinds if kind.networks != "each"]
-    counts = torch.from_numpy(resample_counts(n, cfg.bootstrap)).long() if cfg.bootstrap > 0 else None
+    counts = torch.from_numpy(resample_counts(n, config.bootstrap)).long() if config.bootstrap > 0 else None
     for kind, net, suffixed in jobs:
         metric = batch_fed[kind.name] if kind.networks == "" else kind.of_cell(cell, net)
         if metric is None:

@@ -11,7 +11,6 @@ import torch
 from bench.runner.distributed import Shard
 from bench.runner.run import finish_run, load_model
 from bench.runner.run_dir import check_keeps_samples, load_run_config
-from bench.runner.store import SampleStore
 from bench.tasks import make_task
 
 
@@ -29,7 +28,7 @@ def merge_shards(run_dir: Path, progress: bool = True) -> Path:
     cells = task.cells()
     for cell in cells:
         expected = task.expected(cell, prompts)
-        store = SampleStore.of(cfg, run_dir, cell, task.task_key(cell))
+        store = task.store(run_dir, cell)
         if store.done(expected):
             continue
         missing = sorted(set(range(n)) - store.finished_indices(expected))

@@ -5,6 +5,7 @@ task alike: sample store and resume, torchrun and shards, scoring, analysis and 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -14,7 +15,7 @@ from torch import Tensor
 from bench.runner.config import BenchConfig
 from bench.evaluators.reference import ReferenceSource
 from bench.prompts.readers import PromptSet
-from bench.runner.store import Cell, Expected, grid_cells, load_prompt_set
+from bench.runner.store import Cell, Expected, SampleStore, grid_cells, load_prompt_set
 from guidance.bundle import ModelBundle
 from guidance.guiders.base import Guidance, GuidanceCost
 from guidance.protocols import Conditions
@@ -80,6 +81,19 @@ class Task:
     def task_key(self, cell: Cell) -> dict | None:
         """What a cell's samples depend on besides the config's sample settings and guidance (None: nothing)."""
         return None
+
+    def store(self, run_dir: Path, cell: Cell) -> SampleStore:
+        """Where `cell`'s samples live, keyed by what they depend on (the run's sample settings, the task's key)."""
+        return SampleStore.of(self.cfg, run_dir, cell, self.task_key(cell))
+
+    @property
+    def samples_per_prompt(self) -> int:
+        """Samples per prompt: global sample index i is of prompt i // samples_per_prompt."""
+        return self.cfg.samples_per_prompt
+
+    def sampling_columns(self) -> dict[str, str | int]:
+        """How every cell was sampled, as results.csv records it beside the cell's scores."""
+        return {"sampler": self.cfg.sampler, "steps": self.cfg.steps}
 
     def cost(self, bundle: ModelBundle, cell: Cell, guidance: Guidance, negative: bool) -> GuidanceCost:
         """Work per image of one sample of `cell` (for throughput)."""

@@ -30,7 +30,7 @@ from guidance.checkpoints import file_sha256
 
 def clip_reference(device: torch.device) -> tuple[Reference, str]:
     """CMMD's reference of the default CLIP (the zoo's eval_clip), and that network's fingerprint."""
-    net = feature_net("clip", BenchConfig.from_preset("quick"), device)
+    net = feature_net("clip", BenchConfig.from_preset("quick").scoring(), device)
     return Reference.of(embed(net, emoji_images(32), device)), net.fingerprint()
 
 

@@ -138,7 +138,7 @@ def test_check_scorers_loads_it_before_sampling(files, tmp_path):
     cfg = BenchConfig(model="diffusers:/x", metrics=["aesthetic"], aesthetic_weights=str(narrow),
                       aesthetic_clip=files.aesthetic_clip)
     with pytest.raises(CheckpointError, match="does not hold the aesthetic predictor's MLP"):
-        check_scorers(cfg, torch.device("cpu"))
+        check_scorers(cfg.scoring(), torch.device("cpu"))
     assert REAL_ONLY in LAIONAesthetic.needs and not LAIONAesthetic.default
 
 

@@ -107,9 +107,9 @@ def test_metric_scores_uint8_batches_like_the_network(network, weights, monkeypa
 
     from bench.evaluators.registry import ScoringBatch
 
-    monkeypatch.setattr(HPSv2, "load_network", classmethod(lambda cls, cfg: network))
-    cfg = SimpleNamespace(hps_weights=str(weights[1]))
-    metric = HPSv2.build(SimpleNamespace(cfg=cfg, device=torch.device("cpu")))
+    monkeypatch.setattr(HPSv2, "load_network", classmethod(lambda cls, config: network))
+    config = SimpleNamespace(hps_weights=str(weights[1]))
+    metric = HPSv2.build(SimpleNamespace(config=config, device=torch.device("cpu")))
     ims = images()
     batch = torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in ims])
     metric.update(ScoringBatch(batch[:3], PROMPTS[:3]))

@@ -270,13 +270,14 @@ def test_scoring_pairs_each_sample_with_its_own_caption_and_label_across_chunks(
     from guidance.zoo.load import load_eval_classifier
     from bench.runner.store import to_hwc_uint8
     from bench.runner.scoring import make_scorer, score_cells
+    from bench.tasks import make_task
 
     cfg, cell, images, expected, predicted = scored_run(["fid", "clip_score", "accuracy"])
     assert len(set(predicted)) == 3, "the prompts' labels must differ for the mapping to matter"
-    row = score_cells(cfg, tmp_path / "r", [cell], torch.device("cpu"), progress=False).results.iloc[0]
+    row = score_cells(cfg.scoring(), make_task(cfg), tmp_path / "r", [cell], torch.device("cpu"), progress=False).results.iloc[0]
     assert row["acc_identity"] == 1.0
     stored = torch.from_numpy(to_hwc_uint8(images)).permute(0, 3, 1, 2)
-    clip = CLIPScore(make_scorer(cfg, torch.device("cpu")))
+    clip = CLIPScore(make_scorer(cfg.scoring(), torch.device("cpu")))
     clip.update(ScoringBatch(stored, [str(t) for t in expected.texts]))
     assert row["clip_score"] == pytest.approx(float(clip.compute()["clip_score"].double().mean()), rel=1e-5)
     fid = FrechetInceptionDistance(feature=DomainNet(load_eval_classifier()), reset_real_features=False)
@@ -291,12 +292,13 @@ def test_kid_subsets_do_not_depend_on_the_global_random_state(tmp_path, scored_r
     """Past 100 samples KID draws random subsets: from a fixed seed, so reruns (and process counts) agree
     whatever ran before."""
     from bench.runner.scoring import score_cells
+    from bench.tasks import make_task
 
     cfg, cell, *_ = scored_run(["kid"], n_prompts=3, per_prompt=40, batch_size=32)
     torch.manual_seed(1)
-    first = score_cells(cfg, tmp_path / "r", [cell], torch.device("cpu"), progress=False).results.iloc[0]["kid_mean"]
+    first = score_cells(cfg.scoring(), make_task(cfg), tmp_path / "r", [cell], torch.device("cpu"), progress=False).results.iloc[0]["kid_mean"]
     torch.manual_seed(2)
-    second = score_cells(cfg, tmp_path / "r", [cell], torch.device("cpu"), progress=False).results.iloc[0]["kid_mean"]
+    second = score_cells(cfg.scoring(), make_task(cfg), tmp_path / "r", [cell], torch.device("cpu"), progress=False).results.iloc[0]["kid_mean"]
     assert first == second
 
 
@@ -318,11 +320,12 @@ def test_per_sample_rows_pair_each_image_with_its_prompt_and_give_the_cell_means
     accuracy columns average to the results row; set metrics get bootstrap intervals and diversity appears
     with two samples per prompt."""
     from bench.runner.scoring import score_cells
+    from bench.tasks import make_task
 
     cfg, cell, images, expected, predicted = scored_run(["fid", "kid", "clip_score", "accuracy", "prdc",
                                                                     "diversity"], n_prompts=3, per_prompt=2)
     cfg = dataclasses.replace(cfg, bootstrap=30)
-    scores = score_cells(cfg, tmp_path / "r", [cell], torch.device("cpu"), progress=False)
+    scores = score_cells(cfg.scoring(), make_task(cfg), tmp_path / "r", [cell], torch.device("cpu"), progress=False)
     row, per = scores.results.iloc[0], scores.per_sample
     assert list(per.columns[:5]) == ["guidance", "scale", "seed_set", "index", "prompt_index"]
     assert list(per["index"]) == list(range(6)) and list(per["prompt_index"]) == [0, 0, 1, 1, 2, 2]

@@ -87,11 +87,12 @@ def test_a_metric_registered_in_one_module_flows_through_scoring_and_the_summary
     """The toy metric is named nowhere else: the config accepts it, scoring writes its per-image column and
     its mean, and the seed-set summary, labels and directions know it."""
     from bench.runner.scoring import score_cells
+    from bench.tasks import make_task
     from bench.stats import summarize
     from bench.runner.store import to_hwc_uint8
 
     cfg, cell, images, _, _ = scored_run(["toy_brightness", "clip_score"])
-    scores = score_cells(cfg, tmp_path / "r", [cell], torch.device("cpu"), progress=False)
+    scores = score_cells(cfg.scoring(), make_task(cfg), tmp_path / "r", [cell], torch.device("cpu"), progress=False)
     expected = torch.from_numpy(to_hwc_uint8(images)).double().mean((1, 2, 3)) / 255
     assert scores.per_sample["toy_brightness"].to_numpy() == pytest.approx(expected.numpy(), rel=1e-6)
     assert scores.results.iloc[0]["toy_brightness"] == pytest.approx(float(expected.mean()), rel=1e-6)
@@ -154,7 +155,7 @@ def test_the_seam_score_of_real_images_is_one_and_a_pasted_patch_scores_above():
 
 def test_metrics_of_another_task_are_refused_before_sampling():
     from bench.runner.config import BenchConfig
-    from bench.runner.scoring import applicable_metrics
+    from bench.runner.applicability import applicable_metrics
 
     with pytest.raises(ValueError, match="psnr_known,seam: they score inpaint results"):
         applicable_metrics(BenchConfig.from_preset("tiny", metrics=["clip_score", "psnr_known", "seam"]), "emoji")

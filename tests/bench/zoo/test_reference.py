@@ -61,7 +61,7 @@ def test_edit_sources_equal_the_renders() -> None:
 @needs_fonts
 def test_clip_features_equal_the_renders() -> None:
     """Every EVERY-th image re-embedded (the checksum test above covers every image)."""
-    net = feature_net("clip", BenchConfig.from_preset("quick"), torch.device("cpu"))
+    net = feature_net("clip", BenchConfig.from_preset("quick").scoring(), torch.device("cpu"))
     assert made_by(ZOO_CLIP_REFERENCE) == net.fingerprint()
     images = torch.from_numpy(build_emoji_dataset(32, progress=False).images[::EVERY]).permute(0, 3, 1, 2)
     close(embed(net, iter([images]), torch.device("cpu")), Reference.load(ZOO_CLIP_REFERENCE).features[::EVERY])
@@ -86,7 +86,7 @@ def no_fonts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def test_main_job_reference_needs_no_fonts(no_fonts: None) -> None:
-    cfg = BenchConfig.from_preset("quick")
+    cfg = BenchConfig.from_preset("quick").scoring()
     assert "clip" in net_names(cfg)  # CMMD is on by default
     source = run_reference_source(cfg)
     assert set(source.files) == {"domain", "clip"}

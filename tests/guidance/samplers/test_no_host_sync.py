@@ -4,7 +4,8 @@ A sync (`.item()`, `bool(tensor)`, a data-dependent shape, a copy from pageable 
 the host wait for the GPU at each step, so the next step's kernels cannot be queued while this one
 runs. Without a GPU, the `meta` device stands in: it has shapes but no data, so any read raises at
 once, and a dispatch mode watches for host tensors moved to it. The loop must run every step on meta
-and fail only at the one data-dependent check the sampler makes after the loop (NaN/Inf).
+and fail only at the one data-dependent check the sampler makes after the loop (NaN/Inf). The effective-scale
+log the runner attaches to every batch is on, so its per-evaluation reductions are held to the same rule.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 import guidance.samplers.loop as loop
+from guidance.effective_scale import EffectiveScaleLog
 from guidance.guiders import REGISTRY, make_guidance
 from guidance.samplers import SAMPLERS
 from guidance.zoo.load import load_zoo
@@ -76,12 +78,14 @@ def test_sampling_loop_reads_nothing_back_from_the_device(zoo_on_meta, monkeypat
     zoo, cond = zoo_on_meta
     monkeypatch.setattr(loop, "SampleNoise", _MetaNoise)
     method = make_guidance(name, REGISTRY[name][0].typical_scale(), zoo.guiding_models())
+    method.scale_log = log = EffectiveScaleLog()  # as the runner samples: every evaluation's effective scale
     steps: list[int] = []
     with pytest.raises(NotImplementedError, match="nonzero"), _HostCopies() as copies:  # the NaN check after the loop
         loop.sample(zoo.denoiser, zoo.process, zoo.process.sigmas(STEPS), method, cond, zoo.sample_shape, range(2),
                     sampler=sampler, device=META, callback=lambda index, x, pred: steps.append(index))
     assert steps == list(range(STEPS))
     assert copies.seen == []
+    assert len(log.values) >= STEPS and all(v.is_meta and v.shape == (2,) for v in log.values)
 
 
 def test_every_sampler_and_method_is_checked():
