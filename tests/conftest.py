@@ -49,7 +49,13 @@ def scored_run(tmp_path):
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under `pytest -n N`, the end-to-end (slow) tests start first, so the longest ones do not run alone at
-    the end while the other workers wait."""
-    if config.getoption("numprocesses", default=None):
-        items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise
+    """Under `pytest -n N`, the end-to-end (slow) tests start first, longest first where `slow(seconds=...)`
+    says how long, so the longest ones do not run alone at the end while the other workers wait (xdist's work
+    stealing takes queued tests from the end of a worker's queue, so a long test queued late ran last)."""
+    if hasattr(config, "workerinput"):  # an xdist worker (each collects, and the controller runs their order)
+        items.sort(key=expected_order)  # stable: file order otherwise
+
+
+def expected_order(item: pytest.Item) -> tuple[bool, float]:
+    slow = item.get_closest_marker("slow")
+    return slow is None, -float(slow.kwargs.get("seconds", 0)) if slow else 0.0

@@ -127,7 +127,7 @@ def smoke(command: str, out: Path, run_id: str, runs: list[Path]) -> None:
         run_recorded(argv, out)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=140)
 def test_readme_commands_run_in_smoke_form(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     runs: list[Path] = []

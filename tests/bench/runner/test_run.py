@@ -217,7 +217,7 @@ def test_guidance_list_prints_every_method(capsys):
     assert all(name in out for name in ("none", "cfg", "classifier", "clip"))
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=40)
 def test_two_processes_give_the_same_images_and_fid_as_one(tmp_path):
     """torchrun with 2 gloo processes shards batches; images match, FID agrees to 1e-6 and KID to 1e-5."""
     common = ["--preset", "tiny", "--guidance", "cfg", "--scales", "3", "--prompt-limit", "6", "--seeds", "0,1",
