@@ -27,6 +27,10 @@ from torch import Tensor
 
 from guidance.prediction import Prediction, at_least_fp32
 
+# its name in a run's files: the per-sample array [N, evaluations] stored beside the samples, and per_sample.csv's
+# column of each sample's trajectory mean
+EFFECTIVE_SCALE = "effective_scale"
+
 
 def eps_of(pred: Prediction) -> Tensor:
     """The prediction's eps without caching it on `pred` (a cached eps would change which space later

@@ -24,7 +24,7 @@ import matplotlib
 
 from bench.stats.analysis import SET_METRICS, Analysis, analyse, best_cells, load_per_sample
 from bench.runner.failure import Parser, guarded
-from bench.runner.store import EFFECTIVE_SCALE
+from guidance.effective_scale import EFFECTIVE_SCALE
 from bench.report.calibrated import calibrated_html
 from bench.report.calibrated import section as calibrated_section
 from bench.report.runs import Run, load_run, run_labels

@@ -31,10 +31,10 @@ from bench.evaluators.registry import higher_is_better, selected
 from bench.prompts.readers import PromptSet
 from bench.stats.bootstrap import holm
 from bench.stats.winrate import PAIR_KEYS, paired_comparison
-from bench.runner.store import EFFECTIVE_SCALE, Cell, Expected, SampleStore, write_atomic
+from bench.runner.store import Cell, Expected, SampleStore, write_atomic
 from bench.tasks import Task
 from guidance.bundle import ModelBundle
-from guidance.effective_scale import trajectory_mean
+from guidance.effective_scale import EFFECTIVE_SCALE, trajectory_mean
 from guidance.guiders import make_guidance
 from guidance.guiders.cfg import ClassifierFreeGuidance, PerSampleCFG
 

@@ -14,11 +14,11 @@ import torch
 
 from bench.runner.config import BenchConfig
 from bench.runner.distributed import Shard
-from bench.runner.store import EFFECTIVE_SCALE, Cell, Expected, SampleStore, write_atomic
+from bench.runner.store import Cell, Expected, SampleStore, write_atomic
 from bench.tasks import Task
 from guidance.accelerate import autocast_context
 from guidance.bundle import ModelBundle
-from guidance.effective_scale import EffectiveScaleLog
+from guidance.effective_scale import EFFECTIVE_SCALE, EffectiveScaleLog
 from guidance.guiders import Guidance
 from guidance.protocols import Conditions
 

@@ -32,9 +32,9 @@ from bench.evaluators.registry import bounds, directions, selected
 from bench.evaluators.throughput import Throughput
 from bench.prompts.readers import PromptSet
 from bench.stats.bootstrap import shifted_interval, resample_counts
-from bench.runner.store import EFFECTIVE_SCALE, Cell
+from bench.runner.store import Cell
 from bench.tasks import Evaluators, Task
-from guidance.effective_scale import trajectory_mean
+from guidance.effective_scale import EFFECTIVE_SCALE, trajectory_mean
 from guidance.rng import sample_seed
 from guidance.models import load_bundle
 from guidance.evaluation import EvalCLIPScorer, domain_evaluators, load_open_clip_scorer

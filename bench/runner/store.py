@@ -71,9 +71,6 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 EXTRA = "extra_"  # prefix of a task's per-sample arrays in a samples file
-# the runner's own per-sample array: each evaluation's effective CFG scale (float64 [N, evaluations];
-# guidance.effective_scale), stored beside a task's arrays and read by scoring, not by metrics
-EFFECTIVE_SCALE = "effective_scale"
 PART_NAME = re.compile(r"(\d+)-(\d+)\.npz")  # a complete batch file; a write cut short is `.<name>.partial`
 
 

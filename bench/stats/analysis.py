@@ -22,13 +22,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _sps
 
-from bench.evaluators.registry import higher_is_better, per_image_columns, set_columns
-from bench.report.format import metric_name
+from bench.evaluators.registry import higher_is_better, label, per_image_columns, set_columns
 from bench.stats import mean_ci, rank_methods, summarize
 from bench.stats.bootstrap import (DEFAULT_B, DEFAULT_SEED, Clustered, bootstrap_p, design_wilson, holm,
                                    percentile_interval, resample_counts)
 from bench.stats.matched import REACHED, first_crossing, interpolate, status
-from bench.runner.store import EFFECTIVE_SCALE
+from guidance.effective_scale import EFFECTIVE_SCALE
 
 __all__ = [
     "PER_SAMPLE_FILE", "Analysis", "PairedData", "load_per_sample", "paired_data", "cell_table", "paired_difference",
@@ -427,7 +426,7 @@ def vs_rank1(ranking: pd.DataFrame, table: pd.DataFrame) -> list[str]:
         for _, r in rows.iterrows():
             own = "a" if r["a_guidance"] == g else "b"
             verdict = "n.s." if not r["better"] else ("better" if r["better"] == own else "worse")
-            parts.append(f"{metric_name(r['metric'])}: {verdict}")
+            parts.append(f"{label(r['metric'])}: {verdict}")
         out.append("" if g == top else "; ".join(parts))
     return out
 

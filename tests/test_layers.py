@@ -1,0 +1,60 @@
+"""Data flows one way: the library never imports the harness, the harness's lower layers (prompt readers,
+evaluators, statistics) never import the runner, tasks or report built on them, and only the zoo's glue
+imports the zoo. Every import counts, function-level ones too."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tests.paths import ROOT
+
+# package -> the bench sub-packages it may import (besides itself); None: no bench import at all
+LOWER_LAYERS: dict[str, frozenset[str] | None] = {
+    "guidance": None,
+    "bench/prompts": frozenset(),
+    "bench/evaluators": frozenset(),
+    "bench/stats": frozenset({"evaluators"}),
+}
+
+
+def imported_modules(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def bench_imports(folder: str, root: Path = ROOT) -> dict[str, set[str]]:
+    """Each module of `folder` -> the bench sub-packages it imports (other than its own)."""
+    own = folder.split("/")[1] if "/" in folder else None
+    out = {}
+    for path in sorted((root / folder).rglob("*.py")):
+        used = {m.split(".")[1] if m.count(".") else "bench" for m in imported_modules(path)
+                if m == "bench" or m.startswith("bench.")}
+        out[str(path.relative_to(root))] = used - {own}
+    return out
+
+
+@pytest.mark.parametrize("folder", list(LOWER_LAYERS))
+def test_lower_layers_import_nothing_above_them(folder):
+    allowed = LOWER_LAYERS[folder] or frozenset()
+    wrong = {module: sorted(used - allowed) for module, used in bench_imports(folder).items() if used - allowed}
+    assert wrong == {}
+
+
+def test_only_the_zoos_glue_imports_the_zoo():
+    importers = sorted(str(path.relative_to(ROOT)) for path in (ROOT / "bench").rglob("*.py")
+                       if any(m == "guidance.zoo" or m.startswith("guidance.zoo.") for m in imported_modules(path)))
+    assert importers and all(p.startswith("bench/zoo/") for p in importers), importers
+
+
+def test_the_check_sees_an_upward_import(tmp_path):
+    (tmp_path / "bench" / "stats").mkdir(parents=True)
+    (tmp_path / "bench" / "stats" / "late.py").write_text("def f():\n    from bench.report.html import build_report\n")
+    assert bench_imports("bench/stats", tmp_path) == {"bench/stats/late.py": {"report"}}
