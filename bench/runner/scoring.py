@@ -1,11 +1,11 @@
 """Score saved samples: one results row per cell (guidance x scale x seed set), one per_sample row per image.
 
 Scoring reads its slice of the run's settings (bench.evaluators.config.ScoringConfig) and the task's sample
-stores, nothing else of how the samples were drawn. It is one update/compute loop over the metrics selected (bench.evaluators.registry): per
-batch, every feature network the selected set metrics need and every per-image metric see the same
-ScoringBatch; per cell, per-image metrics give their per_sample.csv columns and means, and set metrics (FID,
-KID, precision/recall, CMMD, ...) run on the cell's features against one reference, each cell's features
-computed once and reused by every metric and every bootstrap resample.
+stores, nothing else of how the samples were drawn. It is one update/compute loop over the selected metrics
+(bench.evaluators.registry): per batch, every feature network the selected set metrics need and every
+per-image metric see the same ScoringBatch; per cell, per-image metrics give their per_sample.csv columns and
+means, and set metrics (FID, KID, precision/recall, CMMD, ...) run on the cell's features against one
+reference, each cell's features computed once and reused by every metric and every bootstrap resample.
 """
 
 from __future__ import annotations
