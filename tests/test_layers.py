@@ -20,13 +20,19 @@ LOWER_LAYERS: dict[str, frozenset[str] | None] = {
 }
 
 
-def imported_modules(path: Path) -> set[str]:
+def imported_modules(path: Path, root: Path = ROOT) -> set[str]:
+    """Every module `path` imports, relative imports resolved, and `from a import b` counted as a.b too (b may
+    be a module: `from guidance import zoo`)."""
+    package = list(path.relative_to(root).with_suffix("").parts[:-1])
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
     return names
 
 
@@ -35,7 +41,7 @@ def bench_imports(folder: str, root: Path = ROOT) -> dict[str, set[str]]:
     own = folder.split("/")[1] if "/" in folder else None
     out = {}
     for path in sorted((root / folder).rglob("*.py")):
-        used = {m.split(".")[1] if m.count(".") else "bench" for m in imported_modules(path)
+        used = {m.split(".")[1] if m.count(".") else "bench" for m in imported_modules(path, root)
                 if m == "bench" or m.startswith("bench.")}
         out[str(path.relative_to(root))] = used - {own}
     return out
@@ -57,4 +63,8 @@ def test_only_the_zoos_glue_imports_the_zoo():
 def test_the_check_sees_an_upward_import(tmp_path):
     (tmp_path / "bench" / "stats").mkdir(parents=True)
     (tmp_path / "bench" / "stats" / "late.py").write_text("def f():\n    from bench.report.html import build_report\n")
-    assert bench_imports("bench/stats", tmp_path) == {"bench/stats/late.py": {"report"}}
+    (tmp_path / "bench" / "stats" / "near.py").write_text("from ..runner import store\nfrom . import bootstrap\n")
+    assert bench_imports("bench/stats", tmp_path) == {"bench/stats/late.py": {"report"},
+                                                      "bench/stats/near.py": {"runner"}}
+    (tmp_path / "bench" / "stats" / "zoo.py").write_text("from guidance import zoo\n")
+    assert "guidance.zoo" in imported_modules(tmp_path / "bench" / "stats" / "zoo.py", tmp_path)

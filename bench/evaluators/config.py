@@ -17,7 +17,7 @@ class ScoringConfig:
 
     metrics: list[str]
     features: list[str]
-    model: str  # the guiding CLIP (--score-with-guiding-clip) is the model's; the zoo refuses real-only metrics
+    model: str  # --score-with-guiding-clip scores with the model's own guiding CLIP
     clip_model: str | None
     clip_pretrained: str | None
     score_with_guiding_clip: bool
@@ -37,8 +37,10 @@ class ScoringConfig:
 
     @classmethod
     def of(cls, settings: Any) -> "ScoringConfig":
-        """The slice of `settings` (a BenchConfig, or anything with these attributes)."""
-        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
+        """The slice of `settings` (a BenchConfig, or anything with these attributes); lists are copied, so
+        scoring never changes the run's own."""
+        values = {f.name: getattr(settings, f.name) for f in fields(cls)}
+        return cls(**{k: list(v) if isinstance(v, list) else v for k, v in values.items()})
 
     def feature_nets(self) -> list[str]:
         """The networks set metrics run on: --features, plus inception when its weights are given."""
