@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import inspect
+import os
 import shlex
 import sys
+from pathlib import Path
 
 from invoke import task
+
+from bench.runner.cli import run_parser
 
 PY = shlex.quote(sys.executable)
 
@@ -26,8 +30,6 @@ def _flags(**options: object) -> str:
 def _run_flags() -> tuple[inspect.Signature, dict[str, str], list[argparse.Action]]:
     """`invoke bench`'s parameters, generated from `python -m bench run`'s parser (itself generated from
     BenchConfig's fields): every flag, its default and its help; a --x/--no-x switch takes on or off."""
-    from bench.runner.cli import run_parser
-
     actions = [a for a in run_parser()._actions if a.option_strings and a.dest != "help"]
     params = [inspect.Parameter("c", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     helps = {}
@@ -118,9 +120,6 @@ SYSTEM_PACKAGES = {  # Debian package -> file it provides (dataset-builder and b
 @task
 def system_deps(c):
     """Install the Debian packages the tests use (emoji fonts, Unicode data, Chromium) if missing."""
-    import os
-    from pathlib import Path
-
     missing = [pkg for pkg, path in SYSTEM_PACKAGES.items() if not Path(path).exists()]
     if not missing:
         return

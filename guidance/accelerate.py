@@ -126,7 +126,7 @@ def autocast_context(device: torch.device, dtype: torch.dtype) -> AbstractContex
 def compile_report() -> str:
     """What torch.compile did in this process, from dynamo's counters: a speed-up flag that silently ran
     eager (a frame skipped, a graph break, CUDA graphs refused) shows here rather than as a missing gain."""
-    from torch._dynamo.utils import counters
+    from torch._dynamo.utils import counters  # noqa: PLC0415 (loads dynamo: only once compiling ran)
 
     frames, stats = counters["frames"], counters["stats"]
     cudagraphs = {k: v for k, v in counters["inductor"].items() if "cudagraph" in k}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,6 @@ FORMAT_VERSION = "1"
 
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex sha256 of a file's bytes, read in blocks: names the exact weights a run or record used."""
-    from hashlib import sha256
-
     h = sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

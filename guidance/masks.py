@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 MASK_KINDS = ("center", "half", "box", "strokes")
@@ -114,8 +115,6 @@ def check_mask(hole: Tensor, size: int, what: str = "mask") -> Tensor:
 
 def load_mask(path: str | Path, size: int) -> Tensor:
     """[1, 1, size, size] hole mask from an image file: white (255) regenerates, black (0) keeps."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

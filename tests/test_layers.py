@@ -68,3 +68,27 @@ def test_the_check_sees_an_upward_import(tmp_path):
                                                       "bench/stats/near.py": {"runner"}}
     (tmp_path / "bench" / "stats" / "zoo.py").write_text("from guidance import zoo\n")
     assert "guidance.zoo" in imported_modules(tmp_path / "bench" / "stats" / "zoo.py", tmp_path)
+
+
+def unexplained_local_imports(path: Path) -> list[int]:
+    """Lines of imports inside functions with no comment (on the line or the one above) saying why."""
+    lines = path.read_text().splitlines()
+    found = []
+    for function in ast.walk(ast.parse("\n".join(lines))):
+        if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            found += [node.lineno for node in ast.walk(function) if isinstance(node, (ast.Import, ast.ImportFrom))
+                      and "#" not in lines[node.lineno - 1] and "#" not in lines[node.lineno - 2]]
+    return sorted(set(found))
+
+
+def test_function_level_imports_say_why():
+    """An import inside a function hides a cycle or a slow start unless it says why (an optional dependency)."""
+    files = [*(ROOT / "guidance").rglob("*.py"), *(ROOT / "bench").rglob("*.py"), ROOT / "tasks.py"]
+    bare = {str(p.relative_to(ROOT)): lines for p in sorted(files) if (lines := unexplained_local_imports(p))}
+    assert bare == {}
+
+
+def test_the_import_check_sees_a_bare_local_import(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("def f():\n    import json\n\n    return json\n\n\ndef g():\n    import yaml  # optional\n")
+    assert unexplained_local_imports(module) == [2]

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Callable, ClassVar
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
@@ -154,9 +156,6 @@ def check_readable(path: str | os.PathLike | None, flag: str, fix: str) -> Path:
 
 def load_state_dict_file(path: Path, flag: str) -> dict[str, Tensor]:
     """Tensors of a .safetensors file or a torch file loaded with weights_only=True: never unpickled."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))

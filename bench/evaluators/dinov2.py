@@ -17,7 +17,7 @@ WEIGHTS_FIX = "pass --dinov2-weights LOCAL_FILE (timm's or Meta's DINOv2 weights
 def build_dinov2(arch: str) -> nn.Module:
     """The timm architecture with random weights, classifier head removed (forward gives the normed CLS
     token, as dgm-eval's encoder), taking any input size (position embeddings interpolated, as DINOv2's own)."""
-    import timm
+    import timm  # noqa: PLC0415 (open_clip's dependency, ~1 s to import: only for --features dinov2)
 
     if arch.startswith(("hf-hub:", "hf_hub:")) or "dinov2" not in arch:
         raise ValueError(f"--dinov2-arch {arch!r}: give a timm DINOv2 architecture name, e.g. {DEFAULT_ARCH} "
@@ -44,7 +44,7 @@ class DINOv2Net(FeatureNet):
         self.net = build_dinov2(arch).eval()
         state = load_state_dict_file(path, "--dinov2-weights")
         try:
-            from timm.models.vision_transformer import checkpoint_filter_fn
+            from timm.models.vision_transformer import checkpoint_filter_fn  # noqa: PLC0415 (as above)
 
             state = checkpoint_filter_fn(state, self.net)  # Meta's key names and grid sizes -> timm's
             missing, unexpected = self.net.load_state_dict(state, strict=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from dataclasses import fields
 from typing import Callable
@@ -163,8 +164,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def launch_torchrun(nproc: int, argv: list[str]) -> int:
     """Re-run this command under torchrun with N processes (gloo on CPU, NCCL on CUDA)."""
-    import subprocess
-
     argv = list(argv)
     for i, arg in enumerate(argv):  # drop --nproc N / --nproc=N
         if arg == "--nproc":
@@ -183,7 +182,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-
     run_dir = merge_shards(Path(args.run))
     print(format_summary(run_dir))
     if not args.no_report:

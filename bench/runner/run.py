@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from bench.runner import calibration
 from bench.runner.applicability import applicable_guidance, applicable_metrics, check_compatible
@@ -55,8 +56,6 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True, shard: Shard | None =
     group; with an independent `shard` (K of N jobs) this process only samples, and
     `merge_shards` scores the run once all jobs are done.
     """
-    from tqdm.auto import tqdm
-
     started, started_cpu = time.time(), time.process_time()
     preflight(cfg)
     task = make_task(cfg)
@@ -125,8 +124,6 @@ def calibrate_run(cfg: BenchConfig, task: Task, run_dir: Path, cells: list[Cell]
                   device: torch.device, prompts: PromptSet, progress: bool, started_cpu: float) -> None:
     """--calibrate (bench.runner.calibration): sample plain CFG at each method cell's effective scale and NFE, score
     it with the run's per-image metrics, write calibrated.csv, and the CPU time it took beside the run's."""
-    from tqdm.auto import tqdm
-
     cpu, wall = time.process_time(), time.time()
     note = print if progress else lambda _: None
     items = calibration.plan(cfg, task, bundle, run_dir, cells, note)

@@ -14,6 +14,7 @@ from typing import Any
 
 import open_clip
 import torch
+import torch.distributed as dist
 import torchmetrics
 
 from bench.runner.config import BenchConfig, misfit_fields
@@ -109,8 +110,6 @@ def refuse_constant(name: str) -> float:
 def agree_on_run_id(cfg: BenchConfig, shard: Shard) -> BenchConfig:
     """All processes of a torchrun group write into the directory that rank 0 names."""
     if cfg.run_id is None and shard.launched:
-        import torch.distributed as dist
-
         name = [default_run_id(cfg) if shard.is_main else None]
         dist.broadcast_object_list(name, src=0)
         cfg = cfg.with_overrides(run_id=name[0])

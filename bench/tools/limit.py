@@ -22,6 +22,8 @@ from typing import Callable, Iterator
 import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.profiler import ProfilerActivity, profile
 
 from bench.runner.cli import exit_on_bad_input, positive_int, positive_ints
 from bench.tools.perf import method_list, timed, timed_side_by_side
@@ -57,8 +59,6 @@ def countable_kernels() -> Iterator[None]:
     """Run the same maths through ops that `FlopCounterMode` counts: nn.TransformerEncoderLayer's fused
     inference fast path and the CPU flash-attention kernel have no FLOP formula (they counted 0), so the
     slow path and SDPA's math backend stand in while counting. CUDA autocast already avoided both."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
@@ -169,8 +169,6 @@ def accelerate(models: dict[str, torch.nn.Module], acceleration: Acceleration, d
 def profile_step(config: str, guidance_name: str, batch: int, device: torch.device, dtype: torch.dtype,
                  acceleration: Acceleration = Acceleration(), rows: int = 25) -> str:
     """Operator table (device time first) of guided DDIM steps after a warm-up: where a step's time goes."""
-    from torch.profiler import ProfilerActivity, profile
-
     size, models, autocast, diffusion = prepare(config, device, dtype, steps=10)
     accelerate(models, acceleration, device, dtype)
     guidance = make_guidance(guidance_name, guidance_class(guidance_name).typical_scale(), models)

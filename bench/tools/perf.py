@@ -21,6 +21,8 @@ from typing import Callable, Iterable, Iterator
 
 import pandas as pd
 import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
 
 from bench.runner.cli import exit_on_bad_input, positive_int
 from bench.evaluators import CLIPScore, ScoringBatch
@@ -180,9 +182,6 @@ def trace(fn: Callable[[], object], device: torch.device) -> tuple[dict[str, flo
     the sampler's extra time over the bare loop goes when the GPU waits for the host (a launch-bound
     network): more launches, a sync, a collection, or one slow call.
     The warm-up call runs under a profiler too, so the timed call pays no profiler start-up (CUPTI)."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities):
         fn()

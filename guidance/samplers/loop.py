@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from guidance.guiders.base import Guidance, pairing_refusal
 from guidance.prediction import Prediction
@@ -97,8 +98,6 @@ def sample(model: Denoiser, process: Process, sigmas: Sequence[float], guidance:
     peaks: list[Tensor] = []  # max |x| per step (NaN propagates), read once at the end: no host sync per step
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=len(sigmas) - 1, desc=f"{sampler} {guidance.name}", leave=False)
 
     def after_step(i: int, x_next: Tensor, pred: Prediction) -> None:

@@ -85,7 +85,7 @@ def trajectory_scheduler(scheduler: Any, sampler: str | None) -> Any:
     sampler's class, else `SamplerClass.from_config(scheduler.config)` as a diffusers user swaps schedulers (a
     PNDM folder's default `ddim` is DDIMScheduler.from_config). A sampler of the other process kind (flow on a
     VP pipeline, or the reverse) keeps the pipeline's scheduler: diffusers has no such swap."""
-    import diffusers
+    import diffusers  # noqa: PLC0415 (optional dependency)
 
     name = type(scheduler).__name__
     target = SCHEDULER_OF.get(sampler or sampler_for(name))

@@ -14,8 +14,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import open_clip
 import torch
 
+from guidance.checkpoints import save_model
 from guidance.sources import GUIDING_CLIP
 from guidance.sources.tiny_flux import LATENT_CHANNELS as FLUX_CHANNELS
 from guidance.sources.tiny_flux import build_flux
@@ -111,7 +113,7 @@ def bytes_to_unicode() -> dict[int, str]:
 
 def write_clip_tokenizer(folder: Path, max_length: int = 77) -> int:
     """A CLIP BPE tokenizer with a byte-level vocabulary; returns its vocabulary size."""
-    from transformers import CLIPTokenizer
+    from transformers import CLIPTokenizer  # noqa: PLC0415 (optional dependency)
 
     chars = list(bytes_to_unicode().values())
     vocab = {c: i for i, c in enumerate(chars)}
@@ -146,7 +148,7 @@ def tiny_vae(latent_channels: int = 4, scaling_factor: float = 0.18215, shift_fa
 def scheduler_of(family: str, kind: str = "shipped"):  # noqa: ANN201
     """`family`'s checkpoint scheduler as shipped, or `kind` swapped in from the loaded scheduler's config
     (`X.from_config(pipe.scheduler.config)`, which carries the shipped class's defaults, e.g. PNDM's leading)."""
-    import diffusers
+    import diffusers  # noqa: PLC0415 (optional dependency)
 
     shipped = SHIPPED_SCHEDULERS[family]
     scheduler = getattr(diffusers, shipped["_class_name"]).from_config(shipped)
@@ -160,8 +162,8 @@ def scheduler_of(family: str, kind: str = "shipped"):  # noqa: ANN201
 
 def build(family: str, scheduler: str = "shipped", seed: int = 0, tokenizer_dir: Path | None = None):  # noqa: ANN201
     """The tiny pipeline object of `family` with random weights (seeded)."""
-    import diffusers
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    import diffusers  # noqa: PLC0415 (optional dependency)
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer  # noqa: PLC0415 (optional dependency)
 
     if family not in FAMILIES:
         raise ValueError(f"unknown tiny pipeline family {family!r}; valid: {', '.join(FAMILIES)}")
@@ -226,10 +228,6 @@ def swap_scheduler(folder: str | Path, family: str, kind: str) -> Path:
 
 def save_guiding_clip(path: Path, seed: int = 0) -> None:
     """A tiny random open_clip model in the zoo's format (config in the file), as universal-clip's guide."""
-    import open_clip
-
-    from guidance.checkpoints import save_model
-
     cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
            "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
     torch.manual_seed(seed + 1)

@@ -22,7 +22,7 @@ T5_LENGTH = 32  # the tokenizer's model_max_length: the suite pads T5 states to 
 
 def t5_tokenizer() -> Any:
     """A T5 (unigram) tokenizer over printable characters and word-initial letters."""
-    from transformers import T5TokenizerFast
+    from transformers import T5TokenizerFast  # noqa: PLC0415 (optional dependency)
 
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]
     pieces += [(c, -2.0) for c in string.printable if not c.isspace()]
@@ -32,7 +32,7 @@ def t5_tokenizer() -> Any:
 
 def t5_encoder(vocab_size: int) -> Any:
     """A tiny T5 encoder (2 layers of width T5_DIM, gated-GELU as T5 v1.1, which FLUX and PixArt use)."""
-    from transformers import T5Config, T5EncoderModel
+    from transformers import T5Config, T5EncoderModel  # noqa: PLC0415 (optional dependency)
 
     return T5EncoderModel(T5Config(vocab_size=vocab_size, d_model=T5_DIM, d_kv=8, d_ff=2 * T5_DIM, num_layers=2,
                                    num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=16,
@@ -43,8 +43,8 @@ def build_flux(clip_tokenizer: Any, clip_config: Any, vae_config: dict[str, Any]
                guidance_embeds: bool = True) -> Any:
     """The tiny FluxPipeline (weights from the caller's seeded generator); `vae_config` is a tiny AutoencoderKL's,
     with FLUX's 16 channels, scaling and shift."""
-    import diffusers
-    from transformers import CLIPTextModel
+    import diffusers  # noqa: PLC0415 (optional dependency)
+    from transformers import CLIPTextModel  # noqa: PLC0415 (optional dependency)
 
     vae = diffusers.AutoencoderKL.from_config({**vae_config, "use_quant_conv": False, "use_post_quant_conv": False})
     transformer = diffusers.FluxTransformer2DModel(

@@ -20,7 +20,7 @@ VAE_SCALING = 0.13025  # PixArt-Sigma uses SDXL's VAE (pixart_sigma_sdxlvae_T5_d
 
 def build_pixart(vae: Any, scheduler: Any, latent: int) -> Any:
     """The tiny PixArtSigmaPipeline (weights from the caller's seeded generator)."""
-    import diffusers
+    import diffusers  # noqa: PLC0415 (optional dependency)
 
     transformer = diffusers.PixArtTransformer2DModel(
         num_attention_heads=2, attention_head_dim=8, in_channels=LATENT_CHANNELS, out_channels=2 * LATENT_CHANNELS,

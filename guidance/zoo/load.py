@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from hashlib import sha256
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -171,8 +172,6 @@ class Zoo:
 
     def fingerprint(self) -> str:
         """Hash of the weights that shape samples (diffusion and guiding models, not the evaluation ones)."""
-        from hashlib import sha256
-
         sums = {k: v for k, v in self.checksums().items() if k in SAMPLING_FILES}
         return sha256(json.dumps(sums, sort_keys=True).encode()).hexdigest()[:16]
 

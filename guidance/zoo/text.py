@@ -10,6 +10,7 @@ from functools import lru_cache
 from typing import Sequence
 
 import torch
+from open_clip.tokenizer import SimpleTokenizer
 from torch import Tensor
 
 PAD, UNK = 0, 1
@@ -19,8 +20,6 @@ BPE_VOCAB_SIZE = 49408
 
 @lru_cache(maxsize=1)
 def _bpe():
-    from open_clip.tokenizer import SimpleTokenizer
-
     return SimpleTokenizer()
 
 

@@ -22,15 +22,17 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import open_clip
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from guidance.diffusion import GaussianDiffusion
-from guidance.zoo.emoji_data import EmojiDataset
+from guidance.zoo.emoji_data import EmojiDataset, build_emoji_dataset
 from guidance.zoo.encoders import (EVAL_CLIP_PREPROCESS, EncoderConfig, EvalClassifier, NoiseAwareClassifier,
                                    NoisedCLIPModel, eval_clip_config)
 from guidance.zoo.losses import hybrid_loss
-from guidance.checkpoints import CheckpointError, save_model
+from guidance.checkpoints import CheckpointError, load_weights, read_metadata, save_model
 from guidance.zoo.text import CaptionTokenizer, bpe_tokenize, build_vocab
 from guidance.zoo.unet import TextUNet, UNetConfig
 
@@ -124,7 +126,6 @@ class EMA:
     reads its device-side counter on the host at every update, a GPU sync per step; this counter is a
     Python int.
     """
-
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.module = copy.deepcopy(model).requires_grad_(False)
         self.decay, self.updates = decay, 0
@@ -226,8 +227,6 @@ def make_job(name: str, data: Data, batch: int, device: torch.device, small: boo
                    evaluate=lambda m: retrieval_report(m, data, device, noised_model=True))
 
     if name == "eval_clip":
-        import open_clip
-
         cfg = eval_clip_config()
         if small:
             cfg["vision_cfg"].update(layers=1, width=48, head_width=24)
@@ -339,8 +338,6 @@ def init_from_export(job: Job, path: Path) -> dict:
 
     A GPU session can then continue the committed model's training rather than start over.
     """
-    from guidance.checkpoints import load_weights, read_metadata
-
     meta = read_metadata(path)
     if not same_config(job, meta["config"]):
         raise CheckpointError(f"--init-from {path}: its config differs from the {job.name} being trained "
@@ -374,8 +371,6 @@ def train(job: Job, steps: int, budget: float, run_dir: Path, device: torch.devi
     With `init` (an exported .safetensors) and no run checkpoint yet, training continues from that
     export; the exported record's steps and wall time are added to this run's.
     """
-    from tqdm.auto import tqdm
-
     ckpt = run_dir / f"{job.name}.pt"
     before = {"steps": 0, "wall_time_s": 0.0}
     if init is not None and not ckpt.exists():
@@ -521,8 +516,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.data:
         dataset = EmojiDataset.load(args.data)
     else:
-        from guidance.zoo.emoji_data import build_emoji_dataset
-
         dataset = build_emoji_dataset(32, limit=args.limit)
     data = Data.load(dataset, device)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
