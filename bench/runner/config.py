@@ -19,6 +19,7 @@ from bench.evaluators.config import ScoringConfig
 from bench.evaluators.preference import refuse_real_only
 from bench.evaluators.registry import selected
 from guidance.accelerate import Acceleration, checked_device
+from guidance.evaluation import domain_evaluators
 from guidance.guiders import REGISTRY, guidance_class
 from guidance.guiders.cfg_rescale import RESCALE_SPACES
 from guidance.process import SCHEDULES
@@ -344,7 +345,7 @@ class BenchConfig:
         if "dinov2" in self.features:
             check_readable(self.dinov2_weights, "--dinov2-weights", "give DINOv2 weights (.safetensors or .pth) "
                            f"for --dinov2-arch {self.dinov2_arch}")
-        if source_of(self.model)[0].prefix == "":  # the zoo (its name or a checkpoint folder)
+        if source_of(self.model)[0].domain == domain_evaluators().domain:  # the zoo evaluators' own domain
             refuse_real_only(self.metrics)
         for metric in selected(self.metrics):  # the preference evaluators' local files (bench.evaluators.preference)
             if hasattr(metric, "check_files"):

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from bench.runner.config import BenchConfig
 from bench.evaluators.reference import check_features_file, reference_source
 from bench.runner.store import load_prompt_set
+from guidance.evaluation import domain_evaluators
 from guidance.models import source_of
 from guidance.checkpoints import CheckpointError, check_kind
 
@@ -30,7 +31,7 @@ def preflight(cfg: BenchConfig) -> None:
     cfg.validate()
     prompts = load_prompt_set(cfg)
     source, rest = source_of(cfg.model)
-    if source.prefix == "":  # the zoo, whose metrics stay as asked (another domain's are settled once it loads)
+    if source.domain == domain_evaluators().domain:  # its metrics stay as asked (another's are settled once it loads)
         check_sample_count(cfg, len(prompts))
     check_output(cfg.out, cfg.run_id)
     check_reference(cfg.reference, cfg.reference_images)

@@ -20,13 +20,16 @@ class ModelSource:
     a source whose models carry their own scheduler follows; others ignore it); `sampler` names the sampler the model's own
     scheduler is closest to (None: the preset's); `check` refuses a spec whose files cannot load, before
     anything loads or samples (raising CheckpointError or ValueError with the fix; it gets the run's batch
-    size, for a memory bound)."""
+    size, for a memory bound); `domain` is what every model of the source shows where that is known before
+    loading (the zoo: emoji; None: known once a model loads, from its bundle), so domain-bound checks run
+    up front."""
 
     prefix: str
     load: Callable[[str, torch.device | str, str | None], ModelBundle]
     description: str
     sampler: Callable[[str], str | None] = lambda rest: None
     check: Callable[[str, int], None] = lambda rest, batch_size: None
+    domain: str | None = None
 
 
 SOURCES: dict[str, ModelSource] = {}

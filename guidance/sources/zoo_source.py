@@ -42,7 +42,7 @@ def check(spec: str, batch_size: int) -> None:
 
 
 SOURCE = register_source(ModelSource("", load, f"'{ZOO_NAME}' (the embedded zoo) or a directory of zoo checkpoints",
-                                     check=check))
+                                     check=check, domain=ZOO_DOMAIN))
 
 
 def emoji_images(size: int = 32) -> Iterator[Tensor]:

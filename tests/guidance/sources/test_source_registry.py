@@ -7,6 +7,7 @@ import pytest
 from bench.runner.config import BenchConfig
 from bench.runner.preflight import preflight
 from guidance.checkpoints import CheckpointError
+from guidance.evaluation import domain_evaluators
 from guidance.models import load_bundle, model_sampler
 from guidance.sources import DIFFUSERS_PREFIX, diffusers_source, zoo_source
 from guidance.sources.registry import SOURCES, ModelSource, register_source, source_of
@@ -57,3 +58,23 @@ def test_preflight_asks_the_specs_source_to_check_it_before_anything_loads(tmp_p
         assert checked == [("good", 3), ("bad", 3)]
     finally:
         del SOURCES["toy:"]
+
+
+def test_the_up_front_domain_checks_ask_the_sources_declared_domain(tmp_path):
+    """FID's two-sample minimum and the real-images-only refusal apply before loading only where the source
+    declares the zoo evaluators' domain; another source's metrics are settled once its model loads."""
+    one_sample = dict(out=str(tmp_path), prompt_limit=1, samples_per_prompt=1, metrics=["fid", "hpsv2"])
+    assert zoo_source.SOURCE.domain == domain_evaluators().domain and diffusers_source.SOURCE.domain is None
+    for domain, refused in ((None, False), (domain_evaluators().domain, True)):
+        register_source(ModelSource("toy:", lambda rest, device, sampler: None, "a test source", domain=domain))
+        try:
+            cfg = BenchConfig.from_preset("tiny", model="toy:x", **one_sample)
+            if refused:
+                with pytest.raises(ValueError, match="apply to real images only"):
+                    preflight(cfg)
+                with pytest.raises(ValueError, match="FID and KID need at least 2 samples"):
+                    preflight(cfg.with_overrides(metrics=["fid"]))
+            else:
+                preflight(cfg.with_overrides(metrics=["fid"]))
+        finally:
+            del SOURCES["toy:"]
